@@ -1,0 +1,5 @@
+import sys
+
+from sciffusion.cli import main
+
+sys.exit(main())

@@ -1,0 +1,31 @@
+"""The generative core: noise levels, EDM preconditioning, the EDM loss and samplers."""
+
+from sciffusion.diffusion.denoiser import Denoiser
+from sciffusion.diffusion.loss import edm_loss
+from sciffusion.diffusion.sample import (
+    METHODS,
+    CountingDenoiser,
+    ddim_step,
+    euler_step,
+    heun_step,
+    member_generators,
+    randn,
+    sample,
+    stochastic_step,
+)
+from sciffusion.diffusion.schedules import karras_sigmas
+
+__all__ = [
+    "METHODS",
+    "CountingDenoiser",
+    "Denoiser",
+    "ddim_step",
+    "edm_loss",
+    "euler_step",
+    "heun_step",
+    "karras_sigmas",
+    "member_generators",
+    "randn",
+    "sample",
+    "stochastic_step",
+]

@@ -1,0 +1,207 @@
+"""Samplers for the probability-flow ODE / SDE of ``x = x0 + sigma * eps`` (EDM convention).
+
+Every sampler is one short step function with the same signature::
+
+    step(denoiser, x, sigma, sigma_next, *, noise, cond, **options) -> x_next
+
+and :func:`sample` runs any of them over a decreasing sequence of noise levels. Any callable
+``denoiser(x, sigma, **cond) -> E[x0 | x]`` works: a trained :class:`~sciffusion.diffusion.Denoiser`,
+an exact one from :mod:`sciffusion.testing`, or a guidance wrapper.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sciffusion.diffusion.schedules import karras_sigmas
+
+NoiseFn = Callable[[], torch.Tensor]
+
+
+def _d(denoiser, x, sigma, cond):
+    """ODE slope dx/dsigma = (x - D(x, sigma)) / sigma (EDM eq. 3 for sigma(t) = t)."""
+    return (x - denoiser(x, sigma.expand(x.shape[0]), **cond)) / sigma
+
+
+def euler_step(denoiser, x, sigma, sigma_next, *, noise: NoiseFn, cond: dict, **_) -> torch.Tensor:
+    """First-order step of the probability-flow ODE: ``x + (s' - s) d(x, s)``. 1 NFE."""
+    return x + (sigma_next - sigma) * _d(denoiser, x, sigma, cond)
+
+
+def heun_step(denoiser, x, sigma, sigma_next, *, noise: NoiseFn, cond: dict, **_) -> torch.Tensor:
+    """Heun's 2nd-order step (EDM Algorithm 1); falls back to Euler when ``s' = 0``. 2 NFE (1 at the end)."""
+    d = _d(denoiser, x, sigma, cond)
+    x_next = x + (sigma_next - sigma) * d
+    if sigma_next == 0:
+        return x_next
+    d_next = _d(denoiser, x_next, sigma_next, cond)
+    return x + (sigma_next - sigma) * (d + d_next) / 2
+
+
+def stochastic_step(
+    denoiser,
+    x,
+    sigma,
+    sigma_next,
+    *,
+    noise: NoiseFn,
+    cond: dict,
+    steps: int,
+    churn: float = 30.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    **_,
+) -> torch.Tensor:
+    r"""EDM stochastic sampler step (Algorithm 2): add noise to raise ``sigma`` to
+    :math:`\hat\sigma = \sigma(1+\gamma)`, :math:`\gamma = \min(S_{churn}/N, \sqrt2-1)` when
+    :math:`S_{tmin}\le\sigma\le S_{tmax}`, then take a Heun step from :math:`\hat\sigma` to ``sigma_next``.
+    ``churn`` (S_churn) is the spread knob: 0 gives the deterministic Heun sampler."""
+    gamma = min(churn / steps, math.sqrt(2) - 1) if s_tmin <= float(sigma) <= s_tmax else 0.0
+    if gamma > 0:
+        sigma_hat = sigma * (1 + gamma)
+        x = x + (sigma_hat**2 - sigma**2).sqrt() * s_noise * noise()
+        sigma = sigma_hat
+    return heun_step(denoiser, x, sigma, sigma_next, noise=noise, cond=cond)
+
+
+def ddim_step(denoiser, x, sigma, sigma_next, *, noise: NoiseFn, cond: dict, eta: float = 1.0, **_) -> torch.Tensor:
+    r"""DDIM (Song et al. 2021) in variance-exploding form. With :math:`\hat x_0 = D(x,\sigma)` and
+    :math:`\hat\epsilon = (x - \hat x_0)/\sigma`,
+
+    .. math::
+        x' = \hat x_0 + \sqrt{\sigma'^2 - c^2}\,\hat\epsilon + c\,z,\qquad
+        c = \eta\,\sigma'\sqrt{\sigma^2-\sigma'^2}/\sigma .
+
+    ``eta = 0`` is deterministic (equal to Euler), ``eta = 1`` samples the exact DDPM posterior
+    ``q(x' | x, x0 = x0_hat)``. 1 NFE."""
+    x0 = denoiser(x, sigma.expand(x.shape[0]), **cond)
+    if sigma_next == 0:
+        return x0
+    c = eta * sigma_next * (sigma**2 - sigma_next**2).clamp_min(0).sqrt() / sigma
+    x_next = x0 + (sigma_next**2 - c**2).clamp_min(0).sqrt() * (x - x0) / sigma
+    return x_next + c * noise() if eta > 0 else x_next
+
+
+METHODS: dict[str, Callable] = {
+    "heun": heun_step,
+    "euler": euler_step,
+    "stochastic": stochastic_step,
+    "ddim": ddim_step,
+}
+_OPTIONS = ("churn", "s_tmin", "s_tmax", "s_noise", "eta")
+
+
+def member_generators(seed: int, members: Sequence[int] | int, device: str | torch.device = "cpu") -> list[torch.Generator]:
+    """One RNG per ensemble member, derived from ``(seed, member)`` like JAX's ``fold_in``.
+
+    Member ``k`` gets the same random stream whatever the batch it is drawn in or the size of the
+    ensemble, so member ``k`` of a 10-member run equals member ``k`` of a 1000-member run.
+    """
+    if isinstance(members, int):
+        members = range(members)
+    gens = []
+    for m in members:
+        state = np.random.SeedSequence(entropy=int(seed), spawn_key=(int(m),)).generate_state(1, dtype=np.uint64)[0]
+        g = torch.Generator(device=device)
+        g.manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+        gens.append(g)
+    return gens
+
+
+def randn(shape, generator=None, *, dtype=None, device=None) -> torch.Tensor:
+    """Standard normal noise of ``shape``; with a sequence of generators, row ``k`` is drawn from
+    ``generator[k]`` alone (per-member seeding)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]} members")
+    return torch.stack([torch.randn(shape[1:], generator=g, dtype=dtype, device=device) for g in generator])
+
+
+def sample(
+    denoiser,
+    shape: Sequence[int],
+    *,
+    sigmas: torch.Tensor | None = None,
+    steps: int = 18,
+    method: str | Callable = "heun",
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    x: torch.Tensor | None = None,
+    callback: Callable[[dict], None] | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    churn: float = 30.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    eta: float = 1.0,
+    **cond,
+) -> torch.Tensor:
+    """Draw samples ``(B, *event_shape)`` from the distribution the denoiser was trained on.
+
+    Args:
+        denoiser: any ``denoiser(x, sigma, **cond) -> E[x0 | x]``.
+        shape: ``(B, *event_shape)``.
+        sigmas: decreasing noise levels ending in 0; default ``karras_sigmas(steps, sigma_min, sigma_max, rho)``.
+        steps: number of noise levels when ``sigmas`` is not given (NFE: heun 2*steps-1,
+            stochastic 2*steps-1, euler and ddim steps).
+        method: ``"heun"``, ``"euler"``, ``"stochastic"``, ``"ddim"``, or a step function with the
+            signature of :func:`heun_step`.
+        generator: a ``torch.Generator``, or one generator per member (see
+            :func:`member_generators`) so each member's draw does not depend on the batch.
+        x: starting point at ``sigmas[0]`` (default ``sigmas[0] * noise``).
+        callback: called after each step with ``{"i", "x", "sigma", "sigma_next"}``.
+        progress: show a tqdm bar.
+        churn, s_tmin, s_tmax, s_noise: EDM stochastic-sampler options (``method="stochastic"``).
+        eta: DDIM stochasticity (``method="ddim"``): 0 deterministic, 1 DDPM-like.
+        **cond: passed to every denoiser call (e.g. ``cond=...`` conditioning fields).
+    """
+    step_fn = METHODS.get(method) if isinstance(method, str) else method
+    if step_fn is None:
+        raise ValueError(f"unknown sampler method {method!r}; choose one of {sorted(METHODS)} or pass a step function")
+    if sigmas is None:
+        sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho)
+    sigmas = torch.as_tensor(sigmas, dtype=dtype, device=device)
+    if sigmas.ndim != 1 or len(sigmas) < 2 or not bool((sigmas[:-1] > sigmas[1:]).all()) or sigmas[-1] < 0:
+        raise ValueError("sigmas must be a 1-D decreasing sequence of non-negative noise levels of length >= 2")
+    shape = tuple(int(s) for s in shape)
+
+    def noise() -> torch.Tensor:
+        return randn(shape, generator, dtype=dtype, device=device)
+
+    if x is None:
+        x = sigmas[0] * noise()
+    elif tuple(x.shape) != shape:
+        raise ValueError(f"x has shape {tuple(x.shape)} but shape={shape}")
+    options = dict(churn=churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, eta=eta, steps=len(sigmas) - 1)
+    n = len(sigmas) - 1
+    for i in tqdm(range(n), disable=not progress, desc="sampling", leave=False):
+        x = step_fn(denoiser, x, sigmas[i], sigmas[i + 1], noise=noise, cond=cond, **options)
+        if callback is not None:
+            callback({"i": i, "x": x, "sigma": sigmas[i], "sigma_next": sigmas[i + 1]})
+    return x
+
+
+class CountingDenoiser:
+    """Wraps a denoiser and counts network function evaluations (``nfe``, one per call)."""
+
+    def __init__(self, denoiser):
+        self.denoiser = denoiser
+        self.nfe = 0
+
+    def __call__(self, x, sigma, **cond):
+        self.nfe += 1
+        return self.denoiser(x, sigma, **cond)
+
+    def __getattr__(self, name):
+        return getattr(self.denoiser, name)

@@ -1,0 +1,71 @@
+"""Denoiser backbones and their JSON specs.
+
+Every backbone follows ``net(x, c_noise, cond=None) -> Tensor`` (x: (B, C, *spatial),
+c_noise: (B,), cond: (B, Cc, *spatial) or None; output shaped like x with ``out_channels``)
+and keeps its JSON-serialisable constructor keywords in ``net.config``, so a checkpoint can
+store ``net_spec(net)`` and rebuild the net with ``build_net(spec)``. Names resolve only
+from :data:`NETS`, never from import paths.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .conv1d import PeriodicConv1d
+from .unet import UNet2d
+
+from .mlp import MLP
+
+NETS: dict[str, type[nn.Module]] = {
+    "UNet2d": UNet2d,
+    "PeriodicConv1d": PeriodicConv1d,
+    "MLP": MLP,
+}
+
+__all__ = ["NETS", "MLP", "PeriodicConv1d", "UNet2d", "build_net", "net_spec"]
+
+
+def _unwrap(net: nn.Module) -> nn.Module:
+    """Strip DistributedDataParallel (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        inner = getattr(net, "_orig_mod", None) or (
+            net.module if isinstance(getattr(net, "module", None), nn.Module) else None)
+        if inner is None:
+            return net
+        net = inner
+
+
+def build_net(spec: dict[str, Any]) -> nn.Module:
+    """Build a backbone from ``{"name": "UNet2d", "kwargs": {...}}``.
+
+    Only the classes in :data:`NETS` can be built; an unknown name raises ValueError listing
+    the known ones.
+    """
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ValueError(f"a net spec is a dict {{'name': ..., 'kwargs': {{...}}}}; got {spec!r}")
+    extra = set(spec) - {"name", "kwargs"}
+    if extra:
+        raise ValueError(f"unexpected keys {sorted(extra)} in net spec; allowed: name, kwargs")
+    name, kwargs = spec["name"], spec.get("kwargs", {}) or {}
+    if name not in NETS:
+        raise ValueError(f"unknown net {name!r}; known nets: {', '.join(sorted(NETS))}")
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"net spec 'kwargs' must be a dict; got {type(kwargs).__name__}")
+    return NETS[name](**kwargs)
+
+
+def net_spec(net: nn.Module) -> dict[str, Any]:
+    """The JSON-able spec ``{"name", "kwargs"}`` that :func:`build_net` turns back into ``net``.
+
+    Raises ValueError for a module that is not one of :data:`NETS` or lacks ``config``.
+    """
+    net = _unwrap(net)
+    name = type(net).__name__
+    if NETS.get(name) is not type(net):
+        raise ValueError(f"{name} is not a sciffusion backbone; known nets: {', '.join(sorted(NETS))}")
+    config = getattr(net, "config", None)
+    if not isinstance(config, dict):
+        raise ValueError(f"{name} has no dict 'config' of constructor keywords")
+    return {"name": name, "kwargs": dict(config)}
