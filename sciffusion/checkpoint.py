@@ -1,0 +1,249 @@
+"""Safe checkpoints: safetensors weights + JSON config, atomic writes, never unpickled.
+
+A checkpoint is a directory::
+
+    step_000500/
+      config.json            how to rebuild the model (net spec, sigma_data), normaliser, data
+                             and training settings, sha256 of every file, sciffusion version
+      weights.safetensors    raw network weights
+      ema.safetensors        EMA weights (what sampling uses by default), if any
+      trainer.safetensors    optimizer tensors and RNG states (only for resuming training)
+      trainer.json           step, epoch, batch position, optimizer hyper-parameters
+
+A training run directory holds several of them plus a ``latest`` file naming the newest.
+Every file is written to a temporary name, fsynced and renamed; a step directory is renamed
+into place only when complete, so a run killed at any instant leaves either the old or the
+new checkpoint, never a torn one. Loading reads only JSON and safetensors, and refuses any
+file that carries a pickle payload (``torch.save`` output, ``.pt``/``.pkl`` files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+FORMAT = "sciffusion-checkpoint"
+FORMAT_VERSION = 1
+
+
+class UnsafeCheckpointError(ValueError):
+    """A file that is not plain safetensors/JSON (e.g. a pickle) was offered as a checkpoint."""
+
+
+# ----------------------------------------------------------------------------- low-level I/O
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temporary file, fsync, rename, fsync the directory."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+def _write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_safetensors(path: str | os.PathLike) -> None:
+    """Refuse anything that is not a well-formed safetensors file, naming pickles explicitly."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(9)
+    size = path.stat().st_size
+    pickled = head[:1] == b"\x80" or head[:4] == b"PK\x03\x04" or path.suffix in {".pt", ".pth", ".pkl", ".ckpt", ".bin"}
+    if pickled:
+        raise UnsafeCheckpointError(
+            f"{path} carries a pickle payload (torch.save / pickle format); sciffusion never unpickles "
+            "checkpoints because loading a pickle can run arbitrary code. Convert it to safetensors "
+            "in a trusted environment (safetensors.torch.save_file)."
+        )
+    if len(head) < 9 or struct.unpack("<Q", head[:8])[0] > size - 8 or head[8:9] != b"{":
+        raise UnsafeCheckpointError(f"{path} is not a safetensors file (bad header); refusing to load it")
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    check_safetensors(path)
+    return load_file(str(path))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UnsafeCheckpointError(f"{path} is not valid JSON ({exc}); refusing to load it") from exc
+
+
+# ----------------------------------------------------------------------------- optimizer <-> flat
+def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into safetensors-able tensors and JSON-able rest."""
+    tensors, scalars = {}, {}
+    for pid, pstate in state["state"].items():
+        for key, value in pstate.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{pid}.{key}"] = value
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = value
+    for name, value in meta["scalars"].items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    weights: dict[str, torch.Tensor],
+    config: dict,
+    ema: dict[str, torch.Tensor] | None = None,
+    trainer_tensors: dict[str, torch.Tensor] | None = None,
+    trainer_meta: dict | None = None,
+) -> Path:
+    """Write a complete checkpoint directory atomically (built aside, then renamed into place)."""
+    from sciffusion import __version__
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    files = {"weights.safetensors": weights}
+    if ema is not None:
+        files["ema.safetensors"] = ema
+    if trainer_tensors is not None:
+        files["trainer.safetensors"] = trainer_tensors
+    for name, tensors in files.items():
+        _write_tensors(tmp / name, tensors)
+    if trainer_meta is not None:
+        _write_json(tmp / "trainer.json", trainer_meta)
+    full = dict(config)
+    full.update(format=FORMAT, format_version=FORMAT_VERSION, sciffusion_version=__version__)
+    full["sha256"] = {name: sha256(tmp / name) for name in files}
+    _write_json(tmp / "config.json", full)
+    _fsync_dir(tmp)
+    if directory.exists():  # overwrite: move the old one aside first, drop it after the swap
+        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, directory)
+    _fsync_dir(directory.parent)
+    return directory
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A checkpoint directory from a step directory or a run directory (via its ``latest`` file)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.is_file():
+        check_safetensors(path)  # a stray file: refuse pickles with the clear message
+        raise ValueError(f"{path} is a file; a sciffusion checkpoint is a directory holding config.json")
+    if (path / "config.json").exists():
+        return path
+    latest = path / "latest"
+    if latest.exists():
+        return path / latest.read_text().strip()
+    raise FileNotFoundError(f"{path} holds no checkpoint (no config.json and no 'latest' file)")
+
+
+def load_checkpoint(path: str | os.PathLike, *, trainer: bool = False) -> dict[str, Any]:
+    """Read a checkpoint: ``{"config", "weights", "ema", "dir"}`` (+ ``trainer_tensors``, ``trainer_meta``).
+
+    Every safetensors file is checked against the sha256 recorded in ``config.json``.
+    """
+    d = resolve(path)
+    for stray in d.iterdir():
+        if stray.suffix in {".pt", ".pth", ".pkl", ".ckpt", ".bin"}:
+            check_safetensors(stray)
+    config = _read_json(d / "config.json")
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{d / 'config.json'} is not a sciffusion checkpoint config (format={config.get('format')!r})")
+    out: dict[str, Any] = {"config": config, "dir": d}
+    names = ["weights", "ema"] + (["trainer"] if trainer else [])
+    for name in names:
+        f = d / f"{name}.safetensors"
+        if not f.exists():
+            out[name] = None
+            continue
+        tensors = _read_tensors(f)
+        expected = config.get("sha256", {}).get(f.name)
+        if expected is not None and sha256(f) != expected:
+            raise ValueError(f"{f} does not match the sha256 in config.json: the checkpoint is corrupt")
+        out[name] = tensors
+    if trainer:
+        out["trainer_tensors"] = out.pop("trainer")
+        out["trainer_meta"] = _read_json(d / "trainer.json")
+    return out
+
+
+def build_denoiser(config: dict):
+    """Rebuild an (untrained) :class:`~sciffusion.diffusion.Denoiser` from a checkpoint config."""
+    from sciffusion.diffusion import Denoiser
+    from sciffusion.nets import build_net
+
+    model = config["model"]
+    return Denoiser(build_net(model["net"]), sigma_data=model.get("sigma_data", 1.0))
+
+
+def load_denoiser(path: str | os.PathLike, *, ema: bool = True, device: str | torch.device | None = None):
+    """Load a trained denoiser (EMA weights by default) and its config: ``(denoiser, config)``."""
+    ckpt = load_checkpoint(path)
+    den = build_denoiser(ckpt["config"])
+    weights = ckpt["ema"] if ema and ckpt["ema"] is not None else ckpt["weights"]
+    den.load_state_dict(weights)
+    den.eval().requires_grad_(False)
+    if device is not None:
+        den.to(device)
+    config = dict(ckpt["config"])
+    config["checkpoint_dir"] = str(ckpt["dir"])
+    return den, config

@@ -1,0 +1,281 @@
+"""Trainer: AdamW with warm-up, gradient clipping, EMA, periodic atomic checkpoints, exact resume.
+
+Resume is exact on CPU: a run killed (even with SIGKILL) after step k and resumed from its last
+checkpoint reaches bit-for-bit the same weights at step n as an uninterrupted run. Everything
+random is drawn from generators whose state is checkpointed: the loss noise comes from the
+trainer's own generator, the data order is a permutation seeded by ``(seed, epoch)`` (so only
+the epoch and the position in it are stored), and the global torch RNG (dropout) is saved too.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from sciffusion import checkpoint as ckpt
+from sciffusion.diffusion.loss import edm_loss
+from sciffusion.nets import net_spec
+
+
+class TensorPairs(torch.utils.data.Dataset):
+    """In-memory dataset of targets ``x: (N, ...)`` and optional conditions ``cond: (N, ...)``;
+    items are dicts ``{"x": ..., "cond": ...}`` like :class:`sciffusion.data.PairDataset`."""
+
+    def __init__(self, x: torch.Tensor, cond: torch.Tensor | None = None):
+        if cond is not None and len(cond) != len(x):
+            raise ValueError(f"x has {len(x)} samples but cond has {len(cond)}")
+        self.x, self.cond = x, cond
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i):
+        item = {"x": self.x[i]}
+        if self.cond is not None:
+            item["cond"] = self.cond[i]
+        return item
+
+    def batch(self, idx: torch.Tensor) -> dict:
+        item = {"x": self.x[idx]}
+        if self.cond is not None:
+            item["cond"] = self.cond[idx]
+        return item
+
+
+def collate(dataset, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Stack ``dataset[i]`` dicts for the indices ``idx`` (uses ``dataset.batch`` when available)."""
+    if hasattr(dataset, "batch"):
+        return dataset.batch(idx)
+    items = [dataset[int(i)] for i in idx]
+    return {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in items[0]}
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence(entropy=int(seed), spawn_key=(int(epoch),)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class Trainer:
+    """Train an EDM :class:`~sciffusion.diffusion.Denoiser` on a dataset of ``{"x", "cond", "mask"}`` dicts.
+
+    Args:
+        denoiser: the model (its ``net`` must be a sciffusion backbone, so it can be checkpointed).
+        train_data: map-style dataset of dicts with ``"x"`` and optionally ``"cond"``, ``"mask"``.
+        val_data: optional dataset for the validation loss (evaluated with a fixed noise seed).
+        out_dir: run directory for checkpoints and ``metrics.jsonl``; None keeps everything in memory.
+        batch_size, lr, weight_decay, betas: AdamW settings; the last partial batch of an epoch is dropped.
+        warmup_steps: linear learning-rate warm-up.
+        grad_clip: max global gradient norm (None to disable).
+        ema_decay: EMA factor per step; sampling uses the EMA weights.
+        p_mean, p_std, channel_weights: EDM loss settings (see :func:`~sciffusion.diffusion.edm_loss`).
+        seed: makes the run reproducible (data order, noise, initialisation is the caller's).
+        checkpoint_every: steps between checkpoints (also one at the end of :meth:`fit`).
+        keep_last: number of step checkpoints kept.
+        val_every: steps between validation losses (default: at each checkpoint).
+        mixed_precision: ``"bf16"`` for bfloat16 autocast on CUDA (ignored on CPU).
+        config: extra JSON-able entries stored in every checkpoint's config (normaliser, data...).
+        progress: show a tqdm bar with loss and samples/s.
+        resume: continue from the newest checkpoint in ``out_dir`` if there is one.
+    """
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        train_data,
+        *,
+        val_data=None,
+        out_dir: str | os.PathLike | None = None,
+        batch_size: int = 32,
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 100,
+        grad_clip: float | None = 1.0,
+        ema_decay: float = 0.999,
+        p_mean: float = -1.2,
+        p_std: float = 1.2,
+        channel_weights: list[float] | None = None,
+        seed: int = 0,
+        checkpoint_every: int = 500,
+        keep_last: int = 3,
+        val_every: int | None = None,
+        val_batches: int = 4,
+        mixed_precision: str | None = None,
+        device: str | torch.device | None = None,
+        config: dict | None = None,
+        progress: bool = True,
+        resume: bool = True,
+    ):
+        if len(train_data) < batch_size:
+            raise ValueError(f"train_data has {len(train_data)} samples, fewer than batch_size={batch_size}")
+        if mixed_precision not in (None, "bf16"):
+            raise ValueError(f"mixed_precision must be None or 'bf16', got {mixed_precision!r}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = denoiser.to(self.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.train_data, self.val_data = train_data, val_data
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.settings = dict(
+            batch_size=batch_size, lr=lr, weight_decay=weight_decay, betas=list(betas), warmup_steps=warmup_steps,
+            grad_clip=grad_clip, ema_decay=ema_decay, p_mean=p_mean, p_std=p_std, channel_weights=channel_weights,
+            seed=seed, checkpoint_every=checkpoint_every, keep_last=keep_last, val_every=val_every or checkpoint_every,
+            val_batches=val_batches, mixed_precision=mixed_precision,
+        )
+        self.extra_config = dict(config or {})
+        self.progress = progress
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(seed)
+        self.step, self.epoch, self.position = 0, 0, 0
+        self._perm: torch.Tensor | None = None
+        self.history: list[dict] = []
+        if resume and self.out_dir is not None and (self.out_dir / "latest").exists():
+            self.load(self.out_dir)
+
+    # ------------------------------------------------------------------ data order
+    def _next_indices(self) -> torch.Tensor:
+        bs, n = self.settings["batch_size"], len(self.train_data)
+        if self._perm is None:
+            g = torch.Generator().manual_seed(_epoch_seed(self.settings["seed"], self.epoch))
+            self._perm = torch.randperm(n, generator=g)
+        idx = self._perm[self.position * bs : (self.position + 1) * bs]
+        self.position += 1
+        if (self.position + 1) * bs > n:
+            self.epoch, self.position, self._perm = self.epoch + 1, 0, None
+        return idx
+
+    def _batch(self, dataset, idx) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in collate(dataset, idx).items()}
+
+    # ------------------------------------------------------------------ one step
+    def _loss(self, model, batch, generator) -> torch.Tensor:
+        use_bf16 = self.settings["mixed_precision"] == "bf16" and self.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            return edm_loss(
+                model, batch["x"], cond=batch.get("cond"), mask=batch.get("mask"),
+                channel_weights=self.settings["channel_weights"], p_mean=self.settings["p_mean"],
+                p_std=self.settings["p_std"], generator=generator,
+            )
+
+    def train_step(self) -> float:
+        s = self.settings
+        lr = s["lr"] * min(1.0, (self.step + 1) / max(1, s["warmup_steps"]))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        loss = self._loss(self.model, self._batch(self.train_data, self._next_indices()), self.noise_gen)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if s["grad_clip"] is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), s["grad_clip"])
+        self.optimizer.step()
+        with torch.no_grad():
+            for e, p in zip(self.ema.parameters(), self.model.parameters()):
+                e.lerp_(p, 1 - s["ema_decay"])
+            for e, b in zip(self.ema.buffers(), self.model.buffers()):
+                e.copy_(b)
+        self.step += 1
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        """Mean EDM loss of the EMA model on up to ``val_batches`` batches, with a fixed noise seed."""
+        if self.val_data is None or len(self.val_data) == 0:
+            return None
+        self.ema.eval()
+        g = torch.Generator(device=self.device).manual_seed(12345)
+        bs, n = self.settings["batch_size"], len(self.val_data)
+        losses = []
+        for b in range(min(self.settings["val_batches"], math.ceil(n / bs))):
+            idx = torch.arange(b * bs, min(n, (b + 1) * bs))
+            losses.append(float(self._loss(self.ema, self._batch(self.val_data, idx), g)) * len(idx))
+        return sum(losses) / min(n, self.settings["val_batches"] * bs)
+
+    def fit(self, steps: int, callback: Callable[[dict], None] | None = None) -> list[dict]:
+        """Train until ``self.step == steps`` (a resumed run continues where it stopped)."""
+        s = self.settings
+        bar = tqdm(total=steps, initial=self.step, disable=not self.progress, desc="training", dynamic_ncols=True)
+        t0, n0 = time.perf_counter(), self.step
+        while self.step < steps:
+            loss = self.train_step()
+            record = {"step": self.step, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"]}
+            if self.step % s["val_every"] == 0 or self.step == steps:
+                val = self.validate()
+                if val is not None:
+                    record["val_loss"] = val
+            rate = (self.step - n0) * s["batch_size"] / max(time.perf_counter() - t0, 1e-9)
+            record["samples_per_s"] = rate
+            self.history.append(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:.0f}")
+            if callback is not None:
+                callback(record)
+            if self.out_dir is not None and (self.step % s["checkpoint_every"] == 0 or self.step == steps):
+                self.save()
+        bar.close()
+        return self.history
+
+    # ------------------------------------------------------------------ checkpoints
+    def model_config(self) -> dict:
+        config = {"model": {"net": net_spec(self.model.net), "sigma_data": self.model.sigma_data},
+                  "training": self.settings}
+        config.update(self.extra_config)
+        return config
+
+    def save(self) -> Path:
+        """Write ``out_dir/step_XXXXXXX`` atomically, point ``latest`` at it, prune old ones."""
+        if self.out_dir is None:
+            raise ValueError("this Trainer has no out_dir to save to")
+        opt_tensors, opt_meta = ckpt.flatten_optimizer(self.optimizer.state_dict())
+        rng = {"rng.noise": self.noise_gen.get_state(), "rng.torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["rng.cuda"] = torch.cuda.get_rng_state()
+        meta = {"step": self.step, "epoch": self.epoch, "position": self.position, "optimizer": opt_meta}
+        name = f"step_{self.step:08d}"
+        path = ckpt.save_checkpoint(
+            self.out_dir / name, weights=self.model.state_dict(), ema=self.ema.state_dict(),
+            config=self.model_config(), trainer_tensors={**opt_tensors, **rng}, trainer_meta=meta,
+        )
+        ckpt.atomic_write_bytes(self.out_dir / "latest", name.encode())
+        with open(self.out_dir / "metrics.jsonl", "a") as f:
+            for rec in self.history:
+                if rec["step"] > self._logged:
+                    f.write(json.dumps(rec) + "\n")
+            self._logged = self.step
+        steps = sorted(p for p in self.out_dir.glob("step_*") if p.is_dir())
+        for old in steps[: -self.settings["keep_last"]]:
+            shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    _logged = 0
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Restore model, EMA, optimizer, step, data position and RNG states from a checkpoint."""
+        c = ckpt.load_checkpoint(path, trainer=True)
+        self.model.load_state_dict(c["weights"])
+        self.ema.load_state_dict(c["ema"])
+        tensors, meta = c["trainer_tensors"], c["trainer_meta"]
+        self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
+        self.noise_gen.set_state(tensors["rng.noise"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+        self.step, self.epoch, self.position = meta["step"], meta["epoch"], meta["position"]
+        self._perm, self._logged = None, self.step
+        metrics = Path(self.out_dir or c["dir"].parent) / "metrics.jsonl"
+        if metrics.exists():  # drop records written after this checkpoint by a killed run
+            keep = [ln for ln in metrics.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
+            ckpt.atomic_write_bytes(metrics, ("\n".join(keep) + "\n" if keep else "").encode())
+
+    def state(self) -> dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "position": self.position}
