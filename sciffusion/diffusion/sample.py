@@ -97,17 +97,21 @@ METHODS: dict[str, Callable] = {
 _OPTIONS = ("churn", "s_tmin", "s_tmax", "s_noise", "eta")
 
 
-def member_generators(seed: int, members: Sequence[int] | int, device: str | torch.device = "cpu") -> list[torch.Generator]:
-    """One RNG per ensemble member, derived from ``(seed, member)`` like JAX's ``fold_in``.
+def member_generators(
+    seed: int, members: Sequence[int] | int, device: str | torch.device = "cpu", *, key: Sequence[int] = ()
+) -> list[torch.Generator]:
+    """One RNG per ensemble member, derived from ``(seed, *key, member)`` like JAX's ``fold_in``.
 
     Member ``k`` gets the same random stream whatever the batch it is drawn in or the size of the
     ensemble, so member ``k`` of a 10-member run equals member ``k`` of a 1000-member run.
+    ``key`` folds in more indices (e.g. the initial condition) so that streams never repeat.
     """
     if isinstance(members, int):
         members = range(members)
     gens = []
     for m in members:
-        state = np.random.SeedSequence(entropy=int(seed), spawn_key=(int(m),)).generate_state(1, dtype=np.uint64)[0]
+        spawn = tuple(int(k) for k in key) + (int(m),)
+        state = np.random.SeedSequence(entropy=int(seed), spawn_key=spawn).generate_state(1, dtype=np.uint64)[0]
         g = torch.Generator(device=device)
         g.manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
         gens.append(g)

@@ -1,0 +1,123 @@
+"""A zarr ensemble store written block by block along ``member`` and resumable after a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+_DONE = "sciffusion_completed_members"
+
+
+class EnsembleStore:
+    """Pre-allocated zarr store for an ensemble ``(*dims_before, member, *grid)``.
+
+    The store is created with every value NaN and chunks that keep ``member_chunk`` members
+    together; :meth:`write` fills whole member blocks (``region`` writes) and records them in
+    the store's attributes only after the data is written, so after a crash :meth:`missing`
+    lists exactly the blocks still to do.
+
+    Args:
+        path: the zarr directory.
+        template: Dataset with the output variables on the dims *without* ``member`` (values are
+            ignored; coordinates and attributes are copied).
+        members: ensemble size M (ids ``0..M-1``).
+        member_chunk: members per block (= zarr chunk along ``member``).
+        member_axis: where to insert ``member`` in each variable's dims (default: first).
+        attrs: global attributes to add (provenance).
+        mode: ``"w-"`` (fail if it exists), ``"w"`` (overwrite) or ``"resume"`` (continue an
+            existing store, checking its shape matches).
+    """
+
+    def __init__(self, path: str | os.PathLike, template: xr.Dataset, members: int, *, member_chunk: int = 8,
+                 member_axis: int = 0, attrs: Mapping | None = None, mode: str = "w-"):
+        self.path = Path(path)
+        self.members, self.member_chunk = int(members), int(member_chunk)
+        if mode not in ("w-", "w", "resume"):
+            raise ValueError(f"mode must be 'w-', 'w' or 'resume', got {mode!r}")
+        if mode == "resume" and self.path.exists():
+            self._check_existing(template)
+            return
+        if self.path.exists():
+            if mode == "w-":
+                raise FileExistsError(f"{self.path} exists; pass overwrite (mode='w') or resume (mode='resume')")
+            shutil.rmtree(self.path)
+        data_vars = {}
+        for name, v in template.data_vars.items():
+            dims = list(v.dims)
+            dims.insert(member_axis, "member")
+            shape = [self.members if d == "member" else template.sizes[d] for d in dims]
+            chunks = [self.member_chunk if d == "member" else s for d, s in zip(dims, shape)]
+            data = da.full(shape, np.nan, dtype=v.dtype if v.dtype.kind == "f" else np.float32, chunks=chunks)
+            data_vars[name] = (dims, data, dict(v.attrs))
+        ds = xr.Dataset(data_vars, coords=template.coords, attrs={**template.attrs, **(attrs or {})})
+        ds = ds.assign_coords(member=np.arange(self.members))
+        ds["member"].attrs.update(long_name="ensemble member", description="stable id: member k is the same draw whatever the ensemble size")
+        ds.attrs[_DONE] = "[]"
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+            ds.to_zarr(self.path, mode="w", compute=False, consolidated=False)
+
+    def _check_existing(self, template: xr.Dataset) -> None:
+        ds = xr.open_zarr(self.path, consolidated=False)
+        if ds.sizes.get("member") != self.members:
+            raise ValueError(f"{self.path} holds {ds.sizes.get('member')} members, not {self.members}; "
+                             "resume with the same ensemble size or overwrite")
+        for name, v in template.data_vars.items():
+            if name not in ds:
+                raise ValueError(f"{self.path} has no variable {name!r}; it was written for another model")
+            for d in v.dims:
+                if ds.sizes.get(d) != template.sizes[d]:
+                    raise ValueError(f"{self.path}: dimension {d!r} has size {ds.sizes.get(d)}, expected {template.sizes[d]}")
+        chunks = ds[next(iter(template.data_vars))].encoding.get("chunks") or ()
+        dims = ds[next(iter(template.data_vars))].dims
+        if chunks and chunks[dims.index("member")] != self.member_chunk:
+            self.member_chunk = chunks[dims.index("member")]
+
+    def completed(self) -> set[int]:
+        group = zarr.open_group(str(self.path), mode="r")
+        return set(json.loads(group.attrs.get(_DONE, "[]")))
+
+    def blocks(self) -> list[range]:
+        return [range(a, min(a + self.member_chunk, self.members)) for a in range(0, self.members, self.member_chunk)]
+
+    def missing(self) -> list[range]:
+        """Member blocks not yet written."""
+        done = self.completed()
+        return [b for b in self.blocks() if b.start not in done]
+
+    def write(self, block: range, data: Mapping[Hashable, np.ndarray], dims: Mapping[Hashable, Sequence[Hashable]]) -> None:
+        """Write member block ``block`` (aligned to ``member_chunk``) and mark it complete.
+
+        ``data[name]`` holds the block's values with dims ``dims[name]`` (which include ``member``).
+        """
+        if block.start % self.member_chunk or (block.stop != self.members and len(block) != self.member_chunk):
+            raise ValueError(f"member block {block} is not aligned to chunks of {self.member_chunk}")
+        ds = xr.Dataset({k: (list(dims[k]), np.asarray(v)) for k, v in data.items()})
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+            ds.to_zarr(self.path, region={"member": slice(block.start, block.stop)}, consolidated=False)
+        group = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
+        done = sorted(set(json.loads(group.attrs.get(_DONE, "[]"))) | {block.start})
+        group.attrs[_DONE] = json.dumps(done)
+
+    def finalize(self) -> None:
+        """Consolidate the metadata once every block is written, so ``xr.open_zarr(path)`` is quiet and fast."""
+        if self.missing():
+            raise ValueError(f"{self.path} still misses member blocks {self.missing()}")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+            zarr.consolidate_metadata(str(self.path))
+
+    def open(self) -> xr.Dataset:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+            return xr.open_zarr(self.path)
