@@ -1,0 +1,29 @@
+"""Verification of ensembles on gridded data.
+
+Every metric takes ``(forecast, observation, *, member_dim="member", reduce_dims=None,
+weights=None)``: xarray (eager or dask, DataArray or Dataset), numpy or torch in, the same type
+out. ``reduce_dims=None`` keeps every dimension; ``"all"`` reduces all of them. For numpy and
+torch inputs the member axis is ``member_dim`` if it is an int, else axis 0, and ``reduce_dims``
+are integer axes of the observation. See ``docs/metrics.md``.
+"""
+
+from .crps import crps_ensemble, crps_gaussian
+from .ensemble import bias, energy_score, rank_histogram, rmse, spread_skill_ratio
+from .probability import brier_score, reliability
+from .spectra import radial_spectrum, zonal_spectrum
+from .weights import latitude_weights
+
+__all__ = [
+    "bias",
+    "brier_score",
+    "crps_ensemble",
+    "crps_gaussian",
+    "energy_score",
+    "latitude_weights",
+    "radial_spectrum",
+    "rank_histogram",
+    "reliability",
+    "rmse",
+    "spread_skill_ratio",
+    "zonal_spectrum",
+]
