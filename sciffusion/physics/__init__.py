@@ -1,0 +1,14 @@
+"""PDE residual operators shared by training and sampling (differentiable torch).
+
+Each operator uses the grid and boundary conditions of the matching solver in
+:mod:`sciffusion.systems`, so the residual of the solver's own output is at discretisation
+level (round-off for Darcy, ``O(dt^2)`` for the vorticity equation, round-off for the
+spectral divergence of a streamfunction velocity, second order for the lat-lon divergence
+of the shallow-water winds).
+"""
+
+from sciffusion.physics.darcy import darcy_residual
+from sciffusion.physics.divergence import divergence, sphere_divergence
+from sciffusion.physics.vorticity import vorticity_residual, vorticity_tendency
+
+__all__ = ["darcy_residual", "divergence", "sphere_divergence", "vorticity_residual", "vorticity_tendency"]

@@ -1,0 +1,25 @@
+"""Built-in reference physics that write xarray (see ``docs/systems.md``).
+
+- :class:`Lorenz96` (one or two levels) and :func:`lorenz96_forecast_model` (model error),
+- :class:`KolmogorovFlow`: 2-D forced Navier-Stokes, pseudo-spectral, ETDRK4,
+- :class:`DarcyFlow`: GRF coefficients and sparse finite-difference solves (:func:`solve_darcy`),
+- :class:`ShallowWater`: shallow water on the sphere (needs ``torch-harmonics``, imported lazily),
+- :func:`simulate`: truth runs and perturbed ensembles of any of them, in memory or streamed
+  to zarr with resume.
+"""
+
+from sciffusion.systems.base import System, member_generator
+from sciffusion.systems.darcy import DarcyFlow, solve_darcy
+from sciffusion.systems.ensemble import simulate
+from sciffusion.systems.grf import darcy_coefficient, gaussian_random_field
+from sciffusion.systems.kolmogorov import KolmogorovFlow
+from sciffusion.systems.lorenz96 import Lorenz96, leading_lyapunov_exponent, lorenz96_forecast_model
+from sciffusion.systems.shallow_water import ShallowWater
+
+SYSTEMS = {"lorenz96": Lorenz96, "kolmogorov": KolmogorovFlow, "darcy": DarcyFlow, "shallow-water": ShallowWater}
+
+__all__ = [
+    "SYSTEMS", "DarcyFlow", "KolmogorovFlow", "Lorenz96", "ShallowWater", "System", "darcy_coefficient",
+    "gaussian_random_field", "leading_lyapunov_exponent", "lorenz96_forecast_model", "member_generator",
+    "simulate", "solve_darcy",
+]

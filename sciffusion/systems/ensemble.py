@@ -1,0 +1,259 @@
+"""Truth runs and perturbed-initial-condition ensembles for every system, as xarray or zarr.
+
+:func:`simulate` is the one entry point. For a time-dependent system it
+
+1. spins a single truth trajectory up from a random state (``spinup`` time units),
+2. takes ``n_init`` initial states along that truth, ``init_interval`` apart,
+3. for each initial state runs ``members`` forecasts from ``truth + perturbation`` (member
+   ``m`` of init ``i`` seeded by ``(seed, i, m)``: stable whatever the ensemble size), with the
+   truth system or an imperfect ``forecast_system``, and the truth itself, for ``n_leads``
+   leads ``lead_interval`` apart,
+
+and returns a Dataset with, per output field ``v``, ``v (init_time, lead_time, member, ...)``
+and ``v_truth (init_time, lead_time, ...)``, plus ``valid_time = init_time + lead_time``.
+A stationary system (Darcy) gives ``a, u (member, y, x)`` instead.
+
+With ``store=`` the Dataset is pre-allocated in zarr (coordinates and attributes first),
+then filled one chunk at a time (one init time, or ``chunk_members`` samples, per chunk; the
+``member`` dimension of a chunk is whole) with a ``chunk_done`` flag written after each
+chunk; a rerun with ``if_exists="resume"`` skips the chunks already flagged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import torch
+import xarray as xr
+
+from sciffusion.systems.base import System, check_positive, check_positive_int, member_generator
+
+IF_EXISTS = ("error", "resume", "overwrite")
+_TRUTH_KEY = 2**32 - 1  # seed key of the truth noise (stochastic truth systems), never a member id
+
+
+def _steps(interval: float, dt: float, name: str) -> int:
+    n = interval / dt
+    if interval < 0 or abs(n - round(n)) > 1e-6 * max(1.0, n):
+        raise ValueError(f"{name}={interval} must be a non-negative multiple of the system step dt={dt}")
+    return round(n)
+
+
+def _global_attrs(system: Any, config: dict[str, Any]) -> dict[str, Any]:
+    from sciffusion import __version__
+
+    return {
+        "Conventions": "CF-1.8",
+        "title": f"sciffusion {system.name} simulation",
+        "source": f"sciffusion {__version__} sciffusion.systems.{type(system).__name__}",
+        "system": system.name,
+        "time_note": getattr(system, "time_note", ""),
+        "sciffusion_config": json.dumps(config, sort_keys=True),
+    }
+
+
+def _prepare_store(store: str | os.PathLike, if_exists: str, config: dict[str, Any]) -> bool:
+    """Return True when resuming an existing store; raise on a conflict."""
+    if if_exists not in IF_EXISTS:
+        raise ValueError(f"if_exists must be one of {IF_EXISTS}, got {if_exists!r}")
+    if not os.path.exists(store):
+        return False
+    if if_exists == "error":
+        raise FileExistsError(f"output path {os.fspath(store)!r} exists; pass resume or overwrite")
+    if if_exists == "overwrite":
+        shutil.rmtree(store) if os.path.isdir(store) else os.remove(store)
+        return False
+    try:
+        old = json.loads(xr.open_zarr(store, consolidated=False).attrs["sciffusion_config"])
+    except Exception as exc:  # noqa: BLE001 - any unreadable store is a user error here
+        raise ValueError(f"cannot resume {os.fspath(store)!r}: not a sciffusion simulation store ({exc})") from None
+    diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+    if diff:
+        raise ValueError(f"cannot resume {os.fspath(store)!r}: settings differ from the stored run in {diff}")
+    return True
+
+
+def _write_chunks(template: xr.Dataset, chunk_dim: str, chunk: int, compute: Callable[[int], dict[str, np.ndarray]],
+                  store, resume: bool, progress: bool, on_chunk: Callable[[int], None] | None) -> xr.Dataset:
+    """Fill ``template`` chunk by chunk along ``chunk_dim`` (in memory, or streamed to ``store``)."""
+    from tqdm.auto import tqdm
+
+    size = template.sizes[chunk_dim]
+    n_chunks = -(-size // chunk)
+    done = np.zeros(n_chunks, dtype=bool)
+    if store is not None:
+        if resume:
+            done = xr.open_zarr(store, consolidated=False)["chunk_done"].values.astype(bool).reshape(-1)[::chunk][:n_chunks]
+        else:
+            template.to_zarr(store, mode="w", compute=False, consolidated=False)
+    else:  # dask may share one buffer between equal-shaped placeholders: give each its own
+        template = template.load()
+        template = template.assign({k: template[k].copy(deep=True) for k in template.data_vars})
+    bar = tqdm(total=n_chunks, initial=int(done.sum()), desc=template.attrs.get("system", ""), unit="chunk",
+               disable=not progress)
+    for c in np.flatnonzero(~done):
+        sl = slice(c * chunk, min(size, (c + 1) * chunk))
+        values = compute(int(c))
+        if store is None:
+            for k, v in values.items():
+                template[k][{chunk_dim: sl}] = v
+            template["chunk_done"][{chunk_dim: sl}] = 1
+        else:
+            dims = {k: template[k].dims for k in values}
+            part = xr.Dataset({k: (dims[k], v) for k, v in values.items()})
+            part.to_zarr(store, region={chunk_dim: sl}, mode="r+", consolidated=False)
+            flag = xr.Dataset({"chunk_done": ((chunk_dim,), np.ones(sl.stop - sl.start, dtype="int8"))})
+            flag.to_zarr(store, region={chunk_dim: sl}, mode="r+", consolidated=False)
+        bar.update(1)
+        if on_chunk is not None:
+            on_chunk(int(c))
+    bar.close()
+    return xr.open_zarr(store, consolidated=False) if store is not None else template
+
+
+def _empty(shape: tuple[int, ...], chunks: tuple[int, ...], dtype=np.float64, fill=np.nan):
+    return da.full(shape, fill, chunks=chunks, dtype=dtype)
+
+
+def simulate(
+    system: Any,
+    *,
+    members: int = 8,
+    n_init: int = 1,
+    n_leads: int = 10,
+    lead_interval: float | None = None,
+    init_interval: float | None = None,
+    spinup: float | None = None,
+    perturbation: float | None = None,
+    forecast_system: System | None = None,
+    seed: int = 0,
+    store: str | os.PathLike | None = None,
+    if_exists: str = "error",
+    chunk_members: int = 64,
+    progress: bool = False,
+    on_chunk: Callable[[int], None] | None = None,
+) -> xr.Dataset:
+    """Truth runs and perturbed ensembles of ``system`` (see the module docstring).
+
+    Args:
+        system: a :class:`~sciffusion.systems.base.System` or :class:`~sciffusion.systems.DarcyFlow`.
+        members: ensemble size (Darcy: number of (a, u) samples).
+        n_init, n_leads: number of initial times and of leads after lead 0.
+        lead_interval, init_interval, spinup: in the system's time units, multiples of
+            ``system.dt``; defaults from ``system.default_intervals`` (or ``10 dt``, ``n_leads *
+            lead_interval``, ``200 dt``).
+        perturbation: initial-condition perturbation scale (``system.perturb``); default
+            ``system.default_perturbation``.
+        forecast_system: the model that runs the members (default ``system``): pass an
+            imperfect model for forecast-vs-truth experiments. It must use the same state layout
+            and output fields as ``system`` (its step ``dt`` may differ).
+        seed: master seed; the truth uses ``(seed,)`` and member ``m`` of init ``i`` ``(seed, i, m)``.
+        store: zarr path to stream to; ``None`` keeps everything in memory.
+        if_exists: ``"error"``, ``"resume"`` (skip finished chunks) or ``"overwrite"``.
+        chunk_members: samples per chunk for stationary systems.
+        progress: show a tqdm progress bar over chunks.
+        on_chunk: called with the chunk index after each chunk is written.
+    """
+    members = check_positive_int(members, "members")
+    if getattr(system, "stationary", False):
+        return _simulate_stationary(system, members, seed, store, if_exists, check_positive_int(chunk_members, "chunk_members"), progress, on_chunk)
+    n_init, n_leads = check_positive_int(n_init, "n_init"), int(n_leads)
+    if n_leads < 0:
+        raise ValueError(f"n_leads must be >= 0, got {n_leads}")
+    defaults = getattr(system, "default_intervals", {})
+    lead_interval = defaults.get("lead_interval", 10 * system.dt) if lead_interval is None else lead_interval
+    check_positive(lead_interval, "lead_interval")
+    init_interval = max(n_leads, 1) * lead_interval if init_interval is None else init_interval
+    spinup = defaults.get("spinup", 200 * system.dt) if spinup is None else spinup
+    perturbation = getattr(system, "default_perturbation", 0.01) if perturbation is None else float(perturbation)
+    model = system if forecast_system is None else forecast_system
+    lead_steps = _steps(lead_interval, model.dt, "lead_interval")
+    if not math.isclose(_steps(lead_interval, system.dt, "lead_interval") * system.dt, lead_steps * model.dt):
+        raise ValueError("lead_interval must be a multiple of both system.dt and forecast_system.dt")
+    init_steps, spin_steps = _steps(init_interval, system.dt, "init_interval"), _steps(spinup, system.dt, "spinup")
+    truth_lead_steps = _steps(lead_interval, system.dt, "lead_interval")
+
+    config = {"system": system.name, "params": system.params(), "members": members, "n_init": n_init,
+              "n_leads": n_leads, "lead_interval": lead_interval, "init_interval": init_interval, "spinup": spinup,
+              "perturbation": perturbation, "seed": int(seed),
+              "forecast_params": None if forecast_system is None else forecast_system.params()}
+    resume = _prepare_store(store, if_exists, config) if store is not None else False
+
+    # truth initial states (one sequential run; cheap next to the ensemble)
+    g = member_generator(seed)
+    x = system.step(system.initial_state(1, g), spin_steps, generator=g)
+    inits = [x]
+    for _ in range(n_init - 1):
+        x = system.step(x, init_steps, generator=g)
+        inits.append(x)
+
+    variables, coords = system.variables(), system.coords()
+    nl = n_leads + 1
+    init_times = np.arange(n_init) * float(init_interval)
+    lead_times = np.arange(nl) * float(lead_interval)
+    tattrs = {"units": system.time_units}
+    ds_coords = {
+        "init_time": xr.Variable("init_time", init_times, {"long_name": "initial time after spin-up", "standard_name": "forecast_reference_time", **tattrs}),
+        "lead_time": xr.Variable("lead_time", lead_times, {"long_name": "lead time", "standard_name": "forecast_period", **tattrs}),
+        "member": xr.Variable("member", np.arange(members), {"long_name": "ensemble member id"}),
+        "valid_time": xr.Variable(("init_time", "lead_time"), init_times[:, None] + lead_times[None, :], {"long_name": "valid time", "standard_name": "time", **tattrs}),
+    }
+    for name, c in coords.items():
+        ds_coords[name] = xr.Variable(name, c.values, c.attrs)
+    data = {}
+    for name, var in variables.items():
+        shp = tuple(len(coords[d].values) for d in var.dims)
+        data[name] = (("init_time", "lead_time", "member", *var.dims), _empty((n_init, nl, members, *shp), (1, nl, members, *shp)), var.attrs)
+        data[f"{name}_truth"] = (("init_time", "lead_time", *var.dims), _empty((n_init, nl, *shp), (1, nl, *shp)),
+                                 {**var.attrs, "long_name": f"truth {var.attrs.get('long_name', name)}"})
+    data["chunk_done"] = (("init_time",), da.zeros(n_init, chunks=1, dtype="int8"), {"long_name": "1 where this init time is complete"})
+    template = xr.Dataset(data, coords=ds_coords, attrs={**_global_attrs(system, config), "featureType": "ensemble forecast"})
+
+    def compute(i: int) -> dict[str, np.ndarray]:
+        gens = [member_generator(seed, i, m) for m in range(members)]
+        x0 = inits[i].expand(members, *inits[i].shape[1:])
+        ens = torch.cat([model.perturb(x0[m : m + 1], gens[m], perturbation) for m in range(members)])
+        noise = gens if getattr(model, "noise_std", 0) else None
+        traj = model.integrate(ens, n_leads, lead_steps, generator=noise)  # (M, L, *state)
+        truth = system.integrate(inits[i], n_leads, truth_lead_steps, generator=member_generator(seed, i, _TRUTH_KEY))
+        out = {}
+        for name, field in _fields(model, traj).items():
+            out[name] = field.transpose(0, 1).unsqueeze(0).cpu().numpy()  # (1, L, M, ...)
+        for name, field in _fields(system, truth).items():
+            out[f"{name}_truth"] = field.cpu().numpy()  # (1, L, ...)
+        return out
+
+    return _write_chunks(template, "init_time", 1, compute, store, resume, progress, on_chunk)
+
+
+def _fields(system: Any, traj: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Apply ``system.fields`` to a trajectory ``(B, L, *state)`` -> ``{name: (B, L, ...)}``."""
+    b, nl = traj.shape[:2]
+    flat = system.fields(traj.reshape(b * nl, *traj.shape[2:]))
+    return {k: v.reshape(b, nl, *v.shape[1:]) for k, v in flat.items()}
+
+
+def _simulate_stationary(system, members, seed, store, if_exists, chunk, progress, on_chunk) -> xr.Dataset:
+    config = {"system": system.name, "params": system.params(), "members": members, "seed": int(seed), "chunk_members": chunk}
+    resume = _prepare_store(store, if_exists, config) if store is not None else False
+    base = system.to_dataset(np.zeros((1, system.n, system.n)), np.zeros((1, system.n, system.n)))
+    n = system.n
+    data = {k: (v.dims, _empty((members, n, n), (chunk, n, n)), v.attrs) for k, v in base.data_vars.items()}
+    data["chunk_done"] = (("member",), da.zeros(members, chunks=chunk, dtype="int8"), {"long_name": "1 where this sample is complete"})
+    coords = {k: v.variable for k, v in base.coords.items() if k != "member"}
+    coords["member"] = xr.Variable("member", np.arange(members), base["member"].attrs)
+    template = xr.Dataset(data, coords=coords, attrs={**_global_attrs(system, config), "featureType": "sample"})
+
+    def compute(c: int) -> dict[str, np.ndarray]:
+        start = c * chunk
+        a, u = system.sample(min(chunk, members - start), seed=seed, start=start)
+        return {"a": a, "u": u}
+
+    return _write_chunks(template, "member", chunk, compute, store, resume, progress, on_chunk)
