@@ -95,10 +95,10 @@ def test_edm_loss_ignores_masked_points_and_weights_channels():
 @pytest.mark.parametrize("method,steps,options", SAMPLERS)
 def test_sampler_with_exact_denoiser_reproduces_the_mixture(d, method, steps, options):
     """Sliced W1 (2000 samples, 1000 directions) to an exact sample set within 2x of the
-    distance between two independent exact sets (the two-sample floor)."""
+    distance between independent exact sets (the two-sample floor, mean of three draws)."""
     gm = grid_mixture(d, seed=1)
     ref = gm.sample(2000, torch.Generator().manual_seed(1))
-    floor = sliced_wasserstein(ref, gm.sample(2000, torch.Generator().manual_seed(2)), 1000)
+    floor = sum(sliced_wasserstein(ref, gm.sample(2000, torch.Generator().manual_seed(s)), 1000) for s in (2, 3, 4)) / 3
     den = CountingDenoiser(gm)
     x = sample(den, (2000, d), steps=steps, method=method, sigma_max=SIGMA_MAX,
                generator=torch.Generator().manual_seed(3), dtype=torch.float64, **options)
