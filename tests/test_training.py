@@ -17,14 +17,6 @@ from sciffusion.nets import MLP
 from sciffusion.training import TensorPairs, Trainer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def toy_data(n=8192, seed=0):
     """x | c ~ N((2c, -c), diag(0.5^2, (0.25 + 0.1 c^2)^2)), c ~ N(0, 1)."""
     g = torch.Generator().manual_seed(seed)
