@@ -189,6 +189,10 @@ class UNet2d(nn.Module):
         num_heads: attention heads (must divide the attention levels' widths).
         groups: maximum GroupNorm group count.
         dropout: dropout rate inside residual blocks.
+        fit_grid: what to do with a grid whose H or W is not divisible by the down-sampling
+            factor: ``"error"`` (refuse, naming the size and factor) or ``"pad"`` (pad up to the
+            next multiple - periodically along circular axes, by reflection otherwise - and crop
+            the output back, so e.g. an 18 x 432 OSTIA grid works with any depth).
 
     Forward: ``x (B, C, H, W), c_noise (B,), cond (B, Cc, H, W) | None -> (B, C_out, H, W)``.
     """
@@ -198,8 +202,10 @@ class UNet2d(nn.Module):
                  blocks_per_level: int = 2, attention_levels: Sequence[int] | None = None,
                  padding: str | Sequence[str] = "zeros", emb_dim: int | None = None,
                  fourier_scale: float = 16.0, num_heads: int = 4, groups: int = 8,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, fit_grid: str = "error"):
         super().__init__()
+        if fit_grid not in ("error", "pad"):
+            raise ValueError(f"fit_grid must be 'error' or 'pad'; got {fit_grid!r}")
         channels = [int(c) for c in channels]
         if not channels or min(channels) < 1:
             raise ValueError(f"channels must be a non-empty list of positive widths; got {channels}")
@@ -215,6 +221,10 @@ class UNet2d(nn.Module):
                            attention_levels=sorted(attention_levels), padding=list(pad),
                            emb_dim=emb_dim, fourier_scale=fourier_scale, num_heads=num_heads,
                            groups=groups, dropout=dropout)
+        if fit_grid != "error":  # keep specs of nets built without it unchanged
+            self.config["fit_grid"] = fit_grid
+        self.fit_grid = fit_grid
+        self.pad_modes = pad
         self.factor = 2 ** (levels - 1)
 
         def res(ci, co):
@@ -263,8 +273,11 @@ class UNet2d(nn.Module):
         """x: (B, C, H, W), c_noise: (B,), cond: (B, Cc, H, W) or None -> (B, C_out, H, W)."""
         if x.ndim != 4:
             raise ValueError(f"UNet2d expects x of shape (B, C, H, W); got {tuple(x.shape)}")
-        self.check_grid(x.shape[-2], x.shape[-1])
         x = _concat_cond(x, cond, self.config["cond_channels"], "UNet2d")
+        height, width = x.shape[-2:]
+        if self.fit_grid == "pad":
+            x = self._pad_to_fit(x)
+        self.check_grid(x.shape[-2], x.shape[-1])
         emb = self.embed(broadcast_noise(c_noise, x.shape[0], x))
         h = self.conv_in(x)
         skips = []
@@ -282,7 +295,29 @@ class UNet2d(nn.Module):
             for block in level["blocks"]:
                 h = block(h, emb)
             h = level["attn"](h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        if out.shape[-2:] != (height, width):
+            top, left = self._pads(height)[0], self._pads(width)[0]
+            out = out[..., top : top + height, left : left + width]
+        return out
+
+    def _pads(self, size: int) -> tuple[int, int]:
+        extra = -size % self.factor
+        return extra // 2, extra - extra // 2
+
+    def _pad_to_fit(self, x: Tensor) -> Tensor:
+        """Pad H and W up to multiples of the factor: circular along periodic axes, reflect
+        (replicate where the axis is too short to reflect) otherwise."""
+        for axis, mode in ((-2, self.pad_modes[0]), (-1, self.pad_modes[1])):
+            lo, hi = self._pads(x.shape[axis])
+            if lo == hi == 0:
+                continue
+            pad = [0, 0, lo, hi] if axis == -2 else [lo, hi, 0, 0]
+            if mode == "circular":
+                x = F.pad(x, pad, mode="circular")
+            else:
+                x = F.pad(x, pad, mode="reflect" if max(lo, hi) < x.shape[axis] else "replicate")
+        return x
 
 
 def _concat_cond(x: Tensor, cond: Tensor | None, cond_channels: int, who: str) -> Tensor:
