@@ -1,12 +1,14 @@
-"""The end-to-end demo: simulate fields, train a conditional model, sample an ensemble, score it.
+"""The end-to-end demo: SEEDS-style ensemble emulation of Lorenz-96 on CPU in about a minute.
 
-The data is a stochastic advection process on a periodic grid whose conditional law is known
-exactly, so the demo can show how close the learned ensemble is to the perfect one:
+``run_demo`` simulates physics ensembles of the imperfect Lorenz-96 forecast model (31 members from
+perturbed truth states) for held-out initial times, loads the small pretrained emulator shipped in
+``sciffusion/assets/seeds_lorenz96`` (rebuilt by ``python -m sciffusion.emulators.pretrain``),
+generates members from 2 seed members of each physics ensemble, streams them to
+``ensemble.zarr``, scores the 2 seeds, the physics ensemble and the emulated ensemble against
+the truth, draws the rank histograms and the spread-skill plot, and returns the skill table.
 
-    u(t+1) = a * shift(u(t)) + sqrt(1 - a^2) * xi(t),     xi ~ GRF, unit variance,
-
-so ``u(t+1) | u(t) ~ N(a shift(u(t)), (1 - a^2) C)``: per-point mean ``a shift(u(t))`` and
-standard deviation ``sqrt(1 - a^2)``.
+:func:`demo_dataset` (an advected Gaussian random field with an exact conditional law) is the
+toy data set of the conditional-sampling examples and tests.
 """
 
 from __future__ import annotations
@@ -51,75 +53,57 @@ def demo_dataset(n_time: int = 1500, size: int = 32, a: float = 0.9, shift: int 
     return ds
 
 
-def _scores(ens: np.ndarray, truth: np.ndarray) -> dict:
-    """Ensemble-mean RMSE, spread (with the (M+1)/M correction in the ratio) and fair CRPS."""
-    m = ens.shape[1]
-    mean = ens.mean(1)
-    rmse = float(np.sqrt(((mean - truth) ** 2).mean()))
-    spread = float(np.sqrt(ens.var(1, ddof=1).mean()))
-    crps = float(np.abs(ens - truth[:, None]).mean() - 0.5 * np.abs(ens[:, :, None] - ens[:, None, :]).sum((1, 2)).mean() / (m * (m - 1)))
-    return {"rmse": rmse, "spread": spread, "spread_skill": spread * np.sqrt((m + 1) / m) / rmse, "crps_fair": crps}
+def run_demo(out: str | Path = "sciffusion_demo", *, n_init: int = 12, members: int = 31, steps: int | None = None,
+             seed: int = 0, checkpoint: str | Path | None = None, batch_size: int = 512, progress: bool = True,
+             overwrite: bool = True) -> dict:
+    """Simulate, generate from 2 seeds with the pretrained emulator, score, plot.
 
-
-def run_demo(out: str | Path = "sciffusion_demo", *, steps: int = 400, members: int = 16, cases: int = 16,
-             size: int = 32, seed: int = 0, progress: bool = True, overwrite: bool = True) -> dict:
-    """Simulate, train (``steps`` optimiser steps), sample ``members`` members for ``cases``
-    held-out conditions, write ``data.zarr``, ``run/`` (checkpoints) and ``ensemble.zarr`` under
-    ``out``, and return (and write as ``summary.json``) the skill table."""
-    from sciffusion.data import write_zarr
-    from sciffusion.recipes import sample_from_checkpoint, train_from_config
+    Writes under ``out``: ``physics.zarr`` (ensembles + truth), ``ensemble.zarr`` (emulated
+    members, resumable with ``overwrite=False``), ``rank_histogram.png``, ``spread_skill.png`` and
+    ``summary.json``; returns the summary (scores per ensemble, timings).
+    """
+    from sciffusion import plot
+    from sciffusion.emulators import EnsembleEmulator, ensemble_skill
+    from sciffusion.emulators.pretrain import L96_SETUP, default_checkpoint, lorenz96_ensembles
+    import sciffusion.metrics as sm
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
     t0 = time.perf_counter()
-    ds = demo_dataset(size=size, seed=seed)
-    n_test = cases + 1
-    train_ds, test_ds = ds.isel(time=slice(0, -n_test)), ds.isel(time=slice(-n_test, None))
-    write_zarr(ds, out / "data.zarr", mode="w" if overwrite else "w-")
+    phys = lorenz96_ensembles(n_init, 300 + int(seed), store=out / "physics.zarr")
     timings["simulate_s"] = time.perf_counter() - t0
-
-    config = {
-        "data": {"variables": ["u"], "grid_dims": ["y", "x"], "along": "time", "offset": 1, "validation_fraction": 0.05},
-        "model": {"net": "UNet2d", "sigma_data": 1.0,
-                  "kwargs": {"channels": [16, 32], "blocks_per_level": 1, "padding": "circular", "attention_levels": []}},
-        "training": {"out_dir": str(out / "run"), "steps": steps, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50,
-                     "ema_decay": 0.98, "checkpoint_every": max(steps // 2, 1), "seed": seed},
-    }
     t0 = time.perf_counter()
-    trainer = train_from_config(config, ds=train_ds, progress=progress, resume=not overwrite)
-    timings["train_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    ens = sample_from_checkpoint(out / "run", test_ds, out / "ensemble.zarr", members=members, steps=18,
-                                 method="heun", seed=seed, batch_size=128, member_chunk=8,
-                                 mode="w" if overwrite else "w-", progress=progress)
-    timings["sample_s"] = time.perf_counter() - t0
-
-    a, shift = ds.attrs["a"], ds.attrs["shift"]
-    u = test_ds["u"].values.astype(np.float64)
-    truth, prev = u[1:], u[:-1]
-    exact_mean = a * np.roll(prev, shift, axis=-1)
-    g = np.random.default_rng(seed)
-    exact = exact_mean[:, None] + np.sqrt(1 - a**2) * np.stack(
-        [grf((size, size), members, generator=torch.Generator().manual_seed(seed * 1000 + i)).numpy() for i in range(len(truth))])
-    model = ens["u"].values.astype(np.float64)
-    climatology = g.standard_normal(model.shape) * float(train_ds["u"].std())
-    table = {"diffusion model": _scores(model, truth), "exact conditional": _scores(exact, truth),
-             "climatology": _scores(climatology, truth)}
-    summary = {"members": members, "cases": len(truth), "train_steps": steps,
-               "final_loss": trainer.history[-1]["loss"] if trainer.history else None,
-               "scores": table, "timings": timings, "ensemble": str(out / "ensemble.zarr")}
+    emu = EnsembleEmulator.load(checkpoint or default_checkpoint())
+    k = emu.coder.n_seeds
+    seeds = phys[["x"]].isel(member=list(range(k)))
+    ens = emu.generate(seeds, members, steps=steps, seed=seed, batch_size=batch_size, store=out / "ensemble.zarr",
+                       mode="w" if overwrite else "resume", progress=progress)
+    timings["generate_s"] = time.perf_counter() - t0
+    truth = phys["x_truth"]
+    clim = {"clim_mean": float(truth.mean()), "clim_std": float(truth.std())}
+    ensembles = {f"{k} seeds": seeds["x"], f"physics ({L96_SETUP['members']})": phys["x"], f"emulated ({members})": ens["x"].load()}
+    scores = {name: ensemble_skill(e, truth, **clim) for name, e in ensembles.items()}
+    hists = {name: sm.rank_histogram(e, truth, reduce_dims="all") for name, e in ensembles.items()}
+    plot.rank_histogram(hists).savefig(out / "rank_histogram.png", dpi=80)
+    comp = sm.spread_skill_ratio(ens["x"], truth, reduce_dims=["init_time", "k"], components=True)
+    plot.spread_skill(comp, lead_dim="lead_time", title="emulated ensemble").savefig(out / "spread_skill.png", dpi=80)
+    summary = {"members": members, "n_init": n_init, "leads": phys["lead_time"].values.tolist(), "n_seeds": k,
+               "checkpoint": emu.checkpoint, "sampler": json.loads(ens.attrs["sampler"]), "scores": scores,
+               "timings": timings, "ensemble": str(out / "ensemble.zarr"),
+               "plots": [str(out / "rank_histogram.png"), str(out / "spread_skill.png")]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{'ensemble':20s} {'RMSE':>8s} {'spread':>8s} {'spread/skill':>13s} {'CRPS (fair)':>12s}"]
-    for name, s in summary["scores"].items():
-        lines.append(f"{name:20s} {s['rmse']:8.3f} {s['spread']:8.3f} {s['spread_skill']:13.2f} {s['crps_fair']:12.3f}")
+    """The skill table printed by ``sciffusion demo``."""
+    from sciffusion.emulators.skill import format_per_lead, format_table
+
     t = summary["timings"]
-    lines.append(f"\n{summary['members']} members x {summary['cases']} cases; simulate {t['simulate_s']:.1f} s, "
-                 f"train {t['train_s']:.1f} s ({summary['train_steps']} steps), sample {t['sample_s']:.1f} s")
-    lines.append(f"ensemble written to {summary['ensemble']}")
-    return "\n".join(lines)
+    return "\n".join([
+        format_table(summary["scores"]), "", format_per_lead(summary["scores"]), "",
+        f"{summary['members']} members from {summary['n_seeds']} seeds x {summary['n_init']} initial times x "
+        f"{len(summary['leads'])} leads; sampler {summary['sampler']}",
+        f"simulate {t['simulate_s']:.1f} s, generate {t['generate_s']:.1f} s",
+        f"ensemble written to {summary['ensemble']}; plots {', '.join(summary['plots'])}"])

@@ -4,21 +4,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 
 import sciffusion.emulators as gen_module
 from sciffusion.cli import main
 from sciffusion.data import write_zarr
-from sciffusion.demo import demo_dataset, run_demo
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from sciffusion.demo import demo_dataset
 
 
 @pytest.fixture
@@ -99,10 +90,20 @@ def test_bad_config_names_the_missing_variable(trained, capsys):
     assert main(["train", str(trained / "missing.toml")]) == 2
 
 
-def test_demo_runs_end_to_end_at_tiny_size(tmp_path):
-    summary = run_demo(tmp_path / "demo", steps=4, members=4, cases=2, size=8, progress=False)
-    assert set(summary["scores"]) == {"diffusion model", "exact conditional", "climatology"}
-    ens = xr.open_zarr(tmp_path / "demo" / "ensemble.zarr")
-    assert ens.sizes["member"] == 4 and ens.sizes["case"] == 2 and "checkpoint_sha256" in ens.attrs
-    exact = summary["scores"]["exact conditional"]
-    assert exact["rmse"] < summary["scores"]["climatology"]["rmse"]
+def test_demo_runs_end_to_end_at_tiny_size(tmp_path, capsys):
+    """`sciffusion demo` simulates Lorenz-96 physics ensembles, generates members from 2 seeds with
+    the emulator shipped in the package, and writes the ensemble (member dim, provenance), the
+    plots and the skill table; the 31-member physics ensemble beats its own 2 seeds in CRPS."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--n-init", "2", "--members", "4", "--steps", "3", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "physics (31)" in printed and "emulated (4)" in printed and "crps by lead" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["scores"]) == {"2 seeds", "physics (31)", "emulated (4)"}
+    ens = xr.open_zarr(out / "ensemble.zarr")
+    assert dict(ens.sizes) == {"init_time": 2, "lead_time": 6, "member": 4, "k": 40}
+    assert len(ens.attrs["checkpoint_sha256"]) == 64 and json.loads(ens.attrs["sampler"])["steps"] == 3
+    assert np.isfinite(ens["x"].values).all()
+    assert (out / "rank_histogram.png").stat().st_size > 1000 and (out / "spread_skill.png").stat().st_size > 1000
+    scores = summary["scores"]
+    assert scores["physics (31)"]["crps"] < scores["2 seeds"]["crps"]

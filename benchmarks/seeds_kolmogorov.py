@@ -1,0 +1,148 @@
+"""SEEDS on 2-D Kolmogorov flow (32 x 32 on CPU): emulated and post-processed ensembles from 2 seeds.
+
+Truth: KolmogorovFlow(n=32, Re=100, drag=0.1). Forecast model (model error): Re=80, drag=0.12.
+Physics ensembles: 31 members from perturbed truth states (vorticity perturbation 0.1), leads
+1..4 time units. The emulator (UNet2d, emulation mode) and the post-processing emulator
+(truth_fraction 0.5) are trained here on other initial times, their temperature calibrated on a
+third set, then conditioned on 2 seeds they generate 31 and 256 members. The grid is 32 x 32
+rather than 64 x 64 to fit CPU time (a 64 x 64 UNet costs more per member on CPU than the
+64 x 64 pseudo-spectral solver); the cost per member of solver and emulator is measured in the
+same process with the same threads.
+
+    python benchmarks/seeds_kolmogorov.py                    # ~15-20 min on 1 core
+    python benchmarks/seeds_kolmogorov.py --quick            # smoke run
+
+Writes benchmarks/results/seeds_kolmogorov.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import xarray as xr
+
+from sciffusion.emulators import EnsembleEmulator, calibrate_spread, ensemble_skill
+from sciffusion.emulators.skill import format_per_lead, format_table
+from sciffusion.systems import KolmogorovFlow, simulate
+
+RESULTS = Path(__file__).parent / "results" / "seeds_kolmogorov.json"
+SETUP = {"n": 32, "members": 31, "n_leads": 4, "lead_interval": 1.0, "perturbation": 0.1, "spinup": 20.0,
+         "truth": {"reynolds": 100.0, "drag": 0.1}, "forecast": {"reynolds": 80.0, "drag": 0.12}}
+
+
+def kolmogorov_ensembles(n_init: int, seed: int, members: int | None = None) -> xr.Dataset:
+    """Physics ensembles of the imperfect model with the truth: vorticity (init_time, lead_time, member, y, x)."""
+    s = SETUP
+    truth, model = KolmogorovFlow(n=s["n"], **s["truth"]), KolmogorovFlow(n=s["n"], **s["forecast"])
+    ds = simulate(truth, forecast_system=model, members=members or s["members"], n_init=n_init, n_leads=s["n_leads"],
+                  lead_interval=s["lead_interval"], perturbation=s["perturbation"], spinup=s["spinup"], seed=seed)
+    return ds.isel(lead_time=slice(1, None)).drop_vars("chunk_done").load()
+
+
+def train(ds, val, mode, steps, device=None, log=print):
+    t0 = time.perf_counter()
+    emu = EnsembleEmulator.fit(ds, mode=mode, truth_fraction=0.5, steps=steps, batch_size=32, lr=1e-3,
+                               warmup_steps=100, ema_decay=0.995, net={"kwargs": {"channels": [32, 64]}}, device=device)
+    emu.sampler["steps"] = 8
+    obs = val[["vorticity_truth"]].rename(vorticity_truth="vorticity") if mode == "post-processing" \
+        else val[["vorticity"]].isel(member=2, drop=True)
+    cal = calibrate_spread(emu, val[["vorticity"]].isel(member=[0, 1]), obs, n_members=8, batch_size=256, device=device)
+    log(f"{mode}: trained {steps} steps in {time.perf_counter() - t0:.0f} s (loss {emu.history[-1]['loss']:.3f}); {cal}")
+    return emu
+
+
+def cpu_cost_per_member(emu: EnsembleEmulator, seeds: xr.Dataset, threads: int, members: int) -> dict:
+    """Seconds per member forecast (all leads) on CPU with ``threads`` threads, solver and emulator
+    timed back to back in this process: the solver runs the 31-member ensemble of the forecast model
+    from one state over the leads; the emulator generates 31 members for the same leads."""
+    s = SETUP
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = KolmogorovFlow(n=s["n"], **s["forecast"])
+        x = model.step(model.initial_state(members, torch.Generator().manual_seed(0)), 100)
+        steps = round(s["lead_interval"] / model.dt)
+        t0 = time.perf_counter()
+        model.integrate(x, s["n_leads"], steps)
+        solver = (time.perf_counter() - t0) / members
+        cpu = EnsembleEmulator(emu.denoiser.to("cpu"), emu.coder, mode=emu.mode, sampler=emu.sampler)
+        t0 = time.perf_counter()
+        cpu.generate(seeds.isel(init_time=[0]), members, batch_size=256, device="cpu")
+        emulator = (time.perf_counter() - t0) / members
+    finally:
+        torch.set_num_threads(old)
+    return {"solver_s_per_member": solver, "emulator_s_per_member": emulator, "emulator_over_solver": emulator / solver,
+            "threads": threads, "sampler": dict(emu.sampler)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n-train", type=int, default=40)
+    p.add_argument("--n-init", type=int, default=12, help="test initial times")
+    p.add_argument("--big", type=int, default=256)
+    p.add_argument("--train-steps", type=int, default=1500)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for the cost comparison")
+    p.add_argument("--device", default=None, help="torch device for training and scoring runs (cost is always CPU)")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    if args.device is None:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.n_train, args.n_init, args.big, args.train_steps = 4, 2, 16, 20
+    m = SETUP["members"]
+    t0 = time.perf_counter()
+    data = kolmogorov_ensembles(args.n_train, 101)
+    val = kolmogorov_ensembles(4 if not args.quick else 2, 102)
+    print(f"simulated training data in {time.perf_counter() - t0:.0f} s", flush=True)
+    emu = train(data, val, "emulation", args.train_steps, args.device)
+    post = train(data, val, "post-processing", args.train_steps, args.device)
+    phys = kolmogorov_ensembles(args.n_init, 200)
+    truth = phys["vorticity_truth"]
+    seeds = phys[["vorticity"]].isel(member=[0, 1])
+    clim = {"clim_mean": float(data["vorticity_truth"].mean()), "clim_std": float(data["vorticity_truth"].std())}
+    ensembles, cost = {"2 seeds": seeds["vorticity"], f"physics ({m})": phys["vorticity"]}, {}
+    for label, model in (("emulated", emu), ("post-processed", post)):
+        for n in (m, args.big):
+            t0 = time.perf_counter()
+            ensembles[f"{label} ({n})"] = model.generate(seeds, n, seed=1, batch_size=1024, device=args.device)["vorticity"]
+            cost[f"{label} ({n})"] = (time.perf_counter() - t0) / (args.n_init * n)
+            print(f"{label} ({n}): {cost[f'{label} ({n})'] * args.n_init * n:.0f} s on {args.device or 'cpu'}", flush=True)
+    rows = {name: ensemble_skill(e, truth, **clim) for name, e in ensembles.items()}
+    cpu = cpu_cost_per_member(emu, seeds, args.threads, m)
+    solver_per_member, emu_per_member = cpu["solver_s_per_member"], cpu["emulator_s_per_member"]
+    phys_row, emu_row, post_row = rows[f"physics ({m})"], rows[f"emulated ({m})"], rows[f"post-processed ({m})"]
+    checks = {"emulated_crps_ratio": emu_row["crps"] / phys_row["crps"],
+              "emulated_crps_within_5pct_of_physics": abs(emu_row["crps"] / phys_row["crps"] - 1) <= 0.05,
+              "post_processed_crps_ratio": post_row["crps"] / phys_row["crps"],
+              "post_processed_lower_crps_than_physics": post_row["crps"] < phys_row["crps"],
+              "post_processed_ssr_closer_to_1": abs(post_row["ssr"] - 1) < abs(phys_row["ssr"] - 1),
+              "emulator_over_solver_cost": emu_per_member / solver_per_member,
+              "member_cost_at_most_a_tenth": emu_per_member <= solver_per_member / 10}
+    print(f"\nKolmogorov flow {SETUP['n']}x{SETUP['n']} SEEDS benchmark: {args.n_init} initial times x "
+          f"{len(truth.lead_time)} leads {truth.lead_time.values.tolist()}; truth Re=100 drag 0.1, model Re=80 drag 0.12")
+    print(format_table(rows))
+    print()
+    print(format_per_lead(rows, "crps"))
+    print(f"\nCPU cost per member forecast ({len(truth.lead_time)} leads, {args.threads} thread(s)): solver "
+          f"{solver_per_member * 1e3:.1f} ms, emulator {emu_per_member * 1e3:.1f} ms "
+          f"(emulator/solver = {emu_per_member / solver_per_member:.2f})")
+    print("targets:", json.dumps(checks, indent=1))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"setup": {**SETUP, "n_train": args.n_train, "n_init_test": args.n_init,
+                                         "train_steps": args.train_steps, "quick": args.quick,
+                                         "emulation_sampler": emu.sampler, "post_sampler": post.sampler},
+                               "scores": rows, "cost": {**cpu, "scoring_runs_s_per_member": cost,
+                                                        "scoring_device": args.device or "cpu"},
+                               "targets": checks}, indent=1, default=str))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

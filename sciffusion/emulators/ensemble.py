@@ -1,0 +1,303 @@
+"""SEEDS-style ensemble emulation: a conditional EDM model of p(member | K seeds, lead time).
+
+Li et al. (2024, Science Advances, "Generative emulation of weather forecast ensembles with
+diffusion models"): a diffusion model conditioned on a few members of a physics ensemble (the
+*seeds*) draws as many further members as wanted. Two modes:
+
+* ``"emulation"``: targets are other members of the same physics ensemble, so generated members
+  are exchangeable with the physics members (same spread, same biases as the forecast model);
+* ``"post-processing"``: targets are the truth (reanalysis) with probability ``truth_fraction``
+  and other members otherwise, so the generated ensemble corrects the forecast model's bias and
+  spread towards the truth.
+
+The spread knob is the **noise temperature** ``tau``: the sampler starts from ``tau * sigma_max *
+eps`` instead of ``sigma_max * eps``. For a Gaussian conditional law the probability-flow ODE is
+linear and the generated deviations from the conditional mean are exactly ``tau`` times the learned
+ones; in general the spread grows monotonically with ``tau``. :func:`~sciffusion.emulators.calibrate_spread`
+picks ``tau`` (or the EDM churn, or the step count) on a validation set so that the
+spread-skill ratio is 1. See ``docs/emulation.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from sciffusion.diffusion import Denoiser
+from sciffusion.diffusion.sample import METHODS
+from sciffusion.emulators.members import generate as generate_members
+from sciffusion.emulators.seeds_data import MODES, SeedPairs, SeedsCoder, _names, ensemble_tensor
+from sciffusion.emulators.store import EnsembleStore
+
+SIGMA_MAX = 80.0
+DEFAULT_SAMPLER = {"method": "heun", "steps": 12, "temperature": 1.0}
+
+
+class TemperedStep:
+    """A sampler step that scales the starting noise by ``temperature`` (at ``sigma == sigma_max``).
+
+    Wraps any step function of :mod:`sciffusion.diffusion.sample` (same signature), so every
+    sampler gets the temperature knob; ``temperature=1`` is the plain sampler.
+    """
+
+    def __init__(self, step, temperature: float = 1.0, sigma_max: float = SIGMA_MAX):
+        self.step = METHODS[step] if isinstance(step, str) else step
+        if self.step is None:
+            raise ValueError(f"unknown sampler method {step!r}; choose one of {sorted(METHODS)}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.temperature, self.sigma_max = float(temperature), float(sigma_max)
+
+    def __call__(self, denoiser, x, sigma, sigma_next, **kwargs):
+        if self.temperature != 1.0 and abs(float(sigma) - self.sigma_max) <= 1e-5 * self.sigma_max:
+            x = x * self.temperature
+        return self.step(denoiser, x, sigma, sigma_next, **kwargs)
+
+
+def _default_net(coder: SeedsCoder, net: dict | None) -> dict:
+    from sciffusion.nets import NETS
+
+    spec = dict(net or {})
+    rank = len(coder.grid_dims)
+    name = spec.get("name") or ("PeriodicConv1d" if rank == 1 else "UNet2d" if rank == 2 else "MLP")
+    kwargs = dict(spec.get("kwargs") or {})
+    if name not in NETS:
+        raise ValueError(f"unknown net {name!r}; known nets: {sorted(NETS)}")
+    if name == "PeriodicConv1d":
+        kwargs = {"width": 32, "n_blocks": 4, **kwargs, "in_channels": coder.channels, "cond_channels": coder.cond_channels}
+    elif name == "UNet2d":
+        kwargs = {"channels": [32, 64], "blocks_per_level": 1, "padding": "circular", "attention_levels": [], **kwargs,
+                  "in_channels": coder.channels, "cond_channels": coder.cond_channels}
+    else:
+        raise ValueError(f"{name} does not take gridded conditions; use PeriodicConv1d (1-D grids) or UNet2d (2-D)")
+    return {"name": name, "kwargs": kwargs}
+
+
+class EnsembleEmulator:
+    """Generate ensemble members from K seed members (see the module docstring).
+
+    Build one with :meth:`fit` (trains on a physics ensemble) or :meth:`load` (a checkpoint), then
+    call :meth:`generate`. ``sampler`` holds the default ``method``, ``steps`` and ``temperature``
+    (set by calibration and stored with :meth:`save`).
+    """
+
+    def __init__(self, denoiser, coder: SeedsCoder, *, mode: str = "emulation", truth_fraction: float = 0.0,
+                 sampler: dict | None = None, checkpoint: str | None = None, checkpoint_sha256: str | None = None):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.denoiser, self.coder, self.mode, self.truth_fraction = denoiser, coder, mode, float(truth_fraction)
+        self.sampler = {**DEFAULT_SAMPLER, **(sampler or {})}
+        self.checkpoint, self.checkpoint_sha256 = checkpoint, checkpoint_sha256
+
+    # ------------------------------------------------------------------ training
+    @classmethod
+    def fit(cls, ds: xr.Dataset, variables=None, *, grid_dims=None, n_seeds: int = 2, mode: str = "emulation",
+            truth_fraction: float = 0.5, truth: xr.Dataset | None = None, lead_dim: str = "lead_time",
+            member_dim: str = "member", climatology: bool = False, static=None, net: dict | None = None,
+            steps: int = 2000, batch_size: int = 128, lr: float = 2e-3, warmup_steps: int = 100,
+            ema_decay: float = 0.995, seed: int = 0, pairs_per_sample: int | None = None,
+            out_dir: str | os.PathLike | None = None, device=None, progress: bool = False) -> EnsembleEmulator:
+        """Train on a physics ensemble ``ds`` with ``v (..., lead_time, member, *grid)``.
+
+        Args:
+            variables: state variables (default: every variable with a ``member`` dim).
+            grid_dims: spatial dims (default: the dims after ``member``).
+            n_seeds: K, the number of seed members conditioned on.
+            mode, truth_fraction: ``"emulation"`` or ``"post-processing"`` (targets are the truth
+                with probability ``truth_fraction``). The truth is ``truth[v]`` or ``ds[f"{v}_truth"]``
+                on the ensemble's dims without ``member`` (what :func:`sciffusion.systems.simulate` writes).
+            climatology: add the per-grid-point climatological mean and std as conditions.
+            static: names of static fields of ``ds`` (grid dims only) to condition on.
+            net: backbone spec ``{"name", "kwargs"}`` (channel counts are filled in); default a
+                PeriodicConv1d (1-D grid) or UNet2d (2-D).
+            steps, batch_size, lr, warmup_steps, ema_decay, seed: training (see :class:`~sciffusion.training.Trainer`).
+            out_dir: checkpoint directory for a resumable run (None: in memory).
+        """
+        from sciffusion.nets import build_net
+        from sciffusion.training import Trainer
+
+        if isinstance(ds, xr.DataArray):
+            ds = ds.to_dataset()
+        variables = _names(variables) or [str(v) for v in ds.data_vars if member_dim in ds[v].dims and not str(v).endswith("_truth")]
+        if not variables:
+            raise ValueError(f"no variable of the training data has a {member_dim!r} dimension")
+        dims = list(ds[variables[0]].dims)
+        if member_dim not in dims:
+            raise ValueError(f"variable {variables[0]!r} has no {member_dim!r} dimension: dims {tuple(dims)}")
+        grid_dims = _names(grid_dims) or [str(d) for d in dims[dims.index(member_dim) + 1 :]]
+        if lead_dim not in ds.coords:
+            raise ValueError(f"the training data has no {lead_dim!r} coordinate; pass lead_dim=")
+        sample_dims = [str(d) for d in dims if d != member_dim and d not in grid_dims]
+        coder = SeedsCoder.fit(ds, variables, grid_dims=grid_dims, n_seeds=n_seeds, lead_dim=lead_dim,
+                               member_dim=member_dim, climatology=climatology, static=static)
+        members = ensemble_tensor(ds, variables, sample_dims, grid_dims, member_dim)
+        lead = torch.from_numpy(_lead_per_sample(ds, coder, sample_dims))
+        truth_t = None
+        if mode == "post-processing":
+            src = truth if truth is not None else ds
+            names = {v: (v if truth is not None else f"{v}_truth") for v in variables}
+            lacking = [n for n in names.values() if n not in src.data_vars]
+            if lacking:
+                raise ValueError(f"post-processing mode needs the truth: variable(s) {lacking} not found")
+            tds = xr.Dataset({v: src[n] for v, n in names.items()})
+            truth_t = ensemble_tensor(tds.broadcast_like(ds[variables[0]].isel({member_dim: 0}, drop=True)),
+                                      variables, sample_dims, grid_dims, None)
+        pairs = SeedPairs(coder, members, lead, truth=truth_t, mode=mode, truth_fraction=truth_fraction,
+                          pairs_per_sample=pairs_per_sample, seed=seed)
+        torch.manual_seed(seed)
+        den = Denoiser(build_net(_default_net(coder, net)), sigma_data=1.0)
+        spec = {"coder": coder.to_dict(), "mode": mode, "truth_fraction": truth_fraction if mode != "emulation" else 0.0,
+                "sampler": dict(DEFAULT_SAMPLER)}
+        trainer = Trainer(den, pairs, out_dir=out_dir, batch_size=min(batch_size, len(pairs)), lr=lr,
+                          warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed, checkpoint_every=max(steps, 1),
+                          device=device, config={"ensemble_emulator": spec}, progress=progress)
+        trainer.fit(steps)
+        emu = cls(trainer.ema.eval().requires_grad_(False), coder, mode=mode, truth_fraction=spec["truth_fraction"])
+        emu.history = trainer.history
+        return emu
+
+    # ------------------------------------------------------------------ persistence
+    def spec(self) -> dict[str, Any]:
+        return {"coder": self.coder.to_dict(), "mode": self.mode, "truth_fraction": self.truth_fraction,
+                "sampler": dict(self.sampler)}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a checkpoint directory (safetensors weights + JSON config), atomically."""
+        from sciffusion.checkpoint import save_checkpoint, sha256
+        from sciffusion.nets import net_spec
+
+        config = {"model": {"net": net_spec(self.denoiser.net), "sigma_data": self.denoiser.sigma_data},
+                  "ensemble_emulator": self.spec()}
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.denoiser.state_dict().items()}
+        path = save_checkpoint(path, weights=weights, config=config)
+        self.checkpoint, self.checkpoint_sha256 = str(path), sha256(Path(path) / "weights.safetensors")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device=None) -> EnsembleEmulator:
+        """Load a checkpoint written by :meth:`save` or by a :meth:`fit` run with ``out_dir``."""
+        from sciffusion.checkpoint import load_denoiser, sha256
+
+        den, config = load_denoiser(path, device=device)
+        spec = config.get("ensemble_emulator")
+        if spec is None:
+            raise ValueError(f"checkpoint {path} is not an ensemble emulator (no 'ensemble_emulator' in its config)")
+        d = Path(config["checkpoint_dir"])
+        weights = d / ("ema.safetensors" if (d / "ema.safetensors").exists() else "weights.safetensors")
+        return cls(den, SeedsCoder.from_dict(spec["coder"]), mode=spec["mode"], truth_fraction=spec["truth_fraction"],
+                   sampler=spec.get("sampler"), checkpoint=str(d), checkpoint_sha256=sha256(weights))
+
+    # ------------------------------------------------------------------ generation
+    def check(self, seeds: xr.Dataset) -> None:
+        """Raise ValueError naming what differs (variables, grid, member count, lead times) from training."""
+        self.coder.check(seeds.to_dataset() if isinstance(seeds, xr.DataArray) else seeds)
+
+    @torch.no_grad()
+    def generate(self, seeds: xr.Dataset | xr.DataArray, n_members: int, *, steps: int | None = None,
+                 method: str | None = None, temperature: float | None = None, batch_size: int = 256, seed: int = 0,
+                 store: str | os.PathLike | None = None, member_chunk: int = 32, mode: str = "resume",
+                 progress: bool = False, device=None, **sampler_options) -> xr.Dataset:
+        """Draw ``n_members`` members for every seed set in ``seeds``.
+
+        Args:
+            seeds: Dataset with the trained variables on ``(..., lead_time, member=K, *grid)``
+                (any sample dims, e.g. ``init_time``; ``lead_time`` may be a scalar coordinate).
+            n_members: ensemble size; member ``m`` of seed set ``i`` (flattened sample dims, C
+                order) is drawn from the stream ``(seed, i, m)``, so it is the same whatever
+                ``n_members``, ``batch_size`` or ``member_chunk``.
+            steps, method, temperature: sampler settings (default ``self.sampler``); extra
+                ``sampler_options`` (``churn``, ``eta``, ...) go to :func:`sciffusion.diffusion.sample`.
+            store: zarr path: members are written block by block (``member_chunk`` each) and a
+                rerun with ``mode="resume"`` (default) computes only the missing blocks; a store
+                written with other settings is refused. ``mode="w"`` overwrites, ``"w-"`` refuses.
+        Returns:
+            Dataset ``v (*sample_dims, member, *grid)`` with member ids ``0..n_members-1``, the
+            seeds' coordinates and CF attributes, and provenance in ``attrs``.
+        """
+        ds = seeds.to_dataset() if isinstance(seeds, xr.DataArray) else seeds
+        self.check(ds)
+        c = self.coder
+        if int(n_members) < 1:
+            raise ValueError(f"n_members must be >= 1, got {n_members}")
+        ds = ds[c.variables]
+        sample_dims = [str(d) for d in ds[c.variables[0]].dims if d != c.member_dim and d not in c.grid_dims]
+        seeds_t = ensemble_tensor(ds, c.variables, sample_dims, c.grid_dims, c.member_dim)
+        lead = torch.from_numpy(_lead_per_sample(ds, c, sample_dims))
+        cond = c.condition(seeds_t, lead)
+        settings = {**self.sampler, **{k: v for k, v in {"steps": steps, "method": method, "temperature": temperature}.items() if v is not None}}
+        step_fn = TemperedStep(settings["method"], settings["temperature"])
+        options = {**{k: v for k, v in settings.items() if k not in DEFAULT_SAMPLER}, **sampler_options}
+        settings = {k: settings[k] for k in DEFAULT_SAMPLER}
+        provenance = self._provenance(ds, settings, options, seed, n_members)
+        sample_shape = [ds.sizes[d] for d in sample_dims]
+        event = (c.channels, *c.grid_shape)
+
+        def draw(block) -> np.ndarray:
+            z = generate_members(self.denoiser, cond, block, event_shape=event, seed=seed, batch_size=batch_size,
+                                 steps=int(settings["steps"]), method=step_fn, progress=progress, device=device,
+                                 sigma_max=SIGMA_MAX, **options)
+            x = c.decode(z, seeds_t, lead).numpy()  # (N, b, C, *grid)
+            return x.reshape(*sample_shape, x.shape[1], *event)
+
+        dims = [*sample_dims, c.member_dim, *c.grid_dims]
+        coords = {k: v for k, v in ds.coords.items() if c.member_dim not in v.dims}
+        if store is None:
+            x = draw(range(int(n_members)))
+            out = xr.Dataset({v: (dims, np.take(x, k, axis=-1 - len(c.grid_dims)), dict(ds[v].attrs))
+                              for k, v in enumerate(c.variables)}, coords=coords, attrs={**ds.attrs, **provenance})
+            return out.assign_coords({c.member_dim: np.arange(int(n_members))})
+        template = xr.Dataset({v: ([*sample_dims, *c.grid_dims], np.zeros([*sample_shape, *c.grid_shape], np.float32),
+                                   dict(ds[v].attrs)) for v in c.variables}, coords=coords, attrs=dict(ds.attrs))
+        if mode == "resume" and Path(store).exists():
+            _check_provenance(store, provenance)
+        st = EnsembleStore(store, template, int(n_members), member_chunk=member_chunk, member_axis=len(sample_dims),
+                           attrs=provenance, mode=mode)
+        for block in st.missing():
+            x = draw(block)
+            st.write(block, {v: np.take(x, k, axis=-1 - len(c.grid_dims)) for k, v in enumerate(c.variables)},
+                     {v: dims for v in c.variables})
+        st.finalize()
+        return st.open()
+
+    def _provenance(self, ds, settings, options, seed, n_members) -> dict[str, Any]:
+        from sciffusion import __version__
+
+        seed_ids = ds[self.coder.member_dim].values.tolist() if self.coder.member_dim in ds.coords else list(range(self.coder.n_seeds))
+        return {"sciffusion_version": __version__, "emulator": "sciffusion.emulators.EnsembleEmulator",
+                "emulator_mode": self.mode, "truth_fraction": self.truth_fraction, "n_seeds": self.coder.n_seeds,
+                "seed_members": json.dumps(seed_ids), "checkpoint": str(self.checkpoint or ""),
+                "checkpoint_sha256": str(self.checkpoint_sha256 or ""),
+                "sampler": json.dumps({**settings, **options}, sort_keys=True), "seed": int(seed),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "history": f"EnsembleEmulator.generate(n_members={n_members}, seed={seed})"}
+
+
+def _check_provenance(store, provenance: dict) -> None:
+    """Refuse to resume a store written with another checkpoint, sampler or seed."""
+    import zarr
+
+    attrs = dict(zarr.open_group(str(store), mode="r").attrs)
+    diff = [k for k in ("checkpoint_sha256", "sampler", "seed", "seed_members", "emulator_mode")
+            if k in attrs and attrs[k] != provenance[k]]
+    if diff:
+        raise ValueError(f"cannot resume {os.fspath(store)!r}: it was written with other {diff} "
+                         f"({', '.join(f'{k}={attrs[k]!r}' for k in diff)}); pass mode='w' to overwrite")
+
+
+def _lead_per_sample(ds: xr.Dataset, coder: SeedsCoder, sample_dims: list[str]) -> np.ndarray:
+    """The trained lead index of every flattened sample (C order over ``sample_dims``)."""
+    idx = coder.lead_index(ds[coder.lead_dim].values)
+    shape = [ds.sizes[d] for d in sample_dims]
+    if coder.lead_dim in sample_dims:
+        axis = sample_dims.index(coder.lead_dim)
+        view = [1] * len(shape)
+        view[axis] = len(idx)
+        return np.broadcast_to(idx.reshape(view), shape).reshape(-1).astype(np.int64)
+    return np.full(int(np.prod(shape)) if shape else 1, int(idx[0]), dtype=np.int64)

@@ -1,0 +1,258 @@
+"""Tensors for SEEDS-style emulation: the input checks, the conditioning and the training pairs.
+
+The emulator models one member ``x`` of an ensemble given K seed members ``s_1..s_K`` at lead
+time ``t``. To make the learning problem well scaled at every lead, the target is the member's
+deviation from the seed mean, divided by the typical size of that deviation at that lead::
+
+    z = (x - mean_k s_k) / d(t),        d(t) = std over training of (member - seed mean) at lead t
+
+and the condition stacks, on the grid, ``(s_k - mean) / d(t)`` for each seed, the normalised
+seed mean ``(mean - mu) / sd``, the lead time ``t / max(t)``, optionally the climatology
+(``(clim_mean - mu) / sd``, ``clim_std / sd``) and static fields. :class:`SeedsCoder` holds these
+constants (JSON-serialisable, stored in the checkpoint) and :class:`SeedPairs` draws the training
+pairs: for each (init, lead) sample, random K seeds and a different member as target - or, in
+post-processing mode, the truth with probability ``truth_fraction``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+MODES = ("emulation", "post-processing")
+
+
+def _names(x) -> list[str]:
+    return [] if x is None else [str(x)] if isinstance(x, str) else [str(v) for v in x]
+
+
+def ensemble_tensor(ds: xr.Dataset, variables: Sequence[str], sample_dims: Sequence[str], grid_dims: Sequence[str],
+                    member_dim: str | None = "member") -> torch.Tensor:
+    """Stack ``variables`` to ``(S, [M,] C, *grid)`` float32 with the sample dims flattened (C order)."""
+    arrays = []
+    for v in variables:
+        da = ds[v]
+        lead = [d for d in sample_dims if d in da.dims]
+        order = [*lead, *([member_dim] if member_dim else []), *grid_dims]
+        da = da.transpose(*order)
+        missing = [d for d in sample_dims if d not in da.dims]
+        if missing:  # e.g. a scalar lead_time coordinate: broadcast
+            da = da.expand_dims({d: ds.sizes[d] for d in missing}).transpose(*sample_dims, *order[len(lead):])
+        arrays.append(np.asarray(da.values, dtype=np.float32))
+    stacked = np.stack(arrays, axis=-1 - len(grid_dims))
+    s = int(np.prod([ds.sizes[d] for d in sample_dims])) if sample_dims else 1
+    return torch.from_numpy(stacked.reshape(s, *stacked.shape[len(sample_dims):]))
+
+
+class SeedsCoder:
+    """Constants that turn (seeds, lead) into the model's condition and members into targets.
+
+    Args:
+        variables: state variables (channels), grid_dims/grid_sizes/grid_coords: the grid.
+        n_seeds: K. lead_dim, lead_times: the lead-time dimension and the trained values.
+        center, scale: per-variable climatological mean and std (scalars).
+        dev_scale: per-variable list over ``lead_times`` of the deviation scale d(t).
+        climatology: ``{"mean": {v: grid list}, "std": {...}}`` or None.
+        static: ``{name: grid list}`` of normalised static fields (may be empty).
+    """
+
+    def __init__(self, *, variables, grid_dims, grid_sizes, grid_coords, n_seeds, lead_dim, lead_times, center,
+                 scale, dev_scale, climatology=None, static=None, member_dim="member"):
+        self.variables, self.grid_dims = list(variables), list(grid_dims)
+        self.grid_sizes, self.grid_coords = dict(grid_sizes), dict(grid_coords)
+        self.n_seeds, self.lead_dim, self.member_dim = int(n_seeds), str(lead_dim), str(member_dim)
+        self.lead_times = [float(t) for t in lead_times]
+        self.center, self.scale = dict(center), dict(scale)
+        self.dev_scale = {v: [float(x) for x in dev_scale[v]] for v in self.variables}
+        self.climatology, self.static = climatology, dict(static or {})
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("variables", "grid_dims", "grid_sizes", "grid_coords", "n_seeds",
+                                              "lead_dim", "lead_times", "center", "scale", "dev_scale",
+                                              "climatology", "static", "member_dim")}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SeedsCoder:
+        return cls(**d)
+
+    @classmethod
+    def fit(cls, ds: xr.Dataset, variables, *, grid_dims, n_seeds=2, lead_dim="lead_time", member_dim="member",
+            climatology=False, static=None) -> SeedsCoder:
+        """Fit the constants on a physics-ensemble Dataset ``v (..., lead, member, *grid)``."""
+        grid_dims = _names(grid_dims)
+        lead_times = np.atleast_1d(ds[lead_dim].values).astype(float)
+        center, scale, dev, clim = {}, {}, {}, ({"mean": {}, "std": {}} if climatology else None)
+        for v in variables:
+            x = ds[v].astype(np.float64)
+            center[v], scale[v] = float(x.mean()), float(x.std())
+            if not scale[v] > 0:
+                raise ValueError(f"variable {v!r} is constant in the training data; it cannot be emulated")
+            seed_mean = x.isel({member_dim: slice(0, n_seeds)}).mean(member_dim)
+            others = x.isel({member_dim: slice(n_seeds, None)})
+            d = np.sqrt(((others - seed_mean) ** 2).mean([dim for dim in others.dims if dim != lead_dim]))
+            dev[v] = np.maximum(np.atleast_1d(d.values), 1e-6 * scale[v]).tolist()
+            if climatology:
+                other = [dim for dim in x.dims if dim not in grid_dims]
+                clim["mean"][v] = x.mean(other).transpose(*grid_dims).values.tolist()
+                clim["std"][v] = x.std(other).transpose(*grid_dims).values.tolist()
+        stat = {}
+        for name in _names(static) if static else []:
+            f = ds[name].astype(np.float64).transpose(*grid_dims)
+            stat[name] = ((f - f.mean()) / (f.std() if float(f.std()) > 0 else 1.0)).values.tolist()
+        coords = {d: np.asarray(ds[d].values).tolist() if d in ds.coords else None for d in grid_dims}
+        return cls(variables=list(variables), grid_dims=grid_dims, grid_sizes={d: int(ds.sizes[d]) for d in grid_dims},
+                   grid_coords=coords, n_seeds=n_seeds, lead_dim=lead_dim, lead_times=lead_times.tolist(),
+                   center=center, scale=scale, dev_scale=dev, climatology=clim, static=stat, member_dim=member_dim)
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def channels(self) -> int:
+        return len(self.variables)
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        return tuple(self.grid_sizes[d] for d in self.grid_dims)
+
+    @property
+    def cond_channels(self) -> int:
+        c = self.channels
+        return self.n_seeds * c + c + 1 + (2 * c if self.climatology else 0) + len(self.static)
+
+    # ------------------------------------------------------------------ checks
+    def check(self, ds: xr.Dataset) -> None:
+        """Raise ValueError naming what differs between seed data ``ds`` and the training data."""
+        missing = [v for v in self.variables if v not in ds.data_vars]
+        if missing:
+            raise ValueError(f"the seeds lack variable(s) {missing} the emulator was trained on "
+                             f"(trained: {self.variables}; given: {sorted(map(str, ds.data_vars))})")
+        for d in self.grid_dims:
+            if d not in ds.dims:
+                raise ValueError(f"the seeds have no grid dimension {d!r} (trained grid: {self.grid_sizes}; "
+                                 f"seed dims: {dict(ds.sizes)})")
+            if ds.sizes[d] != self.grid_sizes[d]:
+                raise ValueError(f"the seeds' grid differs from training: dimension {d!r} has size {ds.sizes[d]} "
+                                 f"but the emulator was trained on {self.grid_sizes[d]}")
+            ref = self.grid_coords.get(d)
+            if ref is not None and d in ds.coords and not np.allclose(np.asarray(ds[d].values, float), ref):
+                raise ValueError(f"the seeds' grid differs from training: coordinate {d!r} has other values "
+                                 f"({np.asarray(ds[d].values)[:4]}... vs {ref[:4]}...)")
+        for v in self.variables:
+            extra = [d for d in ds[v].dims if d not in ds[self.variables[0]].dims]
+            if extra:
+                raise ValueError(f"variable {v!r} has dims {ds[v].dims}, unlike {self.variables[0]!r}")
+        if self.member_dim not in ds.dims or ds.sizes[self.member_dim] != self.n_seeds:
+            got = ds.sizes.get(self.member_dim, "no")
+            raise ValueError(f"the seeds have {got} {self.member_dim!r} entries but the emulator is conditioned on "
+                             f"K={self.n_seeds} seed members; select them, e.g. ds.isel({self.member_dim}=slice(0, {self.n_seeds}))")
+        if self.lead_dim not in ds.coords:
+            raise ValueError(f"the seeds have no {self.lead_dim!r} coordinate; the emulator was trained on lead "
+                             f"times {self.lead_times}")
+        self.lead_index(ds[self.lead_dim].values)
+
+    def lead_index(self, leads) -> np.ndarray:
+        """Index of each lead time in the trained lead times; ValueError naming unknown ones."""
+        leads = np.atleast_1d(np.asarray(leads, dtype=float))
+        trained = np.asarray(self.lead_times)
+        hit = np.abs(leads[:, None] - trained[None, :]) <= 1e-9 * np.maximum(1.0, np.abs(trained))[None, :]
+        if not hit.any(1).all():
+            bad = sorted(set(leads[~hit.any(1)].tolist()))
+            raise ValueError(f"the seeds' lead times {bad} ({self.lead_dim!r}) differ from the training lead times "
+                             f"{self.lead_times}; the emulator only knows those")
+        return hit.argmax(1)
+
+    # ------------------------------------------------------------------ encode / decode
+    def _per_channel(self, values: dict, x: torch.Tensor, lead: torch.Tensor | None = None) -> torch.Tensor:
+        """Stats shaped to broadcast against ``(N, C, *grid)``: scalar per variable, or per lead ``(N, C, 1..)``."""
+        ones = (1,) * len(self.grid_dims)
+        if lead is None:
+            return torch.tensor([values[v] for v in self.variables], dtype=x.dtype).reshape(1, -1, *ones)
+        table = torch.tensor([values[v] for v in self.variables], dtype=x.dtype)  # (C, L)
+        return table[:, lead].T.reshape(len(lead), -1, *ones)
+
+    def condition(self, seeds: torch.Tensor, lead: torch.Tensor) -> torch.Tensor:
+        """``seeds (N, K, C, *grid)`` physical, ``lead (N,)`` indices -> condition ``(N, Cc, *grid)``."""
+        n = seeds.shape[0]
+        mean = seeds.mean(1)
+        d = self._per_channel(self.dev_scale, mean, lead)
+        dev = ((seeds - mean[:, None]) / d[:, None]).reshape(n, -1, *self.grid_shape)
+        mu, sd = self._per_channel(self.center, mean), self._per_channel(self.scale, mean)
+        parts = [dev, (mean - mu) / sd]
+        t = torch.tensor(self.lead_times, dtype=seeds.dtype)[lead] / max(max(abs(x) for x in self.lead_times), 1e-12)
+        parts.append(t.reshape(n, 1, *(1,) * len(self.grid_dims)).expand(n, 1, *self.grid_shape))
+        if self.climatology:
+            cm = torch.tensor([self.climatology["mean"][v] for v in self.variables], dtype=seeds.dtype)
+            cs = torch.tensor([self.climatology["std"][v] for v in self.variables], dtype=seeds.dtype)
+            parts += [((cm[None] - mu) / sd).expand(n, -1, *self.grid_shape), (cs[None] / sd).expand(n, -1, *self.grid_shape)]
+        if self.static:
+            st = torch.tensor([self.static[k] for k in self.static], dtype=seeds.dtype)
+            parts.append(st[None].expand(n, -1, *self.grid_shape))
+        return torch.cat(parts, dim=1)
+
+    def encode(self, x: torch.Tensor, seeds: torch.Tensor, lead: torch.Tensor) -> torch.Tensor:
+        """Member ``x (N, C, *grid)`` -> target ``z = (x - seed mean) / d(lead)``."""
+        return (x - seeds.mean(1)) / self._per_channel(self.dev_scale, x, lead)
+
+    def decode(self, z: torch.Tensor, seeds: torch.Tensor, lead: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`encode` for ``z (N, B, C, *grid)`` (B members per condition)."""
+        d = self._per_channel(self.dev_scale, seeds[:, 0], lead)
+        return seeds.mean(1)[:, None] + d[:, None] * z
+
+
+class SeedPairs(torch.utils.data.Dataset):
+    """Training pairs ``{"x": z (C, *grid), "cond": (Cc, *grid)}`` drawn from a physics ensemble.
+
+    Args:
+        coder: the fitted :class:`SeedsCoder`.
+        members: ``(S, M, C, *grid)`` physical values; ``lead``: ``(S,)`` lead indices.
+        truth: ``(S, C, *grid)`` verifying truth (post-processing mode) or None.
+        mode: ``"emulation"`` (target: another member) or ``"post-processing"`` (target: the
+            truth with probability ``truth_fraction``, else another member).
+        pairs_per_sample: items per sample (default ``M - K``); item ``i`` of sample ``s`` has
+            fixed random seeds and target drawn once from ``seed`` (so training resumes exactly).
+    """
+
+    def __init__(self, coder: SeedsCoder, members: torch.Tensor, lead: torch.Tensor, *, truth=None,
+                 mode: str = "emulation", truth_fraction: float = 0.5, pairs_per_sample: int | None = None, seed: int = 0):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "post-processing" and truth is None:
+            raise ValueError("post-processing mode needs the truth (a '<variable>_truth' variable or truth=...)")
+        if not 0.0 <= truth_fraction <= 1.0:
+            raise ValueError(f"truth_fraction must be in [0, 1], got {truth_fraction}")
+        s, m = members.shape[:2]
+        k = coder.n_seeds
+        if m < k + (1 if mode == "emulation" else 0):
+            raise ValueError(f"the training ensemble has {m} members; need more than K={k} seeds")
+        self.coder, self.members, self.lead, self.truth = coder, members, lead.long(), truth
+        p = pairs_per_sample or max(m - k, 1)
+        rng = np.random.default_rng(seed)
+        picks = rng.random((s * p, m)).argsort(1)[:, : k + 1]
+        self.sample = np.repeat(np.arange(s), p)
+        self.seeds = torch.from_numpy(picks[:, :k].copy())
+        target = picks[:, k].copy()
+        if mode == "post-processing":
+            target[rng.random(s * p) < truth_fraction] = -1
+        self.target = torch.from_numpy(target)
+        self.sample_t = torch.from_numpy(self.sample)
+
+    def __len__(self) -> int:
+        return len(self.sample)
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        s = self.sample_t[idx]
+        seeds = self.members[s[:, None], self.seeds[idx]]  # (B, K, C, *grid)
+        tgt = self.target[idx]
+        x = self.members[s, tgt.clamp_min(0)]
+        if self.truth is not None:
+            x = torch.where((tgt < 0).reshape(-1, *(1,) * (x.ndim - 1)), self.truth[s], x)
+        lead = self.lead[s]
+        return {"x": self.coder.encode(x, seeds, lead), "cond": self.coder.condition(seeds, lead)}
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        b = self.batch(torch.tensor([i]))
+        return {k: v[0] for k, v in b.items()}

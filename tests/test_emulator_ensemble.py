@@ -1,0 +1,171 @@
+"""EnsembleEmulator: the conditional law it samples, stable members, resumable stores, clear input errors."""
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from sciffusion.emulators import EnsembleEmulator, calibrate_spread
+from sciffusion.emulators.seeds_data import SeedsCoder
+
+LEADS = [1.0, 2.0]
+DEV = [0.5, 2.0]  # deviation scale d(lead): very different per lead, so a wrong lead lookup shows
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def exact_standard_normal(x, sigma, cond=None):
+    """E[z0 | z0 + sigma eps] for z0 ~ N(0, I): the exact denoiser, so the emulator's law is known."""
+    return x / (1 + sigma.reshape(-1, *(1,) * (x.ndim - 1)) ** 2)
+
+
+def gaussian_emulator(sites=8):
+    coder = SeedsCoder(variables=["x"], grid_dims=["k"], grid_sizes={"k": sites}, grid_coords={"k": list(range(sites))},
+                       n_seeds=2, lead_dim="lead_time", lead_times=LEADS, center={"x": 0.0}, scale={"x": 1.0},
+                       dev_scale={"x": DEV})
+    return EnsembleEmulator(exact_standard_normal, coder, sampler={"steps": 18})
+
+
+def seeds_dataset(n_init=3, sites=8, seed=0, leads=LEADS, members=2):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_init, len(leads), members, sites)).astype(np.float32)
+    return xr.Dataset({"x": (("init_time", "lead_time", "member", "k"), x, {"units": "1", "long_name": "state"})},
+                      coords={"init_time": np.arange(n_init), "lead_time": leads, "member": [4, 9][:members] + list(range(10, 10 + members - 2)),
+                              "k": np.arange(sites)}, attrs={"title": "seeds"})
+
+
+def test_exact_denoiser_gives_members_with_the_seed_mean_and_the_lead_time_spread_times_temperature():
+    emu, seeds = gaussian_emulator(), seeds_dataset(n_init=2)
+    for temperature in (1.0, 1.5):
+        ens = emu.generate(seeds, 400, temperature=temperature, batch_size=4096)
+        assert dict(ens.sizes) == {"init_time": 2, "lead_time": 2, "member": 400, "k": 8}
+        dev = ens["x"] - seeds["x"].mean("member")
+        np.testing.assert_allclose(dev.mean("member"), 0, atol=4 * temperature * 2.0 / np.sqrt(400))
+        std = dev.std("member").mean(["init_time", "k"]).values
+        np.testing.assert_allclose(std, temperature * np.array(DEV), rtol=0.06)
+    assert ens["x"].attrs["long_name"] == "state" and ens.attrs["title"] == "seeds"
+    assert ens.attrs["seed_members"] == "[4, 9]" and '"temperature": 1.5' in ens.attrs["sampler"]
+
+
+def test_member_k_is_the_same_draw_whatever_the_ensemble_size_and_batch():
+    emu, seeds = gaussian_emulator(), seeds_dataset()
+    big = emu.generate(seeds, 6, batch_size=5, steps=4, seed=3)["x"].values
+    small = emu.generate(seeds, 3, batch_size=2, steps=4, seed=3)["x"].values
+    np.testing.assert_array_equal(big[:, :, :3], small)
+    other = emu.generate(seeds, 3, steps=4, seed=4)["x"].values
+    assert not np.allclose(other, small)
+
+
+def test_store_resume_computes_only_missing_blocks_and_refuses_other_settings(tmp_path, monkeypatch):
+    """A run killed after its first member block, rerun, computes only the missing blocks and
+    equals the in-memory ensemble bit for bit; a rerun with another seed is refused."""
+    import sciffusion.emulators.ensemble as mod
+
+    emu, seeds = gaussian_emulator(), seeds_dataset()
+    straight = emu.generate(seeds, 6, steps=4)
+    real, calls, crash = mod.generate_members, [], [True]
+
+    def crash_second(*a, **k):
+        calls.append(list(a[2]))
+        if len(calls) == 2 and crash[0]:
+            crash[0] = False
+            raise KeyboardInterrupt("simulated crash")
+        return real(*a, **k)
+
+    monkeypatch.setattr(mod, "generate_members", crash_second)
+    with pytest.raises(KeyboardInterrupt):
+        emu.generate(seeds, 6, steps=4, store=tmp_path / "e.zarr", member_chunk=2)
+    calls.clear()
+    out = emu.generate(seeds, 6, steps=4, store=tmp_path / "e.zarr", member_chunk=2)
+    assert calls == [[2, 3], [4, 5]]
+    np.testing.assert_array_equal(out["x"].transpose(*straight["x"].dims).values, straight["x"].values)
+    assert list(out["member"].values) == list(range(6)) and out["x"].encoding["chunks"][2] == 2
+    with pytest.raises(ValueError, match="seed"):
+        emu.generate(seeds, 6, steps=4, seed=1, store=tmp_path / "e.zarr", member_chunk=2)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.isel(k=slice(0, 6)), "dimension 'k' has size 6"),
+    (lambda s: s.assign_coords(k=s.k + 0.5), "coordinate 'k' has other values"),
+    (lambda s: s.rename(x="u"), r"lack variable\(s\) \['x'\]"),
+    (lambda s: s.assign_coords(lead_time=[1.0, 3.0]), r"lead times \[3.0\]"),
+    (lambda s: xr.concat([s, s.isel(member=[0])], "member"), "K=2 seed members"),
+])
+def test_seeds_that_differ_from_training_get_an_error_naming_the_difference(change, message):
+    emu = gaussian_emulator()
+    with pytest.raises(ValueError, match=message):
+        emu.generate(change(seeds_dataset()), 2, steps=2)
+
+
+def test_calibration_finds_the_temperature_that_makes_spread_match_error():
+    """Truth = seed mean + 1.5 d(lead) eps while the model's members have spread d(lead):
+    spread-skill ratio = temperature / 1.5, so calibration must pick temperature ~ 1.5."""
+    emu, seeds = gaussian_emulator(), seeds_dataset(n_init=60, seed=2)
+    rng = np.random.default_rng(5)
+    d = xr.DataArray(DEV, dims="lead_time", coords={"lead_time": LEADS})
+    eps = xr.DataArray(rng.normal(size=(60, 2, 8)), dims=("init_time", "lead_time", "k"))
+    truth = seeds["x"].mean("member") + 1.5 * d * eps
+    cal = calibrate_spread(emu, seeds, truth.to_dataset(name="x"), n_members=16, steps=18, batch_size=4096)
+    assert abs(cal.value - 1.5) < 0.15 and abs(cal.ssr - 1) < 0.05
+    assert emu.sampler["temperature"] == cal.value
+    ssr = list(dict(sorted(cal.tried.items())).values())
+    assert ssr == sorted(ssr)  # the knob is monotone
+
+
+def biased_ensembles(n=120, members=8, sites=8, bias=1.0, seed=0):
+    """Members = c + 0.5 eps around a common state c; truth = c + bias (the forecast model's error)."""
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(n, 2, 1, sites))
+    x = c + 0.5 * rng.normal(size=(n, 2, members, sites))
+    dims = ("init_time", "lead_time", "member", "k")
+    return xr.Dataset({"x": (dims, x.astype(np.float32)), "x_truth": (dims[:2] + dims[3:], (c[:, :, 0] + bias).astype(np.float32))},
+                      coords={"init_time": np.arange(n), "lead_time": LEADS, "member": np.arange(members), "k": np.arange(sites)})
+
+
+def test_trained_emulation_keeps_the_bias_and_post_processing_removes_it(tmp_path):
+    """Emulation mode learns members (mean bias vs truth ~ -1, spread ~ 0.5); post-processing
+    with truth_fraction=1 learns the truth given the seeds (bias ~ 0); save/load is exact."""
+    train, test = biased_ensembles(seed=0), biased_ensembles(n=20, seed=1)
+    net = {"kwargs": {"width": 16, "n_blocks": 2, "groups": 4}}
+    kw = dict(net=net, steps=150, batch_size=64, lr=3e-3, warmup_steps=20, ema_decay=0.95)
+    emu = EnsembleEmulator.fit(train, **kw)
+    post = EnsembleEmulator.fit(train, mode="post-processing", truth_fraction=1.0, **kw)
+    seeds = test[["x"]].isel(member=[0, 1])
+    e = emu.generate(seeds, 32, steps=16)["x"]
+    p = post.generate(seeds, 32, steps=16)["x"]
+    truth = test["x_truth"]
+    assert abs(float((e.mean("member") - truth).mean()) + 1.0) < 0.25
+    assert abs(float((p.mean("member") - truth).mean())) < 0.25
+    assert 0.35 < float((e - e.mean("member")).std()) < 0.7  # members: 0.5 around c
+    emu.save(tmp_path / "ckpt")
+    again = EnsembleEmulator.load(tmp_path / "ckpt")
+    assert again.mode == "emulation" and len(again.checkpoint_sha256) == 64
+    np.testing.assert_array_equal(again.generate(seeds, 4, steps=3)["x"].values, emu.generate(seeds, 4, steps=3)["x"].values)
+    with pytest.raises(ValueError, match="needs the truth"):
+        EnsembleEmulator.fit(train.drop_vars("x_truth"), mode="post-processing", **{**kw, "steps": 1})
+
+
+def test_two_variables_on_a_2d_grid_with_climatology_and_static_fields_become_condition_channels(tmp_path):
+    """cond = K*C scaled seed deviations + C seed mean + lead + 2*C climatology + S static
+    channels; a UNet2d emulator fits, round-trips through save/load and generates both variables."""
+    rng = np.random.default_rng(0)
+    dims = ("init_time", "lead_time", "member", "y", "x")
+    ds = xr.Dataset({"u": (dims, rng.normal(size=(6, 2, 5, 8, 8)).astype(np.float32), {"units": "m/s"}),
+                     "t": (dims, 280 + 5 * rng.normal(size=(6, 2, 5, 8, 8)).astype(np.float32), {"units": "K"}),
+                     "orography": (("y", "x"), rng.normal(size=(8, 8)))},
+                    coords={"init_time": np.arange(6), "lead_time": LEADS, "member": np.arange(5),
+                            "y": np.arange(8.0), "x": np.arange(8.0)})
+    emu = EnsembleEmulator.fit(ds, ["u", "t"], n_seeds=2, climatology=True, static=["orography"], steps=2,
+                               batch_size=8, net={"kwargs": {"channels": [8, 16], "groups": 4}})
+    assert emu.coder.cond_channels == 2 * 2 + 2 + 1 + 2 * 2 + 1 and emu.denoiser.net.config["cond_channels"] == 12
+    assert emu.coder.scale["t"] == pytest.approx(5, rel=0.1) and emu.coder.center["t"] == pytest.approx(280, abs=0.5)
+    emu.save(tmp_path / "c")
+    ens = EnsembleEmulator.load(tmp_path / "c").generate(ds.isel(member=[0, 1], init_time=[0]), 3, steps=2)
+    assert dict(ens.sizes) == {"init_time": 1, "lead_time": 2, "member": 3, "y": 8, "x": 8}
+    assert ens["t"].attrs["units"] == "K" and float(ens["t"].mean()) == pytest.approx(280, abs=10)
