@@ -115,7 +115,16 @@ def _write_chunks(template: xr.Dataset, chunk_dim: str, chunk: int, compute: Cal
         if on_chunk is not None:
             on_chunk(int(c))
     bar.close()
-    return xr.open_zarr(store, consolidated=False) if store is not None else template
+    if store is None:
+        return template
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():  # once complete, consolidate so a plain xr.open_zarr is quiet and fast
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        zarr.consolidate_metadata(str(store))
+        return xr.open_zarr(store)
 
 
 def _empty(shape: tuple[int, ...], chunks: tuple[int, ...], dtype=np.float64, fill=np.nan):
