@@ -73,7 +73,20 @@ def pairs_from_spec(ds: xr.Dataset, spec: dict, normalizer: Normalizer | None) -
 def train_from_config(cfg: dict, *, ds: xr.Dataset | None = None, progress: bool = True, resume: bool = True):
     """Build data, model and :class:`~sciffusion.training.Trainer` from a config and train.
 
-    Returns the trainer (its ``out_dir`` holds the checkpoints)."""
+    Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) this joins the process group and
+    trains with DDP; ``[training] batch_size`` is the global batch. Returns the trainer (its
+    ``out_dir`` holds the checkpoints)."""
+    from sciffusion.distributed.ddp import init_from_env, shutdown
+
+    _, started = init_from_env()
+    try:
+        return _train_from_config(cfg, ds=ds, progress=progress, resume=resume)
+    finally:
+        if started:
+            shutdown()
+
+
+def _train_from_config(cfg: dict, *, ds: xr.Dataset | None, progress: bool, resume: bool):
     from sciffusion.training import Trainer
 
     data, model, training = _section(cfg, "data"), _section(cfg, "model"), _section(cfg, "training")
@@ -122,6 +135,9 @@ def sample_from_checkpoint(
     mode: str = "w-",
     progress: bool = True,
     device: str | None = None,
+    scheduler: Any = None,
+    workers: int | None = None,
+    batches_per_task: int | None = None,
     **sampler_options,
 ) -> xr.Dataset:
     """Generate an ensemble for the conditions of ``data`` and write it to zarr (resumable).
@@ -131,9 +147,63 @@ def sample_from_checkpoint(
     ``(case, member, *grid)`` with the target's coordinates on ``case``, values in physical
     units (normalisation undone), CF attributes copied from the input, and provenance in attrs.
     Member blocks already in ``out`` are skipped when ``mode="resume"``.
+
+    With ``scheduler`` (a dask scheduler address or ``distributed.Client``) or ``workers`` (a
+    local cluster of that many worker processes) the member blocks, cut into tasks of
+    ``batches_per_task`` sampler batches, are generated as dask tasks (see
+    :func:`sciffusion.distributed.generate_to_store`); the values are bit-for-bit the same as here.
+    """
+    from sciffusion.emulators import EnsembleStore, generate
+
+    plan = sampling_plan(checkpoint, data, members=members, cases=cases, steps=steps, method=method, seed=seed,
+                         device=device, **sampler_options)
+    scale_out = scheduler is not None or workers is not None
+    path = Path(out).resolve() if scale_out else out  # dask workers may run in another directory
+    store = EnsembleStore(path, plan["template"], members, member_chunk=member_chunk, member_axis=1,
+                          attrs=plan["provenance"], mode=mode)
+    if scale_out and store.missing():  # (a finished store needs no cluster)
+        from sciffusion.distributed.cluster import dask_client
+        from sciffusion.distributed.generate import generate_to_store
+
+        with dask_client(scheduler, workers) as client:
+            generate_to_store(client, store, plan, seed=seed, batch_size=batch_size, steps=steps, method=method,
+                              batches_per_task=batches_per_task, progress=progress, device=device, **sampler_options)
+        store.finalize()
+        return store.open()
+    den, normalizer, variables, event_shape = plan["denoiser"], plan["normalizer"], plan["variables"], plan["event_shape"]
+    for block in store.missing():
+        x = generate(den, plan["cond"], block, event_shape=event_shape, seed=seed, batch_size=batch_size, steps=steps,
+                     method=method, progress=progress, device=device, **sampler_options)  # (N, b, C, *grid)
+        n, b = x.shape[:2]
+        phys = x.reshape(n * b, *event_shape)
+        if normalizer is not None:
+            phys = normalizer.decode(phys, variables)
+        phys = phys.reshape(n, b, *event_shape).numpy()
+        store.write(block, {v: phys[:, :, k] for k, v in enumerate(variables)}, {v: plan["dims"] for v in variables})
+    store.finalize()
+    return store.open()
+
+
+def sampling_plan(
+    checkpoint: str | os.PathLike,
+    data: str | os.PathLike | xr.Dataset,
+    *,
+    members: int,
+    cases: slice | list[int] | None,
+    steps: int,
+    method: str,
+    seed: int,
+    device: str | None = None,
+    **sampler_options,
+) -> dict[str, Any]:
+    """Everything :func:`sample_from_checkpoint` needs before generating, as a dict.
+
+    Keys: ``denoiser``, ``config``, ``checkpoint_dir`` and ``weights_sha256`` (the EMA weights
+    sampled from), ``normalizer`` (or None), ``cond`` ``(N, *cond_shape)`` for the selected
+    cases, ``template`` (the output Dataset without ``member``), ``provenance`` (attrs),
+    ``variables``, ``dims`` (``["case", "member", *grid]``) and ``event_shape`` ``(C, *grid)``.
     """
     from sciffusion.checkpoint import load_denoiser, sha256
-    from sciffusion.emulators import EnsembleStore, generate
 
     den, config = load_denoiser(checkpoint, device=device)
     spec = config.get("data")
@@ -164,23 +234,14 @@ def sample_from_checkpoint(
     )
     ckpt_dir = Path(config["checkpoint_dir"])
     weights = ckpt_dir / ("ema.safetensors" if (ckpt_dir / "ema.safetensors").exists() else "weights.safetensors")
+    digest = sha256(weights)
     provenance = {
-        "sciffusion_version": __version__, "checkpoint": str(ckpt_dir), "checkpoint_sha256": sha256(weights),
+        "sciffusion_version": __version__, "checkpoint": str(ckpt_dir), "checkpoint_sha256": digest,
         "sampler": json.dumps({"method": method, "steps": steps, **sampler_options}), "seed": seed,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "history": f"sciffusion sample {checkpoint} (members={members})",
     }
-    store = EnsembleStore(out, template, members, member_chunk=member_chunk, member_axis=1, attrs=provenance, mode=mode)
-    event_shape = (pairs.channels, *pairs.grid_shape)
-    for block in store.missing():
-        x = generate(den, cond, block, event_shape=event_shape, seed=seed, batch_size=batch_size, steps=steps,
-                     method=method, progress=progress, device=device, **sampler_options)  # (N, b, C, *grid)
-        n, b = x.shape[:2]
-        phys = x.reshape(n * b, *event_shape)
-        if normalizer is not None:
-            phys = normalizer.decode(phys, variables)
-        phys = phys.reshape(n, b, *event_shape).numpy()
-        dims = ["case", "member", *grid]
-        store.write(block, {v: phys[:, :, k] for k, v in enumerate(variables)}, {v: dims for v in variables})
-    store.finalize()
-    return store.open()
+    return {"denoiser": den, "config": config, "checkpoint_dir": ckpt_dir, "weights_sha256": digest,
+            "normalizer": normalizer, "cond": cond, "template": template, "provenance": provenance,
+            "variables": list(variables), "dims": ["case", "member", *grid],
+            "event_shape": (pairs.channels, *pairs.grid_shape)}

@@ -5,6 +5,13 @@ checkpoint reaches bit-for-bit the same weights at step n as an uninterrupted ru
 random is drawn from generators whose state is checkpointed: the loss noise comes from the
 trainer's own generator, the data order is a permutation seeded by ``(seed, epoch)`` (so only
 the epoch and the position in it are stored), and the global torch RNG (dropout) is saved too.
+
+Under ``torchrun`` (a ``torch.distributed`` process group of N ranks) the same Trainer trains with
+DDP: ``batch_size`` stays the *global* batch, each rank takes its contiguous slice of the batch the
+single-process run would draw (same permutation, same loss noise for those rows), gradients are
+averaged across ranks, and only rank 0 writes checkpoints and metrics. N-rank training therefore
+follows single-process training on the concatenated batch to float tolerance, resumes exactly,
+and can even resume with another N (the data order is global).
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sciffusion import checkpoint as ckpt
+from sciffusion.diffusion.denoiser import broadcast_like
 from sciffusion.diffusion.loss import edm_loss
+from sciffusion.distributed.ddp import DistributedContext, default_device
 from sciffusion.nets import net_spec
 
 
@@ -85,8 +94,12 @@ class Trainer:
         val_every: steps between validation losses (default: at each checkpoint).
         mixed_precision: ``"bf16"`` for bfloat16 autocast on CUDA (ignored on CPU).
         config: extra JSON-able entries stored in every checkpoint's config (normaliser, data...).
-        progress: show a tqdm bar with loss and samples/s.
+        progress: show a tqdm bar with loss and samples/s (rank 0 only under DDP).
         resume: continue from the newest checkpoint in ``out_dir`` if there is one.
+
+    In an initialised ``torch.distributed`` process group with more than one rank the model is
+    wrapped in :class:`~torch.nn.parallel.DistributedDataParallel` (see the module docstring);
+    ``batch_size`` must then be divisible by the world size.
     """
 
     def __init__(
@@ -121,6 +134,10 @@ class Trainer:
             raise ValueError(f"train_data has {len(train_data)} samples, fewer than batch_size={batch_size}")
         if mixed_precision not in (None, "bf16"):
             raise ValueError(f"mixed_precision must be None or 'bf16', got {mixed_precision!r}")
+        self.dist = DistributedContext.current()
+        if self.dist.active:
+            self.dist.rows(batch_size)  # fails early, naming batch_size and the world size
+            device = device or default_device()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = denoiser.to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
@@ -133,7 +150,7 @@ class Trainer:
             val_batches=val_batches, mixed_precision=mixed_precision,
         )
         self.extra_config = dict(config or {})
-        self.progress = progress
+        self.progress = progress and self.dist.is_main
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
         self.noise_gen = torch.Generator(device=self.device).manual_seed(seed)
         self.step, self.epoch, self.position = 0, 0, 0
@@ -141,6 +158,10 @@ class Trainer:
         self.history: list[dict] = []
         if resume and self.out_dir is not None and (self.out_dir / "latest").exists():
             self.load(self.out_dir)
+        self._ddp = None
+        if self.dist.active:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
     # ------------------------------------------------------------------ data order
     def _next_indices(self) -> torch.Tensor:
@@ -173,7 +194,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        loss = self._loss(self.model, self._batch(self.train_data, self._next_indices()), self.noise_gen)
+        if self._ddp is None:
+            loss = self._loss(self.model, self._batch(self.train_data, self._next_indices()), self.noise_gen)
+        else:
+            idx = self._next_indices()
+            loss = self._rank_loss(self._ddp, self._batch(self.train_data, idx[self.dist.rows(len(idx))]), len(idx))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if s["grad_clip"] is not None:
@@ -185,7 +210,41 @@ class Trainer:
             for e, b in zip(self.ema.buffers(), self.model.buffers()):
                 e.copy_(b)
         self.step += 1
+        if self._ddp is not None:  # report the global batch's loss, as the single-process run would
+            loss = loss.detach().clone()
+            torch.distributed.all_reduce(loss)
+            loss /= self.dist.world
         return float(loss.detach())
+
+    def _rank_loss(self, model, batch, global_batch: int) -> torch.Tensor:
+        """:func:`~sciffusion.diffusion.edm_loss` on this rank's rows of the global batch.
+
+        The noise (``ln sigma ~ N(P_mean, P_std^2)`` per row, then ``eps``) is drawn for the whole
+        global batch from the shared noise generator, in the order :func:`edm_loss` draws it, and
+        this rank keeps its rows; so the mean of the ranks' losses (what DDP's gradient average
+        differentiates) is the single-process loss of the global batch. It mirrors the options
+        :meth:`_loss` passes to ``edm_loss`` (mask, channel weights, bf16); a new one must be added
+        here too (``tests/test_distributed_ddp.py`` checks that both agree on one rank).
+        """
+        s, x0 = self.settings, batch["x"]
+        rows = self.dist.rows(global_batch)
+        n = torch.randn(global_batch, generator=self.noise_gen, device=x0.device, dtype=x0.dtype)[rows]
+        eps = torch.randn((global_batch, *x0.shape[1:]), generator=self.noise_gen, device=x0.device, dtype=x0.dtype)[rows]
+        sigma = (s["p_mean"] + s["p_std"] * n).exp()
+        mask = batch.get("mask")
+        if mask is not None:
+            mask = torch.broadcast_to(mask.to(x0.dtype), x0.shape)
+            x0 = torch.where(mask > 0, x0, torch.zeros_like(x0))
+        use_bf16 = s["mixed_precision"] == "bf16" and self.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            err = (model(x0 + broadcast_like(sigma, x0) * eps, sigma, cond=batch.get("cond")) - x0) ** 2
+        if s["channel_weights"] is not None:
+            w = torch.as_tensor(s["channel_weights"], dtype=x0.dtype, device=x0.device)
+            err = err * w.reshape((1, -1) + (1,) * (x0.ndim - 2))
+        dims = tuple(range(1, x0.ndim))
+        per_sample = (err * mask).sum(dims) / mask.sum(dims).clamp_min(1) if mask is not None else err.mean(dims)
+        sigma_data = float(self.model.sigma_data)
+        return ((sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2 * per_sample).mean()
 
     @torch.no_grad()
     def validate(self) -> float | None:
@@ -236,12 +295,17 @@ class Trainer:
         """Write ``out_dir/step_XXXXXXX`` atomically, point ``latest`` at it, prune old ones."""
         if self.out_dir is None:
             raise ValueError("this Trainer has no out_dir to save to")
-        opt_tensors, opt_meta = ckpt.flatten_optimizer(self.optimizer.state_dict())
-        rng = {"rng.noise": self.noise_gen.get_state(), "rng.torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["rng.cuda"] = torch.cuda.get_rng_state()
-        meta = {"step": self.step, "epoch": self.epoch, "position": self.position, "optimizer": opt_meta}
         name = f"step_{self.step:08d}"
+        if self.dist.active:  # every rank's dropout RNG goes to rank 0, which alone writes
+            states = self.dist.gather(self._rng_states())
+            if not self.dist.is_main:
+                self.dist.barrier()  # wait for rank 0's write, so `latest` is the same for all
+                return self.out_dir / name
+        opt_tensors, opt_meta = ckpt.flatten_optimizer(self.optimizer.state_dict())
+        rng = {"rng.noise": self.noise_gen.get_state(), **self._rng_states()}
+        if self.dist.active:
+            rng.update({f"{k}.rank{r}": v for r, st in enumerate(states) if r > 0 for k, v in st.items()})
+        meta = {"step": self.step, "epoch": self.epoch, "position": self.position, "optimizer": opt_meta}
         path = ckpt.save_checkpoint(
             self.out_dir / name, weights=self.model.state_dict(), ema=self.ema.state_dict(),
             config=self.model_config(), trainer_tensors={**opt_tensors, **rng}, trainer_meta=meta,
@@ -255,9 +319,16 @@ class Trainer:
         steps = sorted(p for p in self.out_dir.glob("step_*") if p.is_dir())
         for old in steps[: -self.settings["keep_last"]]:
             shutil.rmtree(old, ignore_errors=True)
+        self.dist.barrier()
         return path
 
     _logged = 0
+
+    def _rng_states(self) -> dict[str, torch.Tensor]:
+        out = {"rng.torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            out["rng.cuda"] = torch.cuda.get_rng_state()
+        return out
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore model, EMA, optimizer, step, data position and RNG states from a checkpoint."""
@@ -267,13 +338,14 @@ class Trainer:
         tensors, meta = c["trainer_tensors"], c["trainer_meta"]
         self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
         self.noise_gen.set_state(tensors["rng.noise"])
-        torch.set_rng_state(tensors["rng.torch"])
+        mine = f".rank{self.dist.rank}"  # DDP: this rank's own dropout RNG states, if saved
+        torch.set_rng_state(tensors.get("rng.torch" + mine, tensors["rng.torch"]))
         if "rng.cuda" in tensors and torch.cuda.is_available():
-            torch.cuda.set_rng_state(tensors["rng.cuda"])
+            torch.cuda.set_rng_state(tensors.get("rng.cuda" + mine, tensors["rng.cuda"]))
         self.step, self.epoch, self.position = meta["step"], meta["epoch"], meta["position"]
         self._perm, self._logged = None, self.step
         metrics = Path(self.out_dir or c["dir"].parent) / "metrics.jsonl"
-        if metrics.exists():  # drop records written after this checkpoint by a killed run
+        if metrics.exists() and self.dist.is_main:  # drop records written after this checkpoint by a killed run
             keep = [ln for ln in metrics.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
             ckpt.atomic_write_bytes(metrics, ("\n".join(keep) + "\n" if keep else "").encode())
 

@@ -1,4 +1,9 @@
-"""``sciffusion sample CHECKPOINT DATA -o OUT.zarr``: generate an ensemble with a trained model."""
+"""``sciffusion sample CHECKPOINT DATA -o OUT.zarr``: generate an ensemble with a trained model.
+
+``--workers N`` generates on a local dask cluster of N worker processes, ``--scheduler ADDRESS``
+on a running dask cluster (workers need the checkpoint and the output path on a shared
+filesystem); the ensemble is the same as without them. See ``docs/scale.md``.
+"""
 
 NAME = "sample"
 HELP = "generate an ensemble from a checkpoint for the conditions in a zarr/netCDF dataset"
@@ -22,9 +27,17 @@ def add_arguments(parser):
     group.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping member blocks already written")
     group.add_argument("--overwrite", action="store_true", help="replace an existing output store")
     parser.add_argument("--no-progress", action="store_true")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="generate on the dask cluster at ADDRESS (e.g. tcp://host:8786)")
+    where.add_argument("--workers", type=int, metavar="N", help="generate on a local dask cluster of N worker processes")
+    parser.add_argument("--batches-per-task", type=int, metavar="K",
+                        help="sampler batches (of --batch-size) per dask task with --scheduler/--workers "
+                             "(default: about two tasks per worker)")
 
 
 def run(args) -> int:
+    from sciffusion.cli import UserError
+    from sciffusion.distributed import SchedulerUnreachable
     from sciffusion.recipes import sample_from_checkpoint
 
     options = {}
@@ -33,10 +46,16 @@ def run(args) -> int:
     if args.method == "ddim":
         options["eta"] = args.eta
     mode = "resume" if args.resume else "w" if args.overwrite else "w-"
-    ds = sample_from_checkpoint(
-        args.checkpoint, args.data, args.out, members=args.members, cases=args.cases, steps=args.steps,
-        method=args.method, seed=args.seed, batch_size=args.batch_size, member_chunk=args.member_chunk,
-        mode=mode, progress=not args.no_progress, device=args.device, **options,
-    )
+    if args.batches_per_task is not None and args.scheduler is None and args.workers is None:
+        raise UserError("--batches-per-task needs --scheduler or --workers")
+    try:
+        ds = sample_from_checkpoint(
+            args.checkpoint, args.data, args.out, members=args.members, cases=args.cases, steps=args.steps,
+            method=args.method, seed=args.seed, batch_size=args.batch_size, member_chunk=args.member_chunk,
+            mode=mode, progress=not args.no_progress, device=args.device, scheduler=args.scheduler,
+            workers=args.workers, batches_per_task=args.batches_per_task, **options,
+        )
+    except SchedulerUnreachable as exc:
+        raise UserError(str(exc)) from exc
     print(f"wrote {dict(ds.sizes)} to {args.out}")
     return 0

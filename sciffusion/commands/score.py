@@ -4,6 +4,11 @@ Reads zarr (a directory or ``*.zarr``) or netCDF, scores every forecast variable
 member dimension (CRPS, ensemble-mean RMSE and bias, spread, spread-skill ratio), averaging
 over ``--reduce`` dims with latitude weights, writes ``scores.nc`` and ``scores.csv`` plus PNG
 plots to ``--out``, and prints the table.
+
+The inputs are opened lazily (dask arrays chunked as stored), so memory stays bounded by a few
+chunks per thread. ``--workers N`` computes on a local dask cluster of N worker processes
+(``--memory-limit`` each), ``--scheduler ADDRESS`` on a running cluster; the numbers are the
+same. See ``docs/scale.md``.
 """
 
 from __future__ import annotations
@@ -28,23 +33,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="output directory (default: print only)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="compute on the dask cluster at ADDRESS (tcp://host:8786)")
+    where.add_argument("--workers", type=int, metavar="N", help="compute on a local dask cluster of N worker processes")
+    parser.add_argument("--memory-limit", default="auto", metavar="SIZE",
+                        help="memory per local worker with --workers, e.g. 2GiB (default: auto)")
 
 
-def _open(path: str, role: str):
+def _open(path: str, role: str, member_dim: str | None = None, target_bytes: int = 64 * 2**20):
+    """Open zarr/netCDF lazily with the stored chunks.
+
+    A zarr store whose chunks split ``member_dim`` (as ``sciffusion sample`` writes ensembles:
+    all cases, a block of members per chunk) is opened instead with ``member`` whole and its
+    first other dim cut to about ``target_bytes`` per chunk, read straight from the store: each
+    task then holds one such chunk and one stored chunk at a time, whereas rechunking after
+    opening would hold whole stored chunks for every target chunk they feed.
+    """
+    import warnings
+
     import xarray as xr
 
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{role} {path!r} does not exist")
     if p.is_dir() or p.suffix == ".zarr":
-        import warnings
-
         with warnings.catch_warnings():  # zarr v3 stores without consolidated metadata are fine
             warnings.simplefilter("ignore", RuntimeWarning)
             ds = xr.open_zarr(p)
+            chunks = _member_whole_chunks(ds, member_dim, target_bytes) if member_dim else None
+            if chunks:
+                warnings.filterwarnings("ignore", message=".*separate the stored chunks.*")
+                ds = xr.open_zarr(p, chunks=chunks)
     else:
         ds = xr.open_dataset(p, chunks={})
     return ds.to_dataset() if isinstance(ds, xr.DataArray) else ds
+
+
+def _member_whole_chunks(ds, member_dim: str, target_bytes: int) -> dict | None:
+    """``{member_dim: -1, first_dim: k}`` when a variable's stored chunks split ``member_dim``."""
+    for v in ds.data_vars.values():
+        if member_dim in v.dims and v.chunks is not None and len(v.chunks[v.get_axis_num(member_dim)]) > 1:
+            others = [d for d in v.dims if d != member_dim]
+            if not others:
+                return {member_dim: -1}
+            per_slice = v.dtype.itemsize * v.size // v.sizes[others[0]]
+            return {member_dim: -1, others[0]: max(1, int(target_bytes // max(per_slice, 1)))}
+    return None
 
 
 def _select_truth(fc, truth, name: str):
@@ -144,9 +178,24 @@ def _plots(forecast, truth, scores, names, member_dim, out: Path):
 
 
 def run(args) -> int:
+    scheduler, workers = getattr(args, "scheduler", None), getattr(args, "workers", None)
+    if scheduler is None and workers is None:
+        return _run(args)
+    from sciffusion.cli import UserError
+    from sciffusion.distributed import SchedulerUnreachable, dask_client
+
+    try:
+        with dask_client(scheduler, workers, memory_limit=args.memory_limit) as client:
+            print(f"computing on the dask cluster at {client.scheduler.address} ({len(client.nthreads())} workers)")
+            return _run(args)  # dask computes on the client's cluster while it is open
+    except SchedulerUnreachable as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _run(args) -> int:
     import pandas as pd
 
-    forecast, truth = _open(args.forecast, "FORECAST"), _open(args.truth, "TRUTH")
+    forecast, truth = _open(args.forecast, "FORECAST", args.member_dim), _open(args.truth, "TRUTH")
     scores = score_dataset(forecast, truth, member_dim=args.member_dim, reduce=args.reduce,
                            fair=args.fair, weights=args.weights, variables=args.variables)
     keys = [(name, k) for name, ds in scores.items() for k in ds.data_vars]

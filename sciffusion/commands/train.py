@@ -1,4 +1,8 @@
-"""``sciffusion train CONFIG``: train a conditional diffusion model from a TOML/JSON config."""
+"""``sciffusion train CONFIG``: train a conditional diffusion model from a TOML/JSON config.
+
+Under ``torchrun --nproc_per_node N -m sciffusion train CONFIG`` it trains with DDP over N
+processes (``[training] batch_size`` is the global batch); only rank 0 prints and checkpoints.
+"""
 
 NAME = "train"
 HELP = "train a conditional diffusion model from a TOML or JSON config (resumes if interrupted)"
@@ -22,8 +26,11 @@ def run(args) -> int:
     if args.out is not None:
         cfg["training"]["out_dir"] = args.out
     trainer = train_from_config(cfg, progress=not args.no_progress, resume=not args.fresh)
+    if not trainer.dist.is_main:
+        return 0
     last = trainer.history[-1] if trainer.history else {}
     print(f"trained to step {trainer.step}; last loss {last.get('loss', float('nan')):.4f}"
           + (f", validation loss {last['val_loss']:.4f}" if "val_loss" in last else "")
-          + f"; checkpoints in {trainer.out_dir}")
+          + f"; checkpoints in {trainer.out_dir}"
+          + (f" (DDP over {trainer.dist.world} processes)" if trainer.dist.active else ""))
     return 0
