@@ -160,7 +160,7 @@ def sample_from_checkpoint(
     scale_out = scheduler is not None or workers is not None
     path = Path(out).resolve() if scale_out else out  # dask workers may run in another directory
     store = EnsembleStore(path, plan["template"], members, member_chunk=member_chunk, member_axis=1,
-                          attrs=plan["provenance"], mode=mode)
+                          attrs=plan["provenance"], mode=mode, always_missing=plan["always_missing"])
     if scale_out and store.missing():  # (a finished store needs no cluster)
         from sciffusion.distributed.cluster import dask_client
         from sciffusion.distributed.generate import generate_to_store
@@ -201,7 +201,8 @@ def sampling_plan(
     Keys: ``denoiser``, ``config``, ``checkpoint_dir`` and ``weights_sha256`` (the EMA weights
     sampled from), ``normalizer`` (or None), ``cond`` ``(N, *cond_shape)`` for the selected
     cases, ``template`` (the output Dataset without ``member``), ``provenance`` (attrs),
-    ``variables``, ``dims`` (``["case", "member", *grid]``) and ``event_shape`` ``(C, *grid)``.
+    ``variables``, ``dims`` (``["case", "member", *grid]``), ``event_shape`` ``(C, *grid)`` and
+    ``always_missing`` (per variable, the grid points with no data anywhere in the input).
     """
     from sciffusion.checkpoint import load_denoiser, sha256
 
@@ -232,6 +233,9 @@ def sampling_plan(
         {v: (["case", *grid], np.zeros((len(ids), *pairs.grid_shape), np.float32), dict(ds[v].attrs)) for v in variables},
         coords=coords, attrs=dict(ds.attrs),
     )
+    # grid points missing at every time and sample of the input (land in an SST field) stay missing
+    always_missing = {v: ds[v].isnull().all([d for d in ds[v].dims if d not in grid]).transpose(*grid).values
+                      for v in variables}
     ckpt_dir = Path(config["checkpoint_dir"])
     weights = ckpt_dir / ("ema.safetensors" if (ckpt_dir / "ema.safetensors").exists() else "weights.safetensors")
     digest = sha256(weights)
@@ -244,4 +248,4 @@ def sampling_plan(
     return {"denoiser": den, "config": config, "checkpoint_dir": ckpt_dir, "weights_sha256": digest,
             "normalizer": normalizer, "cond": cond, "template": template, "provenance": provenance,
             "variables": list(variables), "dims": ["case", "member", *grid],
-            "event_shape": (pairs.channels, *pairs.grid_shape)}
+            "event_shape": (pairs.channels, *pairs.grid_shape), "always_missing": always_missing}

@@ -35,11 +35,16 @@ class EnsembleStore:
         attrs: global attributes to add (provenance).
         mode: ``"w-"`` (fail if it exists), ``"w"`` (overwrite) or ``"resume"`` (continue an
             existing store, checking its shape matches).
+        always_missing: per variable, a boolean array over the variable's trailing (grid) dims
+            marking points that have no data at all (land in an SST field); :meth:`write` leaves
+            them NaN whatever the model produced there.
     """
 
     def __init__(self, path: str | os.PathLike, template: xr.Dataset, members: int, *, member_chunk: int = 8,
-                 member_axis: int = 0, attrs: Mapping | None = None, mode: str = "w-"):
+                 member_axis: int = 0, attrs: Mapping | None = None, mode: str = "w-",
+                 always_missing: Mapping[Hashable, np.ndarray] | None = None):
         self.path = Path(path)
+        self.always_missing = {k: np.asarray(v, dtype=bool) for k, v in (always_missing or {}).items()}
         self.members, self.member_chunk = int(members), int(member_chunk)
         if mode not in ("w-", "w", "resume"):
             raise ValueError(f"mode must be 'w-', 'w' or 'resume', got {mode!r}")
@@ -101,7 +106,13 @@ class EnsembleStore:
         """
         if block.start % self.member_chunk or (block.stop != self.members and len(block) != self.member_chunk):
             raise ValueError(f"member block {block} is not aligned to chunks of {self.member_chunk}")
-        ds = xr.Dataset({k: (list(dims[k]), np.asarray(v)) for k, v in data.items()})
+        arrays = {}
+        for k, v in data.items():
+            v = np.asarray(v)
+            if k in self.always_missing and self.always_missing[k].any():
+                v = np.where(self.always_missing[k], np.nan, v).astype(v.dtype)
+            arrays[k] = v
+        ds = xr.Dataset({k: (list(dims[k]), arrays[k]) for k in data})
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
             ds.to_zarr(self.path, region={"member": slice(block.start, block.stop)}, consolidated=False)
