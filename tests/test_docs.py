@@ -1,4 +1,5 @@
-"""The README and docs stay true: every ```python block in them runs as written."""
+"""The README and docs stay true: the ```python blocks of each file run as written, in order and
+in one namespace like a notebook (fragments that are not meant to run alone are fenced ```py)."""
 
 import re
 from pathlib import Path
@@ -25,8 +26,8 @@ def test_python_examples_in_docs_run(path, tmp_path, monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        namespace = {"__name__": f"doc_{path.stem}"}
         for i, code in enumerate(blocks):
-            namespace = {"__name__": f"doc_{path.stem}_{i}"}
             exec(compile(code, f"{path.name}[block {i}]", "exec"), namespace)
     finally:
         torch.set_num_threads(threads)

@@ -1,0 +1,40 @@
+"""Inverse problems with a diffusion prior: forward operators and posterior samplers.
+
+``sample(denoiser, operator, y, noise_std=..., method=...)`` draws from ``p(x0 | y)`` for
+``y = A(x0) + n`` with methods ``"dps"``, ``"pigdm"``, ``"mmps"`` (guidance wrappers that work
+with every sampler of :mod:`sciffusion.diffusion`), ``"smc"`` (twisted particle ensembles,
+exact as the particles grow), ``"projected"`` (hard constraints) and ``"residual"`` (PDE
+residual guidance). See ``docs/inverse.md``.
+"""
+
+from sciffusion.inverse.api import METHODS, guide, sample
+from sciffusion.inverse.guidance import DPS, MMPS, PiGDM, conjugate_gradient
+from sciffusion.inverse.operators import (
+    Coarsen,
+    Compose,
+    Function,
+    Linear,
+    Mask,
+    Observation,
+    Operator,
+    SparseSensors,
+    as_operator,
+)
+from sciffusion.inverse.projection import (
+    Box,
+    FixedTotal,
+    LinearEquality,
+    NonNegative,
+    ProjectedDenoiser,
+    projected_step,
+)
+from sciffusion.inverse.residual import DarcyResidual, ResidualGuidance
+from sciffusion.inverse.smc import SMCResult, systematic_resample, twisted_smc
+
+__all__ = [
+    "METHODS", "DPS", "MMPS", "PiGDM", "Box", "Coarsen", "Compose", "DarcyResidual", "FixedTotal",
+    "Function", "Linear", "LinearEquality", "Mask", "NonNegative", "Observation", "Operator",
+    "ProjectedDenoiser", "ResidualGuidance", "SMCResult", "SparseSensors", "as_operator",
+    "conjugate_gradient", "guide", "projected_step", "sample", "systematic_resample",
+    "twisted_smc",
+]

@@ -1,0 +1,115 @@
+"""The sciffusion.inverse.sample entry point: shapes for every method, bad input, residual guidance, PIDM loss."""
+
+import numpy as np
+import pytest
+import torch
+
+from sciffusion.diffusion import edm_loss
+from sciffusion.inverse import METHODS, Box, DarcyResidual, Linear, SparseSensors, sample
+from sciffusion.physics import darcy_residual
+from sciffusion.systems.darcy import solve_darcy
+from sciffusion.testing import GaussianMixture, grid_mixture
+
+F64 = torch.float64
+
+
+def _field_prior():
+    """A 4-component mixture of 2 x 4 x 4 fields."""
+    g = torch.Generator().manual_seed(0)
+    return GaussianMixture(torch.ones(4), 2 * torch.randn(4, 32, generator=g, dtype=F64), 0.3, event_shape=(2, 4, 4))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_returns_num_samples_fields_that_fit_the_observations(method):
+    prior = _field_prior()
+    op = SparseSensors((4, 4), num=5, seed=0, channels=[1])
+    truth = prior.sample(1, torch.Generator().manual_seed(5))
+    y = op(truth)[0]
+    opts = {"projection": Box(-20, 20)} if method == "projected" else {}
+    if method == "residual":
+        opts = {"residual": lambda x: x[:, 0] - x[:, 1], "zeta_obs": 2.0, "zeta_pde": 0.5}
+    x = sample(prior, op, y, noise_std=0.1, method=method, num_samples=6, steps=15, sigma_max=200.0,
+               generator=torch.Generator().manual_seed(1), dtype=F64, **opts)
+    assert x.shape == (6, 2, 4, 4) and torch.isfinite(x).all()
+    prior_draws = prior.sample(200, torch.Generator().manual_seed(2))
+    misfit_prior = float(((op(prior_draws) - y) ** 2).mean())
+    assert float(((op(x) - y) ** 2).mean()) < 0.5 * misfit_prior
+
+
+def test_bad_input_is_named():
+    prior = grid_mixture(4)
+    op = Linear(torch.randn(2, 4, dtype=F64))
+    kw = dict(num_samples=2, steps=3, dtype=F64)
+    with pytest.raises(ValueError, match="y has shape"):
+        sample(prior, op, torch.zeros(3), noise_std=0.1, method="mmps", **kw)
+    for method in ("dps", "smc", "residual"):
+        with pytest.raises(ValueError, match="noise_std"):
+            sample(prior, op, torch.zeros(2), noise_std=0.0, method=method, residual=lambda x: x, **kw)
+    with pytest.raises(ValueError, match="noise_std"):
+        sample(prior, op, torch.zeros(2), noise_std=-1.0, method="mmps", **kw)
+    sample(prior, op, torch.zeros(2), noise_std=0.0, method="mmps", **kw)  # noiseless is fine for MMPS
+
+    def numpy_model(x):
+        return torch.as_tensor(np.asarray(x)[:, :2])
+
+    for method in ("dps", "pigdm", "mmps", "smc"):
+        with pytest.raises(TypeError, match="operator is not differentiable"):
+            sample(prior, numpy_model, torch.zeros(2), noise_std=0.1, method=method, **kw)
+    with pytest.raises(ValueError, match="unknown method"):
+        sample(prior, op, torch.zeros(2), noise_std=0.1, method="ddrm", **kw)
+    with pytest.raises(ValueError, match="event_shape"):
+        sample(lambda x, s: x, op, torch.zeros(2), noise_std=0.1, method="dps", **kw)
+
+
+def test_missing_observations_in_y_are_ignored_by_sample():
+    """A NaN entry of y gives the same draws as leaving that observation out."""
+    prior = grid_mixture(4)
+    a = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
+    y = torch.tensor([1.0, float("nan"), -2.0], dtype=F64)
+    kw = dict(noise_std=0.5, method="pigdm", num_samples=50, steps=10, sigma_max=500.0, dtype=F64)
+    x_nan = sample(prior, Linear(a), y, generator=torch.Generator().manual_seed(0), **kw)
+    x_red = sample(prior, Linear(a[[0, 2]]), y[[0, 2]], generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.isfinite(x_nan).all()
+    torch.testing.assert_close(x_nan, x_red)
+
+
+def test_darcy_residual_vanishes_on_solver_output_and_guidance_reduces_it():
+    """DarcyResidual is zero (round-off) on sciffusion.systems solutions; residual guidance lowers
+    the PDE residual of samples from a prior that ignores the PDE."""
+    n = 8
+    a = 3.0 + 9.0 * (torch.rand(n, n, generator=torch.Generator().manual_seed(0)) > 0.5).to(F64)
+    u = torch.as_tensor(solve_darcy(a.numpy()))
+    res = DarcyResidual()(torch.stack([a, u])[None])
+    assert float(res.abs().max()) < 1e-9
+    torch.testing.assert_close(res[0], darcy_residual(a, u))
+    # prior: a fixed at the truth, u ~ truth + N(0, 0.05^2) iid  (does not know the PDE)
+    prior = GaussianMixture([1.0], torch.stack([a, u]).reshape(1, -1),
+                            torch.cat([torch.full((n * n,), 1e-8), torch.full((n * n,), 0.05**2)])[None],
+                            event_shape=(2, n, n))
+    resid = DarcyResidual()
+    kw = dict(num_samples=20, steps=20, sigma_max=50.0, dtype=F64, event_shape=(2, n, n))
+    plain = sample(prior, None, None, noise_std=None, method="residual", residual=resid, zeta_pde=0.0,
+                   generator=torch.Generator().manual_seed(0), **kw)
+    guided = sample(prior, None, None, noise_std=None, method="residual", residual=resid, zeta_pde=1.0,
+                    generator=torch.Generator().manual_seed(0), **kw)
+    assert float(resid(guided).abs().mean()) < 0.5 * float(resid(plain).abs().mean())
+
+
+def test_pidm_residual_term_adds_weight_times_mean_squared_residual():
+    """edm_loss(residual=R, residual_weight=c) = edm_loss + c * mean(R(D(x, sigma))^2) per sample, and the
+    default is the plain EDM loss."""
+    prior = grid_mixture(4)
+    x0 = prior.sample(16, torch.Generator().manual_seed(0))
+    base = edm_loss(prior, x0, generator=torch.Generator().manual_seed(1), reduce=False)
+    seen = []
+
+    def residual(x0_hat):
+        seen.append(x0_hat)
+        return x0_hat[:, :2].sum(1, keepdim=True) - 1.0
+
+    pidm = edm_loss(prior, x0, generator=torch.Generator().manual_seed(1), reduce=False, residual=residual,
+                    residual_weight=0.25)
+    expected = base + 0.25 * (residual(seen[0]) ** 2).mean(1)
+    torch.testing.assert_close(pidm, expected)
+    torch.testing.assert_close(edm_loss(prior, x0, generator=torch.Generator().manual_seed(1), reduce=False,
+                                        residual=residual, residual_weight=0.0), base)
