@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 __all__ = ["GaussianMixture", "grid_mixture", "mcg_problem", "sliced_wasserstein"]

@@ -9,7 +9,7 @@ import torch
 matplotlib.use("Agg")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
     n = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -23,14 +23,6 @@ CASES = [0, 1, 2, 3, 5]
 KW = dict(members=6, member_chunk=2, cases=CASES, steps=2, batch_size=3, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dask")

@@ -23,14 +23,6 @@ SETTINGS = dict(batch_size=8, lr=1e-2, warmup_steps=2, checkpoint_every=3, ema_d
 TOL = dict(rtol=1e-4, atol=1e-6)  # float32 sums in another order, over 6 AdamW steps
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _problem():
     """24 pairs (3 global batches per epoch, so 6 steps cross an epoch) and a seeded model."""
     g = torch.Generator().manual_seed(0)

@@ -4,9 +4,7 @@ in one namespace like a notebook (fragments that are not meant to run alone are 
 import re
 from pathlib import Path
 
-import matplotlib
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -21,13 +19,7 @@ def test_python_examples_in_docs_run(path, tmp_path, monkeypatch):
     blocks = python_blocks(path)
     if path.name == "README.md":
         assert blocks, "the README must carry a runnable Python example"
-    matplotlib.use("Agg")
     monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        namespace = {"__name__": f"doc_{path.stem}"}
-        for i, code in enumerate(blocks):
-            exec(compile(code, f"{path.name}[block {i}]", "exec"), namespace)
-    finally:
-        torch.set_num_threads(threads)
+    namespace = {"__name__": f"doc_{path.stem}"}
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"{path.name}[block {i}]", "exec"), namespace)

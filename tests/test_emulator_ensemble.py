@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 
 from sciffusion.emulators import EnsembleEmulator, calibrate_spread
@@ -10,14 +9,6 @@ from sciffusion.emulators.seeds_data import SeedsCoder
 
 LEADS = [1.0, 2.0]
 DEV = [0.5, 2.0]  # deviation scale d(lead): very different per lead, so a wrong lead lookup shows
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def exact_standard_normal(x, sigma, cond=None):

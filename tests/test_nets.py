@@ -10,15 +10,6 @@ from sciffusion.nets import NETS, PeriodicConv1d, UNet2d, build_net, net_spec
 SMALL = dict(channels=[8, 16], blocks_per_level=1, num_heads=2, groups=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These nets are tiny: intra-op threads only add contention on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _perturb_output_layer(net, seed=0):
     """Give the zero-initialised final conv random weights so the output depends on the input."""
     gen = torch.Generator().manual_seed(seed)

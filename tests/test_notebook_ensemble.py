@@ -1,6 +1,5 @@
 """notebooks/01_ensemble_emulation.ipynb runs top to bottom at small size and shows its figures."""
 
-import os
 from pathlib import Path
 
 import nbformat

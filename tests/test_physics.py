@@ -12,15 +12,6 @@ from sciffusion.systems import DarcyFlow, KolmogorovFlow
 from sciffusion.systems.darcy import darcy_matrix
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny FFTs run fastest (and steadiest on a shared machine) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_darcy_residual_equals_the_assembled_sparse_operator():
     a, _ = DarcyFlow(n=12, kind="lognormal").sample(1, seed=0)
     u = np.random.default_rng(0).standard_normal((12, 12))

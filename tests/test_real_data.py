@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-import xarray as xr
 
 from sciffusion.data import Normalizer, PairDataset, open_dataset, write_netcdf, write_zarr
 

@@ -4,21 +4,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 
 from sciffusion.systems import DarcyFlow, KolmogorovFlow, Lorenz96, lorenz96_forecast_model, simulate
 
 L96 = {"members": 3, "n_init": 3, "n_leads": 4, "spinup": 1.0, "seed": 5}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny FFTs run fastest (and steadiest on a shared machine) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class Killed(Exception):

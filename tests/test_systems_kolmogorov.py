@@ -8,15 +8,6 @@ import torch
 from sciffusion.systems import KolmogorovFlow
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny FFTs run fastest (and steadiest on a shared machine) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_laminar_kolmogorov_profile_is_a_fixed_point():
     """omega = -A k cos(k y) / (nu k^2 + mu) is steady: the nonlinear term of a shear flow vanishes."""
     s = KolmogorovFlow(n=32, reynolds=20.0, drag=0.1, k_forcing=4)

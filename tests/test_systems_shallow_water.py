@@ -12,15 +12,6 @@ needs_th = pytest.mark.skipif(find_spec("torch_harmonics") is None,
                               reason="shallow water needs torch-harmonics (pip install --no-deps torch-harmonics==0.9.3)")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny transforms run fastest (and steadiest on a shared machine) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def sw():
     return ShallowWater(nlat=24, nlon=48, dt_seconds=1200.0)

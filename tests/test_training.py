@@ -1,7 +1,6 @@
 """Trainer and checkpoints: learning a known conditional law, exact resume after SIGKILL,
 refusal of pickles, atomic and verified checkpoints."""
 
-import os
 import signal
 import subprocess
 import sys
