@@ -32,8 +32,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sciffusion import checkpoint as ckpt
-from sciffusion.diffusion.denoiser import broadcast_like
-from sciffusion.diffusion.loss import edm_loss
+from sciffusion.diffusion.accel import resolve as resolve_speed
+from sciffusion.diffusion.loss import draw_noise, edm_loss
 from sciffusion.distributed.ddp import DistributedContext, default_device
 from sciffusion.nets import net_spec
 
@@ -92,7 +92,12 @@ class Trainer:
         checkpoint_every: steps between checkpoints (also one at the end of :meth:`fit`).
         keep_last: number of step checkpoints kept.
         val_every: steps between validation losses (default: at each checkpoint).
-        mixed_precision: ``"bf16"`` for bfloat16 autocast on CUDA (ignored on CPU).
+        mixed_precision: ``"auto"`` (bf16 autocast on CUDA, full precision on CPU), ``"bf16"``
+            (bfloat16 autocast on any device), or None/``"fp32"`` (full precision).
+        channels_last: train in channels-last memory format (can help convolutions on GPUs).
+        compile: ``torch.compile`` the training forward pass (checkpoints keep the plain weights).
+        residual, residual_weight: physics-informed loss term (PIDM) passed to
+            :func:`~sciffusion.diffusion.edm_loss`; ``residual`` is a callable and is not stored.
         config: extra JSON-able entries stored in every checkpoint's config (normaliser, data...).
         progress: show a tqdm bar with loss and samples/s (rank 0 only under DDP).
         resume: continue from the newest checkpoint in ``out_dir`` if there is one.
@@ -124,7 +129,11 @@ class Trainer:
         keep_last: int = 3,
         val_every: int | None = None,
         val_batches: int = 4,
-        mixed_precision: str | None = None,
+        mixed_precision: str | None = "auto",
+        channels_last: bool = False,
+        compile: bool = False,
+        residual: Callable | None = None,
+        residual_weight: float = 0.0,
         device: str | torch.device | None = None,
         config: dict | None = None,
         progress: bool = True,
@@ -132,14 +141,21 @@ class Trainer:
     ):
         if len(train_data) < batch_size:
             raise ValueError(f"train_data has {len(train_data)} samples, fewer than batch_size={batch_size}")
-        if mixed_precision not in (None, "bf16"):
-            raise ValueError(f"mixed_precision must be None or 'bf16', got {mixed_precision!r}")
+        if mixed_precision not in (None, "fp32", "bf16", "auto"):
+            raise ValueError(f"mixed_precision must be None, 'fp32', 'bf16' or 'auto', got {mixed_precision!r}")
+        if residual_weight and residual is None:
+            raise ValueError("residual_weight is set but no residual callable was given")
         self.dist = DistributedContext.current()
         if self.dist.active:
             self.dist.rows(batch_size)  # fails early, naming batch_size and the world size
             device = device or default_device()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        speed = resolve_speed(mixed_precision, channels_last, compile, self.device)
+        self._bf16, self._channels_last = speed["precision"] == "bf16", speed["channels_last"]
         self.model = denoiser.to(self.device)
+        if self._channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.residual = residual
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.train_data, self.val_data = train_data, val_data
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -147,7 +163,8 @@ class Trainer:
             batch_size=batch_size, lr=lr, weight_decay=weight_decay, betas=list(betas), warmup_steps=warmup_steps,
             grad_clip=grad_clip, ema_decay=ema_decay, p_mean=p_mean, p_std=p_std, channel_weights=channel_weights,
             seed=seed, checkpoint_every=checkpoint_every, keep_last=keep_last, val_every=val_every or checkpoint_every,
-            val_batches=val_batches, mixed_precision=mixed_precision,
+            val_batches=val_batches, mixed_precision=mixed_precision, channels_last=channels_last,
+            compile=compile, residual_weight=residual_weight,
         )
         self.extra_config = dict(config or {})
         self.progress = progress and self.dist.is_main
@@ -162,6 +179,9 @@ class Trainer:
         if self.dist.active:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self._ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self._train_model = self._ddp if self._ddp is not None else self.model
+        if speed["compile"]:
+            self._train_model = torch.compile(self._train_model)
 
     # ------------------------------------------------------------------ data order
     def _next_indices(self) -> torch.Tensor:
@@ -176,16 +196,20 @@ class Trainer:
         return idx
 
     def _batch(self, dataset, idx) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device, non_blocking=True) for k, v in collate(dataset, idx).items()}
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in collate(dataset, idx).items()}
+        if self._channels_last:
+            batch = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for k, v in batch.items()}
+        return batch
 
     # ------------------------------------------------------------------ one step
-    def _loss(self, model, batch, generator) -> torch.Tensor:
-        use_bf16 = self.settings["mixed_precision"] == "bf16" and self.device.type == "cuda"
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+    def _loss(self, model, batch, generator, noise=None) -> torch.Tensor:
+        s = self.settings
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
             return edm_loss(
                 model, batch["x"], cond=batch.get("cond"), mask=batch.get("mask"),
-                channel_weights=self.settings["channel_weights"], p_mean=self.settings["p_mean"],
-                p_std=self.settings["p_std"], generator=generator,
+                channel_weights=s["channel_weights"], p_mean=s["p_mean"], p_std=s["p_std"],
+                sigma_data=float(self.model.sigma_data), generator=generator, noise=noise,
+                residual=self.residual, residual_weight=s["residual_weight"],
             )
 
     def train_step(self) -> float:
@@ -195,10 +219,10 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         if self._ddp is None:
-            loss = self._loss(self.model, self._batch(self.train_data, self._next_indices()), self.noise_gen)
+            loss = self._loss(self._train_model, self._batch(self.train_data, self._next_indices()), self.noise_gen)
         else:
             idx = self._next_indices()
-            loss = self._rank_loss(self._ddp, self._batch(self.train_data, idx[self.dist.rows(len(idx))]), len(idx))
+            loss = self._rank_loss(self._train_model, self._batch(self.train_data, idx[self.dist.rows(len(idx))]), len(idx))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if s["grad_clip"] is not None:
@@ -221,30 +245,14 @@ class Trainer:
 
         The noise (``ln sigma ~ N(P_mean, P_std^2)`` per row, then ``eps``) is drawn for the whole
         global batch from the shared noise generator, in the order :func:`edm_loss` draws it, and
-        this rank keeps its rows; so the mean of the ranks' losses (what DDP's gradient average
-        differentiates) is the single-process loss of the global batch. It mirrors the options
-        :meth:`_loss` passes to ``edm_loss`` (mask, channel weights, bf16); a new one must be added
-        here too (``tests/test_distributed_ddp.py`` checks that both agree on one rank).
+        this rank keeps its rows (``edm_loss(noise=...)``); so the mean of the ranks' losses (what
+        DDP's gradient average differentiates) is the single-process loss of the global batch.
         """
         s, x0 = self.settings, batch["x"]
         rows = self.dist.rows(global_batch)
-        n = torch.randn(global_batch, generator=self.noise_gen, device=x0.device, dtype=x0.dtype)[rows]
-        eps = torch.randn((global_batch, *x0.shape[1:]), generator=self.noise_gen, device=x0.device, dtype=x0.dtype)[rows]
-        sigma = (s["p_mean"] + s["p_std"] * n).exp()
-        mask = batch.get("mask")
-        if mask is not None:
-            mask = torch.broadcast_to(mask.to(x0.dtype), x0.shape)
-            x0 = torch.where(mask > 0, x0, torch.zeros_like(x0))
-        use_bf16 = s["mixed_precision"] == "bf16" and self.device.type == "cuda"
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-            err = (model(x0 + broadcast_like(sigma, x0) * eps, sigma, cond=batch.get("cond")) - x0) ** 2
-        if s["channel_weights"] is not None:
-            w = torch.as_tensor(s["channel_weights"], dtype=x0.dtype, device=x0.device)
-            err = err * w.reshape((1, -1) + (1,) * (x0.ndim - 2))
-        dims = tuple(range(1, x0.ndim))
-        per_sample = (err * mask).sum(dims) / mask.sum(dims).clamp_min(1) if mask is not None else err.mean(dims)
-        sigma_data = float(self.model.sigma_data)
-        return ((sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2 * per_sample).mean()
+        sigma, eps = draw_noise((global_batch, *x0.shape[1:]), p_mean=s["p_mean"], p_std=s["p_std"],
+                                generator=self.noise_gen, device=x0.device, dtype=x0.dtype)
+        return self._loss(model, batch, None, noise=(sigma[rows], eps[rows]))
 
     @torch.no_grad()
     def validate(self) -> float | None:

@@ -1,7 +1,8 @@
 """The generative core: noise levels, EDM preconditioning, the EDM loss and samplers."""
 
+from sciffusion.diffusion.accel import Accelerated, accelerate
 from sciffusion.diffusion.denoiser import Denoiser
-from sciffusion.diffusion.loss import edm_loss
+from sciffusion.diffusion.loss import draw_noise, edm_loss
 from sciffusion.diffusion.sample import (
     METHODS,
     CountingDenoiser,
@@ -16,6 +17,9 @@ from sciffusion.diffusion.sample import (
 from sciffusion.diffusion.schedules import karras_sigmas
 
 __all__ = [
+    "Accelerated",
+    "accelerate",
+    "draw_noise",
     "METHODS",
     "CountingDenoiser",
     "Denoiser",

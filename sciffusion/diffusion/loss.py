@@ -7,6 +7,14 @@ import torch
 from sciffusion.diffusion.denoiser import broadcast_like
 
 
+def draw_noise(shape, *, p_mean: float = -1.2, p_std: float = 1.2, generator=None, device=None, dtype=None):
+    """EDM's training noise: ``sigma`` with ``ln sigma ~ N(p_mean, p_std^2)`` per row (``(B,)``) and
+    ``eps ~ N(0, I)`` of ``shape``, drawn in this order from ``generator``."""
+    n = torch.randn(shape[0], generator=generator, device=device, dtype=dtype)
+    eps = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    return (p_mean + p_std * n).exp(), eps
+
+
 def edm_loss(
     denoiser,
     x0: torch.Tensor,
@@ -21,6 +29,7 @@ def edm_loss(
     reduce: bool = True,
     residual=None,
     residual_weight: float = 0.0,
+    noise: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     r"""EDM training loss.
 
@@ -46,13 +55,20 @@ def edm_loss(
             The loss gains ``residual_weight * mean(residual(x0_hat)^2)`` per sample, PIDM's
             ``c * ||R(x0_hat)||^2`` with the "mean" estimate and a constant variance.
         residual_weight: ``c`` (PIDM uses 1e-3 on its Darcy task); 0 disables the term.
+        noise: ``(sigma, eps)`` drawn by the caller (``(B,)`` and ``x0``'s shape) instead of from
+            ``generator`` — how DDP training gives each rank its rows of one global-batch draw.
     """
     if sigma_data is None:
         sigma_data = float(getattr(denoiser, "sigma_data", 1.0))
     b = x0.shape[0]
-    n = torch.randn(b, generator=generator, device=x0.device, dtype=x0.dtype)
-    sigma = (p_mean + p_std * n).exp()
-    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    if noise is None:
+        sigma, eps = draw_noise(x0.shape, p_mean=p_mean, p_std=p_std, generator=generator,
+                                device=x0.device, dtype=x0.dtype)
+    else:
+        sigma, eps = noise
+        if sigma.shape != (b,) or eps.shape != x0.shape:
+            raise ValueError(f"noise=(sigma, eps) must have shapes ({b},) and {tuple(x0.shape)}; "
+                             f"got {tuple(sigma.shape)} and {tuple(eps.shape)}")
     if mask is not None:
         mask = torch.broadcast_to(mask.to(x0.dtype), x0.shape)
         x0 = torch.where(mask > 0, x0, torch.zeros_like(x0))
