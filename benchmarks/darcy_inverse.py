@@ -35,23 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sciffusion.diffusion import Denoiser, edm_loss
+from sciffusion.diffusion import Denoiser
 from sciffusion.inverse import DarcyResidual, SparseSensors, sample
 from sciffusion.nets import UNet2d
 from sciffusion.systems.darcy import DarcyFlow
 from sciffusion.training import TensorPairs, Trainer
-
-
-class PIDMTrainer(Trainer):
-    """Trainer whose loss adds PIDM's residual term (``edm_loss(residual=..., residual_weight=...)``)."""
-
-    def __init__(self, *args, residual=None, residual_weight: float = 0.0, **kwargs):
-        self.residual, self.residual_weight = residual, residual_weight
-        super().__init__(*args, **kwargs)
-
-    def _loss(self, model, batch, generator):
-        return edm_loss(model, batch["x"], p_mean=self.settings["p_mean"], p_std=self.settings["p_std"],
-                        generator=generator, residual=self.residual, residual_weight=self.residual_weight)
 
 
 def data(args):
@@ -72,10 +60,10 @@ def train_prior(x_train, residual, weight, args, name, init=None, steps=None):
     if init is not None:
         den.load_state_dict(init.state_dict())
     steps = steps or args.train_steps
-    trainer = PIDMTrainer(den, TensorPairs(x_train), batch_size=args.batch, lr=args.lr,
-                          warmup_steps=100, ema_decay=args.ema, seed=0, progress=False,
-                          out_dir=Path(args.workdir) / name, checkpoint_every=max(50, steps // 4),
-                          residual=residual, residual_weight=weight)
+    trainer = Trainer(den, TensorPairs(x_train), batch_size=args.batch, lr=args.lr,
+                     warmup_steps=100, ema_decay=args.ema, seed=0, progress=False,
+                     out_dir=Path(args.workdir) / name, checkpoint_every=max(50, steps // 4),
+                     residual=residual, residual_weight=weight)
     t0 = time.perf_counter()
     hist = trainer.fit(steps)
     if hist:
