@@ -1,0 +1,59 @@
+"""``sciffusion downscale CHECKPOINT COARSE -o OUT.zarr``: fine-grid ensembles from coarse fields.
+
+CHECKPOINT is a :class:`~sciffusion.emulators.Downscaler` checkpoint (``Downscaler.save`` or the
+``out_dir`` of ``Downscaler.fit``); COARSE a zarr store or netCDF file with the trained variables
+on the coarse grid. Train with ``--train FINE --factor F`` instead: CHECKPOINT is then the run
+directory to write (resumes if interrupted) and FINE the fine-grid training data. See
+``docs/downscaling.md``.
+"""
+
+NAME = "downscale"
+HELP = "downscale coarse fields to a fine-grid ensemble with a trained Downscaler (or train one with --train)"
+
+
+def add_arguments(parser):
+    parser.add_argument("checkpoint", help="Downscaler checkpoint directory (with --train: the run directory to write)")
+    parser.add_argument("coarse", nargs="?", help="zarr store or netCDF file with the coarse fields")
+    parser.add_argument("-o", "--out", help="output zarr store")
+    parser.add_argument("--members", type=int, default=16, help="ensemble size (default 16)")
+    parser.add_argument("--steps", type=int, help="DDIM steps (default: the checkpoint's calibrated sampler)")
+    parser.add_argument("--eta", type=float, help="DDIM eta (default: the checkpoint's calibrated sampler)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--member-chunk", type=int, default=8, help="members per zarr chunk and per resumable block")
+    parser.add_argument("--device", help="torch device (default: cpu)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping member blocks already written")
+    group.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    train = parser.add_argument_group("training (--train)")
+    train.add_argument("--train", metavar="FINE", help="train on the fine fields in FINE (zarr/netCDF) and write CHECKPOINT")
+    train.add_argument("--factor", type=int, help="coarsening factor (with --train)")
+    train.add_argument("--variables", nargs="+", help="variables to downscale (default: all on the grid)")
+    train.add_argument("--sample-dim", default="time", help="dimension holding the samples (default time)")
+    train.add_argument("--train-steps", type=int, default=2000, help="optimiser steps (default 2000)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+    from sciffusion.cli import UserError
+    from sciffusion.data import open_dataset
+    from sciffusion.emulators import Downscaler
+
+    if args.train:
+        if args.factor is None:
+            raise UserError("--train needs --factor")
+        fine = open_dataset(args.train)
+        model = Downscaler.fit(fine, args.variables, factor=args.factor, sample_dim=args.sample_dim,
+                               steps=args.train_steps, out_dir=args.checkpoint, device=args.device,
+                               progress=not args.no_progress)
+        print(f"trained {args.train_steps} steps (last loss {model.history[-1]['loss']:.4f}); checkpoint in {model.checkpoint}")
+        return 0
+    if args.coarse is None or args.out is None:
+        raise UserError("give COARSE and -o OUT.zarr (or --train FINE --factor F to train)")
+    model = Downscaler.load(args.checkpoint, device=args.device)
+    mode = "resume" if args.resume else "w" if args.overwrite else "w-"
+    ds = model.downscale(open_dataset(args.coarse), args.members, steps=args.steps, eta=args.eta, seed=args.seed,
+                         batch_size=args.batch_size, out=args.out, mode=mode, member_chunk=args.member_chunk,
+                         progress=not args.no_progress, device=args.device)
+    print(f"wrote {dict(ds.sizes)} to {args.out} (sampler {ds.attrs['sampler']})")
+    return 0
