@@ -4,7 +4,12 @@
   seeds, streamed to a resumable zarr store;
 - :class:`EnsembleEmulator`: p(member | K seed members, lead time), in emulation or
   post-processing mode (``docs/emulation.md``), with :func:`calibrate_spread` for the spread knob
-  and :func:`ensemble_skill` for the SEEDS skill table.
+  and :func:`ensemble_skill` for the SEEDS skill table;
+- :class:`Downscaler`: coarse fields -> fine-grid ensembles (CorrDiff-style residual diffusion,
+  DDIM spread control, NaN masks), with the baselines :func:`coarsen` and :func:`upsample`
+  (``docs/downscaling.md``);
+- :class:`Rollout` (autoregressive EDM) and :class:`DYffusion` (interpolator + forecaster): long
+  ensemble rollouts streamed to resumable zarr (``docs/rollout.md``).
 """
 
 from sciffusion.emulators.members import generate
@@ -12,6 +17,10 @@ from sciffusion.emulators.store import EnsembleStore
 from sciffusion.emulators.ensemble import EnsembleEmulator, TemperedStep
 from sciffusion.emulators.calibrate import Calibration, calibrate_spread
 from sciffusion.emulators.skill import ensemble_skill, format_table
+from sciffusion.emulators.rollout import Rollout
+from sciffusion.emulators.dyffusion import DYffusion
+from sciffusion.emulators.coarsen import coarsen, upsample
+from sciffusion.emulators.downscaler import Downscaler
 
-__all__ = ["Calibration", "EnsembleEmulator", "EnsembleStore", "TemperedStep", "calibrate_spread", "ensemble_skill",
-           "format_table", "generate"]
+__all__ = ["Calibration", "DYffusion", "Downscaler", "EnsembleEmulator", "EnsembleStore", "TemperedStep", "calibrate_spread",
+           "coarsen", "ensemble_skill", "format_table", "generate", "upsample", "Rollout"]

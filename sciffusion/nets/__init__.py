@@ -17,14 +17,16 @@ from .conv1d import PeriodicConv1d
 from .unet import UNet2d
 
 from .mlp import MLP
+from .sfno import SFNO
 
 NETS: dict[str, type[nn.Module]] = {
     "UNet2d": UNet2d,
     "PeriodicConv1d": PeriodicConv1d,
     "MLP": MLP,
+    "SFNO": SFNO,
 }
 
-__all__ = ["NETS", "MLP", "PeriodicConv1d", "UNet2d", "build_net", "net_spec"]
+__all__ = ["NETS", "MLP", "PeriodicConv1d", "SFNO", "UNet2d", "build_net", "net_spec"]
 
 
 def _unwrap(net: nn.Module) -> nn.Module:

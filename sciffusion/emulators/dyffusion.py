@@ -1,0 +1,279 @@
+"""DYffusion: rollouts that sample along physical time (Cachay et al. 2023; Spherical DYffusion, 2024).
+
+Two networks on normalised states ``z`` and a horizon of ``h`` time steps:
+
+* a **stochastic interpolator** ``I(z_t, z_{t+h}, i) ~ z_{t+i}`` for ``0 < i < h`` (a backbone
+  with dropout that stays on at inference, so repeated calls give different interpolants); by
+  definition ``I(., ., 0) = z_t`` and ``I(., ., h) = z_{t+h}``. It predicts a correction to the
+  linear interpolant.
+* a **forecaster** ``F(z_{t+i}, i | z_t) ~ z_{t+h}`` predicting the end of the window from any
+  intermediate state (a correction ``z_{t+i} + s_h * net(...)`` scaled by the std of the h-step change).
+
+Training follows the paper (Algorithm 1): the interpolator first, by regression on ``(z_t,
+z_{t+h}) -> z_{t+i}``; then the forecaster on the *interpolator's outputs* (dropout on, weights
+frozen): ``i ~ U{0..h-1}``, ``loss = |F(I(z_t, z_{t+h}, i), i) - z_{t+h}|^2``.
+
+Sampling (the paper's Algorithm 2, cold sampling along ``i_n = n``): from ``z_{s_0} = z_t``,
+
+.. math::
+    \\hat z_{t+h} = F(z_{s_n}, i_n),\\qquad
+    z_{s_{n+1}} = I(z_t, \\hat z_{t+h}, i_{n+1}) - I(z_t, \\hat z_{t+h}, i_n) + z_{s_n},
+
+which yields the states at ``t+1 .. t+h`` (``h`` forecaster and ``2h - 2`` interpolator calls per
+window); the last state starts the next window. Ensemble members differ through their dropout
+masks, drawn per member from the stream ``(seed, window start, member)``.
+
+Same API as :class:`~sciffusion.emulators.Rollout` (``fit``, ``rollout``, ``save``, ``load``);
+``steps`` and ``method`` of :meth:`rollout` are ignored (there is no noise-level sampler).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import xarray as xr
+from torch import nn
+from tqdm.auto import tqdm
+
+from sciffusion.emulators.rollout import _split_dims, default_net
+from sciffusion.emulators.rollout_base import RolloutCoder, RolloutModel, _names
+
+
+class MemberDropout(nn.Module):
+    """Dropout whose mask for batch row ``k`` comes from ``generators[k]`` when they are set
+    (inference: member ``k``'s mask does not depend on the batch), plain dropout in training."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p, self.generators = float(p), None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.generators is not None and self.p > 0:
+            keep = torch.full(x.shape[1:], 1 - self.p, dtype=x.dtype, device=x.device)
+            mask = torch.stack([torch.bernoulli(keep, generator=g) for g in self.generators])
+            return x * mask / (1 - self.p)
+        return F.dropout(x, self.p, self.training)
+
+
+def _member_dropout(net: nn.Module) -> nn.Module:
+    for name, child in list(net.named_children()):
+        if isinstance(child, nn.Dropout):
+            setattr(net, name, MemberDropout(child.p))
+        else:
+            _member_dropout(child)
+    return net
+
+
+class DYffusion(RolloutModel):
+    """Interpolator + forecaster rolled out along physical time (see the module docstring).
+
+    Args:
+        interpolator, forecaster: backbones ``net(x, c, cond)`` (``c = i / h``); the
+            interpolator's ``nn.Dropout`` layers become :class:`MemberDropout`.
+        coder: a :class:`~sciffusion.emulators.rollout_base.RolloutCoder` with ``history=1``.
+        horizon: ``h`` in time steps (>= 2).
+        h_std: per-variable std of the normalised h-step change (scales the forecaster's output).
+        sampler: ``{"stochastic": True}``; False turns the interpolator's dropout off (a
+            deterministic rollout).
+    """
+
+    emulator = "sciffusion.emulators.DYffusion"
+
+    def __init__(self, interpolator: nn.Module, forecaster: nn.Module, coder: RolloutCoder, *, horizon: int,
+                 h_std: dict | None = None, sampler: dict | None = None, checkpoint: str | None = None,
+                 checkpoint_sha256: str | None = None):
+        if int(horizon) < 2:
+            raise ValueError(f"horizon must be >= 2 time steps, got {horizon}")
+        if coder.history != 1:
+            raise ValueError("DYffusion conditions on one state (history=1)")
+        self.interpolator, self.forecaster = _member_dropout(interpolator).eval(), forecaster.eval()
+        self.coder, self.horizon, self.unit = coder, int(horizon), int(horizon)
+        self.h_std = {k: float((h_std or {}).get(k, 1.0)) for k in coder.variables}
+        self.sampler = {"stochastic": True, **(sampler or {})}
+        self.checkpoint, self.checkpoint_sha256 = checkpoint, checkpoint_sha256
+
+    # ------------------------------------------------------------------ the two networks
+    def _code(self, i, z: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(i, dtype=z.dtype, device=z.device).expand(z.shape[0]) / self.horizon
+
+    def interpolate(self, z0: torch.Tensor, zh: torch.Tensor, i: int, forcing: torch.Tensor | None = None,
+                    net: nn.Module | None = None) -> torch.Tensor:
+        """``I(z_t, z_{t+h}, i)`` on normalised states ``(B, C, *grid)``; exact at ``i = 0`` and ``i = h``."""
+        if i <= 0:
+            return z0
+        if i >= self.horizon:
+            return zh
+        net = self.interpolator if net is None else net
+        cond = zh if forcing is None else torch.cat([zh, forcing], 1)
+        lin = z0 + (zh - z0) * (i / self.horizon)
+        return lin + self._scale(z0) * net(z0, self._code(i, z0), cond=cond)
+
+    def forecast(self, zi: torch.Tensor, z0: torch.Tensor, i: int | torch.Tensor, forcing: torch.Tensor | None = None,
+                 net: nn.Module | None = None) -> torch.Tensor:
+        """``F(z_{t+i}, i | z_t) ~ z_{t+h}`` on normalised states ``(B, C, *grid)``; ``i`` an int or ``(B,)``."""
+        net = self.forecaster if net is None else net
+        cond = z0 if forcing is None else torch.cat([z0, forcing], 1)
+        return zi + self._scale(zi) * net(zi, self._code(i, zi), cond=cond)
+
+    def _scale(self, z: torch.Tensor) -> torch.Tensor:
+        s = torch.tensor([self.h_std[k] for k in self.coder.variables], dtype=z.dtype, device=z.device)
+        return s.reshape(-1, *([1] * (z.ndim - 2)))
+
+    @contextlib.contextmanager
+    def _dropout(self, gens):
+        mods = [m for m in self.interpolator.modules() if isinstance(m, MemberDropout)]
+        for m in mods:
+            m.generators = gens
+        try:
+            yield
+        finally:
+            for m in mods:
+                m.generators = None
+
+    def _advance(self, hist, k, forcing, gens, settings):
+        """One window: the states at ``t+1 .. t+h`` by cold sampling (module docstring)."""
+        c = self.coder
+        z0 = c.normalize(hist[:, -1])
+        f = None if forcing is None else c.normalize_forcing(forcing)
+        out, zs = [], z0
+        with self._dropout(gens if settings.get("stochastic", True) else None):
+            for n in range(self.horizon):
+                zh = self.forecast(zs, z0, n, f)
+                zs = self.interpolate(z0, zh, n + 1, f) - self.interpolate(z0, zh, n, f) + zs
+                out.append(c.denormalize(zs))
+        return out
+
+    # ------------------------------------------------------------------ training
+    @classmethod
+    def fit(cls, ds: xr.Dataset, variables=None, *, grid_dims=None, time_dim: str = "time", sample_dims=None,
+            history: int = 1, forcings=None, horizon: int = 4, net: dict | None = None, steps: int = 2000,
+            interpolator_steps: int | None = None, batch_size: int = 64, lr: float = 1e-3, warmup_steps: int = 100,
+            ema_decay: float = 0.995, dropout: float = 0.15, seed: int = 0, out_dir: str | os.PathLike | None = None,
+            device=None, progress: bool = False) -> DYffusion:
+        """Train the interpolator (``interpolator_steps``, default ``steps``), then the forecaster (``steps``).
+
+        Arguments as :meth:`Rollout.fit <sciffusion.emulators.Rollout.fit>`, plus ``horizon`` (h time
+        steps per window) and ``dropout`` (the interpolator's, on at inference). ``out_dir``: the
+        trained model is saved there.
+        """
+        from sciffusion.nets import build_net
+
+        if history != 1:
+            raise ValueError("DYffusion conditions on one state: history must be 1")
+        ds = ds.to_dataset() if isinstance(ds, xr.DataArray) else ds
+        forcings = _names(forcings)
+        variables = _names(variables) or [str(v) for v in ds.data_vars if time_dim in ds[v].dims and str(v) not in forcings]
+        grid_dims, sample_dims = _split_dims(ds, variables, grid_dims, time_dim, sample_dims)
+        coder, x, f = RolloutCoder.fit(ds, variables, grid_dims, time_dim, sample_dims, 1, forcings)
+        h = int(horizon)
+        if x.shape[1] <= h:
+            raise ValueError(f"need more than horizon = {h} times along {time_dim!r}, got {x.shape[1]}")
+        device = torch.device(device or "cpu")
+        z = coder.normalize(torch.as_tensor(x)).float()
+        fz = None if f is None else coder.normalize_forcing(torch.as_tensor(f)).float()
+        dz = (z[:, h:] - z[:, :-h]).transpose(0, 2).reshape(len(variables), -1).std(1)
+        torch.manual_seed(seed)
+        spec = default_net(coder, net)
+        ispec = {**spec, "kwargs": {**spec["kwargs"], "dropout": dropout}}
+        model = cls(build_net(ispec), build_net(spec), coder, horizon=h, h_std=dict(zip(variables, dz.tolist())))
+        starts = [(s, t) for s in range(z.shape[0]) for t in range(z.shape[1] - h)]
+        gen = torch.Generator().manual_seed(seed)
+
+        def batch():
+            idx = torch.randint(len(starts), (batch_size,), generator=gen)
+            s, t = torch.tensor([starts[j][0] for j in idx]), torch.tensor([starts[j][1] for j in idx])
+            i = torch.randint(0, h, (batch_size,), generator=gen)
+            ff = None if fz is None else fz[s, t].to(device)
+            return s, t, i, ff
+
+        def interp_loss(net):
+            s, t, i, ff = batch()
+            i = i.clamp_min(1)
+            z0, zh, zi = z[s, t].to(device), z[s, t + h].to(device), z[s, t + i].to(device)
+            code = i.to(device, z0.dtype) / h
+            cond = zh if ff is None else torch.cat([zh, ff], 1)
+            pred = z0 + (zh - z0) * code.reshape(-1, *[1] * (z0.ndim - 1)) + model._scale(z0) * net(z0, code, cond=cond)
+            return F.mse_loss(pred, zi)
+
+        def forecast_loss(net):
+            s, t, i, ff = batch()
+            z0, zh = z[s, t].to(device), z[s, t + h].to(device)
+            with torch.no_grad():
+                model.interpolator.train()  # the stochastic interpolator's outputs, as at inference
+                zi = z0.clone()
+                for iv in i.unique().tolist():
+                    m = (i == iv).to(device)
+                    zi[m] = model.interpolate(z0[m], zh[m], iv, None if ff is None else ff[m])
+            return F.mse_loss(model.forecast(zi, z0, i.to(device), ff, net=net), zh)
+
+        model.interpolator = _train(model.interpolator.to(device), interp_loss, interpolator_steps or steps, lr,
+                                    warmup_steps, ema_decay, progress, "interpolator")
+        model.forecaster = _train(model.forecaster.to(device), forecast_loss, steps, lr, warmup_steps, ema_decay,
+                                  progress, "forecaster")
+        model.interpolator.eval(), model.forecaster.eval()
+        if out_dir is not None:
+            model.save(out_dir)
+        return model
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a checkpoint directory (both networks' weights in safetensors, JSON config), atomically."""
+        from sciffusion.checkpoint import save_checkpoint, sha256
+        from sciffusion.nets import net_spec
+
+        weights = {f"{name}.{k}": v.detach().cpu().contiguous()
+                   for name, net in (("interpolator", self.interpolator), ("forecaster", self.forecaster))
+                   for k, v in net.state_dict().items()}
+        config = {"dyffusion": {"coder": self.coder.to_dict(), "horizon": self.horizon, "h_std": self.h_std,
+                                "interpolator": net_spec(self.interpolator), "forecaster": net_spec(self.forecaster),
+                                "sampler": dict(self.sampler)}}
+        path = save_checkpoint(path, weights=weights, config=config)
+        self.checkpoint, self.checkpoint_sha256 = str(path), sha256(Path(path) / "weights.safetensors")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device=None) -> DYffusion:
+        from sciffusion.checkpoint import load_checkpoint, sha256
+        from sciffusion.nets import build_net
+
+        ck = load_checkpoint(path)
+        spec = ck["config"].get("dyffusion")
+        if spec is None:
+            raise ValueError(f"checkpoint {path} is not a DYffusion model (no 'dyffusion' in its config)")
+        nets = {}
+        for name in ("interpolator", "forecaster"):
+            net = build_net(spec[name])
+            net.load_state_dict({k[len(name) + 1 :]: v for k, v in ck["weights"].items() if k.startswith(name + ".")})
+            nets[name] = net.to(device or "cpu").requires_grad_(False)
+        return cls(nets["interpolator"], nets["forecaster"], RolloutCoder.from_dict(spec["coder"]), horizon=spec["horizon"],
+                   h_std=spec["h_std"], sampler=spec.get("sampler"), checkpoint=str(ck["dir"]),
+                   checkpoint_sha256=sha256(Path(ck["dir"]) / "weights.safetensors"))
+
+
+def _train(net: nn.Module, loss_fn, steps: int, lr: float, warmup: int, ema_decay: float, progress: bool,
+           desc: str) -> nn.Module:
+    """AdamW with linear warm-up, gradient clipping at 1 and an EMA copy (returned)."""
+    ema = copy.deepcopy(net).requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr)
+    net.train()
+    losses = []
+    for step in tqdm(range(int(steps)), disable=not progress, desc=desc, leave=False):
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup))
+        loss = loss_fn(net)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), net.parameters()):
+                e.lerp_(p, 1 - ema_decay)
+        losses.append(float(loss.detach()))
+    ema.losses = np.asarray(losses)
+    return ema

@@ -1,0 +1,181 @@
+"""Autoregressive climate rollouts: a conditional EDM model of x(t + dt) given x(t), rolled out for whole ensembles.
+
+The model learns ``p(x(t+dt) | x(t-h+1..t), f(t))`` for ``history`` states ``h`` and optional
+forcing fields ``f`` (sea-surface temperature, insolation...). Its target is the **normalised
+increment**
+
+.. math::
+    z = \\frac{x(t+dt) - x(t) - \\mu_\\Delta}{\\sigma_\\Delta}
+
+(per-variable mean and std of the one-step increment in the training data), the common stable
+choice: the network only has to model the change, the persistence part is exact, and the
+increments have unit variance as the EDM preconditioning assumes. Conditions are the normalised
+states (and forcings), concatenated as channels. A rollout samples ``z`` for all members in one
+batch with any sampler of :func:`sciffusion.diffusion.sample`, adds it to the state, and repeats
+(:meth:`~sciffusion.emulators.rollout_base.RolloutModel.rollout`): member ``m`` at step ``k``
+draws from the noise stream ``(seed, k, m)``, so ensembles are reproducible, member ``m`` does
+not depend on the ensemble size and a resumed run equals an uninterrupted one bit for bit.
+
+See ``docs/rollout.md``; the DYffusion variant on the same API is :class:`~sciffusion.emulators.DYffusion`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import xarray as xr
+
+from sciffusion.diffusion import Denoiser, sample
+from sciffusion.emulators.rollout_base import RolloutCoder, RolloutModel, _names
+
+DEFAULT_SAMPLER = {"method": "heun", "steps": 8, "sigma_min": 0.002, "sigma_max": 80.0}
+
+
+def default_net(coder: RolloutCoder, net: dict | None, *, out_channels: int | None = None,
+                cond_channels: int | None = None) -> dict:
+    """A backbone spec with the channel counts (and grid size for SFNO) filled in.
+
+    Default: ``PeriodicConv1d`` on 1-D grids, ``UNet2d`` with circular padding on 2-D grids;
+    ``{"name": "SFNO"}`` for lat-lon grids on the sphere.
+    """
+    from sciffusion.nets import NETS
+
+    spec = dict(net or {})
+    rank = len(coder.grid_shape)
+    name = spec.get("name") or ("PeriodicConv1d" if rank == 1 else "UNet2d" if rank == 2 else None)
+    if name is None or name not in NETS:
+        raise ValueError(f"no default backbone for a {rank}-D grid; pass net={{'name': ...}} (known: {sorted(NETS)})")
+    kw = dict(spec.get("kwargs") or {})
+    io = {"in_channels": coder.channels, "cond_channels": coder.cond_channels if cond_channels is None else cond_channels}
+    if out_channels is not None:
+        io["out_channels"] = out_channels
+    if name == "PeriodicConv1d":
+        kw = {"width": 32, "n_blocks": 4, **kw, **io}
+    elif name == "UNet2d":
+        kw = {"channels": [16, 32], "blocks_per_level": 1, "padding": "circular", "attention_levels": [], **kw, **io}
+    elif name == "SFNO":
+        kw = {"width": 32, "n_layers": 4, **kw, **io, "nlat": coder.grid_shape[0], "nlon": coder.grid_shape[1]}
+    else:
+        raise ValueError(f"{name} does not take gridded conditions; use PeriodicConv1d, UNet2d or SFNO")
+    return {"name": name, "kwargs": kw}
+
+
+def _split_dims(ds: xr.Dataset, variables, grid_dims, time_dim, sample_dims) -> tuple[list[str], list[str]]:
+    dims = [str(d) for d in ds[variables[0]].dims]
+    if time_dim not in dims:
+        raise ValueError(f"variable {variables[0]!r} has no {time_dim!r} dimension (dims {tuple(dims)}); pass time_dim=")
+    grid_dims = _names(grid_dims) or dims[dims.index(time_dim) + 1 :]
+    sample_dims = [d for d in dims if d not in (time_dim, *grid_dims)] if sample_dims is None else _names(sample_dims)
+    return grid_dims, sample_dims
+
+
+def training_pairs(coder: RolloutCoder, x, f) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets ``z (N, C, *grid)`` (normalised increments) and conditions ``(N, Cc, *grid)`` from
+    states ``x (S, T, C, *grid)`` and forcings ``f (S, T, F, *grid)``."""
+    h = coder.history
+    xs = torch.as_tensor(x)
+    hist = torch.stack([xs[:, t - h + 1 : t + 1] for t in range(h - 1, xs.shape[1] - 1)], 1)  # (S, P, h, C, *g)
+    target = coder.encode_increment(xs[:, h:] - xs[:, h - 1 : -1])
+    forcing = None if f is None else torch.as_tensor(f)[:, h - 1 : -1].flatten(0, 1)
+    cond = coder.condition(hist.flatten(0, 1), forcing)
+    return target.flatten(0, 1).float(), cond.float()
+
+
+class Rollout(RolloutModel):
+    """Autoregressive EDM emulator (see the module docstring).
+
+    Build with :meth:`fit` or :meth:`load`, or directly from any denoiser
+    ``denoiser(z, sigma, cond=...) -> E[z0 | z]`` of the normalised increment (e.g. an exact one
+    for a test) and a :class:`~sciffusion.emulators.rollout_base.RolloutCoder`.
+    """
+
+    emulator = "sciffusion.emulators.Rollout"
+
+    def __init__(self, denoiser, coder: RolloutCoder, *, sampler: dict | None = None, checkpoint: str | None = None,
+                 checkpoint_sha256: str | None = None):
+        self.denoiser, self.coder = denoiser, coder
+        self.sampler = {**DEFAULT_SAMPLER, **(sampler or {})}
+        self.checkpoint, self.checkpoint_sha256 = checkpoint, checkpoint_sha256
+
+    @classmethod
+    def fit(cls, ds: xr.Dataset, variables=None, *, grid_dims=None, time_dim: str = "time", sample_dims=None,
+            history: int = 1, forcings=None, net: dict | None = None, steps: int = 2000, batch_size: int = 64,
+            lr: float = 2e-3, warmup_steps: int = 100, ema_decay: float = 0.995, seed: int = 0,
+            out_dir: str | os.PathLike | None = None, device=None, progress: bool = False) -> Rollout:
+        """Train on trajectories ``ds`` with variables on ``(*sample_dims, time, *grid)``.
+
+        Args:
+            variables: state variables (default: every variable with ``time_dim`` that is not a forcing).
+            grid_dims: spatial dims (default: the dims after ``time_dim``).
+            sample_dims: independent trajectories (default: every other dim, e.g. ``init_time``).
+            history: number of states conditioned on (``x(t-history+1..t)``).
+            forcings: names of forcing variables of ``ds`` (on ``time`` and any of the grid dims),
+                conditioned on at the time of the current state.
+            net: backbone spec ``{"name", "kwargs"}`` (channel counts filled in; see :func:`default_net`).
+            steps, batch_size, lr, warmup_steps, ema_decay, seed: training (:class:`~sciffusion.training.Trainer`).
+            out_dir: checkpoint directory of a resumable training run (None: in memory).
+        """
+        from sciffusion.nets import build_net
+        from sciffusion.training import Trainer, TensorPairs
+
+        ds = ds.to_dataset() if isinstance(ds, xr.DataArray) else ds
+        forcings = _names(forcings)
+        variables = _names(variables) or [str(v) for v in ds.data_vars if time_dim in ds[v].dims and str(v) not in forcings]
+        if not variables:
+            raise ValueError(f"no variable of the training data has a {time_dim!r} dimension")
+        grid_dims, sample_dims = _split_dims(ds, variables, grid_dims, time_dim, sample_dims)
+        coder, x, f = RolloutCoder.fit(ds, variables, grid_dims, time_dim, sample_dims, history, forcings)
+        target, cond = training_pairs(coder, x, f)
+        torch.manual_seed(seed)
+        den = Denoiser(build_net(default_net(coder, net)), sigma_data=1.0)
+        spec = {"coder": coder.to_dict(), "sampler": dict(DEFAULT_SAMPLER)}
+        trainer = Trainer(den, TensorPairs(target, cond), out_dir=out_dir, batch_size=min(batch_size, len(target)), lr=lr,
+                          warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed, checkpoint_every=max(steps, 1),
+                          device=device, config={"rollout": spec}, progress=progress)
+        trainer.fit(steps)
+        model = cls(trainer.ema.eval().requires_grad_(False), coder)
+        model.history = trainer.history
+        return model
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a checkpoint directory (safetensors weights + JSON config), atomically."""
+        from sciffusion.checkpoint import save_checkpoint, sha256
+        from sciffusion.nets import net_spec
+
+        config = {"model": {"net": net_spec(self.denoiser.net), "sigma_data": self.denoiser.sigma_data},
+                  "rollout": {"coder": self.coder.to_dict(), "sampler": dict(self.sampler)}}
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.denoiser.state_dict().items()}
+        path = save_checkpoint(path, weights=weights, config=config)
+        self.checkpoint, self.checkpoint_sha256 = str(path), sha256(Path(path) / "weights.safetensors")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device=None) -> Rollout:
+        """Load a checkpoint written by :meth:`save` or by a :meth:`fit` run with ``out_dir``."""
+        import json
+
+        from sciffusion.checkpoint import load_denoiser, resolve, sha256
+
+        head = json.loads((resolve(path) / "config.json").read_text())
+        if "rollout" not in head:
+            kind = "a DYffusion model; use DYffusion.load" if "dyffusion" in head else "not a rollout model"
+            raise ValueError(f"checkpoint {path} is {kind} (no 'rollout' in its config)")
+        den, config = load_denoiser(path, device=device)
+        spec = config["rollout"]
+        d = Path(config["checkpoint_dir"])
+        weights = d / ("ema.safetensors" if (d / "ema.safetensors").exists() else "weights.safetensors")
+        return cls(den, RolloutCoder.from_dict(spec["coder"]), sampler=spec.get("sampler"), checkpoint=str(d),
+                   checkpoint_sha256=sha256(weights))
+
+    # ------------------------------------------------------------------ one step
+    def _advance(self, hist: torch.Tensor, k: int, forcing: torch.Tensor | None, gens, settings: dict[str, Any]):
+        """One autoregressive step: ``x(t+dt) = x(t) + decode(z)``, ``z ~ p(z | cond)``."""
+        cond = self.coder.condition(hist, forcing)
+        opts = dict(settings)
+        z = sample(self.denoiser, (hist.shape[0], *hist.shape[2:]), steps=int(opts.pop("steps")), method=opts.pop("method"),
+                   generator=gens, dtype=hist.dtype, device=hist.device, cond=cond, **opts)
+        return [hist[:, -1] + self.coder.decode_increment(z)]

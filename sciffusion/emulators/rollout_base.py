@@ -1,0 +1,445 @@
+"""Shared machinery of the rollout emulators (:class:`~sciffusion.emulators.Rollout`, :class:`~sciffusion.emulators.DYffusion`).
+
+- :class:`RolloutCoder`: variables <-> channels, normalisation of states, increments and forcings,
+  the time step and the grid, stored as JSON in checkpoints;
+- :class:`RolloutStore`: a zarr store ``v (member, time, *grid)`` written block by block along
+  ``time`` (``chunk_steps`` each, whole ensemble per chunk) and resumable after a crash;
+- :class:`RolloutModel`: the rollout loop shared by both models (xarray in, xarray out, per
+  ``(member, step)`` seeds, forcing look-up, NaN detection, resume).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import torch
+import xarray as xr
+import zarr
+from tqdm.auto import tqdm
+
+_DONE = "sciffusion_completed_times"
+
+
+def _names(x) -> list[str]:
+    return [] if x is None else [x] if isinstance(x, str) else [str(v) for v in x]
+
+
+class RolloutCoder:
+    """How states on ``(*grid)`` become normalised tensors ``(C, *grid)`` and back.
+
+    Per variable scalar ``mean``/``std`` of the state and ``inc_mean``/``inc_std`` of its one-step
+    increment ``x(t+dt) - x(t)`` (the autoregressive model's target), and per forcing variable its
+    ``mean``/``std``. ``dt`` is the training data's time step (a number, or nanoseconds for
+    datetime coordinates), ``grid`` the grid coordinates (checked at rollout).
+    """
+
+    def __init__(self, variables, grid_dims, grid_shape, *, mean, std, inc_mean=None, inc_std=None, history=1,
+                 forcings=(), forcing_mean=None, forcing_std=None, dt=1.0, time_kind="numeric", time_dim="time",
+                 grid=None, attrs=None, time_attrs=None):
+        self.variables, self.grid_dims = _names(variables), _names(grid_dims)
+        self.grid_shape = [int(s) for s in grid_shape]
+        self.mean, self.std = {k: float(mean[k]) for k in self.variables}, {k: float(std[k]) for k in self.variables}
+        self.inc_mean = {k: float((inc_mean or {}).get(k, 0.0)) for k in self.variables}
+        self.inc_std = {k: float((inc_std or {}).get(k, 1.0)) for k in self.variables}
+        self.history, self.forcings = int(history), _names(forcings)
+        self.forcing_mean = {k: float((forcing_mean or {})[k]) for k in self.forcings}
+        self.forcing_std = {k: float((forcing_std or {})[k]) for k in self.forcings}
+        self.dt, self.time_kind, self.time_dim = dt, time_kind, str(time_dim)
+        self.grid = {k: list(v) for k, v in (grid or {}).items()}
+        self.attrs, self.time_attrs = dict(attrs or {}), dict(time_attrs or {})
+        if self.history < 1:
+            raise ValueError(f"history must be >= 1, got {history}")
+
+    @property
+    def channels(self) -> int:
+        return len(self.variables)
+
+    @property
+    def cond_channels(self) -> int:
+        return self.history * self.channels + len(self.forcings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("variables", "grid_dims", "grid_shape", "mean", "std", "inc_mean", "inc_std",
+                                              "history", "forcings", "forcing_mean", "forcing_std", "dt", "time_kind",
+                                              "time_dim", "grid", "attrs", "time_attrs")}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RolloutCoder:
+        d = dict(d)
+        return cls(d.pop("variables"), d.pop("grid_dims"), d.pop("grid_shape"), **d)
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(cls, ds: xr.Dataset, variables, grid_dims, time_dim: str, sample_dims, history: int, forcings) -> tuple:
+        """Statistics from ``ds``; returns ``(coder, states (S, T, C, *grid), forcing (S, T, F, *grid) | None)``."""
+        for v in [*variables, *forcings]:
+            if v not in ds.data_vars:
+                raise ValueError(f"variable {v!r} not found in the training data; it has {sorted(map(str, ds.data_vars))}")
+        if time_dim not in ds[variables[0]].dims:
+            raise ValueError(f"variable {variables[0]!r} has no {time_dim!r} dimension: dims {ds[variables[0]].dims}")
+        order = [*sample_dims, time_dim, *grid_dims]
+        x = np.stack([ds[v].transpose(*order).values.astype(np.float64) for v in variables], axis=len(sample_dims) + 1)
+        x = x.reshape(-1, *x.shape[len(sample_dims):])  # (S, T, C, *grid)
+        if x.shape[1] < history + 1:
+            raise ValueError(f"need at least history + 1 = {history + 1} times along {time_dim!r}, got {x.shape[1]}")
+        f = None
+        if forcings:
+            f = np.stack([ds[v].broadcast_like(ds[variables[0]]).transpose(*order).values.astype(np.float64)
+                          for v in forcings], axis=len(sample_dims) + 1).reshape(x.shape[0], x.shape[1], len(forcings), *x.shape[3:])
+        red = (0, 1, *range(3, x.ndim))
+        inc = x[:, 1:] - x[:, :-1]
+        dt, kind = 1.0, "numeric"
+        if time_dim in ds.coords:
+            tv = ds[time_dim].values
+            steps = np.diff(tv)
+            if len(steps) and not np.all(steps == steps[0]) and not np.allclose(steps.astype(float), float(steps[0])):
+                raise ValueError(f"the {time_dim!r} coordinate is not evenly spaced; resample it first")
+            if np.issubdtype(tv.dtype, np.datetime64):
+                dt, kind = int(steps[0].astype("timedelta64[ns]").astype(np.int64)), "datetime"
+            elif len(steps):
+                dt = float(steps[0])
+        coder = cls(variables, grid_dims, x.shape[3:], history=history, forcings=forcings,
+                    mean=dict(zip(variables, x.mean(red))), std=dict(zip(variables, x.std(red))),
+                    inc_mean=dict(zip(variables, inc.mean(red))), inc_std=dict(zip(variables, inc.std(red))),
+                    forcing_mean=dict(zip(forcings, f.mean(red))) if f is not None else None,
+                    forcing_std=dict(zip(forcings, f.std(red))) if f is not None else None,
+                    dt=dt, time_kind=kind, time_dim=time_dim,
+                    grid={d: np.asarray(ds[d].values).tolist() for d in grid_dims if d in ds.coords},
+                    attrs={v: dict(ds[v].attrs) for v in variables},
+                    time_attrs=dict(ds[time_dim].attrs) if time_dim in ds.coords else {})
+        for name, s in {**coder.std, **coder.inc_std, **coder.forcing_std}.items():
+            if not s > 0:
+                raise ValueError(f"variable {name!r} is constant (zero standard deviation) in the training data")
+        return coder, x, f
+
+    # ------------------------------------------------------------------ tensors
+    def _vec(self, d: dict, names, x: torch.Tensor) -> torch.Tensor:
+        v = torch.tensor([d[k] for k in names], dtype=x.dtype, device=x.device)
+        return v.reshape(-1, *([1] * len(self.grid_shape)))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Physical states ``(..., C, *grid)`` -> normalised."""
+        return (x - self._vec(self.mean, self.variables, x)) / self._vec(self.std, self.variables, x)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self._vec(self.std, self.variables, z) + self._vec(self.mean, self.variables, z)
+
+    def encode_increment(self, dx: torch.Tensor) -> torch.Tensor:
+        return (dx - self._vec(self.inc_mean, self.variables, dx)) / self._vec(self.inc_std, self.variables, dx)
+
+    def decode_increment(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self._vec(self.inc_std, self.variables, z) + self._vec(self.inc_mean, self.variables, z)
+
+    def normalize_forcing(self, f: torch.Tensor) -> torch.Tensor:
+        return (f - self._vec(self.forcing_mean, self.forcings, f)) / self._vec(self.forcing_std, self.forcings, f)
+
+    def condition(self, hist: torch.Tensor, forcing: torch.Tensor | None) -> torch.Tensor:
+        """``hist (B, history, C, *grid)`` physical, ``forcing (B, F, *grid)`` -> cond ``(B, Cc, *grid)``."""
+        z = self.normalize(hist).flatten(1, 2)
+        if self.forcings:
+            z = torch.cat([z, self.normalize_forcing(forcing.to(z.dtype))], dim=1)
+        return z
+
+    # ------------------------------------------------------------------ xarray checks
+    def check(self, ds: xr.Dataset, role: str = "initial") -> None:
+        """Raise ValueError naming what differs from training (variables, grid dims, sizes, coordinates)."""
+        missing = [v for v in self.variables if v not in ds.data_vars]
+        if missing:
+            raise ValueError(f"the {role} state lacks variable(s) {missing}; the model was trained on {self.variables}")
+        for v in self.variables:
+            for d, n in zip(self.grid_dims, self.grid_shape):
+                if d not in ds[v].dims:
+                    raise ValueError(f"{role} variable {v!r} has no grid dimension {d!r} (dims {ds[v].dims}); "
+                                     f"the model was trained on grid {dict(zip(self.grid_dims, self.grid_shape))}")
+                if ds.sizes[d] != n:
+                    raise ValueError(f"{role} grid dimension {d!r} has size {ds.sizes[d]}, the model was trained on {n}")
+        for d, values in self.grid.items():
+            if d in ds.coords and not np.allclose(np.asarray(ds[d].values, dtype=float), np.asarray(values, dtype=float)):
+                raise ValueError(f"{role} coordinate {d!r} differs from the training grid "
+                                 f"({ds[d].values[:3]}... vs {values[:3]}...)")
+
+    def times(self, t0, n: int) -> np.ndarray:
+        """``t0 + k dt`` for ``k = 0..n-1``."""
+        k = np.arange(n)
+        if self.time_kind == "datetime":
+            return np.datetime64(t0, "ns") + k * np.timedelta64(int(self.dt), "ns")
+        return float(t0) + k * float(self.dt)
+
+    def forcing_at(self, forcings: xr.Dataset | None, times: np.ndarray) -> np.ndarray | None:
+        """Forcing fields ``(len(times), F, *grid)`` at ``times`` (a field without a time dim is static);
+        ValueError naming the variable and the missing range."""
+        if not self.forcings:
+            return None
+        if forcings is None:
+            raise ValueError(f"this model is driven by forcing(s) {self.forcings}; pass forcings= covering "
+                             f"{self.time_dim} {times[0]}..{times[-1]}")
+        out = []
+        for v in self.forcings:
+            if v not in forcings.data_vars:
+                raise ValueError(f"forcings lack variable {v!r}; the model was trained with {self.forcings}")
+            fv = forcings[v]
+            if self.time_dim not in fv.dims:  # a static field (orography, a forcing pattern): the same at every time
+                fv = fv.expand_dims({self.time_dim: len(times)}).assign_coords({self.time_dim: times})
+            elif self.time_dim not in fv.coords:
+                raise ValueError(f"forcing {v!r} has no {self.time_dim!r} coordinate")
+            tv = fv[self.time_dim].values
+            if self.time_kind == "datetime":
+                idx = np.searchsorted(tv, times)
+                ok = (idx < len(tv)) & (tv[np.minimum(idx, len(tv) - 1)] == times)
+            else:
+                tol = 1e-6 * abs(float(self.dt))
+                idx = np.clip(np.searchsorted(tv, times - tol), 0, len(tv) - 1)
+                ok = np.abs(tv[idx] - times) <= tol
+            if not ok.all():
+                miss = times[~ok]
+                raise ValueError(f"forcing {v!r} does not cover the rollout: it has {self.time_dim} {tv[0]}..{tv[-1]} "
+                                 f"but the rollout needs {times[0]}..{times[-1]}; missing {miss[0]}..{miss[-1]} "
+                                 f"({len(miss)} time(s))")
+            sel = fv.isel({self.time_dim: idx})
+            grid = [d for d in self.grid_dims if d in sel.dims]
+            arr = sel.transpose(self.time_dim, *grid).values.astype(np.float64)
+            out.append(np.broadcast_to(arr.reshape(len(times), *[sel.sizes[d] if d in grid else 1 for d in self.grid_dims]),
+                                       (len(times), *self.grid_shape)))
+        return np.stack(out, axis=1)
+
+
+class RolloutStore:
+    """Zarr store ``v (member, time, *grid)`` pre-filled with NaN, chunked ``(members, chunk_steps, *grid)``.
+
+    :meth:`write` fills a whole time block and only then records it (attribute
+    ``sciffusion_completed_times`` = number of leading times written), so after a crash the store
+    says exactly where to continue.
+    """
+
+    def __init__(self, path, template: xr.Dataset, *, chunk_steps: int, attrs: dict, mode: str = "w-",
+                 time_dim: str = "time"):
+        self.path, self.chunk, self.time_dim = Path(path), int(chunk_steps), time_dim
+        if mode not in ("w-", "w", "resume"):
+            raise ValueError(f"mode must be 'w-', 'w' or 'resume', got {mode!r}")
+        if self.path.exists() and mode == "resume":
+            self._check(template, attrs)
+            return
+        if self.path.exists():
+            if mode == "w-":
+                raise FileExistsError(f"{self.path} exists; pass mode='resume' to continue it or mode='w' to overwrite")
+            shutil.rmtree(self.path)
+        data = {}
+        for name, v in template.data_vars.items():
+            chunks = [min(self.chunk, s) if d == self.time_dim else s for d, s in zip(v.dims, v.shape)]
+            data[name] = (v.dims, da.full(v.shape, np.nan, dtype=v.dtype, chunks=chunks), dict(v.attrs))
+        ds = xr.Dataset(data, coords=template.coords, attrs={**template.attrs, **attrs, _DONE: 0})
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+            ds.to_zarr(self.path, mode="w", compute=False, consolidated=False)
+
+    def _check(self, template: xr.Dataset, attrs: dict) -> None:
+        group = zarr.open_group(str(self.path), mode="r")
+        old = dict(group.attrs)
+        diff = [k for k in ("checkpoint_sha256", "emulator", "sampler", "seed", "initial_sha256", "forcings_sha256")
+                if k in old and old[k] != attrs.get(k)]
+        if diff:
+            raise ValueError(f"cannot resume {os.fspath(self.path)!r}: it was written with other {diff}; "
+                             "pass mode='w' to overwrite")
+        ds = xr.open_zarr(self.path, consolidated=False)
+        for name, v in template.data_vars.items():
+            if name not in ds or ds[name].shape != v.shape:
+                got = ds[name].shape if name in ds else "missing"
+                raise ValueError(f"cannot resume {os.fspath(self.path)!r}: variable {name!r} is {got}, expected {v.shape} "
+                                 "(other n_members or n_steps?); pass mode='w' to overwrite")
+        chunks = ds[next(iter(template.data_vars))].encoding.get("chunks")
+        if chunks:
+            self.chunk = int(chunks[1])
+
+    def completed(self) -> int:
+        return int(zarr.open_group(str(self.path), mode="r").attrs.get(_DONE, 0))
+
+    def write(self, start: int, data: dict[str, np.ndarray]) -> None:
+        """Write times ``start .. start + n`` (``data[v]`` is ``(member, n, *grid)``) and mark them done."""
+        n = next(iter(data.values())).shape[1]
+        ds = xr.open_zarr(self.path, consolidated=False)
+        dims = {k: ds[k].dims for k in data}
+        out = xr.Dataset({k: (dims[k], v) for k, v in data.items()})
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+            out.to_zarr(self.path, region={self.time_dim: slice(start, start + n)}, consolidated=False)
+        zarr.open_group(str(self.path), mode="r+", use_consolidated=False).attrs[_DONE] = start + n
+
+    def read(self, times: list[int]) -> dict[str, np.ndarray]:
+        ds = xr.open_zarr(self.path, consolidated=False)
+        return {k: ds[k].isel({self.time_dim: times}).values for k in ds.data_vars}
+
+    def finalize(self) -> xr.Dataset:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+            zarr.consolidate_metadata(str(self.path))
+            return xr.open_zarr(self.path)
+
+
+def _sha(arr) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:16] if arr is not None else ""
+
+
+class RolloutModel:
+    """The rollout loop. Subclasses set ``self.coder``, ``self.sampler`` and implement
+    ``_advance(hist, k, forcing, generators, settings) -> list of next states`` (one for an
+    autoregressive step, up to ``unit`` for DYffusion) on physical tensors ``(M, C, *grid)``."""
+
+    unit = 1
+    emulator = "sciffusion.emulators.RolloutModel"
+    checkpoint = checkpoint_sha256 = None
+
+    def _initial(self, initial, n_members: int) -> tuple[np.ndarray, Any]:
+        """``(M or 1, history, C, *grid)`` physical states and the time of the last one."""
+        c = self.coder
+        ds = initial.to_dataset() if isinstance(initial, xr.DataArray) else initial
+        c.check(ds)
+        t0 = None
+        if c.time_dim in ds[c.variables[0]].dims:
+            if ds.sizes[c.time_dim] < c.history:
+                raise ValueError(f"the initial state needs {c.history} times along {c.time_dim!r} (history), "
+                                 f"got {ds.sizes[c.time_dim]}")
+            ds = ds.isel({c.time_dim: slice(-c.history, None)})
+            if c.time_dim in ds.coords:
+                t0 = ds[c.time_dim].values[-1]
+        elif c.history > 1:
+            raise ValueError(f"the model uses history={c.history} states: give the initial state a {c.time_dim!r} dimension")
+        elif c.time_dim in ds.coords:
+            t0 = ds[c.time_dim].values
+        lead = ["member"] if "member" in ds[c.variables[0]].dims else []
+        extra = [d for d in ds[c.variables[0]].dims if d not in (*c.grid_dims, c.time_dim, *lead)]
+        if extra:
+            raise ValueError(f"the initial state has extra dimension(s) {extra}; select one state (e.g. .isel({extra[0]}=0))")
+        arrs = []
+        for v in c.variables:
+            a = ds[v]
+            if c.time_dim not in a.dims:
+                a = a.expand_dims(c.time_dim)
+            arrs.append(a.transpose(*lead, c.time_dim, *c.grid_dims).values)
+        x = np.stack(arrs, axis=len(lead) + 1)
+        if not lead:
+            x = x[None]
+        elif x.shape[0] != n_members:
+            raise ValueError(f"the initial state has {x.shape[0]} members, not n_members={n_members}")
+        if not np.isfinite(x).all():
+            raise ValueError("the initial state contains NaN or inf")
+        if t0 is None:
+            t0 = np.datetime64("1970-01-01", "ns") if c.time_kind == "datetime" else 0.0
+        return x, t0
+
+    @torch.no_grad()
+    def rollout(self, initial: xr.Dataset | xr.DataArray, n_steps: int, *, n_members: int = 1,
+                forcings: xr.Dataset | None = None, steps: int | None = None, method: str | None = None, seed: int = 0,
+                out: str | os.PathLike | None = None, chunk_steps: int = 100, mode: str = "w-", progress: bool = True,
+                device=None, dtype: torch.dtype = torch.float32, **sampler_options) -> xr.Dataset:
+        """Roll the whole ensemble forward ``n_steps`` steps of ``dt`` from ``initial``.
+
+        Args:
+            initial: the trained variables on ``(*grid)`` (or ``(time, *grid)`` with at least
+                ``history`` times; or with a ``member`` dim of size ``n_members``). Its time
+                coordinate (default 0) is the output's first time.
+            n_steps: steps of the training time step ``dt``; the output has ``n_steps + 1`` times.
+            n_members: ensemble size; member ``m`` at step ``k`` draws its noise from the stream
+                ``(seed, k, m)``, so it is the same whatever ``n_members`` and after a resume.
+            forcings: Dataset with the forcing variables along ``time`` covering the times of the
+                conditioning states ``t0 .. t0 + (n_steps - 1) dt``.
+            steps, method, **sampler_options: sampler settings (default ``self.sampler``).
+            out: zarr path streamed to every ``chunk_steps`` times; ``mode="resume"`` continues
+                an interrupted run from its last written time (the result equals an
+                uninterrupted run bit for bit), ``"w"`` overwrites, ``"w-"`` refuses an existing store.
+            dtype: dtype of the states (and of the store).
+        Returns:
+            Dataset ``v (member, time, *grid)``, grid coordinates and CF attributes of the training
+            data, provenance in ``attrs``.
+        Raises:
+            FloatingPointError: a state became NaN or inf (the message names the step and the members).
+        """
+        c, n_steps, n_members = self.coder, int(n_steps), int(n_members)
+        if n_steps < 1 or n_members < 1:
+            raise ValueError(f"n_steps and n_members must be >= 1, got {n_steps} and {n_members}")
+        x0, t0 = self._initial(initial, n_members)
+        times = c.times(t0, n_steps + 1)
+        forcing = c.forcing_at(forcings, times[:-1])
+        settings = {**self.sampler, **{k: v for k, v in {"steps": steps, "method": method}.items() if v is not None},
+                    **sampler_options}
+        prov = self._provenance(settings, seed, n_members, n_steps, x0, forcing)
+        dims = ["member", c.time_dim, *c.grid_dims]
+        coords = {c.time_dim: xr.Variable(c.time_dim, times, c.time_attrs), "member": np.arange(n_members),
+                  **{d: v for d, v in c.grid.items()}}
+        np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+        shape = (n_members, n_steps + 1, *c.grid_shape)
+        store, done = None, 0
+        if out is not None:
+            template = xr.Dataset({v: (dims, np.empty(shape, np_dtype), c.attrs.get(v, {})) for v in c.variables}, coords=coords)
+            store = RolloutStore(out, template, chunk_steps=chunk_steps, attrs=prov, mode=mode, time_dim=c.time_dim)
+            done = store.completed()
+            if done and not np.array_equal(store.read([0])[c.variables[0]][:, 0],
+                                           np.broadcast_to(x0[:, -1, 0], (n_members, *c.grid_shape)).astype(np_dtype)):
+                raise ValueError(f"cannot resume {os.fspath(out)!r}: it starts from another initial state")
+            chunk = store.chunk
+        else:
+            full = np.empty((n_members, n_steps + 1, c.channels, *c.grid_shape), np_dtype)
+        seq = torch.as_tensor(x0, dtype=dtype).expand(n_members, *x0.shape[1:]).clone()  # (M, history, C, *grid)
+        start = 0 if done == 0 else ((done - 1) // self.unit) * self.unit
+        if start > 0:  # rebuild the history from the store (and the initial states before time 0)
+            idx = list(range(start - c.history + 1, start + 1))
+            got = store.read([i for i in idx if i >= 0])
+            stored = torch.as_tensor(np.stack([got[v] for v in c.variables], axis=2))
+            seq = torch.cat([seq[:, : max(0, -idx[0])], stored], dim=1)[:, -c.history:]
+        buffer: list[torch.Tensor] = [] if done else [seq[:, -1]]
+        k = start if done < n_steps + 1 else n_steps
+        bar = tqdm(total=n_steps, initial=start, disable=not progress, desc="rollout", leave=False)
+        while k < n_steps:
+            gens = self._generators(seed, k, n_members, device)
+            f = None if forcing is None else torch.as_tensor(forcing[k], dtype=dtype).expand(n_members, *forcing.shape[1:])
+            new = self._advance(seq.to(device), k, None if f is None else f.to(device), gens, settings)
+            for j, x in enumerate(new[: n_steps - k]):
+                x = x.to("cpu", dtype)
+                bad = ~torch.isfinite(x.flatten(1)).all(1)
+                if bad.any():
+                    raise FloatingPointError(f"the rollout became non-finite at step {k + j + 1} ({c.time_dim} = "
+                                             f"{times[k + j + 1]}) in member(s) {bad.nonzero().flatten().tolist()}; "
+                                             f"times before {done if store is not None else k + j + 1} are kept")
+                seq = torch.cat([seq[:, 1:], x[:, None]], dim=1)
+                if k + j + 1 >= done:
+                    buffer.append(x)
+            k = min(k + len(new), n_steps)
+            bar.update(min(len(new), n_steps - bar.n))
+            while store is not None and buffer and (len(buffer) >= chunk - done % chunk or done + len(buffer) == n_steps + 1):
+                n = min(len(buffer), chunk - done % chunk)
+                block = torch.stack(buffer[:n], 1).numpy()  # (M, n, C, *grid)
+                store.write(done, {v: block[:, :, i] for i, v in enumerate(c.variables)})
+                buffer, done = buffer[n:], done + n
+            if store is None and buffer:
+                full[:, done : done + len(buffer)] = torch.stack(buffer, 1).numpy()
+                done, buffer = done + len(buffer), []
+        bar.close()
+        if store is not None:
+            return store.finalize()
+        return xr.Dataset({v: (dims, full[:, :, i], c.attrs.get(v, {})) for i, v in enumerate(c.variables)},
+                          coords=coords, attrs=prov)
+
+    @staticmethod
+    def _generators(seed: int, k: int, n_members: int, device=None) -> list[torch.Generator]:
+        from sciffusion.diffusion import member_generators
+
+        return member_generators(seed, n_members, torch.device(device or "cpu"), key=(k,))
+
+    def _provenance(self, settings, seed, n_members, n_steps, x0, forcing) -> dict[str, Any]:
+        from sciffusion import __version__
+
+        return {"sciffusion_version": __version__, "emulator": self.emulator, "checkpoint": str(self.checkpoint or ""),
+                "checkpoint_sha256": str(self.checkpoint_sha256 or ""), "sampler": json.dumps(settings, sort_keys=True),
+                "seed": int(seed), "n_members": int(n_members), "n_steps": int(n_steps), "dt": str(self.coder.dt),
+                "initial_sha256": _sha(x0), "forcings_sha256": _sha(forcing),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "history": f"{self.emulator}.rollout(n_steps={n_steps}, n_members={n_members}, seed={seed})"}
