@@ -68,3 +68,19 @@ def test_missing_member_dim_is_named(files, capsys):
     assert "member dimension 'ens'" in err
     err = _fail(["score", str(tmp / "nope.zarr"), str(paths["truth_nc"])], capsys)
     assert "does not exist" in err
+
+
+def test_score_file_carries_the_variables_cf_attributes(files):
+    """Scores in the variable's units keep its `units` (CRPS, RMSE, bias, spread are in K for a field
+    in K); the spread-skill ratio is unitless; long_name and standard_name come from the input."""
+    fc, truth, paths, tmp = files
+    fc = fc.copy()
+    fc["t2m"].attrs = {"units": "K", "long_name": "2 m temperature", "standard_name": "air_temperature"}
+    fc.to_zarr(tmp / "fc_attrs.zarr", consolidated=False)
+    assert main(["score", str(tmp / "fc_attrs.zarr"), str(paths["truth_nc"]), "--out", str(tmp / "o")]) == 0
+    ds = xr.open_dataset(tmp / "o" / "scores.nc")
+    for k in ("crps", "rmse", "bias", "spread"):
+        assert ds[f"t2m_{k}"].attrs["units"] == "K"
+        assert ds[f"t2m_{k}"].attrs["long_name"].endswith("of 2 m temperature")
+        assert ds[f"t2m_{k}"].attrs["source_standard_name"] == "air_temperature"
+    assert ds["t2m_spread_skill_ratio"].attrs["units"] == "1"

@@ -137,6 +137,7 @@ def score_dataset(forecast, truth, *, member_dim="member", reduce=None, fair=Fal
         kw = dict(member_dim=member_dim, reduce_dims=rdims or None, weights=w)
         comp = sm.spread_skill_ratio(fc, ob, components=True, **kw)
         out[name] = _dataset(
+            fc.attrs, name,
             crps=sm.crps_ensemble(fc, ob, fair=fair, **kw),
             rmse=comp["skill"], bias=sm.bias(fc, ob, **kw),
             spread=comp["spread"], spread_skill_ratio=comp["ratio"],
@@ -144,10 +145,28 @@ def score_dataset(forecast, truth, *, member_dim="member", reduce=None, fair=Fal
     return out
 
 
-def _dataset(**variables):
+SCORE_NAMES = {"crps": "continuous ranked probability score", "rmse": "root-mean-square error of the ensemble mean",
+               "bias": "mean error of the ensemble mean", "spread": "ensemble spread",
+               "spread_skill_ratio": "spread-skill ratio"}
+
+
+def _dataset(source_attrs, name, **variables):
+    """Scores of variable ``name`` as a Dataset carrying its CF attributes: scores in the variable's
+    units keep ``units``; each gets a ``long_name`` built from the variable's, the ratio is unitless."""
     import xarray as xr
 
-    return xr.Dataset({k: v.drop_attrs() if hasattr(v, "drop_attrs") else v for k, v in variables.items()})
+    what = source_attrs.get("long_name") or source_attrs.get("standard_name") or name
+    ds = xr.Dataset({k: v.drop_attrs() if hasattr(v, "drop_attrs") else v for k, v in variables.items()})
+    for k in ds.data_vars:
+        attrs = {"long_name": f"{SCORE_NAMES.get(k, k)} of {what}", "source_variable": str(name)}
+        if "standard_name" in source_attrs:
+            attrs["source_standard_name"] = source_attrs["standard_name"]
+        if k == "spread_skill_ratio":
+            attrs["units"] = "1"
+        elif "units" in source_attrs:
+            attrs["units"] = source_attrs["units"]
+        ds[k].attrs.update(attrs)
+    return ds
 
 
 def _plots(forecast, truth, scores, names, member_dim, out: Path):
