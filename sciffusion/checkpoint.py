@@ -247,3 +247,25 @@ def load_denoiser(path: str | os.PathLike, *, ema: bool = True, device: str | to
     config = dict(ckpt["config"])
     config["checkpoint_dir"] = str(ckpt["dir"])
     return den, config
+
+
+def save_task(path: str | os.PathLike, denoiser, key: str, spec: dict) -> tuple[Path, str]:
+    """Save a task model (emulator, downscaler, rollout) built around one EDM denoiser: its weights and
+    ``{"model": ..., key: spec}`` as config. Returns ``(directory, sha256 of the weights file)``."""
+    from sciffusion.nets import net_spec
+
+    config = {"model": {"net": net_spec(denoiser.net), "sigma_data": denoiser.sigma_data}, key: spec}
+    weights = {k: v.detach().cpu().contiguous() for k, v in denoiser.state_dict().items()}
+    path = save_checkpoint(path, weights=weights, config=config)
+    return Path(path), sha256(Path(path) / "weights.safetensors")
+
+
+def load_task(path: str | os.PathLike, key: str, label: str, *, device=None) -> tuple[Any, dict, Path, str]:
+    """Load what :func:`save_task` (or a Trainer run) wrote: ``(denoiser, config[key], directory, sha256)``
+    with the EMA weights when present; a checkpoint without ``key`` in its config is refused as not ``label``."""
+    if key not in _read_json(resolve(path) / "config.json"):
+        raise ValueError(f"checkpoint {path} is not {label} (no '{key}' in its config)")
+    den, config = load_denoiser(path, device=device)
+    d = Path(config["checkpoint_dir"])
+    weights = d / ("ema.safetensors" if (d / "ema.safetensors").exists() else "weights.safetensors")
+    return den, config[key], d, sha256(weights)

@@ -168,29 +168,21 @@ class Downscaler:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> Path:
         """Write a checkpoint directory (safetensors weights + JSON config, atomically)."""
-        from sciffusion.checkpoint import save_checkpoint, sha256
-        from sciffusion.nets import net_spec
+        from sciffusion.checkpoint import save_task
 
-        config = {"model": {"net": net_spec(self.denoiser.net), "sigma_data": self.denoiser.sigma_data},
-                  "downscaler": {"coder": self.coder.to_dict(), "sampler": dict(self.sampler)}}
-        weights = {k: v.detach().cpu().contiguous() for k, v in self.denoiser.state_dict().items()}
-        path = save_checkpoint(path, weights=weights, config=config)
-        self.checkpoint, self.checkpoint_sha256 = str(path), sha256(Path(path) / "weights.safetensors")
+        spec = {"coder": self.coder.to_dict(), "sampler": dict(self.sampler)}
+        path, self.checkpoint_sha256 = save_task(path, self.denoiser, "downscaler", spec)
+        self.checkpoint = str(path)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device=None) -> Downscaler:
         """Load a checkpoint written by :meth:`save` or by a :meth:`fit` run with ``out_dir``."""
-        from sciffusion.checkpoint import load_denoiser, sha256
+        from sciffusion.checkpoint import load_task
 
-        den, config = load_denoiser(path, device=device)
-        spec = config.get("downscaler")
-        if spec is None:
-            raise ValueError(f"checkpoint {path} is not a Downscaler (no 'downscaler' in its config)")
-        d = Path(config["checkpoint_dir"])
-        weights = d / ("ema.safetensors" if (d / "ema.safetensors").exists() else "weights.safetensors")
+        den, spec, d, sha = load_task(path, "downscaler", "a Downscaler", device=device)
         return cls(den, DownscaleCoder.from_dict(spec["coder"]), sampler=spec.get("sampler"), checkpoint=str(d),
-                   checkpoint_sha256=sha256(weights))
+                   checkpoint_sha256=sha)
 
     # ------------------------------------------------------------------ generation
     def check(self, coarse: xr.Dataset | xr.DataArray) -> None:

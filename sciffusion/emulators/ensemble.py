@@ -170,29 +170,20 @@ class EnsembleEmulator:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a checkpoint directory (safetensors weights + JSON config), atomically."""
-        from sciffusion.checkpoint import save_checkpoint, sha256
-        from sciffusion.nets import net_spec
+        from sciffusion.checkpoint import save_task
 
-        config = {"model": {"net": net_spec(self.denoiser.net), "sigma_data": self.denoiser.sigma_data},
-                  "ensemble_emulator": self.spec()}
-        weights = {k: v.detach().cpu().contiguous() for k, v in self.denoiser.state_dict().items()}
-        path = save_checkpoint(path, weights=weights, config=config)
-        self.checkpoint, self.checkpoint_sha256 = str(path), sha256(Path(path) / "weights.safetensors")
+        path, self.checkpoint_sha256 = save_task(path, self.denoiser, "ensemble_emulator", self.spec())
+        self.checkpoint = str(path)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device=None) -> EnsembleEmulator:
         """Load a checkpoint written by :meth:`save` or by a :meth:`fit` run with ``out_dir``."""
-        from sciffusion.checkpoint import load_denoiser, sha256
+        from sciffusion.checkpoint import load_task
 
-        den, config = load_denoiser(path, device=device)
-        spec = config.get("ensemble_emulator")
-        if spec is None:
-            raise ValueError(f"checkpoint {path} is not an ensemble emulator (no 'ensemble_emulator' in its config)")
-        d = Path(config["checkpoint_dir"])
-        weights = d / ("ema.safetensors" if (d / "ema.safetensors").exists() else "weights.safetensors")
+        den, spec, d, sha = load_task(path, "ensemble_emulator", "an ensemble emulator", device=device)
         return cls(den, SeedsCoder.from_dict(spec["coder"]), mode=spec["mode"], truth_fraction=spec["truth_fraction"],
-                   sampler=spec.get("sampler"), checkpoint=str(d), checkpoint_sha256=sha256(weights))
+                   sampler=spec.get("sampler"), checkpoint=str(d), checkpoint_sha256=sha)
 
     # ------------------------------------------------------------------ generation
     def check(self, seeds: xr.Dataset) -> None:

@@ -143,14 +143,11 @@ class Rollout(RolloutModel):
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> Path:
         """Write a checkpoint directory (safetensors weights + JSON config), atomically."""
-        from sciffusion.checkpoint import save_checkpoint, sha256
-        from sciffusion.nets import net_spec
+        from sciffusion.checkpoint import save_task
 
-        config = {"model": {"net": net_spec(self.denoiser.net), "sigma_data": self.denoiser.sigma_data},
-                  "rollout": {"coder": self.coder.to_dict(), "sampler": dict(self.sampler)}}
-        weights = {k: v.detach().cpu().contiguous() for k, v in self.denoiser.state_dict().items()}
-        path = save_checkpoint(path, weights=weights, config=config)
-        self.checkpoint, self.checkpoint_sha256 = str(path), sha256(Path(path) / "weights.safetensors")
+        spec = {"coder": self.coder.to_dict(), "sampler": dict(self.sampler)}
+        path, self.checkpoint_sha256 = save_task(path, self.denoiser, "rollout", spec)
+        self.checkpoint = str(path)
         return path
 
     @classmethod
@@ -158,18 +155,13 @@ class Rollout(RolloutModel):
         """Load a checkpoint written by :meth:`save` or by a :meth:`fit` run with ``out_dir``."""
         import json
 
-        from sciffusion.checkpoint import load_denoiser, resolve, sha256
+        from sciffusion.checkpoint import load_task, resolve
 
         head = json.loads((resolve(path) / "config.json").read_text())
-        if "rollout" not in head:
-            kind = "a DYffusion model; use DYffusion.load" if "dyffusion" in head else "not a rollout model"
-            raise ValueError(f"checkpoint {path} is {kind} (no 'rollout' in its config)")
-        den, config = load_denoiser(path, device=device)
-        spec = config["rollout"]
-        d = Path(config["checkpoint_dir"])
-        weights = d / ("ema.safetensors" if (d / "ema.safetensors").exists() else "weights.safetensors")
+        label = "a rollout model but a DYffusion model; use DYffusion.load" if "dyffusion" in head else "a rollout model"
+        den, spec, d, sha = load_task(path, "rollout", label, device=device)
         return cls(den, RolloutCoder.from_dict(spec["coder"]), sampler=spec.get("sampler"), checkpoint=str(d),
-                   checkpoint_sha256=sha256(weights))
+                   checkpoint_sha256=sha)
 
     # ------------------------------------------------------------------ one step
     def _advance(self, hist: torch.Tensor, k: int, forcing: torch.Tensor | None, gens, settings: dict[str, Any]):
