@@ -193,3 +193,42 @@ def test_gradients_reach_every_parameter():
     net(torch.randn(2, 2, 8, 8), torch.randn(2), torch.randn(2, 1, 8, 8)).square().sum().backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None]
     assert not missing
+
+
+@pytest.mark.parametrize("modes", [("zeros", "zeros"), ("circular", "circular"), ("reflect", "reflect"),
+                                   ("zeros", "circular"), ("replicate", "zeros")])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_padconv_equals_axis_by_axis_padding_then_unpadded_conv(modes, stride):
+    """The fast paths (the conv's own zero padding; one F.pad for one mode on both axes) give
+    what padding W, then H, by each axis' mode and an unpadded convolution give."""
+    import torch.nn.functional as F
+
+    from sciffusion.nets.unet import PADDING_MODES, PadConv2d
+
+    torch.manual_seed(0)
+    conv = PadConv2d(3, 4, 3, stride=stride, padding=modes)
+    x = torch.randn(2, 3, 8, 10)
+    ref = F.pad(x, (1, 1, 0, 0), mode=PADDING_MODES[modes[1]])
+    ref = F.pad(ref, (0, 0, 1, 1), mode=PADDING_MODES[modes[0]])
+    ref = F.conv2d(ref, conv.conv.weight, conv.conv.bias, stride=stride)
+    torch.testing.assert_close(conv(x), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_groupnorm_in_bf16_under_autocast_matches_float32_norm():
+    """Under bf16 autocast the U-Net's GroupNorm keeps bf16 (no float32 output) and agrees with
+    the float32 normalisation to bf16 precision; outside autocast it is nn.GroupNorm exactly."""
+    from sciffusion.nets.unet import GroupNorm
+
+    torch.manual_seed(0)
+    norm = GroupNorm(4, 16, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(2, 16, 8, 8) * 3 + 1
+    ref = torch.nn.functional.group_norm(x, 4, norm.weight, norm.bias, 1e-6)
+    torch.testing.assert_close(norm(x), ref)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = norm(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref, rtol=0.02, atol=0.05)
+    assert set(norm.state_dict()) == {"weight", "bias"}
