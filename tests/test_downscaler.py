@@ -2,6 +2,8 @@
 baselines, the residual recipe, land masks, stable members, resume, checkpoints, bad inputs, and a
 tiny trained model on a problem whose answer is known."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -250,11 +252,46 @@ def test_a_trained_model_learns_a_residual_variance_that_depends_on_the_coarse_f
     calm, rough = var[up > 0].mean(), var[up < 0].mean()
     assert 0.02 < calm < 0.08 and 0.6 < rough < 1.5, (calm, rough)
     table = m.calibrate(c_new, f_new, steps=(4, 16), etas=(0.0, 1.0), n_members=4)
-    assert list(table.columns[:7]) == ["steps", "eta", "variance", "spread", "rmse", "ssr", "crps"]
+    assert list(table.columns[:10]) == ["method", "steps", "eta", "s_noise", "variance", "spread", "rmse", "ssr",
+                                        "crps", "high_k_error"]
     best = table.loc[table["chosen"]].iloc[0]
     assert abs(best["ssr"] - 1) == (table["ssr"] - 1).abs().min()
     assert m.sampler == {"method": "ddim", "steps": int(best["steps"]), "eta": float(best["eta"])}
     assert table.loc[table["steps"] == 16, "variance"].max() > table.loc[table["steps"] == 4, "variance"].min()
+
+    # the EDM stochastic sampler's noise inflation raises the spread; the joint criterion picks the
+    # row with the least |ssr - 1| + |high-k power error| and stores its s_noise and churn
+    table = m.calibrate(c_new, f_new, steps=(16,), etas=(0.0,), s_noises=(1.0, 1.3), criterion="ssr+spectrum",
+                        n_members=4)
+    stoch = table[table["method"] == "stochastic"].set_index("s_noise")
+    assert stoch.loc[1.3, "variance"] > 1.2 * stoch.loc[1.0, "variance"]
+    cost = (table["ssr"] - 1).abs() + table["high_k_error"].abs()
+    best = table.loc[table["chosen"]].iloc[0]
+    assert cost[table["chosen"]].iloc[0] == cost.min()
+    if best["method"] == "stochastic":
+        assert m.sampler == {"method": "stochastic", "steps": 16, "s_noise": float(best["s_noise"]), "churn": 40.0}
+    ens = m.downscale(c_new, 2, method="stochastic", steps=4, s_noise=1.3)
+    assert json.loads(ens.attrs["sampler"]) == {"method": "stochastic", "steps": 4, "churn": 40.0, "s_noise": 1.3}
+    with pytest.raises(ValueError, match="criterion must be"):
+        m.calibrate(c_new, f_new, criterion="crps")
+
+
+def test_high_k_error_of_calibration_scores_is_the_band_power_ratio_minus_one():
+    """Members equal to the truth have no power error; members twice the truth have 4x the power
+    (error 3); a grid with a missing point has no spectrum (NaN) but keeps the other scores."""
+    from types import SimpleNamespace
+
+    from sciffusion.emulators.downscaler import _scores
+
+    coder = SimpleNamespace(channels=1, variables=["w"], scale={"w": 1.0})  # what _scores reads of a coder
+    t = np.random.default_rng(0).normal(size=(3, 1, 16, 16))
+    same = _scores(np.stack([t, t], axis=1), t, coder)
+    assert same["high_k_error"] == pytest.approx(0.0, abs=1e-12) and same["rmse"] == pytest.approx(0.0, abs=1e-12)
+    assert _scores(np.stack([2 * t, 2 * t], axis=1), t, coder)["high_k_error"] == pytest.approx(3.0, rel=1e-12)
+    t_nan = t.copy()
+    t_nan[0, 0, 0, 0] = np.nan
+    r = _scores(np.stack([t, t], axis=1), t_nan, coder)
+    assert np.isnan(r["high_k_error"]) and np.isfinite(r["crps"])
 
 
 # ----------------------------------------------------------------------------- real data (issue 9)

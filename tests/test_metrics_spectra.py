@@ -65,3 +65,36 @@ def test_radial_spectrum_dask_and_reduce():
     np.testing.assert_allclose(lazy.values, eager.values)
     with pytest.raises(ValueError, match="spectrum dim 'lat'"):
         radial_spectrum(f, dims=("lat", "lon"))
+
+
+def test_band_power_ratio_of_hand_built_modes():
+    """Top-half band (k in [4, 8] on 16 points): only the k=6 mode counts; halving its amplitude
+    quarters the power, and the k=2 mode (outside the band) is ignored."""
+    import xarray as xr
+
+    from sciffusion.metrics import band_power_ratio
+
+    n = 16
+    x = 2 * np.pi * np.arange(n) / n
+    yy, xx = np.meshgrid(x, x, indexing="ij")
+    truth = np.sin(2 * xx) + np.sin(6 * yy)
+    forecast = 3 * np.sin(2 * xx) + 0.5 * np.sin(6 * yy)
+    assert band_power_ratio(forecast, truth) == pytest.approx(0.25, rel=1e-12)
+    assert band_power_ratio(2 * truth, truth) == pytest.approx(4.0, rel=1e-12)
+    # a member dim only in the forecast: the mean power over members (1 + 3) / 2 = 2
+    t = xr.DataArray(truth, dims=("y", "x"))
+    ens = xr.concat([t, np.sqrt(3) * t], dim="member")
+    assert band_power_ratio(ens, t) == pytest.approx(2.0, rel=1e-12)
+    assert band_power_ratio(forecast, truth, band=(1, 3)) == pytest.approx(9.0, rel=1e-12)
+
+
+def test_band_power_ratio_refuses_nan_and_empty_bands():
+    from sciffusion.metrics import band_power_ratio
+
+    truth = np.random.default_rng(0).normal(size=(8, 8))
+    bad = truth.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="forecast has non-finite"):
+        band_power_ratio(bad, truth)
+    with pytest.raises(ValueError, match="holds no wavenumber"):
+        band_power_ratio(truth, truth, band=(20, 30))

@@ -9,9 +9,13 @@ atmospheric downscaling"), with the interpolation as the mean: a fine field ``x`
 The spread knob is the DDIM sampler (Merizzi et al. 2025, "Controlling ensemble variance in
 diffusion models: an application for reanalyses downscaling"): ``eta = 0`` is the deterministic
 probability-flow sampler, ``eta = 1`` the DDPM posterior, and the step count changes the
-variance too. :meth:`Downscaler.variance_curve` tabulates the ensemble variance against
-``(steps, eta)`` and :meth:`Downscaler.calibrate` picks the pair whose spread-skill ratio on
-validation data is closest to 1 and makes it the default sampler. See ``docs/downscaling.md``.
+variance too. A second knob is EDM's stochastic sampler with its noise inflation ``s_noise``
+(Karras et al. 2022 set it slightly above 1 "to counteract the loss of detail"): it restores the
+small-scale power a young model's members lack. :meth:`Downscaler.variance_curve` tabulates the
+ensemble variance (and, given the truth, spread-skill and the high-wavenumber power error)
+against ``(steps, eta)`` and ``(steps, s_noise)``, and :meth:`Downscaler.calibrate` picks the
+setting closest to a spread-skill ratio of 1 on validation data (optionally also to the truth's
+small-scale power) and makes it the default sampler. See ``docs/downscaling.md``.
 
 Missing points (land in an SST analysis) never enter training (masked EDM loss), are NaN in
 every generated member, and a coarse input whose NaN mask differs from the training mask is
@@ -36,9 +40,11 @@ from sciffusion.emulators.coarsen import coarsen, grid_dims_of, periodic_dims
 from sciffusion.emulators.downscale_data import DownscaleCoder, _names, stack
 from sciffusion.emulators.members import generate as generate_members
 from sciffusion.emulators.store import EnsembleStore
+from sciffusion.metrics import band_power_ratio
 
 SIGMA_MAX = 80.0
 DEFAULT_SAMPLER = {"method": "ddim", "steps": 16, "eta": 1.0}
+STOCHASTIC_CHURN = 40.0  # EDM's S_churn; with <= 96 steps it is capped at gamma = sqrt(2) - 1 per step
 
 
 class _Triples(torch.utils.data.Dataset):
@@ -85,7 +91,8 @@ class Downscaler:
     """Fine-grid ensembles from coarse fields (see the module docstring).
 
     Build one with :meth:`fit` or :meth:`load`, then call :meth:`downscale`. ``sampler`` holds the
-    default ``method``, ``steps`` and ``eta`` (set by :meth:`calibrate`, stored by :meth:`save`).
+    default ``method``, ``steps`` and ``eta`` (DDIM) or ``s_noise``/``churn`` (``"stochastic"``), set by
+    :meth:`calibrate` and stored by :meth:`save`.
     """
 
     def __init__(self, denoiser, coder: DownscaleCoder, *, sampler: dict | None = None,
@@ -207,7 +214,8 @@ class Downscaler:
 
     @torch.no_grad()
     def downscale(self, coarse: xr.Dataset | xr.DataArray, n_members: int = 16, *, steps: int | None = None,
-                  eta: float | None = None, method: str | None = None, batch_size: int | None = None, seed: int = 0,
+                  eta: float | None = None, method: str | None = None, s_noise: float | None = None,
+                  batch_size: int | None = None, seed: int = 0,
                   out: str | os.PathLike | None = None, mode: str = "w-", member_chunk: int = 8,
                   progress: bool = False, device=None) -> xr.Dataset:
         """Draw ``n_members`` fine fields for every coarse field.
@@ -217,8 +225,9 @@ class Downscaler:
                 grid the model was trained on; NaN exactly where the training coarse data was).
             n_members: ensemble size; member ``m`` of sample ``i`` comes from the stream ``(seed, i, m)``,
                 so it is the same draw whatever ``n_members``, ``batch_size`` or ``member_chunk``.
-            steps, eta, method: sampler settings (default ``self.sampler``: DDIM, calibrated if
-                :meth:`calibrate` ran); ``eta`` applies to ``method="ddim"``.
+            steps, eta, method, s_noise: sampler settings (default ``self.sampler``: DDIM, calibrated
+                if :meth:`calibrate` ran); ``eta`` applies to ``method="ddim"``, ``s_noise`` (and the
+                sampler's ``churn``, default 40) to ``method="stochastic"``.
             batch_size: samples per denoiser batch (default 64).
             out: zarr path: members are written in blocks of ``member_chunk`` and with
                 ``mode="resume"`` a rerun computes only the missing blocks (a store written with
@@ -237,8 +246,9 @@ class Downscaler:
         c.check_mask(x)
         up = c.upsample(x)
         cond = c.condition(up)
-        settings = {**self.sampler, **{k: v for k, v in {"steps": steps, "eta": eta, "method": method}.items() if v is not None}}
-        options = {"eta": float(settings["eta"])} if settings["method"] == "ddim" else {}
+        given = {"steps": steps, "eta": eta, "method": method, "s_noise": s_noise}
+        settings = {**self.sampler, **{k: v for k, v in given.items() if v is not None}}
+        options = _sampler_options(settings)
         provenance = self._provenance(ds, settings, seed, n_members, x)
         batch_size = int(batch_size or 64)
         n = x.shape[0]
@@ -274,9 +284,7 @@ class Downscaler:
     def _provenance(self, ds, settings, seed, n_members, x) -> dict[str, Any]:
         from sciffusion import __version__
 
-        sampler = {k: settings[k] for k in ("method", "steps")}
-        if settings["method"] == "ddim":
-            sampler["eta"] = float(settings["eta"])
+        sampler = {"method": settings["method"], "steps": settings["steps"], **_sampler_options(settings)}
         return {"sciffusion_version": __version__, "emulator": "sciffusion.emulators.Downscaler",
                 "downscale_factor": self.coder.factor, "upsample_method": self.coder.method,
                 "checkpoint": str(self.checkpoint or ""), "checkpoint_sha256": str(self.checkpoint_sha256 or ""),
@@ -287,13 +295,16 @@ class Downscaler:
 
     # ------------------------------------------------------------------ spread control
     def variance_curve(self, coarse, fine=None, *, steps=(4, 8, 16, 32), etas=(0.0, 0.25, 0.5, 0.75, 1.0),
-                       n_members: int = 8, seed: int = 0, batch_size: int | None = None, device=None):
-        """Ensemble variance (and, given ``fine``, spread, RMSE, spread-skill ratio and CRPS) for every
-        DDIM ``(steps, eta)``: a :class:`pandas.DataFrame`, one row per pair.
+                       s_noises=(), n_members: int = 8, seed: int = 0, batch_size: int | None = None, device=None):
+        """Ensemble variance (and, given ``fine``, spread, RMSE, spread-skill ratio, CRPS and the
+        high-wavenumber power error) for every DDIM ``(steps, eta)`` and every EDM-stochastic
+        ``(steps, s_noise)``: a :class:`pandas.DataFrame`, one row per setting.
 
-        Columns: ``steps, eta, variance`` (mean ensemble variance over valid points), and with
-        ``fine``: ``spread`` (sqrt of the (M+1)/M-corrected variance), ``rmse`` (of the ensemble
-        mean), ``ssr = spread / rmse``, ``crps``. With one variable these are in its units; with
+        Columns: ``method, steps, eta, s_noise, variance`` (mean ensemble variance over valid points),
+        and with ``fine``: ``spread`` (sqrt of the (M+1)/M-corrected variance), ``rmse`` (of the
+        ensemble mean), ``ssr = spread / rmse``, ``crps``, and ``high_k_error`` (the members' power
+        over the truth's in the top half of wavenumbers, minus 1: :func:`sciffusion.metrics.band_power_ratio`;
+        NaN where the grid has missing points). With one variable these are in its units; with
         several, each variable is first divided by its training standard deviation.
         """
         import pandas as pd
@@ -306,32 +317,61 @@ class Downscaler:
             if missing:
                 raise ValueError(f"the fine validation data lacks variable(s) {missing}")
             truth = stack(fine, c.variables, c.sample_dim, c.grid_dims)
+        settings = [{"method": "ddim", "steps": int(s), "eta": float(e), "s_noise": float("nan")}
+                    for s in steps for e in etas]
+        settings += [{"method": "stochastic", "steps": int(s), "eta": float("nan"), "s_noise": float(sn)}
+                     for s in steps for sn in s_noises]
         rows = []
-        for s in steps:
-            for e in etas:
-                ens = self.downscale(coarse, n_members, steps=int(s), eta=float(e), method="ddim", seed=seed,
-                                     batch_size=batch_size, device=device)
-                y = np.stack([ens[v].values for v in c.variables], axis=2)  # (N, M, C, H, W)
-                rows.append({"steps": int(s), "eta": float(e), **_scores(y, truth, c)})
+        for row in settings:
+            kw = {"eta": row["eta"]} if row["method"] == "ddim" else {"s_noise": row["s_noise"]}
+            ens = self.downscale(coarse, n_members, steps=row["steps"], method=row["method"], seed=seed,
+                                 batch_size=batch_size, device=device, **kw)
+            y = np.stack([ens[v].values for v in c.variables], axis=2)  # (N, M, C, H, W)
+            rows.append({**row, **_scores(y, truth, c)})
         return pd.DataFrame(rows)
 
     def calibrate(self, coarse_val, fine_val, *, steps=(4, 8, 16, 32), etas=(0.0, 0.25, 0.5, 0.75, 1.0),
-                  n_members: int = 8, target: float = 1.0, apply: bool = True, seed: int = 0,
-                  batch_size: int | None = None, device=None):
-        """Choose the DDIM ``(steps, eta)`` whose spread-skill ratio on validation data is closest to ``target``.
+                  s_noises=(), criterion: str = "ssr", n_members: int = 8, target: float = 1.0,
+                  apply: bool = True, seed: int = 0, batch_size: int | None = None, device=None):
+        """Choose the sampler setting that is best calibrated on validation data.
 
-        Runs :meth:`variance_curve` with the truth ``fine_val``; with ``apply`` the chosen pair
-        becomes the default sampler (``self.sampler``, stored by :meth:`save`). Returns the table
-        (also kept as ``self.calibration``), the chosen row flagged in column ``chosen``.
+        Runs :meth:`variance_curve` with the truth ``fine_val`` over DDIM ``(steps, eta)`` and, when
+        ``s_noises`` are given, EDM-stochastic ``(steps, s_noise)``, and picks the row minimising
+        ``|ssr - target|`` (``criterion="ssr"``) or ``|ssr - target| + |high_k_error|``
+        (``criterion="ssr+spectrum"``: spread and small-scale power both right). With ``apply`` the
+        chosen setting becomes the default sampler (``self.sampler``, stored by :meth:`save`).
+        Returns the table (also kept as ``self.calibration``), the chosen row flagged in ``chosen``.
         """
-        table = self.variance_curve(coarse_val, fine_val, steps=steps, etas=etas, n_members=n_members, seed=seed,
-                                    batch_size=batch_size, device=device)
-        best = int((table["ssr"] - target).abs().idxmin())
+        if criterion not in ("ssr", "ssr+spectrum"):
+            raise ValueError(f"criterion must be 'ssr' or 'ssr+spectrum'; got {criterion!r}")
+        table = self.variance_curve(coarse_val, fine_val, steps=steps, etas=etas, s_noises=s_noises,
+                                    n_members=n_members, seed=seed, batch_size=batch_size, device=device)
+        cost = (table["ssr"] - target).abs()
+        if criterion == "ssr+spectrum":
+            if table["high_k_error"].isna().all():
+                raise ValueError("criterion='ssr+spectrum' needs complete validation fields (the high-wavenumber "
+                                 "power is undefined on a grid with missing points); use criterion='ssr'")
+            cost = cost + table["high_k_error"].abs()
+        best = int(cost.idxmin())
         table["chosen"] = table.index == best
         if apply:
-            self.sampler = {"method": "ddim", "steps": int(table.loc[best, "steps"]), "eta": float(table.loc[best, "eta"])}
+            row = table.loc[best]
+            self.sampler = {"method": str(row["method"]), "steps": int(row["steps"])}
+            if row["method"] == "ddim":
+                self.sampler["eta"] = float(row["eta"])
+            else:
+                self.sampler.update(s_noise=float(row["s_noise"]), churn=STOCHASTIC_CHURN)
         self.calibration = table
         return table
+
+
+def _sampler_options(settings: dict) -> dict[str, float]:
+    """The keyword options of :func:`sciffusion.diffusion.sample` a sampler setting carries."""
+    if settings["method"] == "ddim":
+        return {"eta": float(settings["eta"])}
+    if settings["method"] == "stochastic":
+        return {"churn": float(settings.get("churn", STOCHASTIC_CHURN)), "s_noise": float(settings.get("s_noise", 1.0))}
+    return {}
 
 
 def _scores(y: np.ndarray, truth: np.ndarray | None, c: DownscaleCoder) -> dict[str, float]:
@@ -352,6 +392,8 @@ def _scores(y: np.ndarray, truth: np.ndarray | None, c: DownscaleCoder) -> dict[
     pair = np.abs(y[:, :, None] - y[:, None]).mean((1, 2)) / 2
     out.update(spread=spread, rmse=rmse, ssr=spread / rmse if rmse > 0 else float("nan"),
                crps=float(np.mean((skill - pair)[ok])))
+    complete = np.isfinite(t).all() and np.isfinite(y).all() and min(t.shape[-2:]) >= 4
+    out["high_k_error"] = band_power_ratio(y, t) - 1.0 if complete else float("nan")
     return out
 
 

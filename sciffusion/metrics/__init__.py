@@ -10,10 +10,11 @@ are integer axes of the observation. See ``docs/metrics.md``.
 from .crps import crps_ensemble, crps_gaussian
 from .ensemble import bias, energy_score, rank_histogram, rmse, spread_skill_ratio
 from .probability import brier_score, reliability
-from .spectra import radial_spectrum, zonal_spectrum
+from .spectra import band_power_ratio, radial_spectrum, zonal_spectrum
 from .weights import latitude_weights
 
 __all__ = [
+    "band_power_ratio",
     "bias",
     "brier_score",
     "crps_ensemble",

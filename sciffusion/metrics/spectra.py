@@ -72,6 +72,37 @@ def radial_spectrum(field, *, dims=("y", "x"), spacing=(1.0, 1.0), reduce_dims=N
     return conv.back(out.transpose(..., "wavenumber"))
 
 
+def band_power_ratio(forecast, truth, *, dims=("y", "x"), spacing=(1.0, 1.0), band=None) -> float:
+    """Power of ``forecast`` over power of ``truth`` in a band of radial wavenumbers (1 = right amount).
+
+    Both radial spectra (:func:`radial_spectrum`) are averaged over every other dim (members,
+    times, ...: the two may differ, e.g. a ``member`` dim only in the forecast) and summed over
+    ``band = (k_lo, k_hi)`` in cycles per domain (the longer side), inclusive; the default is the
+    top half of the resolved wavenumbers, ``(N / 4, N / 2)`` for N points along the longer side,
+    where smoothing and noise show first. Fields must be finite (a spectrum of a masked field is
+    undefined); NaN is refused, naming the argument.
+    """
+    spectra = []
+    for name, field in (("forecast", forecast), ("truth", truth)):
+        da, _ = as_dataarray(field, name)
+        if not bool(np.isfinite(da.values).all()):
+            raise ValueError(f"band_power_ratio: {name} has non-finite values; a power spectrum needs a "
+                             f"complete field (fill or crop masked points first)")
+        spectra.append(np.asarray(radial_spectrum(field, dims=dims, spacing=spacing, reduce_dims="all")))
+    pf, pt = spectra
+    n = max(np.asarray(forecast).shape[-2:]) if not isinstance(forecast, (xr.DataArray, xr.Dataset)) else \
+        max(forecast.sizes[d] for d in dims)
+    lo, hi = (n / 4, n / 2) if band is None else band
+    k = np.arange(min(len(pf), len(pt)))
+    sel = (k >= lo) & (k <= hi)
+    if not sel.any():
+        raise ValueError(f"band_power_ratio: band {band} holds no wavenumber of a {n}-point grid")
+    truth_power = pt[: len(k)][sel].sum()
+    if truth_power <= 0:
+        raise ValueError(f"band_power_ratio: the truth has no power in the band {(lo, hi)}")
+    return float(pf[: len(k)][sel].sum() / truth_power)
+
+
 def _zonal_kernel(f):
     n = f.shape[-1]
     power = np.abs(np.fft.rfft(f, axis=-1, norm="forward")) ** 2
