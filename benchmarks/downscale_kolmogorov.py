@@ -151,7 +151,7 @@ def train_regression(model: Downscaler, fine: xr.Dataset, steps: int, batch_size
             for e, p in zip(ema.parameters(), net.parameters()):
                 e.lerp_(p, 1 - ema_decay)
         if log_every and (step + 1) % log_every == 0:
-            print(f"  regression step {step + 1}/{steps}: loss {float(loss):.4f}", flush=True)
+            print(f"  regression step {step + 1}/{steps}: loss {float(loss.detach()):.4f}", flush=True)
     _sync(device)
     if timing is not None:
         timing["sec_per_step"] = (time.perf_counter() - t_warm) / max(steps - warm, 1)
