@@ -27,6 +27,8 @@ The recorded results came from (run side by side, sharing the physics cache):
     python benchmarks/rollout_kolmogorov.py --model dyffusion --train-steps 800 --cache /tmp/k.npy
     python benchmarks/rollout_kolmogorov.py --model dyffusion --pattern --train-steps 600 --cache /tmp/k.npy
     python benchmarks/rollout_kolmogorov.py --system shallow_water --sw-train-steps 300 --members 8
+    python benchmarks/rollout_kolmogorov.py --model ar --pattern --train-steps 1200 --cache /tmp/k.npy \
+        --sampler dpmpp2m 12 --start centred          # -> "ar+pattern+dpmpp2m12c"
 
 Writes benchmarks/results/rollout_kolmogorov.json.
 """
@@ -98,14 +100,26 @@ def pattern() -> xr.Dataset:
     return xr.Dataset({"forcing_pattern": (("y", "x"), np.repeat(np.cos(SETUP["k_forcing"] * y)[:, None], SETUP["n"], 1))})
 
 
-def train(kind: str, ds: xr.Dataset, steps: int, log, forcings=None) -> tuple[object, float]:
+def ar_sampler(args) -> dict:
+    """The autoregressive model's sampler from ``--sampler METHOD STEPS`` and ``--start`` (default Heun 6, noise)."""
+    return {"method": args.sampler[0], "steps": int(args.sampler[1]), "start": args.start}
+
+
+def ar_suffix(args) -> str:
+    """Result-key suffix for a non-default autoregressive sampler, e.g. ``+dpmpp2m12c``."""
+    if args.model == "dyffusion" or (tuple(args.sampler) == ("heun", "6") and args.start == "noise"):
+        return ""
+    return f"+{args.sampler[0]}{args.sampler[1]}{'c' if args.start == 'centred' else ''}"
+
+
+def train(kind: str, ds: xr.Dataset, steps: int, log, forcings=None, sampler: dict | None = None) -> tuple[object, float]:
     t0 = time.perf_counter()
     if forcings:
         ds = ds.merge(pattern())
     if kind == "ar":
         model = Rollout.fit(ds, grid_dims=["y", "x"], steps=steps, batch_size=32, lr=1e-3, warmup_steps=100,
                             ema_decay=0.995, seed=0, forcings=forcings)
-        model.sampler.update(steps=6, sigma_max=10.0)
+        model.sampler.update({"steps": 6, "sigma_max": 10.0, **(sampler or {})})
         loss = model.history[-1]["loss"]
     else:
         model = DYffusion.fit(ds, grid_dims=["y", "x"], horizon=4, steps=steps, batch_size=32, lr=1e-3,
@@ -158,7 +172,7 @@ def run_model(kind: str, traj: np.ndarray, args, log) -> dict:
     n_train = min(traj.shape[1], args.train_times)
     names = ["forcing_pattern"] if args.pattern else None
     forcings = pattern() if args.pattern else None
-    model, train_s = train(kind, as_dataset(traj[2:4, :n_train]), args.train_steps, log, names)
+    model, train_s = train(kind, as_dataset(traj[2:4, :n_train]), args.train_steps, log, names, ar_sampler(args))
     t0 = time.perf_counter()
     res = {"train_steps": args.train_steps, "train_s": train_s}
     try:
@@ -186,7 +200,8 @@ def table(r: dict) -> str:
         rows.append(("physics floor (B vs A)", *[f"{fl[k]:.3f}" for k in ("mean_bias_rms", "var_bias_rms", "spectrum_error",
                                                                            "energy_mean", "energy_std")],
                      "", "", "", "", "", f"{r.get('solver_s_per_step', float('nan')):.4f}"))
-    for kind in ("ar", "dyffusion", "ar+pattern", "dyffusion+pattern"):
+    known = ("ar", "dyffusion", "ar+pattern", "dyffusion+pattern")
+    for kind in (*known, *sorted(k for k in r if k.startswith("ar+") and k not in known)):
         m = r.get(kind)
         if not m:
             continue
@@ -278,6 +293,10 @@ def main() -> None:
     p.add_argument("--sw-steps", type=int, default=400, help="shallow water: length of the stability rollout")
     p.add_argument("--pattern", action="store_true",
                    help="condition on the forcing pattern cos(4y) as a static field (results as '<model>+pattern')")
+    p.add_argument("--sampler", nargs=2, default=["heun", "6"], metavar=("METHOD", "STEPS"),
+                   help="autoregressive model's sampler from sigma_max = 10 (default heun 6)")
+    p.add_argument("--start", choices=["noise", "centred"], default="noise",
+                   help="starting point of each step's sampler (centred: + D(s z, s), one more network call)")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -300,7 +319,7 @@ def main() -> None:
     out.update(setup={**SETUP, "emulator_dt": 0.5, "rollout_steps": args.steps, "threads": 1},
                floor=bias(climate(traj[1], kf), climate(traj[0], kf)))
     for kind in (["ar", "dyffusion"] if args.model == "both" else [args.model]):
-        key = kind + ("+pattern" if args.pattern else "")
+        key = kind + ("+pattern" if args.pattern else "") + (ar_suffix(args) if kind == "ar" else "")
         out[key] = run_model(kind, traj, args, log)
         out["solver_s_per_step"] = out[key]["cost"]["solver_s_per_step"]
         if not args.quick:

@@ -6,12 +6,14 @@ from sciffusion.diffusion.loss import draw_noise, edm_loss
 from sciffusion.diffusion.sample import (
     METHODS,
     CountingDenoiser,
+    DPMSolver2M,
     ddim_step,
     euler_step,
     heun_step,
     member_generators,
     randn,
     sample,
+    step_function,
     stochastic_step,
 )
 from sciffusion.diffusion.schedules import karras_sigmas
@@ -23,6 +25,7 @@ __all__ = [
     "METHODS",
     "CountingDenoiser",
     "Denoiser",
+    "DPMSolver2M",
     "ddim_step",
     "edm_loss",
     "euler_step",
@@ -31,5 +34,6 @@ __all__ = [
     "member_generators",
     "randn",
     "sample",
+    "step_function",
     "stochastic_step",
 ]

@@ -88,12 +88,54 @@ def ddim_step(denoiser, x, sigma, sigma_next, *, noise: NoiseFn, cond: dict, eta
     return x_next + c * noise() if eta > 0 else x_next
 
 
+class DPMSolver2M:
+    r"""DPM-Solver++(2M) (Lu et al. 2022): the multistep second-order exponential integrator of the
+    data-prediction ODE, in the EDM parametrisation (``alpha = 1``, ``lambda = -log sigma``). 1 NFE.
+
+    .. math::
+        x' = \frac{\sigma'}{\sigma} x + \Big(1 - \frac{\sigma'}{\sigma}\Big)
+        \Big(\hat x_0 + \frac{\hat x_0 - \hat x_0^{prev}}{2r}\Big),\qquad
+        r = \frac{\log(\sigma_{prev}/\sigma)}{\log(\sigma/\sigma')}
+
+    The first step (no previous estimate) is DDIM with ``eta = 0``; the last (``sigma' = 0``)
+    returns ``x0_hat``. It keeps the previous step's estimate, so a trajectory needs its own
+    instance: :func:`sample` (via :func:`step_function`) makes one per call. On a narrow Gaussian
+    it is markedly closer to the exact law than Heun at the same number of network calls.
+    """
+
+    def __init__(self):
+        self._prev: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, denoiser, x, sigma, sigma_next, *, noise: NoiseFn, cond: dict, **_) -> torch.Tensor:
+        x0 = denoiser(x, sigma.expand(x.shape[0]), **cond)
+        prev, self._prev = self._prev, (x0, sigma)
+        if sigma_next == 0:
+            self._prev = None
+            return x0
+        d = x0
+        if prev is not None and prev[1] > sigma and prev[0].shape == x0.shape:
+            r = torch.log(prev[1] / sigma) / torch.log(sigma / sigma_next)
+            d = x0 + (x0 - prev[0]) / (2 * r)
+        ratio = sigma_next / sigma
+        return ratio * x + (1 - ratio) * d
+
+
 METHODS: dict[str, Callable] = {
     "heun": heun_step,
     "euler": euler_step,
     "stochastic": stochastic_step,
     "ddim": ddim_step,
+    "dpmpp2m": DPMSolver2M,  # a class: stateful, one instance per trajectory (see step_function)
 }
+
+
+def step_function(method: str | Callable) -> Callable:
+    """The step callable for ``method``, a name in :data:`METHODS` or a step function; a stateful
+    step (a class, such as :class:`DPMSolver2M`) gets a fresh instance."""
+    step = METHODS.get(method) if isinstance(method, str) else method
+    if step is None:
+        raise ValueError(f"unknown sampler method {method!r}; choose one of {sorted(METHODS)} or pass a step function")
+    return step() if isinstance(step, type) else step
 _OPTIONS = ("churn", "s_tmin", "s_tmax", "s_noise", "eta")
 
 
@@ -149,6 +191,7 @@ def sample(
     s_tmax: float = float("inf"),
     s_noise: float = 1.0,
     eta: float = 1.0,
+    start: str = "noise",
     **cond,
 ) -> torch.Tensor:
     """Draw samples ``(B, *event_shape)`` from the distribution the denoiser was trained on.
@@ -159,20 +202,25 @@ def sample(
         sigmas: decreasing noise levels ending in 0; default ``karras_sigmas(steps, sigma_min, sigma_max, rho)``.
         steps: number of noise levels when ``sigmas`` is not given (NFE: heun 2*steps-1,
             stochastic 2*steps-1, euler and ddim steps).
-        method: ``"heun"``, ``"euler"``, ``"stochastic"``, ``"ddim"``, or a step function with the
-            signature of :func:`heun_step`.
+        method: ``"heun"``, ``"euler"``, ``"stochastic"``, ``"ddim"``, ``"dpmpp2m"``, or a step
+            function with the signature of :func:`heun_step`.
         generator: a ``torch.Generator``, or one generator per member (see
             :func:`member_generators`) so each member's draw does not depend on the batch.
-        x: starting point at ``sigmas[0]`` (default ``sigmas[0] * noise``).
+        x: starting point at ``sigmas[0]`` (default: see ``start``).
+        start: ``"noise"``: ``x = sigmas[0] * z``; ``"centred"``: ``x = s z + D(s z, s)`` with
+            ``s = sigmas[0]``, one more network call. The law of ``x`` at ``sigmas[0]`` has the data's
+            mean, not 0; starting from zero-mean noise shifts every sample by about
+            ``-mean * tau / sigma_max`` for a conditional law of width ``tau`` (8% of the mean for
+            ``tau = 0.7`` from ``sigma_max = 10``); the centred start removes that.
         callback: called after each step with ``{"i", "x", "sigma", "sigma_next"}``.
         progress: show a tqdm bar.
         churn, s_tmin, s_tmax, s_noise: EDM stochastic-sampler options (``method="stochastic"``).
         eta: DDIM stochasticity (``method="ddim"``): 0 deterministic, 1 DDPM-like.
         **cond: passed to every denoiser call (e.g. ``cond=...`` conditioning fields).
     """
-    step_fn = METHODS.get(method) if isinstance(method, str) else method
-    if step_fn is None:
-        raise ValueError(f"unknown sampler method {method!r}; choose one of {sorted(METHODS)} or pass a step function")
+    step_fn = step_function(method)
+    if start not in ("noise", "centred"):
+        raise ValueError(f"start must be 'noise' or 'centred'; got {start!r}")
     if sigmas is None:
         sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho)
     sigmas = torch.as_tensor(sigmas, dtype=dtype, device=device)
@@ -185,6 +233,8 @@ def sample(
 
     if x is None:
         x = sigmas[0] * noise()
+        if start == "centred":
+            x = x + denoiser(x, sigmas[0].expand(shape[0]), **cond)
     elif tuple(x.shape) != shape:
         raise ValueError(f"x has shape {tuple(x.shape)} but shape={shape}")
     options = dict(churn=churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, eta=eta, steps=len(sigmas) - 1)

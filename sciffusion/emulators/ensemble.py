@@ -31,7 +31,7 @@ import torch
 import xarray as xr
 
 from sciffusion.diffusion import Denoiser
-from sciffusion.diffusion.sample import METHODS
+from sciffusion.diffusion.sample import step_function
 from sciffusion.emulators.members import generate as generate_members
 from sciffusion.emulators.seeds_data import MODES, SeedPairs, SeedsCoder, _names, ensemble_tensor
 from sciffusion.emulators.store import EnsembleStore
@@ -48,9 +48,7 @@ class TemperedStep:
     """
 
     def __init__(self, step, temperature: float = 1.0, sigma_max: float = SIGMA_MAX):
-        self.step = METHODS[step] if isinstance(step, str) else step
-        if self.step is None:
-            raise ValueError(f"unknown sampler method {step!r}; choose one of {sorted(METHODS)}")
+        self.step = step_function(step)
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.temperature, self.sigma_max = float(temperature), float(sigma_max)

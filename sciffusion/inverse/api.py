@@ -8,7 +8,7 @@ import torch
 
 from sciffusion.diffusion import karras_sigmas
 from sciffusion.diffusion import sample as diffusion_sample
-from sciffusion.diffusion.sample import METHODS as STEPS
+from sciffusion.diffusion.sample import step_function
 from sciffusion.inverse.guidance import DPS, MMPS, PiGDM
 from sciffusion.inverse.operators import Observation, as_operator, require_differentiable
 from sciffusion.inverse.projection import ProjectedDenoiser, projected_step
@@ -118,9 +118,7 @@ def sample(
         out.info = res
         return out
 
-    step = STEPS.get(sampler) if isinstance(sampler, str) else sampler
-    if step is None:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(STEPS)} or pass a step function")
+    step = step_function(sampler)
     if method in GUIDANCE:
         guided = guide(method, denoiser, obs, **options)
         options = {k: v for k, v in options.items() if k not in _GUIDANCE_OPTIONS[method]}
