@@ -51,9 +51,28 @@ def _ddp_worker(rank, world, port, jobs):
         shutdown()  # barrier, then destroy
 
 
-def _spawn(jobs):
-    """Run ``jobs`` in 2 fresh ranks (forked: no CUDA here, and no second torch import to wait for)."""
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), jobs), nprocs=2, join=True, start_method="fork")
+def _spawn(jobs, attempts: int = 2, limit_s: float = 120.0):
+    """Run ``jobs`` in 2 fresh ranks (forked: no CUDA here, and no second torch import to wait for).
+
+    A forked rank can, rarely, hang before the rendezvous (a lock inherited mid-use from the
+    parent's threads); after ``limit_s`` the ranks are killed and the jobs run again on a new port.
+    Resuming is exact, so a rerun over checkpoints the hung attempt wrote gives the same weights.
+    """
+    import time
+
+    for attempt in range(attempts):
+        ctx = mp.start_processes(_ddp_worker, args=(2, _free_port(), jobs), nprocs=2, join=False,
+                                 start_method="fork")
+        deadline = time.monotonic() + limit_s
+        while not ctx.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                for p in ctx.processes:
+                    p.kill()
+                    p.join()
+                break
+        else:
+            return
+    raise TimeoutError(f"2-rank gloo run did not finish within {limit_s:.0f} s in {attempts} attempts")
 
 
 def _weights(run_dir):
