@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file as read_tensors
 
 from sciffusion.diffusion import Denoiser
 from sciffusion.inverse import DarcyResidual, SparseSensors, sample
@@ -53,26 +54,38 @@ def data(args):
     return norm(train), norm(test), mean, std
 
 
-def train_prior(x_train, residual, weight, args, name, init=None, steps=None):
-    """Train (or resume from ``--workdir``) a U-Net EDM prior; ``init`` starts from another prior's weights."""
+def train_prior(x_train, residual, weight, args, name, init=None, steps=None, seconds=None):
+    """Train (or resume from ``--workdir``) a U-Net EDM prior; ``init`` starts from another prior's weights.
+
+    ``seconds``: wall-time budget (training stops there, checkpointed). With ``--eval-only`` the
+    latest checkpoint's EMA weights are loaded and nothing is trained.
+    """
     channels = [int(c) for c in args.channels.split(",")]
     den = Denoiser(UNet2d(2, channels=channels, attention_levels=[]), sigma_data=1.0)
+    run = Path(args.workdir) / name
+    if args.eval_only:
+        step_dir = run / (run / "latest").read_text()  # the EMA weights alone travel from a GPU run
+        den.load_state_dict(read_tensors(step_dir / "ema.safetensors"))
+        meta = json.loads((step_dir / "trainer.json").read_text())
+        print(f"prior {name}: loaded the EMA weights at step {meta.get('step')} from {run}", flush=True)
+        return den.eval().requires_grad_(False)
     if init is not None:
         den.load_state_dict(init.state_dict())
     steps = steps or args.train_steps
+    precision = "fp32" if residual is not None else args.precision  # the residual's finite differences need fp32
     trainer = Trainer(den, TensorPairs(x_train), batch_size=args.batch, lr=args.lr,
                      warmup_steps=100, ema_decay=args.ema, seed=0, progress=False,
-                     out_dir=Path(args.workdir) / name, checkpoint_every=max(50, steps // 4),
-                     residual=residual, residual_weight=weight)
+                     out_dir=run, checkpoint_every=max(50, steps // 4),
+                     residual=residual, residual_weight=weight, device=args.device, mixed_precision=precision)
     t0 = time.perf_counter()
-    hist = trainer.fit(steps)
+    hist = trainer.fit(steps, max_seconds=seconds)
     if hist:
         last = [h["loss"] for h in hist[-50:]]
-        print(f"prior {name}: {steps} steps, final loss {sum(last) / len(last):.4f}, "
-              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"prior {name}: {trainer.step} steps{' (time budget)' if trainer.stopped_early else ''}, final loss "
+              f"{sum(last) / len(last):.4f}, {time.perf_counter() - t0:.0f} s on {args.device}", flush=True)
     else:
         print(f"prior {name}: loaded the finished checkpoint ({steps} steps) from {args.workdir}", flush=True)
-    return trainer.ema.eval().requires_grad_(False)
+    return trainer.ema.eval().requires_grad_(False).cpu()
 
 
 def evaluate(prior, x_test, mean, std, residual, task, method, args):
@@ -136,7 +149,16 @@ def main() -> None:
     p.add_argument("--workdir", default="/tmp/sciffusion_darcy_inverse")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "darcy_inverse.json"))
+    p.add_argument("--device", default="cpu", help="training device (evaluation runs on the CPU)")
+    p.add_argument("--precision", default="auto", help="Trainer mixed_precision of the EDM prior (auto: bf16 on CUDA)")
+    p.add_argument("--train-seconds", type=float, help="wall-time budget of the EDM prior's training")
+    p.add_argument("--pidm-seconds", type=float, help="wall-time budget of the PIDM prior's training")
+    p.add_argument("--train-only", action="store_true", help="train the priors the settings need, evaluate nothing")
+    p.add_argument("--eval-only", action="store_true",
+                   help="load the priors' latest checkpoints from --workdir (e.g. trained on a GPU), train nothing")
     args = p.parse_args()
+    if args.train_only and args.eval_only:
+        p.error("--train-only and --eval-only exclude each other")
     torch.set_num_threads(args.threads)
     x_train, x_test, mean, std = data(args)
     residual = DarcyResidual(mean=mean.tolist(), std=std.tolist())
@@ -148,14 +170,17 @@ def main() -> None:
     for setting in args.settings:
         kind = "pidm" if setting.startswith("pidm") else "edm"
         if "edm" not in priors:
-            priors["edm"] = train_prior(x_train, None, 0.0, args, f"edm_{tag}")
+            priors["edm"] = train_prior(x_train, None, 0.0, args, f"edm_{tag}", seconds=args.train_seconds)
         if kind == "pidm" and "pidm" not in priors:
             if args.pidm_finetune:  # continue the EDM prior with the residual term
                 priors["pidm"] = train_prior(x_train, residual, args.pidm_weight, args,
                                              f"pidm_ft{args.pidm_finetune}_{tag}", init=priors["edm"],
-                                             steps=args.pidm_finetune)
+                                             steps=args.pidm_finetune, seconds=args.pidm_seconds)
             else:
-                priors["pidm"] = train_prior(x_train, residual, args.pidm_weight, args, f"pidm_{tag}")
+                priors["pidm"] = train_prior(x_train, residual, args.pidm_weight, args, f"pidm_{tag}",
+                                             seconds=args.pidm_seconds)
+        if args.train_only:
+            continue
         method = setting.split("+")[-1]
         for task in ("forward", "inverse"):
             row = evaluate(priors[kind], x_test, mean, std, residual, task, method, args)
@@ -166,7 +191,8 @@ def main() -> None:
                   f"{row['spread_skill']:9.2f} {row['evals_per_sample']:6d} {row['s_per_sample']:8.2f}", flush=True)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
-    print(f"wrote {args.out}")
+    if not args.train_only:
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

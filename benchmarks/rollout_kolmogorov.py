@@ -112,22 +112,62 @@ def ar_suffix(args) -> str:
     return f"+{args.sampler[0]}{args.sampler[1]}{'c' if args.start == 'centred' else ''}"
 
 
-def train(kind: str, ds: xr.Dataset, steps: int, log, forcings=None, sampler: dict | None = None) -> tuple[object, float]:
+def train(kind: str, ds: xr.Dataset, steps: int, log, forcings=None, sampler: dict | None = None,
+          opts: dict | None = None) -> tuple[object, float, int]:
+    """Train one emulator; ``opts``: batch_size, lr, ema_decay, device, max_seconds (CPU defaults 32, 1e-3, 0.995)."""
     t0 = time.perf_counter()
     if forcings:
         ds = ds.merge(pattern())
+    kw = {"batch_size": 32, "lr": 1e-3, "ema_decay": 0.995, "warmup_steps": 100, "seed": 0, **(opts or {})}
     if kind == "ar":
-        model = Rollout.fit(ds, grid_dims=["y", "x"], steps=steps, batch_size=32, lr=1e-3, warmup_steps=100,
-                            ema_decay=0.995, seed=0, forcings=forcings)
+        model = Rollout.fit(ds, grid_dims=["y", "x"], steps=steps, forcings=forcings, **kw)
         model.sampler.update({"steps": 6, "sigma_max": 10.0, **(sampler or {})})
-        loss = model.history[-1]["loss"]
+        loss, done = model.history[-1]["loss"], model.history[-1]["step"]
     else:
-        model = DYffusion.fit(ds, grid_dims=["y", "x"], horizon=4, steps=steps, batch_size=32, lr=1e-3,
-                              warmup_steps=100, ema_decay=0.995, dropout=0.15, seed=0, forcings=forcings)
-        loss = float(model.forecaster.losses[-50:].mean())
+        model = DYffusion.fit(ds, grid_dims=["y", "x"], horizon=4, steps=steps, dropout=0.15, forcings=forcings, **kw)
+        loss, done = float(model.forecaster.losses[-50:].mean()), len(model.forecaster.losses)
+        if len(model.interpolator.losses) != done:
+            done = [len(model.interpolator.losses), done]
     sec = time.perf_counter() - t0
-    log(f"{kind}: trained {steps} steps in {sec:.0f} s (final loss {loss:.4f})")
-    return model, sec
+    log(f"{kind}: trained {done} steps in {sec:.0f} s (final loss {loss:.4f})")
+    return model, sec, done
+
+
+def train_options(args) -> dict:
+    opts = {"batch_size": args.batch_size, "lr": args.lr, "ema_decay": args.ema, "device": args.device}
+    if args.net_channels:
+        opts["net"] = {"name": "UNet2d", "kwargs": {"channels": args.net_channels}}
+    if args.train_seconds:
+        opts["max_seconds"] = args.train_seconds
+    return opts
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+
+
+def pack_training_runs(traj: np.ndarray, path: Path) -> None:
+    """Runs C and D (the training data) as their Fourier modes |k_x|, |k_y| <= n/3 (the solver's
+    dealiased modes, all the state has): ~45% of the bytes, reconstructed to float32 round-off."""
+    f = np.fft.rfft2(traj[2:4].astype(np.float64))
+    keep = _kept_modes(traj.shape[-1])
+    np.save(path, f[..., keep].astype(np.complex64))
+
+
+def unpack_training_runs(path: Path) -> np.ndarray:
+    """``(4, T, n, n)`` with runs C, D from :func:`pack_training_runs` in slots 2, 3 (0, 1 are NaN)."""
+    c = np.load(path)
+    n = SETUP["n"]
+    f = np.zeros((*c.shape[:2], n, n // 2 + 1), np.complex128)
+    f[..., _kept_modes(n)] = c
+    traj = np.full((4, c.shape[1], n, n), np.nan, np.float32)
+    traj[2:4] = np.fft.irfft2(f, s=(n, n))
+    return traj
+
+
+def _kept_modes(n: int) -> np.ndarray:
+    k = np.abs(np.fft.fftfreq(n, 1 / n))[:, None]
+    return (k <= n // 3) & (np.arange(n // 2 + 1)[None, :] <= n // 3)
 
 
 def init_state(traj: np.ndarray, run: int, k: int) -> xr.Dataset:
@@ -172,9 +212,25 @@ def run_model(kind: str, traj: np.ndarray, args, log) -> dict:
     n_train = min(traj.shape[1], args.train_times)
     names = ["forcing_pattern"] if args.pattern else None
     forcings = pattern() if args.pattern else None
-    model, train_s = train(kind, as_dataset(traj[2:4, :n_train]), args.train_steps, log, names, ar_sampler(args))
+    if args.load_model:
+        model = (Rollout if kind == "ar" else DYffusion).load(args.load_model)
+        if kind == "ar":
+            model.sampler.update({"steps": 6, "sigma_max": 10.0, **ar_sampler(args)})
+        meta = json.loads((Path(args.load_model) / "training.json").read_text())
+        train_s, done = meta["train_s"], meta["train_steps"]
+        log(f"{kind}: loaded {args.load_model} ({done} training steps, {train_s:.0f} s on {meta.get('device_name')})")
+    else:
+        model, train_s, done = train(kind, as_dataset(traj[2:4, :n_train]), args.train_steps, log, names,
+                                     ar_sampler(args), train_options(args))
+        meta = {"train_steps": done, "train_s": train_s, **train_options(args), "device_name": device_name(args.device)}
+        if args.save_model:
+            model.save(args.save_model)
+            (Path(args.save_model) / "training.json").write_text(json.dumps(meta, indent=1))
+            log(f"{kind}: saved to {args.save_model}")
+        if args.train_only:
+            return meta
     t0 = time.perf_counter()
-    res = {"train_steps": args.train_steps, "train_s": train_s}
+    res = {**meta, "train_steps_requested": args.train_steps}
     try:
         out = model.rollout(init_state(traj, 0, 0), args.steps, n_members=1, seed=0, progress=False, forcings=forcings,
                             out=Path(args.store) / f"{kind}{'_pattern' if args.pattern else ''}.zarr", chunk_steps=500,
@@ -201,7 +257,8 @@ def table(r: dict) -> str:
                                                                            "energy_mean", "energy_std")],
                      "", "", "", "", "", f"{r.get('solver_s_per_step', float('nan')):.4f}"))
     known = ("ar", "dyffusion", "ar+pattern", "dyffusion+pattern")
-    for kind in (*known, *sorted(k for k in r if k.startswith("ar+") and k not in known)):
+    extra = sorted(k for k in r if k.startswith(("ar+", "dyffusion+")) and k not in known)
+    for kind in (*known, *extra):
         m = r.get(kind)
         if not m:
             continue
@@ -297,9 +354,25 @@ def main() -> None:
                    help="autoregressive model's sampler from sigma_max = 10 (default heun 6)")
     p.add_argument("--start", choices=["noise", "centred"], default="noise",
                    help="starting point of each step's sampler (centred: + D(s z, s), one more network call)")
+    p.add_argument("--device", default="cpu", help="training device (the rollouts and costs run on the CPU)")
+    p.add_argument("--net-channels", type=int, nargs="+", help="U-Net channels per level (default 16 32)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--ema", type=float, default=0.995)
+    p.add_argument("--train-seconds", type=float, help="stop training after this much wall time (before --train-steps)")
+    p.add_argument("--save-model", help="write the trained model (and training.json) to this directory")
+    p.add_argument("--load-model", help="skip training: load a model written by --save-model")
+    p.add_argument("--train-only", action="store_true", help="train (and --save-model), score nothing")
+    p.add_argument("--pack-train-data", help="write the training runs, Fourier-compressed, to this .npy and exit")
+    p.add_argument("--train-data", help="train on runs from --pack-train-data instead of --cache (with --train-only)")
+    p.add_argument("--tag", default="", help="suffix of the result key, e.g. '+gpu' for a model trained elsewhere")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(1)
+    if args.train_data and not args.train_only:
+        p.error("--train-data holds only the training runs: use it with --train-only")
+    if (args.load_model or args.save_model) and args.model == "both":
+        p.error("--load-model/--save-model take one model: pass --model ar or --model dyffusion")
     if args.quick:
         args.steps, args.train_steps, args.n_init, args.members, args.leads = 40, 20, 2, 2, 5
         args.sw_runs, args.sw_train_steps, args.sw_leads, args.sw_steps = 3, 5, 4, 8
@@ -312,14 +385,28 @@ def main() -> None:
             RESULTS.write_text(json.dumps(latest, indent=1))
         return
     t0 = time.perf_counter()
+    if args.train_data:
+        traj = unpack_training_runs(Path(args.train_data))
+        log(f"training runs {args.train_data}: {traj.shape[1]} times, unpacked in {time.perf_counter() - t0:.0f} s")
+        for kind in (["ar", "dyffusion"] if args.model == "both" else [args.model]):
+            print(json.dumps(run_model(kind, traj, args, log)))
+        return
     traj = physics(args.steps, Path(args.cache) if args.cache else None)
     log(f"physics: 4 x {args.steps} steps ready in {time.perf_counter() - t0:.0f} s")
+    if args.pack_train_data:
+        pack_training_runs(traj, Path(args.pack_train_data))
+        log(f"wrote {args.pack_train_data}")
+        return
+    if args.train_only:
+        for kind in (["ar", "dyffusion"] if args.model == "both" else [args.model]):
+            print(json.dumps(run_model(kind, traj, args, log)))
+        return
     kf = KolmogorovFlow(n=SETUP["n"])
     out = json.loads(RESULTS.read_text()) if RESULTS.exists() and not args.quick else {}
     out.update(setup={**SETUP, "emulator_dt": 0.5, "rollout_steps": args.steps, "threads": 1},
                floor=bias(climate(traj[1], kf), climate(traj[0], kf)))
     for kind in (["ar", "dyffusion"] if args.model == "both" else [args.model]):
-        key = kind + ("+pattern" if args.pattern else "") + (ar_suffix(args) if kind == "ar" else "")
+        key = kind + ("+pattern" if args.pattern else "") + (ar_suffix(args) if kind == "ar" else "") + args.tag
         out[key] = run_model(kind, traj, args, log)
         out["solver_s_per_step"] = out[key]["cost"]["solver_s_per_step"]
         if not args.quick:

@@ -268,15 +268,25 @@ class Trainer:
             losses.append(float(self._loss(self.ema, self._batch(self.val_data, idx), g)) * len(idx))
         return sum(losses) / min(n, self.settings["val_batches"] * bs)
 
-    def fit(self, steps: int, callback: Callable[[dict], None] | None = None) -> list[dict]:
-        """Train until ``self.step == steps`` (a resumed run continues where it stopped)."""
+    def fit(self, steps: int, callback: Callable[[dict], None] | None = None, *,
+            max_seconds: float | None = None) -> list[dict]:
+        """Train until ``self.step == steps`` (a resumed run continues where it stopped).
+
+        ``max_seconds``: stop early, after the step during which this much wall time has passed
+        (a cluster job's time limit, a benchmark's budget); the run is checkpointed there as at
+        the end, and calling :meth:`fit` again resumes it. ``self.stopped_early`` says whether it did.
+        """
         s = self.settings
+        if max_seconds is not None and not max_seconds >= 0:
+            raise ValueError(f"max_seconds must be a non-negative number of seconds, got {max_seconds!r}")
         bar = tqdm(total=steps, initial=self.step, disable=not self.progress, desc="training", dynamic_ncols=True)
         t0, n0 = time.perf_counter(), self.step
+        self.stopped_early = False
         while self.step < steps:
             loss = self.train_step()
+            out_of_time = max_seconds is not None and time.perf_counter() - t0 >= max_seconds and self.step < steps
             record = {"step": self.step, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"]}
-            if self.step % s["val_every"] == 0 or self.step == steps:
+            if self.step % s["val_every"] == 0 or self.step == steps or out_of_time:
                 val = self.validate()
                 if val is not None:
                     record["val_loss"] = val
@@ -287,8 +297,11 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:.0f}")
             if callback is not None:
                 callback(record)
-            if self.out_dir is not None and (self.step % s["checkpoint_every"] == 0 or self.step == steps):
+            if self.out_dir is not None and (self.step % s["checkpoint_every"] == 0 or self.step == steps or out_of_time):
                 self.save()
+            if out_of_time:
+                self.stopped_early = True
+                break
         bar.close()
         return self.history
 

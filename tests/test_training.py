@@ -155,3 +155,28 @@ def test_trainer_rejects_tiny_dataset_and_bad_precision():
         Trainer(Denoiser(MLP(2)), TensorPairs(torch.zeros(3, 2)), batch_size=8, progress=False)
     with pytest.raises(ValueError, match="mixed_precision"):
         Trainer(Denoiser(MLP(2)), TensorPairs(torch.zeros(30, 2)), batch_size=8, mixed_precision="fp8", progress=False)
+
+
+def test_time_limited_fit_checkpoints_and_resumes_to_the_uninterrupted_run(tmp_path):
+    """``fit(steps, max_seconds=0)`` stops after one step with a checkpoint there; fitting again
+    resumes, and the finished run's weights equal an uninterrupted run's exactly."""
+    def trainer(out):
+        torch.manual_seed(0)
+        x = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+        return Trainer(Denoiser(MLP(2, width=8, depth=1)), TensorPairs(x), out_dir=out, batch_size=16,
+                       checkpoint_every=100, progress=False, seed=3)
+
+    cut = trainer(tmp_path / "cut")
+    hist = cut.fit(6, max_seconds=0)
+    assert cut.stopped_early and [h["step"] for h in hist] == [1]
+    assert (tmp_path / "cut" / "latest").read_text() == "step_00000001"
+    resumed = trainer(tmp_path / "cut")  # a new process would do the same
+    resumed.fit(6)
+    assert resumed.step == 6 and not resumed.stopped_early
+    straight = trainer(tmp_path / "straight")
+    straight.fit(6)
+    a, b = load_checkpoint(tmp_path / "cut"), load_checkpoint(tmp_path / "straight")
+    for name in a["weights"]:
+        assert torch.equal(a["weights"][name], b["weights"][name]), name
+    with pytest.raises(ValueError, match="max_seconds"):
+        trainer(None).fit(2, max_seconds=-1)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -155,12 +156,13 @@ class DYffusion(RolloutModel):
             history: int = 1, forcings=None, horizon: int = 4, net: dict | None = None, steps: int = 2000,
             interpolator_steps: int | None = None, batch_size: int = 64, lr: float = 1e-3, warmup_steps: int = 100,
             ema_decay: float = 0.995, dropout: float = 0.15, seed: int = 0, out_dir: str | os.PathLike | None = None,
-            device=None, progress: bool = False) -> DYffusion:
+            device=None, progress: bool = False, max_seconds: float | None = None) -> DYffusion:
         """Train the interpolator (``interpolator_steps``, default ``steps``), then the forecaster (``steps``).
 
         Arguments as :meth:`Rollout.fit <sciffusion.emulators.Rollout.fit>`, plus ``horizon`` (h time
         steps per window) and ``dropout`` (the interpolator's, on at inference). ``out_dir``: the
-        trained model is saved there.
+        trained model is saved there. ``max_seconds``: wall-time budget, half for each network
+        (each stops after the step that exceeds its half; ``.losses`` of each says how many ran).
         """
         from sciffusion.nets import build_net
 
@@ -213,9 +215,10 @@ class DYffusion(RolloutModel):
             return F.mse_loss(model.forecast(zi, z0, i.to(device), ff, net=net), zh)
 
         model.interpolator = _train(model.interpolator.to(device), interp_loss, interpolator_steps or steps, lr,
-                                    warmup_steps, ema_decay, progress, "interpolator")
+                                    warmup_steps, ema_decay, progress, "interpolator",
+                                    None if max_seconds is None else max_seconds / 2)
         model.forecaster = _train(model.forecaster.to(device), forecast_loss, steps, lr, warmup_steps, ema_decay,
-                                  progress, "forecaster")
+                                  progress, "forecaster", None if max_seconds is None else max_seconds / 2)
         model.interpolator.eval(), model.forecaster.eval()
         if out_dir is not None:
             model.save(out_dir)
@@ -257,8 +260,12 @@ class DYffusion(RolloutModel):
 
 
 def _train(net: nn.Module, loss_fn, steps: int, lr: float, warmup: int, ema_decay: float, progress: bool,
-           desc: str) -> nn.Module:
-    """AdamW with linear warm-up, gradient clipping at 1 and an EMA copy (returned)."""
+           desc: str, max_seconds: float | None = None) -> nn.Module:
+    """AdamW with linear warm-up, gradient clipping at 1 and an EMA copy (returned); stops after the
+    step that exceeds ``max_seconds`` of wall time, if given."""
+    if max_seconds is not None and not max_seconds >= 0:
+        raise ValueError(f"max_seconds must be a non-negative number of seconds, got {max_seconds!r}")
+    t0 = time.perf_counter()
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=lr)
     net.train()
@@ -275,5 +282,7 @@ def _train(net: nn.Module, loss_fn, steps: int, lr: float, warmup: int, ema_deca
             for e, p in zip(ema.parameters(), net.parameters()):
                 e.lerp_(p, 1 - ema_decay)
         losses.append(float(loss.detach()))
+        if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
+            break
     ema.losses = np.asarray(losses)
     return ema

@@ -104,7 +104,8 @@ class Rollout(RolloutModel):
     def fit(cls, ds: xr.Dataset, variables=None, *, grid_dims=None, time_dim: str = "time", sample_dims=None,
             history: int = 1, forcings=None, net: dict | None = None, steps: int = 2000, batch_size: int = 64,
             lr: float = 2e-3, warmup_steps: int = 100, ema_decay: float = 0.995, seed: int = 0,
-            out_dir: str | os.PathLike | None = None, device=None, progress: bool = False) -> Rollout:
+            out_dir: str | os.PathLike | None = None, device=None, progress: bool = False,
+            max_seconds: float | None = None) -> Rollout:
         """Train on trajectories ``ds`` with variables on ``(*sample_dims, time, *grid)``.
 
         Args:
@@ -117,6 +118,8 @@ class Rollout(RolloutModel):
             net: backbone spec ``{"name", "kwargs"}`` (channel counts filled in; see :func:`default_net`).
             steps, batch_size, lr, warmup_steps, ema_decay, seed: training (:class:`~sciffusion.training.Trainer`).
             out_dir: checkpoint directory of a resumable training run (None: in memory).
+            max_seconds: wall-time budget: training stops after the step that exceeds it (before
+                ``steps``); ``model.history`` says how many steps ran.
         """
         from sciffusion.nets import build_net
         from sciffusion.training import Trainer, TensorPairs
@@ -135,7 +138,7 @@ class Rollout(RolloutModel):
         trainer = Trainer(den, TensorPairs(target, cond), out_dir=out_dir, batch_size=min(batch_size, len(target)), lr=lr,
                           warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed, checkpoint_every=max(steps, 1),
                           device=device, config={"rollout": spec}, progress=progress)
-        trainer.fit(steps)
+        trainer.fit(steps, max_seconds=max_seconds)
         model = cls(trainer.ema.eval().requires_grad_(False), coder)
         model.history = trainer.history
         return model
