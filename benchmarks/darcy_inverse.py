@@ -92,8 +92,8 @@ def evaluate(prior, x_test, mean, std, residual, task, method, args):
     n, m = args.n, args.samples
     observe, target = (0, 1) if task == "forward" else (1, 0)
     sensors = SparseSensors((n, n), fraction=args.fraction, seed=1 if observe == 0 else 0, channels=[observe])
-    opts = {"mmps": {"cg_iters": args.cg_iters}, "dps": {},
-            "residual": {"residual": residual, "zeta_obs": 1.0, "zeta_pde": args.zeta_pde,
+    opts = {"mmps": {"cg_iters": args.cg_iters}, "dps": {"zeta": args.zeta_obs},
+            "residual": {"residual": residual, "zeta_obs": args.zeta_obs, "zeta_pde": args.zeta_pde,
                          "pde_sigma": args.pde_sigma}}[method]
     errs, pix, res, spread, skill, wall = [], [], [], [], [], 0.0
     phys = lambda x: x * std[:, None, None] + mean[:, None, None]
@@ -139,9 +139,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50, help="sampler steps (Heun: 2*steps-1 denoiser calls)")
     p.add_argument("--sampler", default="heun", choices=["heun", "ddim", "euler", "stochastic"])
     p.add_argument("--cg-iters", type=int, default=3)
+    p.add_argument("--tasks", nargs="+", default=["forward", "inverse"], choices=["forward", "inverse"])
     p.add_argument("--fraction", type=float, default=0.03)
     p.add_argument("--noise-std", type=float, default=0.01, help="in normalised units")
     p.add_argument("--sigma-max", type=float, default=80.0)
+    p.add_argument("--zeta-obs", type=float, default=1.0, help="observation guidance strength (dps zeta, residual zeta_obs)")
     p.add_argument("--zeta-pde", type=float, default=0.5)
     p.add_argument("--pde-sigma", type=float, default=1.0)
     p.add_argument("--settings", nargs="+", default=["dps", "residual", "mmps", "pidm+dps", "pidm+residual", "pidm+mmps"],
@@ -182,7 +184,7 @@ def main() -> None:
         if args.train_only:
             continue
         method = setting.split("+")[-1]
-        for task in ("forward", "inverse"):
+        for task in args.tasks:
             row = evaluate(priors[kind], x_test, mean, std, residual, task, method, args)
             row["setting"] = setting
             rows.append(row)

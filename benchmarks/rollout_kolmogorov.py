@@ -30,6 +30,16 @@ The recorded results came from (run side by side, sharing the physics cache):
     python benchmarks/rollout_kolmogorov.py --model ar --pattern --train-steps 1200 --cache /tmp/k.npy \
         --sampler dpmpp2m 12 --start centred          # -> "ar+pattern+dpmpp2m12c"
 
+Training on a GPU, scoring here (the "+gpu32-64-128" rows; see benchmarks/gpu_session.sh):
+
+    python benchmarks/rollout_kolmogorov.py --model ar --cache /tmp/k.npy --pack-train-data .gpu/rollout_train.npy
+    # on the GPU machine:
+    python benchmarks/rollout_kolmogorov.py --model ar --pattern --train-data .gpu/rollout_train.npy --train-only \
+        --device cuda --net-channels 32 64 128 --batch-size 128 --ema 0.999 --train-steps 1000000 \
+        --train-seconds 400 --save-model ar_big
+    # back here:
+    python benchmarks/rollout_kolmogorov.py --model ar --pattern --cache /tmp/k.npy --load-model ar_big --tag +gpu32-64-128
+
 Writes benchmarks/results/rollout_kolmogorov.json.
 """
 
