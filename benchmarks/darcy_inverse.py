@@ -100,9 +100,10 @@ def evaluate(prior, x_test, mean, std, residual, task, method, args):
     for case in range(len(x_test)):
         y = sensors(x_test[case : case + 1])[0]
         t0 = time.perf_counter()
+        gen = torch.Generator(device=args.eval_device).manual_seed(case)
         x = sample(prior, sensors, y, noise_std=args.noise_std, method=method, num_samples=m, steps=args.steps,
-                   sampler=args.sampler,
-                   sigma_max=args.sigma_max, event_shape=(2, n, n), generator=torch.Generator().manual_seed(case), **opts)
+                   sampler=args.sampler, sigma_max=args.sigma_max, event_shape=(2, n, n), generator=gen,
+                   device=args.eval_device, **opts).cpu()
         wall += time.perf_counter() - t0
         xp, truth = phys(x), phys(x_test[case])
         est = xp[:, target].mean(0)
@@ -151,7 +152,9 @@ def main() -> None:
     p.add_argument("--workdir", default="/tmp/sciffusion_darcy_inverse")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "darcy_inverse.json"))
-    p.add_argument("--device", default="cpu", help="training device (evaluation runs on the CPU)")
+    p.add_argument("--device", default="cpu", help="training device")
+    p.add_argument("--eval-device", default="cpu",
+                   help="where the posterior samples are drawn (cuda: the priors and sensors move there; scores on the CPU)")
     p.add_argument("--precision", default="auto", help="Trainer mixed_precision of the EDM prior (auto: bf16 on CUDA)")
     p.add_argument("--train-seconds", type=float, help="wall-time budget of the EDM prior's training")
     p.add_argument("--pidm-seconds", type=float, help="wall-time budget of the PIDM prior's training")
@@ -185,7 +188,7 @@ def main() -> None:
             continue
         method = setting.split("+")[-1]
         for task in args.tasks:
-            row = evaluate(priors[kind], x_test, mean, std, residual, task, method, args)
+            row = evaluate(priors[kind].to(args.eval_device), x_test, mean, std, residual, task, method, args)
             row["setting"] = setting
             rows.append(row)
             pix = f"{row['pixel_error']:.3f}" if row["pixel_error"] is not None else "-"

@@ -10,7 +10,7 @@ from sciffusion.diffusion import karras_sigmas
 from sciffusion.diffusion import sample as diffusion_sample
 from sciffusion.diffusion.sample import step_function
 from sciffusion.inverse.guidance import DPS, MMPS, PiGDM
-from sciffusion.inverse.operators import Observation, as_operator, require_differentiable
+from sciffusion.inverse.operators import Observation, as_operator, module_device, require_differentiable
 from sciffusion.inverse.projection import ProjectedDenoiser, projected_step
 from sciffusion.inverse.residual import ResidualGuidance
 from sciffusion.inverse.smc import twisted_smc
@@ -24,7 +24,7 @@ def guide(method: str, denoiser, observation: Observation, **options):
     """The guided wrapper denoiser of ``method`` in ``{"dps", "pigdm", "mmps"}``."""
     if method not in GUIDANCE:
         raise ValueError(f"unknown guidance {method!r}; choose one of {sorted(GUIDANCE)}")
-    require_differentiable(observation.operator, observation.event_shape, method)
+    require_differentiable(observation.operator, observation.event_shape, method, device=observation.device)
     kwargs = {k: options[k] for k in _GUIDANCE_OPTIONS[method] if k in options}
     return GUIDANCE[method](denoiser, observation, **kwargs)
 
@@ -46,6 +46,7 @@ def sample(
     sigma_max: float = 80.0,
     rho: float = 7.0,
     dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
     **options,
 ) -> torch.Tensor:
     """Draw ``num_samples`` samples ``(num_samples, *event_shape)`` of ``p(x0 | y)`` with ``y = A(x0) + n``.
@@ -76,6 +77,9 @@ def sample(
             same budget).
         sigmas, sigma_min, sigma_max, rho: noise levels (``karras_sigmas`` by default). Choose
             ``sigma_max`` well above the data scale.
+        device: where to sample (default: the device of the denoiser's parameters, CPU for a plain
+            function). ``y`` may live anywhere; an operator holding tensors elsewhere is copied there,
+            and a ``generator`` must be a generator of that device. Samples are returned on it.
         **options: method options above, plus sampler options (``eta``, ``churn``...) and ``cond``.
     """
     if method not in METHODS:
@@ -89,7 +93,8 @@ def sample(
     event_shape = tuple(int(s) for s in event_shape)
     if sigmas is None:
         sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho)
-    sigmas = torch.as_tensor(sigmas, dtype=dtype)
+    device = module_device(denoiser) if device is None else torch.device(device)
+    sigmas = torch.as_tensor(sigmas, dtype=dtype).to(device)
     if float(sigmas[-1]) != 0.0:
         raise ValueError("sigmas must end in 0 so the samples are clean fields")
 
@@ -99,14 +104,14 @@ def sample(
             raise ValueError("y is required when an operator is given")
         op = as_operator(operator)
         positive = method in ("dps", "smc", "residual")
-        obs = Observation(op, y, noise_std, event_shape, positive=positive, dtype=dtype)
+        obs = Observation(op, y, noise_std, event_shape, positive=positive, dtype=dtype, device=device)
     elif method in ("dps", "pigdm", "mmps", "smc"):
         raise ValueError(f"method {method!r} needs an operator and observations y")
 
     cond = options.pop("cond", None)
     cond = {} if cond is None else {"cond": cond}
     if method == "smc":
-        require_differentiable(obs.operator, event_shape, method, dtype)
+        require_differentiable(obs.operator, event_shape, method, dtype, device)
         unknown = set(options) - {"particles", "ess_threshold", "sigma_data", "twist", "kernel"}
         if unknown:
             raise TypeError(f"unexpected options for method 'smc': {sorted(unknown)}")
@@ -139,10 +144,11 @@ def sample(
         if residual is None:
             raise ValueError("method 'residual' needs residual=<callable> (e.g. sciffusion.inverse.DarcyResidual())")
         if obs is not None:
-            require_differentiable(obs.operator, event_shape, method, dtype)
+            require_differentiable(obs.operator, event_shape, method, dtype, device)
         kw = {k: options.pop(k) for k in ("zeta_obs", "zeta_pde", "pde_sigma") if k in options}
         guided = ResidualGuidance(denoiser, obs, residual, **kw)
     shape = (int(num_samples), *event_shape)
-    x = diffusion_sample(guided, shape, sigmas=sigmas, method=step, generator=generator, dtype=dtype, **options, **cond)
+    x = diffusion_sample(guided, shape, sigmas=sigmas, method=step, generator=generator, dtype=dtype, device=device,
+                         **options, **cond)
     return x.detach()
 

@@ -50,7 +50,7 @@ def conjugate_gradient(matvec, b: torch.Tensor, iters: int, precond: torch.Tenso
 
     ``matvec(v) -> M v`` acts on ``(B, *shape)``; ``precond`` is ``diag(M)`` (broadcastable).
     Exact after ``m`` iterations for an ``m``-dimensional system (in exact arithmetic)."""
-    inv = 1.0 / precond if precond is not None else torch.ones((), dtype=b.dtype)
+    inv = 1.0 / precond if precond is not None else b.new_ones(())
     u = torch.zeros_like(b)
     r = b.clone()
     z = r * inv
@@ -121,7 +121,7 @@ class _Guided:
                 return jw
 
         def adjoint(v):
-            (g,) = torch.autograd.grad(out, probe, torch.where(obs, v, torch.zeros((), dtype=v.dtype)),
+            (g,) = torch.autograd.grad(out, probe, torch.where(obs, v, 0.0),
                                        retain_graph=True)
             return g
 
@@ -153,8 +153,7 @@ class DPS(_Guided):
         if sigma_data is not None:
             self.sigma_data = float(sigma_data)
         self.zeta = float(zeta)
-        op = observation.operator
-        self._gram_diag = op.gram_diag(observation.event_shape) if op.linear else torch.ones(observation.obs_shape)
+        self._gram_diag = observation.gram_diag()  # ones for a nonlinear operator
 
     def correction(self, x, d, sigma):
         s2 = broadcast_like(sigma, self.obs.y[None]).to(d.dtype) ** 2
@@ -191,7 +190,7 @@ class PiGDM(_Guided):
         if matrix is not None and matrix.shape[0] <= 4096:
             m = matrix.to(torch.float64)[observation.observed.reshape(-1)]
             self._gram = m @ m.T
-        self._gram_diag = op.gram_diag(observation.event_shape) if op.linear else None
+        self._gram_diag = observation.gram_diag() if op.linear else None
 
     def correction(self, x, d, sigma):
         obs = self.obs
@@ -214,7 +213,7 @@ class PiGDM(_Guided):
             pre = var + r2 * (self._gram_diag.to(d.dtype) if self._gram_diag is not None else 1.0)
             u = conjugate_gradient(lambda v: _masked(obs, var * v + r2 * forward(adjoint(v)), v), res,
                                    self.cg_iters, precond=pre)
-        u = torch.where(obs.observed, u, torch.zeros((), dtype=u.dtype))
+        u = torch.where(obs.observed, u, 0.0)
         (g,) = torch.autograd.grad(obs.operator(d), x, u)
         return broadcast_like(sigma, x) ** 2 * g
 
@@ -244,7 +243,7 @@ class MMPS(_Guided):
             self.sigma_data = float(sigma_data)
         self.cg_iters = int(cg_iters)
         op = observation.operator
-        self._gram_diag = op.gram_diag(observation.event_shape) if op.linear else None
+        self._gram_diag = observation.gram_diag() if op.linear else None
 
     def correction(self, x, d, sigma):
         obs = self.obs
@@ -262,5 +261,5 @@ class MMPS(_Guided):
         u = conjugate_gradient(lambda v: _masked(obs, var * v + forward(cov(adjoint(v))), v),
                                obs.residual(d), self.cg_iters, precond=pre,
                                lower=torch.where(obs.observed, var, torch.ones_like(var)))
-        u = torch.where(obs.observed, u, torch.zeros((), dtype=u.dtype))
+        u = torch.where(obs.observed, u, 0.0)
         return cov(adjoint(u))

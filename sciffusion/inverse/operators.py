@@ -14,11 +14,22 @@ weight in every likelihood, so it is ignored rather than propagated (:class:`Obs
 
 from __future__ import annotations
 
+import copy
+import inspect
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+
+
+def module_device(obj, default: str | torch.device = "cpu") -> torch.device:
+    """The device of an ``nn.Module``'s first parameter or buffer (``default`` when it has none)."""
+    if isinstance(obj, nn.Module):
+        for t in itertools.chain(obj.parameters(), obj.buffers()):
+            return t.device
+    return torch.device(default)
 
 
 class Operator(nn.Module):
@@ -32,19 +43,21 @@ class Operator(nn.Module):
     #: True when ``A A^T`` is diagonal (rows with disjoint support): PiGDM then solves exactly
     diagonal_gram: bool = False
 
-    def gram_diag(self, event_shape: Sequence[int], dtype=torch.float64) -> torch.Tensor:
-        """``diag(A J A^T)`` at ``x = 0`` (``J`` the Jacobian), by one batched VJP per 1024 outputs."""
-        x = torch.zeros((1, *event_shape), dtype=dtype, requires_grad=True)
+    def gram_diag(self, event_shape: Sequence[int], dtype=torch.float64, device=None) -> torch.Tensor:
+        """``diag(A J A^T)`` at ``x = 0`` (``J`` the Jacobian), one VJP per output, on ``device``
+        (default: the operator's)."""
+        device = module_device(self) if device is None else torch.device(device)
+        x = torch.zeros((1, *event_shape), dtype=dtype, device=device, requires_grad=True)
         out = self(x)[0]
         m = out.numel()
-        diag = torch.empty(m, dtype=dtype)
+        diag = torch.empty(m, dtype=dtype, device=device)
         for start in range(0, m, 1024):
-            idx = torch.arange(start, min(m, start + 1024))
+            stop = min(m, start + 1024)
             rows = []
-            for j in idx.tolist():
+            for j in range(start, stop):
                 (g,) = torch.autograd.grad(out.reshape(-1)[j], x, retain_graph=True)
                 rows.append((g**2).sum())
-            diag[idx] = torch.stack(rows)
+            diag[start:stop] = torch.stack(rows)
         return diag.reshape(out.shape)
 
     def __matmul__(self, other: "Operator") -> "Compose":
@@ -73,8 +86,8 @@ class Mask(Operator):
             raise ValueError(f"x has event shape {tuple(x.shape[1:])}, the mask has shape {self.event_shape}")
         return x[:, self.mask]
 
-    def gram_diag(self, event_shape, dtype=torch.float64) -> torch.Tensor:
-        return torch.ones(int(self.mask.sum()), dtype=dtype)
+    def gram_diag(self, event_shape, dtype=torch.float64, device=None) -> torch.Tensor:
+        return torch.ones(int(self.mask.sum()), dtype=dtype, device=self.mask.device if device is None else device)
 
 
 class SparseSensors(Operator):
@@ -126,8 +139,10 @@ class SparseSensors(Operator):
             x = x[:, self.channels]
         return x.reshape(*x.shape[: x.ndim - k], -1)[..., self.flat_index]
 
-    def gram_diag(self, event_shape, dtype=torch.float64) -> torch.Tensor:
-        return torch.ones(self(torch.zeros((1, *event_shape), dtype=dtype)).shape[1:], dtype=dtype)
+    def gram_diag(self, event_shape, dtype=torch.float64, device=None) -> torch.Tensor:
+        device = self.flat_index.device if device is None else device
+        shape = self(torch.zeros((1, *event_shape), dtype=dtype, device=self.flat_index.device)).shape[1:]
+        return torch.ones(shape, dtype=dtype, device=device)
 
 
 class Coarsen(Operator):
@@ -159,9 +174,9 @@ class Coarsen(Operator):
         blocks = x.reshape(shape)
         return blocks.mean(dim=tuple(range(len(lead) + 1, len(shape), 2)))
 
-    def gram_diag(self, event_shape, dtype=torch.float64) -> torch.Tensor:
-        shape = self(torch.zeros((1, *event_shape), dtype=dtype)).shape[1:]
-        return torch.full(shape, 1.0 / math.prod(self.factor), dtype=dtype)
+    def gram_diag(self, event_shape, dtype=torch.float64, device=None) -> torch.Tensor:
+        shape = self(torch.zeros((1, *event_shape), dtype=dtype, device="meta")).shape[1:]
+        return torch.full(shape, 1.0 / math.prod(self.factor), dtype=dtype, device=device)
 
 
 class Linear(Operator):
@@ -186,8 +201,8 @@ class Linear(Operator):
             raise ValueError(f"x has {flat.shape[1]} values per sample, the matrix expects {self.matrix.shape[1]}")
         return flat @ self.matrix.to(flat.dtype).T
 
-    def gram_diag(self, event_shape, dtype=torch.float64) -> torch.Tensor:
-        return (self.matrix.to(dtype) ** 2).sum(1)
+    def gram_diag(self, event_shape, dtype=torch.float64, device=None) -> torch.Tensor:
+        return (self.matrix.to(dtype=dtype, device=device) ** 2).sum(1)
 
 
 class Compose(Operator):
@@ -247,18 +262,25 @@ class Observation:
         noise_std: scalar, ``(obs_shape[0],)`` per channel, or ``obs_shape`` per point.
         event_shape: the field's shape; ``y`` is checked against ``A(zeros(event_shape))``.
         positive: require ``noise_std > 0`` at observed entries (methods that divide by it).
+        device: where the tensors live (default: the operator's device). An operator holding
+            tensors elsewhere is copied there (the caller's stays where it is); a plain callable
+            must accept fields on that device.
 
     Attributes ``y`` (NaN replaced by 0), ``observed`` (bool), ``std`` and ``var`` (full
-    ``obs_shape``), ``weight = observed / var`` (0 at missing entries).
+    ``obs_shape``), ``weight = observed / var`` (0 at missing entries), ``device``.
     """
 
     def __init__(self, operator, y, noise_std, event_shape: Sequence[int], *, positive: bool = True,
-                 dtype: torch.dtype = torch.float64):
-        self.operator = as_operator(operator)
+                 dtype: torch.dtype = torch.float64, device=None):
+        op = as_operator(operator)
+        self.device = module_device(op) if device is None else torch.device(device)
+        if module_device(op, default=self.device) != self.device:  # a copy: the caller's operator stays put
+            op = copy.deepcopy(op).to(self.device)
+        self.operator = op
         self.event_shape = tuple(int(s) for s in event_shape)
-        y = torch.as_tensor(y, dtype=dtype)
+        y = torch.as_tensor(y, dtype=dtype).to(self.device)
         with torch.no_grad():
-            probe = self.operator(torch.zeros((1, *self.event_shape), dtype=dtype))
+            probe = self.operator(torch.zeros((1, *self.event_shape), dtype=dtype, device=self.device))
         obs_shape = tuple(probe.shape[1:])
         if tuple(y.shape) != obs_shape:
             raise ValueError(f"y has shape {tuple(y.shape)} but the operator maps event shape "
@@ -266,8 +288,8 @@ class Observation:
         self.observed = ~torch.isnan(y)
         if not bool(self.observed.any()):
             raise ValueError("y is entirely NaN (missing): nothing to condition on")
-        self.y = torch.where(self.observed, y, torch.zeros_like(y))
-        std = torch.as_tensor(noise_std, dtype=dtype)
+        self.y = torch.where(self.observed, y, 0.0)
+        std = torch.as_tensor(noise_std, dtype=dtype).to(self.device)
         if std.ndim == 1 and y.ndim > 1 and std.shape[0] == y.shape[0]:
             std = std.reshape((-1,) + (1,) * (y.ndim - 1))  # one std per channel (first axis)
         try:
@@ -275,36 +297,48 @@ class Observation:
         except RuntimeError:
             raise ValueError(f"noise_std of shape {tuple(torch.as_tensor(noise_std).shape)} fits neither a scalar, "
                              f"one std per channel ({y.shape[0] if y.ndim else 1},) nor y's shape {tuple(y.shape)}") from None
-        bad = ~torch.isfinite(std) | (std < 0) | ((std == 0) & torch.tensor(positive))
+        bad = ~torch.isfinite(std) | (std < 0)
+        if positive:
+            bad = bad | (std == 0)
         if bool((bad & self.observed).any()):
             need = "positive" if positive else "non-negative"
             raise ValueError(f"noise_std must be finite and {need} at every observed entry for this method; "
                              f"got min {float(std[self.observed].min()):g}")
-        self.std = torch.where(self.observed, std, torch.ones_like(std))
+        self.std = torch.where(self.observed, std, 1.0)
         self.var = self.std**2
-        self.weight = torch.where(self.observed, 1.0 / self.var.clamp_min(1e-300), torch.zeros_like(std))
+        self.weight = torch.where(self.observed, 1.0 / self.var.clamp_min(1e-300), 0.0)
         self.obs_shape = obs_shape
         self.num_observed = int(self.observed.sum())
 
+    def gram_diag(self, dtype=torch.float64) -> torch.Tensor:
+        """``diag(A A^T)`` (``obs_shape``) on the observation's device; ones for a nonlinear operator."""
+        op = self.operator
+        if not op.linear:
+            return torch.ones(self.obs_shape, dtype=dtype, device=self.device)
+        if "device" in inspect.signature(op.gram_diag).parameters:
+            return op.gram_diag(self.event_shape, dtype=dtype, device=self.device)
+        return op.gram_diag(self.event_shape, dtype=dtype).to(self.device)  # a user operator without device=
+
     def residual(self, x0: torch.Tensor) -> torch.Tensor:
         """``(y - A(x0))`` with 0 at missing entries, ``(B, *obs_shape)``."""
-        return torch.where(self.observed, self.y.to(x0.dtype) - self.operator(x0), torch.zeros((), dtype=x0.dtype))
+        return torch.where(self.observed, self.y.to(x0.dtype) - self.operator(x0), 0.0)
 
     def log_likelihood(self, x0: torch.Tensor, extra_var: torch.Tensor | float = 0.0) -> torch.Tensor:
         """``log N(y; A(x0), diag(var + extra_var))`` over observed entries, ``(B,)``.
 
         ``extra_var``: a scalar, ``obs_shape`` or ``(B, *obs_shape)`` variance added to the noise."""
         r = self.residual(x0)
-        v = self.var.to(x0.dtype) + torch.as_tensor(extra_var, dtype=x0.dtype)
+        v = self.var.to(x0.dtype) + torch.as_tensor(extra_var, dtype=x0.dtype, device=x0.device)
         v = torch.broadcast_to(v, r.shape)
         obs = self.observed.expand_as(r)
-        terms = torch.where(obs, r**2 / v + torch.log(2 * math.pi * v), torch.zeros((), dtype=x0.dtype))
+        terms = torch.where(obs, r**2 / v + torch.log(2 * math.pi * v), 0.0)
         return -0.5 * terms.reshape(r.shape[0], -1).sum(1)
 
 
-def require_differentiable(operator: Operator, event_shape, method: str, dtype=torch.float64) -> None:
+def require_differentiable(operator: Operator, event_shape, method: str, dtype=torch.float64, device=None) -> None:
     """Raise a TypeError naming ``operator`` if autograd cannot differentiate it."""
-    x = torch.zeros((1, *event_shape), dtype=dtype, requires_grad=True)
+    device = module_device(operator) if device is None else device
+    x = torch.zeros((1, *event_shape), dtype=dtype, device=device, requires_grad=True)
     try:
         with torch.enable_grad():
             out = operator(x)

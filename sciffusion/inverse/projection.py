@@ -37,17 +37,17 @@ class Box:
             raise ValueError("Box: lower must not exceed upper")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        lo = None if self.lower is None else self.lower.to(x.dtype)
-        hi = None if self.upper is None else self.upper.to(x.dtype)
+        lo = None if self.lower is None else self.lower.to(x)
+        hi = None if self.upper is None else self.upper.to(x)
         return torch.clamp(x, lo, hi)
 
     def violation(self, x: torch.Tensor) -> torch.Tensor:
         """Largest distance outside the box per sample, ``(B,)``."""
         v = torch.zeros_like(x)
         if self.lower is not None:
-            v = torch.maximum(v, self.lower.to(x.dtype) - x)
+            v = torch.maximum(v, self.lower.to(x) - x)
         if self.upper is not None:
-            v = torch.maximum(v, x - self.upper.to(x.dtype))
+            v = torch.maximum(v, x - self.upper.to(x))
         return v.reshape(x.shape[0], -1).amax(1)
 
 
@@ -78,19 +78,19 @@ class FixedTotal:
         return tuple(range(1, x.ndim)) if self.dims is None else tuple(d + 1 for d in self.dims)
 
     def _sum(self, x):
-        w = torch.ones((), dtype=x.dtype) if self.weights is None else self.weights.to(x.dtype)
+        w = x.new_ones(()) if self.weights is None else self.weights.to(x)
         axes = self._axes(x)
         return (w * x).sum(axes, keepdim=True), (w * w * torch.ones_like(x)).sum(axes, keepdim=True), w
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         s, w2, w = self._sum(x)
-        total = self.total.to(x.dtype)
+        total = self.total.to(x)
         total = total.reshape(total.shape + (1,) * (s.ndim - 1 - total.ndim)) if total.ndim else total
         return x + w * (total - s) / w2
 
     def violation(self, x: torch.Tensor) -> torch.Tensor:
         s, _, _ = self._sum(x)
-        total = self.total.to(x.dtype)
+        total = self.total.to(x)
         total = total.reshape(total.shape + (1,) * (s.ndim - 1 - total.ndim)) if total.ndim else total
         return (s - total).abs().reshape(x.shape[0], -1).amax(1)
 
@@ -116,11 +116,12 @@ class LinearEquality:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(x.shape[0], -1)
-        r = flat.to(torch.float64) @ self.c.T - self.b
-        return (flat - (r @ self.pinv.T).to(x.dtype)).reshape(x.shape)
+        c, b, pinv = (t.to(x.device) for t in (self.c, self.b, self.pinv))
+        r = flat.to(torch.float64) @ c.T - b
+        return (flat - (r @ pinv.T).to(x.dtype)).reshape(x.shape)
 
     def violation(self, x: torch.Tensor) -> torch.Tensor:
-        r = x.reshape(x.shape[0], -1).to(torch.float64) @ self.c.T - self.b
+        r = x.reshape(x.shape[0], -1).to(torch.float64) @ self.c.T.to(x.device) - self.b.to(x.device)
         return r.abs().amax(1)
 
 

@@ -53,8 +53,7 @@ class ResidualGuidance(_Guided):
         self.residual, self.zeta_obs, self.zeta_pde = residual, float(zeta_obs), float(zeta_pde)
         self.pde_sigma = None if pde_sigma is None else float(pde_sigma)
         if observation is not None:
-            op = observation.operator
-            self._gram = (op.gram_diag(observation.event_shape) if op.linear else torch.ones(observation.obs_shape))
+            self._gram = observation.gram_diag()  # ones for a nonlinear operator
 
     def correction(self, x, d, sigma):
         corr = torch.zeros_like(d)

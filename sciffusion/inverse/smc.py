@@ -57,8 +57,8 @@ def systematic_resample(log_w: torch.Tensor, generator=None) -> torch.Tensor:
     r, n = log_w.shape
     cdf = torch.cumsum(torch.softmax(log_w, dim=1), dim=1)
     cdf[:, -1] = 1.0
-    u = torch.rand(r, 1, generator=generator, dtype=cdf.dtype)
-    pos = (u + torch.arange(n, dtype=cdf.dtype)[None]) / n
+    u = torch.rand(r, 1, generator=generator, dtype=cdf.dtype, device=cdf.device)
+    pos = (u + torch.arange(n, dtype=cdf.dtype, device=cdf.device)[None]) / n
     return torch.searchsorted(cdf, pos).clamp_max(n - 1)
 
 
@@ -89,8 +89,9 @@ def twisted_smc(denoiser, observation: Observation, sigmas: torch.Tensor, *, num
     b = runs * n
     shape = (b, *observation.event_shape)
     sd = float(sigma_data if sigma_data is not None else getattr(denoiser, "sigma_data", 1.0))
-    gram = observation.operator.gram_diag(observation.event_shape).to(dtype)
-    sigmas = torch.as_tensor(sigmas, dtype=dtype)
+    dev = observation.device
+    gram = observation.gram_diag().to(dtype)
+    sigmas = torch.as_tensor(sigmas, dtype=dtype).to(dev)
     if kernel not in ("ddpm", "gaussian"):
         raise ValueError(f"kernel must be 'ddpm' or 'gaussian', got {kernel!r}")
     rows = None
@@ -98,10 +99,10 @@ def twisted_smc(denoiser, observation: Observation, sigmas: torch.Tensor, *, num
         rows = _adjoint_rows(observation, dtype)
     elif twist not in ("auto", "pigdm"):
         raise ValueError(f"twist must be 'auto', 'mmps' or 'pigdm', got {twist!r}")
-    x = sigmas[0] * torch.randn(shape, generator=generator, dtype=dtype)
-    log_w = torch.full((runs, n), -math.log(n), dtype=torch.float64)
-    log_z = torch.zeros(runs, dtype=torch.float64)
-    pending = torch.zeros(b, dtype=torch.float64)
+    x = sigmas[0] * torch.randn(shape, generator=generator, dtype=dtype, device=dev)
+    log_w = torch.full((runs, n), -math.log(n), dtype=torch.float64, device=dev)
+    log_z = torch.zeros(runs, dtype=torch.float64, device=dev)
+    pending = torch.zeros(b, dtype=torch.float64, device=dev)
     ess_trace, resampled = [], []
 
     def reweight(incr):
@@ -115,7 +116,7 @@ def twisted_smc(denoiser, observation: Observation, sigmas: torch.Tensor, *, num
         return ess
 
     def gather(t, idx):
-        flat = (idx + torch.arange(runs)[:, None] * n).reshape(-1)
+        flat = (idx + torch.arange(runs, device=dev)[:, None] * n).reshape(-1)
         return t[flat]
 
     steps = len(sigmas) - 1
@@ -135,7 +136,7 @@ def twisted_smc(denoiser, observation: Observation, sigmas: torch.Tensor, *, num
         ess = reweight(pending + ell)
         low = ess < ess_threshold * n
         if bool(low.any()) and sigma_next > 0:  # resample the runs whose ESS dropped
-            idx = torch.where(low[:, None], systematic_resample(log_w, generator), torch.arange(n)[None])
+            idx = torch.where(low[:, None], systematic_resample(log_w, generator), torch.arange(n, device=dev)[None])
             x, d, ell, g = (gather(t, idx) for t in (x, d, ell, g))
             log_w = torch.where(low[:, None], torch.full_like(log_w, -math.log(n)), log_w)
             resampled.append(i)
@@ -147,7 +148,7 @@ def twisted_smc(denoiser, observation: Observation, sigmas: torch.Tensor, *, num
         if kernel == "gaussian":  # add the spread of x0 | x the DDPM mean ignores: (1 - k)^2 r^2
             c2 = c2 + (1 - sigma_next**2 / sigma**2) ** 2 * r2
         c = c2.sqrt()
-        z = torch.randn(shape, generator=generator, dtype=dtype)
+        z = torch.randn(shape, generator=generator, dtype=dtype, device=dev)
         m = d + (sigma_next**2 / sigma**2) * (x - d)
         x = m + c2 * g + c * z
         log_pq = -c * (z * g).reshape(b, -1).sum(1) - 0.5 * c2 * (g**2).reshape(b, -1).sum(1)
@@ -162,7 +163,7 @@ def _adjoint_rows(observation: Observation, dtype) -> torch.Tensor:
     """``A^T e_j`` for every observed entry ``j``: ``(m, *event)`` (linear operators)."""
     if not observation.operator.linear:
         raise ValueError("twist='mmps' needs a linear operator")
-    x = torch.zeros((1, *observation.event_shape), dtype=dtype, requires_grad=True)
+    x = torch.zeros((1, *observation.event_shape), dtype=dtype, device=observation.device, requires_grad=True)
     out = observation.operator(x)[0].reshape(-1)
     idx = torch.nonzero(observation.observed.reshape(-1))[:, 0]
     return torch.stack([torch.autograd.grad(out[j], x, retain_graph=True)[0][0] for j in idx.tolist()])
