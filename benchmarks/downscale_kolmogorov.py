@@ -5,7 +5,7 @@ after a spin-up of 20 time units, one snapshot per time unit), block-averaged by
 size x size "fine" truth (so the truth's spectrum is resolved up to its Nyquist wavenumber instead
 of ending at the 2/3 de-aliasing cut of a size x size run) and again by 4 to the coarse input.
 The default grid is 32 x 32 rather than 64 x 64 to keep CPU training near 20 minutes on one
-thread; ``--size 64`` is the resolution issue 7 asks for (n=128 is stable at dt=0.01: grid CFL
+thread; ``--size 64`` is the GPU setting (n=128 is stable at dt=0.01: grid CFL
 ``max|u| dt / dx`` about 0.7; should a set of trajectories still blow up, it is re-simulated with
 dt halved and the step counts doubled, the same physical times, and the dt used is recorded).
 

@@ -2,10 +2,11 @@
 # One GPU lease for issue 6's Darcy table: train the 64x64 joint (a, u) EDM prior alone on the GPU for T
 # seconds, then score residual guidance and DPS (forward and inverse, 50 cases) with the posterior samples
 # drawn on the GPU too (--eval-device). Outputs (JSON, logs, the prior's EMA weights) go to $OUT as a tar.
-# DEV=cuda T=<train seconds> CASES=50 QUICK=<empty or 1> OUT=<dir> bash benchmarks/gpu_darcy.sh
+# DEV=cuda T=<train seconds> CASES=50 N=<64 or 128> QUICK=<empty or 1> OUT=<dir> bash benchmarks/gpu_darcy.sh
+# (N=128 is DiffusionPDE's grid: 3% of it is ~500 points, against ~120 at N=64 over the same physical GRF scale)
 # Smoke run on a CPU: DEV=cpu T=20 QUICK=1 OUT=/tmp/out bash benchmarks/gpu_darcy.sh
 set -u
-DEV=${DEV:-cuda}; T=${T:-360}; CASES=${CASES:-50}; Q=${QUICK:-}
+DEV=${DEV:-cuda}; T=${T:-360}; CASES=${CASES:-50}; N=${N:-64}; Q=${QUICK:-}
 if [ -d .whl ] && [ "$DEV" = cuda ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
@@ -16,7 +17,7 @@ export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 W=/tmp/gpu_darcy; rm -rf $W; mkdir -p $W
 (nvidia-smi || true) > $W/gpu.txt 2>&1
-DA="benchmarks/darcy_inverse.py --n 64 --train 2000 --train-steps 1000000 --batch 128 --lr 1e-3 --ema 0.999 --channels 32,64,128 --workdir $W/darcy --threads 4 --cases $CASES --samples 2 --steps 100 --sampler ddim --pde-sigma 1.0"
+DA="benchmarks/darcy_inverse.py --n $N --train 2000 --train-steps 1000000 --batch 128 --lr 1e-3 --ema 0.999 --channels 32,64,128 --workdir $W/darcy --threads 4 --cases $CASES --samples 2 --steps 100 --sampler ddim --pde-sigma 1.0"
 if [ -n "$Q" ]; then DA="$DA --n 16 --train 64 --channels 8,16 --batch 16 --cases 2 --steps 5"; fi
 timeout $((T+120)) $PY $DA --settings residual --train-only --device $DEV --train-seconds $T > $W/train.log 2>&1
 tail -n 3 $W/train.log
