@@ -5,20 +5,11 @@
 # DEV=cuda T=<train seconds> CASES=50 N=<64 or 128> QUICK=<empty or 1> OUT=<dir> bash benchmarks/gpu_darcy.sh
 # (N=128 is DiffusionPDE's grid: 3% of it is ~500 points, against ~120 at N=64 over the same physical GRF scale)
 # Smoke run on a CPU: DEV=cpu T=20 QUICK=1 OUT=/tmp/out bash benchmarks/gpu_darcy.sh
-# The GPU machine lacks some of sciffusion's dependencies (xarray, dask, zarr, pytest...): carry them as py3.12
-# wheels in .whl (how: ../.library/device/README.md), then `carry: [".whl"]`.
+# Carry the py3.12 wheels in .whl (see benchmarks/gpu_env.sh).
 set -u
 DEV=${DEV:-cuda}; T=${T:-360}; CASES=${CASES:-50}; N=${N:-64}; Q=${QUICK:-}
-if [ -d .whl ] && [ "$DEV" = cuda ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
-export PYTHONUNBUFFERED=1
-PY=${PY:-python3}
-W=/tmp/gpu_darcy; rm -rf $W; mkdir -p $W
-(nvidia-smi || true) > $W/gpu.txt 2>&1
+W=/tmp/gpu_darcy
+. benchmarks/gpu_env.sh
 # first the device plumbing of inverse.sample: every method on CUDA against the CPU run (skipped on a CPU)
 timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_inverse_device.py > $W/pytest_device.log 2>&1; tail -n 3 $W/pytest_device.log
 DA="benchmarks/darcy_inverse.py --n $N --train 2000 --train-steps 1000000 --batch 128 --lr 1e-3 --ema 0.999 --channels 32,64,128 --workdir $W/darcy --threads 4 --cases $CASES --samples 2 --steps 100 --sampler ddim --pde-sigma 1.0"

@@ -5,17 +5,8 @@
 # DEV=cuda T=<train seconds> DT=<downscale budget> QUICK=<empty or --quick> OUT=<dir> bash benchmarks/gpu_session.sh
 set -u
 DEV=${DEV:-cuda}; T=${T:-360}; Q=${QUICK:-}; DT=${DT:-420}
-if [ -d .whl ] && [ "$DEV" = cuda ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
-export PYTHONUNBUFFERED=1
-PY=${PY:-python3}
-W=/tmp/gpuw; rm -rf $W; mkdir -p $W
-(nvidia-smi || true) > $W/gpu.txt 2>&1
-$PY -c "import torch,sys; print(torch.__version__, sys.version)" >> $W/gpu.txt 2>&1
+W=/tmp/gpuw
+. benchmarks/gpu_env.sh
 R="benchmarks/rollout_kolmogorov.py --pattern --train-data .gpu/rollout_train.npy --train-only --device $DEV --batch-size 128 --ema 0.999 --train-steps 1000000 --train-seconds $T $Q"
 timeout $((T+90)) $PY $R --model ar --net-channels 32 64 128 --save-model $W/ar_big > $W/ar_big.log 2>&1 &
 timeout $((T+90)) $PY $R --model ar --save-model $W/ar_small > $W/ar_small.log 2>&1 &
