@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["GaussianMixture", "grid_mixture", "mcg_problem", "sliced_wasserstein"]
+__all__ = ["GaussianMixture", "SlicedWasserstein", "grid_mixture", "mcg_problem", "sliced_wasserstein"]
 
 
 class GaussianMixture:
@@ -179,8 +179,12 @@ class GaussianMixture:
         comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.d, generator=generator, dtype=torch.float64)
         z = eps * self.eigvals[comp].sqrt()
-        if not self.diagonal:
-            z = torch.einsum("nij,nj->ni", self.eigvecs[comp], z)
+        if not self.diagonal:  # rotate by Q_k, one matrix product per component (not an (n, d, d) gather)
+            out = torch.empty_like(z)
+            for k in torch.unique(comp).tolist():
+                sel = comp == k
+                out[sel] = z[sel] @ self.eigvecs[k].T
+            z = out
         return (self.means[comp] + z).reshape((n,) + self.event_shape).to(dtype)
 
     def posterior(self, A, y, noise_std) -> "GaussianMixture":
@@ -260,15 +264,28 @@ def sliced_wasserstein(
     with ``L = n_directions`` unit directions drawn uniformly on the sphere. The 1-D distances
     use sorted projections (exact for equal sample counts). ``p=1`` matches the MCGdiff benchmark.
     """
-    x = torch.as_tensor(x, dtype=torch.float64).reshape(len(x), -1)
-    y = torch.as_tensor(y, dtype=torch.float64).reshape(len(y), -1)
-    if x.shape != y.shape:
-        raise ValueError(f"sample sets must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if generator is None:
-        generator = torch.Generator().manual_seed(0)
-    theta = torch.randn(x.shape[1], n_directions, generator=generator, dtype=torch.float64)
-    theta = theta / theta.norm(dim=0, keepdim=True)
-    px = torch.sort(x @ theta, dim=0).values
-    py = torch.sort(y @ theta, dim=0).values
-    wpp = ((px - py).abs() ** p).mean(0)
-    return float(wpp.mean() ** (1 / p))
+    return SlicedWasserstein(y, n_directions, p, generator)(x)
+
+
+class SlicedWasserstein:
+    """:func:`sliced_wasserstein` against one fixed reference set ``y``: the directions and the
+    sorted projections of ``y`` are computed once, so scoring many sample sets against the same
+    reference costs one projection each (``SlicedWasserstein(y, L)(x) == sliced_wasserstein(x, y, L)``)."""
+
+    def __init__(self, y: torch.Tensor, n_directions: int = 1000, p: int = 1,
+                 generator: torch.Generator | None = None):
+        y = torch.as_tensor(y, dtype=torch.float64).reshape(len(y), -1)
+        if generator is None:
+            generator = torch.Generator().manual_seed(0)
+        theta = torch.randn(y.shape[1], n_directions, generator=generator, dtype=torch.float64)
+        self.theta = theta / theta.norm(dim=0, keepdim=True)
+        self.shape, self.p = tuple(y.shape), int(p)
+        self.sorted_y = torch.sort(y @ self.theta, dim=0).values
+
+    def __call__(self, x: torch.Tensor) -> float:
+        x = torch.as_tensor(x, dtype=torch.float64).reshape(len(x), -1)
+        if tuple(x.shape) != self.shape:
+            raise ValueError(f"sample sets must have the same shape, got {tuple(x.shape)} and {self.shape}")
+        px = torch.sort(x @ self.theta, dim=0).values
+        wpp = ((px - self.sorted_y).abs() ** self.p).mean(0)
+        return float(wpp.mean() ** (1 / self.p))

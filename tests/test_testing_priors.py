@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sciffusion.testing import GaussianMixture, grid_mixture, mcg_problem, sliced_wasserstein
+from sciffusion.testing import GaussianMixture, SlicedWasserstein, grid_mixture, mcg_problem, sliced_wasserstein
 
 
 def random_mixture(d=3, k=4, full=True, seed=0):
@@ -108,6 +108,32 @@ def test_sliced_wasserstein_of_a_shift_is_the_mean_projected_shift():
     sw = sliced_wasserstein(x, x + torch.tensor([3.0, 0.0], dtype=torch.float64), n_directions=20000)
     assert sw == pytest.approx(3 * 2 / math.pi, rel=0.02)
     assert sliced_wasserstein(x, x) == 0.0
+
+
+def test_sliced_wasserstein_against_a_cached_reference_is_the_same_number():
+    """SlicedWasserstein(y, L)(x) reuses y's sorted projections: identical to sliced_wasserstein(x, y, L)
+    and symmetric, and it names a shape mismatch."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(300, 5, generator=g, dtype=torch.float64), 2 + torch.randn(300, 5, generator=g, dtype=torch.float64)
+    ref = SlicedWasserstein(y, 700)
+    assert ref(x) == sliced_wasserstein(x, y, 700) == sliced_wasserstein(y, x, 700)
+    assert SlicedWasserstein(y, 700, p=2)(x) == sliced_wasserstein(x, y, 700, p=2)
+    with pytest.raises(ValueError, match="same shape"):
+        ref(x[:10])
+
+
+def test_full_covariance_samples_are_the_means_plus_the_rotated_scaled_noise():
+    """sample() rotates by each component's eigenvectors: equal to means[k] + Q_k (sqrt(lam_k) * eps) drawn
+    from the same generator, computed here sample by sample."""
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(3, 4, 4, generator=g, dtype=torch.float64)
+    gm = GaussianMixture([0.2, 0.3, 0.5], torch.randn(3, 4, generator=g, dtype=torch.float64), a @ a.transpose(1, 2))
+    x = gm.sample(50, torch.Generator().manual_seed(7))
+    g2 = torch.Generator().manual_seed(7)
+    comp = torch.multinomial(gm.weights, 50, replacement=True, generator=g2)
+    eps = torch.randn(50, 4, generator=g2, dtype=torch.float64)
+    expect = torch.stack([gm.means[k] + gm.eigvecs[k] @ (gm.eigvals[k].sqrt() * e) for k, e in zip(comp.tolist(), eps)])
+    torch.testing.assert_close(x, expect, rtol=1e-12, atol=1e-12)
 
 
 def test_bad_shapes_are_named():
