@@ -17,8 +17,9 @@ Compared on held-out snapshots (other trajectories):
   the same residual target;
 * the :class:`~sciffusion.emulators.Downscaler` ensemble (DDIM steps/eta - and with ``--s-noise``
   EDM-stochastic steps/s_noise - calibrated on a validation set for a spread-skill ratio of 1, or
-  with ``--criterion ssr+spectrum`` for |ssr - 1| + |high-k power error|; Heun offered to the
-  same choice).
+  with ``--criterion ssr+spectrum`` for |ssr - 1| + |high-k power error|, or ``ssr|spectrum`` for
+  spread-skill closest to 1 among the settings within 10% on the high-k power; Heun offered to
+  the same choice; ``--choose-from`` reapplies a criterion to an earlier run's validation table).
 
 Scores, pooled over all points: CRPS (a deterministic field is a one-member ensemble, CRPS = MAE),
 RMSE, spread-skill ratio, rank-histogram flatness (KS distance from uniform, 0 = flat), and the
@@ -54,6 +55,7 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import xarray as xr
 
@@ -61,7 +63,7 @@ import sciffusion.metrics as sm
 from sciffusion.diffusion.accel import resolve as resolve_speed
 from sciffusion.emulators import Downscaler, coarsen, upsample
 from sciffusion.emulators.downscale_data import stack
-from sciffusion.emulators.downscaler import default_net
+from sciffusion.emulators.downscaler import choose_setting, default_net
 from sciffusion.emulators.skill import _flatness
 from sciffusion.nets import build_net
 from sciffusion.systems import KolmogorovFlow
@@ -240,8 +242,12 @@ def main(argv=None):
     p.add_argument("--s-noise", type=float, nargs="*", default=[],
                    help="EDM stochastic-sampler noise inflations offered to the calibration next to DDIM "
                         "(e.g. 1.0 1.03 1.05 1.08 1.12; default none)")
-    p.add_argument("--criterion", choices=("ssr", "ssr+spectrum"), default="ssr",
-                   help="validation choice: spread-skill closest to 1, or |ssr - 1| + |high-k power error|")
+    p.add_argument("--criterion", choices=("ssr", "ssr+spectrum", "ssr|spectrum"), default="ssr",
+                   help="validation choice: spread-skill closest to 1, |ssr - 1| + |high-k power error|, or spread-skill "
+                        "closest to 1 among the settings with |high-k power error| <= 10%% (see Downscaler.calibrate)")
+    p.add_argument("--choose-from", help="reuse the validation table of an earlier run's JSON (same --model-dir and "
+                   "--cache) instead of recomputing it, and apply --criterion to it")
+    p.add_argument("--skip-regression", action="store_true", help="no U-Net regression baseline (e.g. with --choose-from)")
     p.add_argument("--heun", type=int, nargs="*", default=[16, 32],
                    help="Heun step counts offered to the validation choice next to the calibrated DDIM (default 16 32)")
     a = p.parse_args(argv)
@@ -380,15 +386,19 @@ def main(argv=None):
     # ------------------------------------------------------------------ regression
     t0 = time.perf_counter()
     reg = None
-    try:
-        print(f"regression: training {steps} steps ...", flush=True)
-        reg = train_regression(model, train, **train_kw, net=net_spec, device=device,
-                               log_every=max(steps // 5, 1) if steps >= 1000 else 0)
-    except Exception as exc:
-        failed("train_regression", exc)
-    t_reg = time.perf_counter() - t0
-    result["seconds"]["train_regression"] = t_reg
-    print(f"regression: {steps} steps in {t_reg:.0f} s", flush=True)
+    if a.skip_regression:
+        result["skipped"] = ["train_regression"]
+        print("regression: skipped (--skip-regression)", flush=True)
+    else:
+        try:
+            print(f"regression: training {steps} steps ...", flush=True)
+            reg = train_regression(model, train, **train_kw, net=net_spec, device=device,
+                                   log_every=max(steps // 5, 1) if steps >= 1000 else 0)
+        except Exception as exc:
+            failed("train_regression", exc)
+        t_reg = time.perf_counter() - t0
+        result["seconds"]["train_regression"] = t_reg
+        print(f"regression: {steps} steps in {t_reg:.0f} s", flush=True)
     save()
 
     # ------------------------------------------------------------------ sampler choice on validation fields
@@ -396,9 +406,15 @@ def main(argv=None):
     t0 = time.perf_counter()
     grid = ((4, 8), (0.0, 1.0)) if a.quick else ((8, 16, 32, 64), (0.0, 0.5, 1.0))
     choices = []
+    earlier = json.loads(Path(a.choose_from).read_text()) if a.choose_from else None
     try:
-        table = model.calibrate(cval, val, steps=grid[0], etas=grid[1], s_noises=a.s_noise, criterion=a.criterion,
-                                n_members=8, batch_size=gen_batch, device=device)
+        if earlier is not None:  # the same model's validation table: only the choice is made again
+            table = pd.DataFrame(earlier["variance_vs_ddim"])
+            table["chosen"] = table.index == choose_setting(table, a.criterion)
+            result["choose_from"] = a.choose_from
+        else:
+            table = model.calibrate(cval, val, steps=grid[0], etas=grid[1], s_noises=a.s_noise,
+                                    criterion=a.criterion, n_members=8, batch_size=gen_batch, device=device)
         t_cal = time.perf_counter() - t0
         print(f"calibration ({t_cal:.0f} s) on {val.sizes['time']} validation fields, 8 members:")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"), flush=True)
@@ -412,7 +428,9 @@ def main(argv=None):
     # the deterministic 2nd-order (Heun) ODE loses less variance than DDIM at equal steps: offer it to
     # the same validation choice (spread-skill closest to 1 on the validation fields, never the test set)
     vtruth = val["vorticity"]
-    for h in a.heun:
+    if earlier is not None:
+        choices += [c for c in earlier.get("sampler_choices", []) if c["method"] == "heun"]
+    for h in ([] if earlier is not None else a.heun):
         try:
             v = model.downscale(cval, 8, method="heun", steps=h, batch_size=gen_batch, device=device)["vorticity"]
             r = scores(v.assign_coords(y=vtruth.y, x=vtruth.x), vtruth)
@@ -422,12 +440,11 @@ def main(argv=None):
                   f"high-k {r['high_k_rel_error']:+.3f}", flush=True)
         except Exception as exc:
             failed(f"heun_{h}", exc)
-    def cost(c):  # the calibration criterion, applied to the Heun candidates too
-        return abs(c["val_ssr"] - 1) + (abs(c["val_high_k_error"]) if a.criterion == "ssr+spectrum" else 0.0)
-
-    finite = [c for c in choices if np.isfinite(cost(c))]
+    # the calibration criterion, applied to the Heun candidates too
+    finite = [c for c in choices if np.isfinite(c["val_ssr"]) and np.isfinite(c["val_high_k_error"])]
     if finite:
-        best = min(finite, key=cost)
+        cand = pd.DataFrame({"ssr": [c["val_ssr"] for c in finite], "high_k_error": [c["val_high_k_error"] for c in finite]})
+        best = finite[choose_setting(cand, a.criterion)]
         model.sampler = {k: v for k, v in best.items() if k in ("method", "steps", "eta", "s_noise", "churn")}
     result["sampler_choices"] = choices
     result["sampler"] = dict(model.sampler)

@@ -316,3 +316,22 @@ def test_real_ostia_sst_downscales_3x_with_every_land_point_left_nan():
     assert np.isnan(ens[var].values[..., land]).all() and np.isfinite(ens[var].values[..., ~land]).all()
     np.testing.assert_array_equal(ens["time"].values, ds["time"].values[8:])
     assert ens[var].attrs["units"] == "K" and ens[var].attrs["standard_name"] == ds[var].attrs["standard_name"]
+
+
+def test_choose_setting_criteria_on_a_hand_made_table():
+    """ssr: closest spread-skill; ssr+spectrum: least sum; ssr|spectrum: closest spread-skill among rows within
+    the spectrum tolerance, the ssr+spectrum row when none is."""
+    import pandas as pd
+
+    from sciffusion.emulators.downscaler import choose_setting
+
+    t = pd.DataFrame({"ssr": [0.98, 0.86, 0.77, 1.30], "high_k_error": [0.165, 0.056, -0.04, 0.01]})
+    assert choose_setting(t, "ssr") == 0
+    assert choose_setting(t, "ssr+spectrum") == 0  # 0.185 < 0.196 < 0.27 < 0.31
+    assert choose_setting(t, "ssr|spectrum") == 1  # rows 1-3 within 10%: |0.86 - 1| is the least
+    assert choose_setting(t, "ssr|spectrum", spectrum_tol=0.02) == 3  # only row 3 is within 2%
+    assert choose_setting(t, "ssr|spectrum", spectrum_tol=0.001) == 0  # none: the ssr+spectrum row
+    with pytest.raises(ValueError, match="criterion must be one of"):
+        choose_setting(t, "crps")
+    with pytest.raises(ValueError, match="complete validation fields"):
+        choose_setting(t.assign(high_k_error=float("nan")), "ssr|spectrum")

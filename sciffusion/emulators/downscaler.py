@@ -332,27 +332,25 @@ class Downscaler:
 
     def calibrate(self, coarse_val, fine_val, *, steps=(4, 8, 16, 32), etas=(0.0, 0.25, 0.5, 0.75, 1.0),
                   s_noises=(), criterion: str = "ssr", n_members: int = 8, target: float = 1.0,
+                  spectrum_tol: float = 0.1,
                   apply: bool = True, seed: int = 0, batch_size: int | None = None, device=None):
         """Choose the sampler setting that is best calibrated on validation data.
 
         Runs :meth:`variance_curve` with the truth ``fine_val`` over DDIM ``(steps, eta)`` and, when
         ``s_noises`` are given, EDM-stochastic ``(steps, s_noise)``, and picks the row minimising
-        ``|ssr - target|`` (``criterion="ssr"``) or ``|ssr - target| + |high_k_error|``
-        (``criterion="ssr+spectrum"``: spread and small-scale power both right). With ``apply`` the
+        ``|ssr - target|`` (``criterion="ssr"``), ``|ssr - target| + |high_k_error|``
+        (``criterion="ssr+spectrum"``: spread and small-scale power both right), or ``|ssr - target|``
+        among the rows whose ``|high_k_error| <= spectrum_tol`` (``criterion="ssr|spectrum"``: the
+        spectrum as a constraint; the ``ssr+spectrum`` row when none meets it), see
+        :func:`choose_setting`. With ``apply`` the
         chosen setting becomes the default sampler (``self.sampler``, stored by :meth:`save`).
         Returns the table (also kept as ``self.calibration``), the chosen row flagged in ``chosen``.
         """
-        if criterion not in ("ssr", "ssr+spectrum"):
-            raise ValueError(f"criterion must be 'ssr' or 'ssr+spectrum'; got {criterion!r}")
+        if criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {CRITERIA}; got {criterion!r}")
         table = self.variance_curve(coarse_val, fine_val, steps=steps, etas=etas, s_noises=s_noises,
                                     n_members=n_members, seed=seed, batch_size=batch_size, device=device)
-        cost = (table["ssr"] - target).abs()
-        if criterion == "ssr+spectrum":
-            if table["high_k_error"].isna().all():
-                raise ValueError("criterion='ssr+spectrum' needs complete validation fields (the high-wavenumber "
-                                 "power is undefined on a grid with missing points); use criterion='ssr'")
-            cost = cost + table["high_k_error"].abs()
-        best = int(cost.idxmin())
+        best = choose_setting(table, criterion, target=target, spectrum_tol=spectrum_tol)
         table["chosen"] = table.index == best
         if apply:
             row = table.loc[best]
@@ -363,6 +361,30 @@ class Downscaler:
                 self.sampler.update(s_noise=float(row["s_noise"]), churn=STOCHASTIC_CHURN)
         self.calibration = table
         return table
+
+
+CRITERIA = ("ssr", "ssr+spectrum", "ssr|spectrum")
+
+
+def choose_setting(table, criterion: str = "ssr", *, target: float = 1.0, spectrum_tol: float = 0.1) -> int:
+    """Index of the calibration row ``criterion`` picks (columns ``ssr`` and ``high_k_error``).
+
+    ``"ssr"``: least ``|ssr - target|``; ``"ssr+spectrum"``: least ``|ssr - target| + |high_k_error|``;
+    ``"ssr|spectrum"``: least ``|ssr - target|`` among rows with ``|high_k_error| <= spectrum_tol``,
+    falling back to ``"ssr+spectrum"`` when no row meets the tolerance."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}; got {criterion!r}")
+    miss = (table["ssr"] - target).abs()
+    if criterion == "ssr":
+        return int(miss.idxmin())
+    if table["high_k_error"].isna().all():
+        raise ValueError(f"criterion={criterion!r} needs complete validation fields (the high-wavenumber "
+                         "power is undefined on a grid with missing points); use criterion='ssr'")
+    if criterion == "ssr|spectrum":
+        ok = table["high_k_error"].abs() <= spectrum_tol
+        if bool(ok.any()):
+            return int(miss[ok].idxmin())
+    return int((miss + table["high_k_error"].abs()).idxmin())
 
 
 def _sampler_options(settings: dict) -> dict[str, float]:
