@@ -247,6 +247,8 @@ def main(argv=None):
                         "closest to 1 among the settings with |high-k power error| <= 10%% (see Downscaler.calibrate)")
     p.add_argument("--choose-from", help="reuse the validation table of an earlier run's JSON (same --model-dir and "
                    "--cache) instead of recomputing it, and apply --criterion to it")
+    p.add_argument("--test-seed", type=int, default=3, help="seed of the held-out trajectories (another seed: a fresh "
+                   "test set, simulated even when --cache holds one)")
     p.add_argument("--skip-regression", action="store_true", help="no U-Net regression baseline (e.g. with --choose-from)")
     p.add_argument("--heun", type=int, nargs="*", default=[16, 32],
                    help="Heun step counts offered to the validation choice next to the calibrated DDIM (default 16 32)")
@@ -268,7 +270,8 @@ def main(argv=None):
     sim = {"dt": None}
     result = {"setup": {"system": f"KolmogorovFlow(n={2 * size}, Re=100, drag=0.1), block-mean to {size}x{size}",
                         "fine": [size, size], "coarse": [coarse_size, coarse_size], "factor": FACTOR,
-                        "trajectories": {"train": n_train, "val": n_val, "test": n_test}, "net": net_spec, **train_kw,
+                        "trajectories": {"train": n_train, "val": n_val, "test": n_test}, "test_seed": a.test_seed,
+                        "net": net_spec, **train_kw,
                         "quick": a.quick, "device": str(device),
                         "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
                         "threads": torch.get_num_threads() if not cuda else None, "torch": torch.__version__,
@@ -310,10 +313,12 @@ def main(argv=None):
                                 for k in ("train", "val", "test"))
             if train.sizes["x"] != size:
                 raise ValueError(f"--cache {a.cache} holds {train.sizes['x']}x{train.sizes['x']} fields, not {size}x{size}")
+            if a.test_seed != 3:
+                test = snapshots(n_test, 8, seed=a.test_seed, size=size, device=device, info=sim)
         else:
             train = snapshots(n_train, 10, seed=1, size=size, device=device, info=sim)
             val = snapshots(n_val, 4, seed=2, size=size, device=device, info=sim)
-            test = snapshots(n_test, 8, seed=3, size=size, device=device, info=sim)
+            test = snapshots(n_test, 8, seed=a.test_seed, size=size, device=device, info=sim)
             if a.cache:
                 xr.Dataset({f"vorticity_{k}": d["vorticity"].rename(time=f"time_{k}") for k, d in
                             (("train", train), ("val", val), ("test", test))}).to_netcdf(a.cache)
@@ -411,6 +416,7 @@ def main(argv=None):
         if earlier is not None:  # the same model's validation table: only the choice is made again
             table = pd.DataFrame(earlier["variance_vs_ddim"])
             table["chosen"] = table.index == choose_setting(table, a.criterion)
+            model.apply_setting(table.loc[table["chosen"]].iloc[0])
             result["choose_from"] = a.choose_from
         else:
             table = model.calibrate(cval, val, steps=grid[0], etas=grid[1], s_noises=a.s_noise,

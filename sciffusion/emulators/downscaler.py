@@ -353,14 +353,19 @@ class Downscaler:
         best = choose_setting(table, criterion, target=target, spectrum_tol=spectrum_tol)
         table["chosen"] = table.index == best
         if apply:
-            row = table.loc[best]
-            self.sampler = {"method": str(row["method"]), "steps": int(row["steps"])}
-            if row["method"] == "ddim":
-                self.sampler["eta"] = float(row["eta"])
-            else:
-                self.sampler.update(s_noise=float(row["s_noise"]), churn=STOCHASTIC_CHURN)
+            self.apply_setting(table.loc[best])
         self.calibration = table
         return table
+
+    def apply_setting(self, row) -> dict:
+        """Make a calibration-table row (``method``, ``steps`` and ``eta`` or ``s_noise``) the default sampler."""
+        sampler = {"method": str(row["method"]), "steps": int(row["steps"])}
+        if sampler["method"] == "ddim":
+            sampler["eta"] = float(row["eta"])
+        else:
+            sampler.update(s_noise=float(row["s_noise"]), churn=STOCHASTIC_CHURN)
+        self.sampler = sampler
+        return sampler
 
 
 CRITERIA = ("ssr", "ssr+spectrum", "ssr|spectrum")
