@@ -114,15 +114,17 @@ class LinearEquality:
         self.c, self.b = c, b
         self.pinv = c.T @ torch.linalg.inv(gram)  # (n, k): C^T (C C^T)^-1
 
+    def _residual(self, flat: torch.Tensor) -> torch.Tensor:
+        """``C x - b`` per sample in float64, on ``flat``'s device."""
+        return flat.to(torch.float64) @ self.c.T.to(flat.device) - self.b.to(flat.device)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(x.shape[0], -1)
-        c, b, pinv = (t.to(x.device) for t in (self.c, self.b, self.pinv))
-        r = flat.to(torch.float64) @ c.T - b
-        return (flat - (r @ pinv.T).to(x.dtype)).reshape(x.shape)
+        r = self._residual(flat)
+        return (flat - (r @ self.pinv.T.to(x.device)).to(x.dtype)).reshape(x.shape)
 
     def violation(self, x: torch.Tensor) -> torch.Tensor:
-        r = x.reshape(x.shape[0], -1).to(torch.float64) @ self.c.T.to(x.device) - self.b.to(x.device)
-        return r.abs().amax(1)
+        return self._residual(x.reshape(x.shape[0], -1)).abs().amax(1)
 
 
 class ProjectedDenoiser:
