@@ -232,3 +232,22 @@ def test_groupnorm_in_bf16_under_autocast_matches_float32_norm():
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), ref, rtol=0.02, atol=0.05)
     assert set(norm.state_dict()) == {"weight", "bias"}
+
+
+def test_mlp_embeds_a_shared_noise_level_once_with_the_same_result_as_per_sample():
+    """Sampling passes one noise level for the whole batch: the MLP embeds it once; each row must
+    equal what the same row gives alone, and a batch of mixed levels must match row by row."""
+    from sciffusion.nets import MLP
+
+    torch.manual_seed(0)
+    net = MLP(5, cond_features=3, width=32, depth=2)
+    torch.nn.init.normal_(net.out.weight)  # zero-initialised output: give it weights so outputs differ
+    x, cond = torch.randn(6, 5), torch.randn(6, 3)
+    shared = net(x, torch.full((6,), 0.3), cond)
+    rows = torch.cat([net(x[i : i + 1], torch.tensor([0.3]), cond[i : i + 1]) for i in range(6)])
+    torch.testing.assert_close(shared, rows)
+    torch.testing.assert_close(net(x, torch.tensor(0.3), cond), shared)
+    levels = torch.linspace(-1, 1, 6)
+    mixed = net(x, levels, cond)
+    torch.testing.assert_close(mixed, torch.cat([net(x[i : i + 1], levels[i : i + 1], cond[i : i + 1]) for i in range(6)]))
+    assert not torch.allclose(mixed, shared)

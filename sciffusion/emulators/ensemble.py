@@ -68,14 +68,47 @@ def _default_net(coder: SeedsCoder, net: dict | None) -> dict:
     kwargs = dict(spec.get("kwargs") or {})
     if name not in NETS:
         raise ValueError(f"unknown net {name!r}; known nets: {sorted(NETS)}")
-    if name == "PeriodicConv1d":
+    if name == "EOFMLP":  # latent diffusion on EOF coefficients, any grid
+        kwargs = {"rank": 128, "cond_rank": 128, "width": 512, "depth": 4, **kwargs, "in_channels": coder.channels,
+                  "grid_shape": list(coder.grid_shape), "cond_channels": coder.cond_channels}
+    elif name == "PeriodicConv1d":
         kwargs = {"width": 32, "n_blocks": 4, **kwargs, "in_channels": coder.channels, "cond_channels": coder.cond_channels}
     elif name == "UNet2d":
         kwargs = {"channels": [32, 64], "blocks_per_level": 1, "padding": "circular", "attention_levels": [], **kwargs,
                   "in_channels": coder.channels, "cond_channels": coder.cond_channels}
     else:
-        raise ValueError(f"{name} does not take gridded conditions; use PeriodicConv1d (1-D grids) or UNet2d (2-D)")
+        raise ValueError(f"{name} does not take gridded conditions; use PeriodicConv1d (1-D grids), UNet2d (2-D) "
+                         "or EOFMLP (any grid, latent)")
     return {"name": name, "kwargs": kwargs}
+
+
+def latent_net(denoiser):
+    """The :class:`~sciffusion.nets.EOFMLP` inside ``denoiser`` (latent diffusion), or None."""
+    from sciffusion.nets import EOFMLP
+    from sciffusion.nets import _unwrap
+
+    net = getattr(denoiser, "net", None)
+    net = _unwrap(net) if isinstance(net, torch.nn.Module) else None
+    return net if isinstance(net, EOFMLP) else None
+
+
+class LatentPairs(torch.utils.data.Dataset):
+    """:class:`SeedPairs` with targets and conditions in EOF coefficients (for an EOFMLP denoiser)."""
+
+    def __init__(self, pairs: SeedPairs, net):
+        self.pairs, self.net = pairs, net
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    @torch.no_grad()
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        b = self.pairs.batch(idx)
+        return {"x": self.net.encode(b["x"]), "cond": self.net.encode_cond(b["cond"])}
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        b = self.batch(torch.tensor([i]))
+        return {k: v[0] for k, v in b.items()}
 
 
 class EnsembleEmulator:
@@ -100,7 +133,7 @@ class EnsembleEmulator:
             truth_fraction: float = 0.5, truth: xr.Dataset | None = None, lead_dim: str = "lead_time",
             member_dim: str = "member", climatology: bool = False, static=None, net: dict | None = None,
             steps: int = 2000, batch_size: int = 128, lr: float = 2e-3, warmup_steps: int = 100,
-            ema_decay: float = 0.995, seed: int = 0, pairs_per_sample: int | None = None,
+            ema_decay: float = 0.995, seed: int = 0, pairs_per_sample: int | None = None, eof_samples: int = 8192,
             out_dir: str | os.PathLike | None = None, device=None, progress: bool = False) -> EnsembleEmulator:
         """Train on a physics ensemble ``ds`` with ``v (..., lead_time, member, *grid)``.
 
@@ -114,7 +147,9 @@ class EnsembleEmulator:
             climatology: add the per-grid-point climatological mean and std as conditions.
             static: names of static fields of ``ds`` (grid dims only) to condition on.
             net: backbone spec ``{"name", "kwargs"}`` (channel counts are filled in); default a
-                PeriodicConv1d (1-D grid) or UNet2d (2-D).
+                PeriodicConv1d (1-D grid) or UNet2d (2-D). ``{"name": "EOFMLP", "kwargs": {"rank": r,
+                "cond_rank": rc}}`` is latent diffusion on the ``r`` leading EOFs of the targets (and ``rc``
+                of the condition), fitted on ``eof_samples`` training pairs: far cheaper per member.
             steps, batch_size, lr, warmup_steps, ema_decay, seed: training (see :class:`~sciffusion.training.Trainer`).
             out_dir: checkpoint directory for a resumable run (None: in memory).
         """
@@ -151,6 +186,12 @@ class EnsembleEmulator:
                           pairs_per_sample=pairs_per_sample, seed=seed)
         torch.manual_seed(seed)
         den = Denoiser(build_net(_default_net(coder, net)), sigma_data=1.0)
+        latent = latent_net(den)
+        if latent is not None:  # EOFs of the targets and conditions, from a seeded subset of the pairs
+            pick = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))[:eof_samples]
+            b = pairs.batch(pick)
+            latent.explained_fractions = latent.fit_eofs(b["x"], b["cond"], seed=seed)
+            pairs = LatentPairs(pairs, latent)
         spec = {"coder": coder.to_dict(), "mode": mode, "truth_fraction": truth_fraction if mode != "emulation" else 0.0,
                 "sampler": dict(DEFAULT_SAMPLER)}
         trainer = Trainer(den, pairs, out_dir=out_dir, batch_size=min(batch_size, len(pairs)), lr=lr,
@@ -220,6 +261,9 @@ class EnsembleEmulator:
         seeds_t = ensemble_tensor(ds, c.variables, sample_dims, c.grid_dims, c.member_dim)
         lead = torch.from_numpy(_lead_per_sample(ds, c, sample_dims))
         cond = c.condition(seeds_t, lead)
+        latent = latent_net(self.denoiser)
+        if latent is not None:
+            cond = latent.encode_cond(cond).cpu()
         settings = {**self.sampler, **{k: v for k, v in {"steps": steps, "method": method, "temperature": temperature}.items() if v is not None}}
         step_fn = TemperedStep(settings["method"], settings["temperature"])
         options = {**{k: v for k, v in settings.items() if k not in DEFAULT_SAMPLER}, **sampler_options}
@@ -229,9 +273,11 @@ class EnsembleEmulator:
         event = (c.channels, *c.grid_shape)
 
         def draw(block) -> np.ndarray:
-            z = generate_members(self.denoiser, cond, block, event_shape=event, seed=seed, batch_size=batch_size,
-                                 steps=int(settings["steps"]), method=step_fn, progress=progress, device=device,
-                                 sigma_max=SIGMA_MAX, **options)
+            z = generate_members(self.denoiser, cond, block, event_shape=(latent.rank,) if latent else event,
+                                 seed=seed, batch_size=batch_size, steps=int(settings["steps"]), method=step_fn,
+                                 progress=progress, device=device, sigma_max=SIGMA_MAX, **options)
+            if latent is not None:
+                z = latent.decode(z.reshape(-1, latent.rank)).cpu().reshape(*z.shape[:2], *event)
             x = c.decode(z, seeds_t, lead).numpy()  # (N, b, C, *grid)
             return x.reshape(*sample_shape, x.shape[1], *event)
 

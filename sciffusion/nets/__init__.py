@@ -3,7 +3,9 @@
 Every backbone follows ``net(x, c_noise, cond=None) -> Tensor`` (x: (B, C, *spatial),
 c_noise: (B,), cond: (B, Cc, *spatial) or None; output shaped like x with ``out_channels``)
 and keeps its JSON-serialisable constructor keywords in ``net.config``, so a checkpoint can
-store ``net_spec(net)`` and rebuild the net with ``build_net(spec)``. Names resolve only
+store ``net_spec(net)`` and rebuild the net with ``build_net(spec)``. :class:`EOFMLP` is the
+exception to the shapes: it works on EOF coefficients (latent diffusion) and has ``encode`` /
+``decode`` for the gridded edges. Names resolve only
 from :data:`NETS`, never from import paths.
 """
 
@@ -14,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from .conv1d import PeriodicConv1d
+from .eof import EOFMLP
 from .unet import UNet2d
 
 from .mlp import MLP
@@ -24,9 +27,10 @@ NETS: dict[str, type[nn.Module]] = {
     "PeriodicConv1d": PeriodicConv1d,
     "MLP": MLP,
     "SFNO": SFNO,
+    "EOFMLP": EOFMLP,
 }
 
-__all__ = ["NETS", "MLP", "PeriodicConv1d", "SFNO", "UNet2d", "build_net", "net_spec"]
+__all__ = ["NETS", "EOFMLP", "MLP", "PeriodicConv1d", "SFNO", "UNet2d", "build_net", "net_spec"]
 
 
 def _unwrap(net: nn.Module) -> nn.Module:

@@ -50,7 +50,10 @@ class MLP(nn.Module):
             x = torch.cat([x, cond.to(x.dtype)], dim=1)
         elif cond is not None:
             raise ValueError("MLP was built with cond_features=0 but received cond")
-        emb = nn.functional.silu(self.embed(broadcast_noise(c_noise, x.shape[0], x)).to(x.dtype))
+        c = broadcast_noise(c_noise, x.shape[0], x)
+        if c.numel() > 1 and bool((c == c[0]).all()):  # one noise level for the batch (sampling): embed it once
+            c = c[:1]
+        emb = nn.functional.silu(self.embed(c).to(x.dtype))  # (B or 1, width): the FiLM terms broadcast
         h = self.inp(x)
         for norm, fc1, fc2, film in zip(self.norms, self.fc1, self.fc2, self.film):
             scale, shift = film(emb).chunk(2, dim=1)

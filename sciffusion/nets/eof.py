@@ -1,0 +1,143 @@
+"""Latent diffusion in an EOF basis: an MLP on the leading EOF (principal-component) coefficients.
+
+A gridded state ``x (B, C, *grid)`` is written as ``mean + basis @ (scale * c)`` with ``c`` the
+whitened coefficients of its ``rank`` leading empirical orthogonal functions (EOFs) — the
+climate-science name for the principal components of the training fields. The diffusion model
+then runs on ``c (B, rank)``: one network call costs a few matrix-vector products instead of a
+convolutional U-Net pass, which is what makes a generated member cheaper than a simulated one on
+small grids. The condition (seeds, seed mean, lead time, ...) is compressed by its own EOFs.
+
+The bases are buffers: they are fitted once from training data (:meth:`EOFMLP.fit_eofs`) and then
+travel with the weights in every checkpoint. What the ``rank`` leading EOFs do not span is lost:
+``explained`` holds the fraction of the training variance they keep.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from sciffusion.nets.mlp import MLP
+
+
+def _eofs(data: Tensor, rank: int, name: str, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Mean ``(D,)``, leading EOFs ``(D, rank)``, their std ``(rank,)`` and the explained variance fraction."""
+    n, d = data.shape
+    if rank > min(n - 1, d):
+        raise ValueError(f"{name}: cannot fit {rank} EOFs from {n} samples of {d} values; "
+                         f"rank must be at most {min(n - 1, d)}")
+    x = data.double()
+    mean = x.mean(0)
+    x = x - mean
+    total = float((x**2).sum())
+    if not total > 0:
+        raise ValueError(f"{name}: the training data are constant; there are no EOFs to fit")
+    if rank <= min(n, d) // 4:  # randomised SVD, seeded: reproducible and much cheaper than a full SVD
+        state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            _, s, v = torch.svd_lowrank(x, q=min(rank + 32, min(n, d)), niter=6)
+        finally:
+            torch.random.set_rng_state(state)
+        s, v = s[:rank], v[:, :rank]
+    else:
+        _, s, vh = torch.linalg.svd(x, full_matrices=False)
+        s, v = s[:rank], vh[:rank].T
+    std = s / math.sqrt(n - 1)
+    explained = float((s**2).sum()) / total
+    if not (std > 0).all():
+        raise ValueError(f"{name}: only {int((std > 0).sum())} of the {rank} EOFs carry variance; lower the rank")
+    return mean.float(), v.float().contiguous(), std.float(), torch.tensor(explained)
+
+
+class EOFMLP(nn.Module):
+    """MLP backbone on the whitened EOF coefficients of a gridded state, conditioned on EOF
+    coefficients of a gridded condition.
+
+    ``forward(x, c_noise, cond)`` works in latent space: ``x (B, rank)``, ``cond (B, cond_rank)``
+    (use :meth:`encode`, :meth:`encode_cond` and :meth:`decode` at the edges). The EOFs are
+    buffers set by :meth:`fit_eofs`; a model whose EOFs were never fitted refuses to run.
+
+    Args:
+        in_channels, grid_shape: the gridded state ``(C, *grid)``.
+        rank: number of EOFs of the state (the latent size).
+        cond_channels, cond_rank: the gridded condition ``(Cc, *grid)`` and its number of EOFs
+            (0: unconditional).
+        width, depth, fourier_scale: the :class:`~sciffusion.nets.MLP`.
+    """
+
+    def __init__(self, in_channels: int, grid_shape: Sequence[int], rank: int = 128, cond_channels: int = 0,
+                 cond_rank: int = 128, width: int = 512, depth: int = 4, fourier_scale: float = 16.0):
+        super().__init__()
+        grid_shape = [int(s) for s in grid_shape]
+        cond_rank = int(cond_rank) if cond_channels else 0
+        self.config = dict(in_channels=int(in_channels), grid_shape=grid_shape, rank=int(rank),
+                           cond_channels=int(cond_channels), cond_rank=cond_rank, width=width, depth=depth,
+                           fourier_scale=fourier_scale)
+        self.event_shape = (int(in_channels), *grid_shape)
+        d, dc = int(in_channels) * math.prod(grid_shape), int(cond_channels) * math.prod(grid_shape)
+        self.rank, self.cond_rank = int(rank), cond_rank
+        self.register_buffer("mean", torch.zeros(d))
+        self.register_buffer("basis", torch.zeros(d, self.rank))
+        self.register_buffer("scale", torch.ones(self.rank))
+        self.register_buffer("explained", torch.tensor(0.0))
+        self.register_buffer("cond_mean", torch.zeros(dc))
+        self.register_buffer("cond_basis", torch.zeros(dc, cond_rank))
+        self.register_buffer("cond_scale", torch.ones(cond_rank))
+        self.register_buffer("cond_explained", torch.tensor(0.0))
+        self.mlp = MLP(self.rank, cond_features=cond_rank, width=width, depth=depth, fourier_scale=fourier_scale)
+
+    # ------------------------------------------------------------------ EOFs
+    @torch.no_grad()
+    def fit_eofs(self, x: Tensor, cond: Tensor | None = None, seed: int = 0) -> dict[str, float]:
+        """Fit the EOFs on training states ``x (N, C, *grid)`` (and conditions ``(N, Cc, *grid)``).
+
+        Returns the explained variance fractions ``{"state": ..., "cond": ...}``."""
+        self._check(x, self.event_shape, "x")
+        mean, basis, scale, ex = _eofs(x.flatten(1), self.rank, "the state's EOFs", seed)
+        for name, val in (("mean", mean), ("basis", basis), ("scale", scale), ("explained", ex)):
+            getattr(self, name).copy_(val)
+        out = {"state": float(ex)}
+        if self.cond_rank:
+            if cond is None:
+                raise ValueError("cond is required: the model was built with cond_channels > 0")
+            self._check(cond, (self.config["cond_channels"], *self.config["grid_shape"]), "cond")
+            mean, basis, scale, ex = _eofs(cond.flatten(1), self.cond_rank, "the condition's EOFs", seed + 1)
+            for name, val in (("cond_mean", mean), ("cond_basis", basis), ("cond_scale", scale), ("cond_explained", ex)):
+                getattr(self, name).copy_(val)
+            out["cond"] = float(ex)
+        return out
+
+    def _check(self, x: Tensor, shape: Sequence[int], name: str) -> None:
+        if tuple(x.shape[1:]) != tuple(shape):
+            raise ValueError(f"EOFMLP: {name} has shape {tuple(x.shape)}, expected (N, {', '.join(map(str, shape))})")
+
+    def _fitted(self) -> None:
+        if not float(self.explained) > 0:
+            raise RuntimeError("EOFMLP: the EOFs were never fitted; call fit_eofs(x, cond) on training data first")
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Gridded ``(B, C, *grid)`` -> whitened EOF coefficients ``(B, rank)``."""
+        self._fitted()
+        self._check(x, self.event_shape, "x")
+        x = x.to(self.basis)
+        return ((x.flatten(1) - self.mean) @ self.basis) / self.scale
+
+    def decode(self, c: Tensor) -> Tensor:
+        """Whitened coefficients ``(B, rank)`` -> gridded ``(B, C, *grid)`` (in the span of the EOFs)."""
+        self._fitted()
+        c = c.to(self.basis)
+        return ((c * self.scale) @ self.basis.T + self.mean).reshape(c.shape[0], *self.event_shape)
+
+    def encode_cond(self, cond: Tensor) -> Tensor:
+        """Gridded condition ``(B, Cc, *grid)`` -> whitened EOF coefficients ``(B, cond_rank)``."""
+        self._fitted()
+        self._check(cond, (self.config["cond_channels"], *self.config["grid_shape"]), "cond")
+        cond = cond.to(self.cond_basis)
+        return ((cond.flatten(1) - self.cond_mean) @ self.cond_basis) / self.cond_scale
+
+    def forward(self, x: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
+        return self.mlp(x, c_noise, cond if self.cond_rank else None)
