@@ -231,7 +231,9 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=16, help="training batch of both models")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--n-train", type=int, help="training trajectories, 10 snapshots each (default 60; 4 with --quick)")
-    p.add_argument("--n-val", type=int, help="validation trajectories, 4 snapshots each (default 4; 2 with --quick)")
+    p.add_argument("--n-val", type=int, help="validation trajectories (default 4; 2 with --quick)")
+    p.add_argument("--val-per-traj", type=int, default=4,
+                   help="validation snapshots per trajectory (default 4; 8 = the test set's snapshot times)")
     p.add_argument("--n-test", type=int, help="test trajectories, 8 snapshots each (default 8; 2 with --quick)")
     p.add_argument("--members", type=int, default=16)
     p.add_argument("--time-budget", type=float, help="seconds for the whole run: cuts the training steps so both "
@@ -242,6 +244,13 @@ def main(argv=None):
     p.add_argument("--s-noise", type=float, nargs="*", default=[],
                    help="EDM stochastic-sampler noise inflations offered to the calibration next to DDIM "
                         "(e.g. 1.0 1.03 1.05 1.08 1.12; default none)")
+    p.add_argument("--cal-steps", type=int, nargs="+", default=[8, 16, 32, 64],
+                   help="sampler steps offered to the calibration (DDIM and stochastic; default 8 16 32 64)")
+    p.add_argument("--etas", type=float, nargs="*", default=[0.0, 0.5, 1.0],
+                   help="DDIM etas offered to the calibration (default 0 0.5 1; none: no DDIM rows)")
+    p.add_argument("--spectrum-tol", type=float, default=0.1,
+                   help="the |high-k power error| allowed on validation by --criterion 'ssr|spectrum' (default 0.1)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     p.add_argument("--criterion", choices=("ssr", "ssr+spectrum", "ssr|spectrum"), default="ssr",
                    help="validation choice: spread-skill closest to 1, |ssr - 1| + |high-k power error|, or spread-skill "
                         "closest to 1 among the settings with |high-k power error| <= 10%% (see Downscaler.calibrate)")
@@ -249,6 +258,8 @@ def main(argv=None):
                    "--cache) instead of recomputing it, and apply --criterion to it")
     p.add_argument("--test-seed", type=int, default=3, help="seed of the held-out trajectories (another seed: a fresh "
                    "test set, simulated even when --cache holds one)")
+    p.add_argument("--extra-test-seeds", type=int, nargs="*", default=[],
+                   help="seeds of further held-out sets (same size), scored with the same chosen sampler")
     p.add_argument("--skip-regression", action="store_true", help="no U-Net regression baseline (e.g. with --choose-from)")
     p.add_argument("--heun", type=int, nargs="*", default=[16, 32],
                    help="Heun step counts offered to the validation choice next to the calibrated DDIM (default 16 32)")
@@ -257,7 +268,7 @@ def main(argv=None):
     device = _resolve_device(a.device)
     cuda = device.type == "cuda"
     if not cuda:
-        torch.set_num_threads(1)
+        torch.set_num_threads(a.threads)
     size, coarse_size = a.size, a.size // FACTOR
     net_spec = {"kwargs": {**NET["kwargs"], "channels": [int(c) for c in a.channels]}}
     steps = a.steps or (20 if a.quick else 2500)
@@ -271,6 +282,7 @@ def main(argv=None):
     result = {"setup": {"system": f"KolmogorovFlow(n={2 * size}, Re=100, drag=0.1), block-mean to {size}x{size}",
                         "fine": [size, size], "coarse": [coarse_size, coarse_size], "factor": FACTOR,
                         "trajectories": {"train": n_train, "val": n_val, "test": n_test}, "test_seed": a.test_seed,
+                        "val_per_traj": a.val_per_traj, "criterion": a.criterion, "spectrum_tol": a.spectrum_tol,
                         "net": net_spec, **train_kw,
                         "quick": a.quick, "device": str(device),
                         "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
@@ -311,13 +323,16 @@ def main(argv=None):
             data = xr.open_dataset(a.cache).load()
             train, val, test = (data[f"vorticity_{k}"].rename({f"time_{k}": "time"}).to_dataset(name="vorticity")
                                 for k in ("train", "val", "test"))
+            if val.sizes["time"] != n_val * a.val_per_traj:
+                raise ValueError(f"--cache {a.cache} holds {val.sizes['time']} validation fields, not --n-val "
+                                 f"{n_val} x --val-per-traj {a.val_per_traj}; use another --cache")
             if train.sizes["x"] != size:
                 raise ValueError(f"--cache {a.cache} holds {train.sizes['x']}x{train.sizes['x']} fields, not {size}x{size}")
             if a.test_seed != 3:
                 test = snapshots(n_test, 8, seed=a.test_seed, size=size, device=device, info=sim)
         else:
             train = snapshots(n_train, 10, seed=1, size=size, device=device, info=sim)
-            val = snapshots(n_val, 4, seed=2, size=size, device=device, info=sim)
+            val = snapshots(n_val, a.val_per_traj, seed=2, size=size, device=device, info=sim)
             test = snapshots(n_test, 8, seed=a.test_seed, size=size, device=device, info=sim)
             if a.cache:
                 xr.Dataset({f"vorticity_{k}": d["vorticity"].rename(time=f"time_{k}") for k, d in
@@ -407,20 +422,21 @@ def main(argv=None):
     save()
 
     # ------------------------------------------------------------------ sampler choice on validation fields
-    cval, ctest = coarsen(val, FACTOR), coarsen(test, FACTOR)
+    cval = coarsen(val, FACTOR)
     t0 = time.perf_counter()
-    grid = ((4, 8), (0.0, 1.0)) if a.quick else ((8, 16, 32, 64), (0.0, 0.5, 1.0))
+    grid = ((4, 8), (0.0, 1.0)) if a.quick else (tuple(a.cal_steps), tuple(a.etas))
     choices = []
     earlier = json.loads(Path(a.choose_from).read_text()) if a.choose_from else None
     try:
         if earlier is not None:  # the same model's validation table: only the choice is made again
             table = pd.DataFrame(earlier["variance_vs_ddim"])
-            table["chosen"] = table.index == choose_setting(table, a.criterion)
+            table["chosen"] = table.index == choose_setting(table, a.criterion, spectrum_tol=a.spectrum_tol)
             model.apply_setting(table.loc[table["chosen"]].iloc[0])
             result["choose_from"] = a.choose_from
         else:
             table = model.calibrate(cval, val, steps=grid[0], etas=grid[1], s_noises=a.s_noise,
-                                    criterion=a.criterion, n_members=8, batch_size=gen_batch, device=device)
+                                    criterion=a.criterion, spectrum_tol=a.spectrum_tol, n_members=8,
+                                    batch_size=gen_batch, device=device)
         t_cal = time.perf_counter() - t0
         print(f"calibration ({t_cal:.0f} s) on {val.sizes['time']} validation fields, 8 members:")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"), flush=True)
@@ -450,61 +466,79 @@ def main(argv=None):
     finite = [c for c in choices if np.isfinite(c["val_ssr"]) and np.isfinite(c["val_high_k_error"])]
     if finite:
         cand = pd.DataFrame({"ssr": [c["val_ssr"] for c in finite], "high_k_error": [c["val_high_k_error"] for c in finite]})
-        best = finite[choose_setting(cand, a.criterion)]
+        best = finite[choose_setting(cand, a.criterion, spectrum_tol=a.spectrum_tol)]
         model.sampler = {k: v for k, v in best.items() if k in ("method", "steps", "eta", "s_noise", "churn")}
     result["sampler_choices"] = choices
     result["sampler"] = dict(model.sampler)
     save()
 
     # ------------------------------------------------------------------ held-out scores
-    truth = test["vorticity"]
-    rows = {}
-    t0 = time.perf_counter()
-    name = f"diffusion ({members} members)"
-    try:
-        ens = model.downscale(ctest, members, batch_size=gen_batch, device=device)["vorticity"]
-        ens = ens.assign_coords(y=truth.y, x=truth.x)
-        t_gen = time.perf_counter() - t0
-        result["seconds"]["generate"] = t_gen
-        print(f"generated {members} members for {truth.sizes['time']} test fields in {t_gen:.0f} s", flush=True)
-        rows[name] = scores(ens, truth)
-    except Exception as exc:
-        failed("generate", exc)
-        t_gen = float("nan")
-    try:
-        bicubic = upsample(ctest, FACTOR, method="bicubic", periodic=True)["vorticity"].expand_dims(member=1)
-        bicubic = bicubic.assign_coords(y=truth.y, x=truth.x)
-        rows["bicubic"] = scores(bicubic.transpose("time", "member", "y", "x"), truth)
-    except Exception as exc:
-        failed("bicubic", exc)
-    if reg is not None:
+    def held_out(test: xr.Dataset, key: str = "") -> dict:
+        """Scores of the calibrated ensemble, bicubic and the regression on one held-out set."""
+        truth, ctest = test["vorticity"], coarsen(test, FACTOR)
+        rows = {}
+        t0 = time.perf_counter()
+        name = f"diffusion ({members} members)"
         try:
-            z = regress(reg, model, ctest, device=device, batch_size=256 if cuda else 64)
-            regression = xr.DataArray(z, dims=("time", "member", "y", "x"), coords=truth.coords)
-            rows["U-Net regression"] = scores(regression, truth)
+            ens = model.downscale(ctest, members, batch_size=gen_batch, device=device)["vorticity"]
+            ens = ens.assign_coords(y=truth.y, x=truth.x)
+            t_gen = time.perf_counter() - t0
+            result["seconds"]["generate" + key] = t_gen
+            print(f"generated {members} members for {truth.sizes['time']} test fields in {t_gen:.0f} s", flush=True)
+            rows[name] = scores(ens, truth)
         except Exception as exc:
-            failed("regression_scores", exc)
-    rows = {k: rows[k] for k in ("bicubic", "U-Net regression", name) if k in rows}
-    result["scores"] = rows
+            failed("generate" + key, exc)
+            t_gen = float("nan")
+        try:
+            bicubic = upsample(ctest, FACTOR, method="bicubic", periodic=True)["vorticity"].expand_dims(member=1)
+            bicubic = bicubic.assign_coords(y=truth.y, x=truth.x)
+            rows["bicubic"] = scores(bicubic.transpose("time", "member", "y", "x"), truth)
+        except Exception as exc:
+            failed("bicubic" + key, exc)
+        if reg is not None:
+            try:
+                z = regress(reg, model, ctest, device=device, batch_size=256 if cuda else 64)
+                regression = xr.DataArray(z, dims=("time", "member", "y", "x"), coords=truth.coords)
+                rows["U-Net regression"] = scores(regression, truth)
+            except Exception as exc:
+                failed("regression_scores" + key, exc)
+        rows = {k: rows[k] for k in ("bicubic", "U-Net regression", name) if k in rows}
+        cols = ("crps", "rmse", "spread", "ssr", "rank_flatness", "high_k_rel_error")
+        head = f"{'method':26s} " + " ".join(f"{c:>16s}" for c in cols)
+        print(f"\nheld-out{key}: {truth.sizes['time']} fields, sampler {model.sampler} ({t_gen:.0f} s to generate)")
+        print(head + "\n" + "-" * len(head))
+        for k, r in rows.items():
+            print(f"{k:26s} " + " ".join(f"{r[c]:16.4f}" for c in cols))
+        targets = None
+        if name in rows:
+            d = rows[name]
+            targets = {"crps_beats_bicubic": d["crps"] < rows["bicubic"]["crps"] if "bicubic" in rows else None,
+                       "crps_beats_regression": (d["crps"] < rows["U-Net regression"]["crps"]
+                                                 if "U-Net regression" in rows else None),
+                       "high_k_within_10pct": abs(d["high_k_rel_error"]) <= 0.10}
+            print("targets:", targets)
+        return {"scores": rows, "targets": targets}
+
+    out = held_out(test)
+    result["scores"] = out["scores"]
+    if out["targets"] is not None:
+        result["targets"] = out["targets"]
     try:
-        truth_spec = sm.radial_spectrum(truth.astype(np.float64), dims=("y", "x"), reduce_dims="all").values
+        truth_spec = sm.radial_spectrum(test["vorticity"].astype(np.float64), dims=("y", "x"), reduce_dims="all").values
         result["truth_spectrum"] = truth_spec[: size // 2 + 1].tolist()
     except Exception as exc:
         failed("truth_spectrum", exc)
-    cols = ("crps", "rmse", "spread", "ssr", "rank_flatness", "high_k_rel_error")
-    head = f"{'method':26s} " + " ".join(f"{c:>16s}" for c in cols)
-    print(f"\nheld-out: {truth.sizes['time']} fields, sampler {model.sampler} ({t_gen:.0f} s to generate)")
-    print(head + "\n" + "-" * len(head))
-    for k, r in rows.items():
-        print(f"{k:26s} " + " ".join(f"{r[c]:16.4f}" for c in cols))
-    if name in rows:
-        d = rows[name]
-        targets = {"crps_beats_bicubic": d["crps"] < rows["bicubic"]["crps"] if "bicubic" in rows else None,
-                   "crps_beats_regression": (d["crps"] < rows["U-Net regression"]["crps"]
-                                             if "U-Net regression" in rows else None),
-                   "high_k_within_10pct": abs(d["high_k_rel_error"]) <= 0.10}
-        print("targets:", targets)
-        result["targets"] = targets
+    save()
+    # more held-out sets, simulated from other seeds after the choice: the same sampler, scored once each
+    for seed in a.extra_test_seeds:
+        try:
+            extra = snapshots(n_test, 8, seed=seed, size=size, device=device, info=sim)
+        except Exception as exc:
+            failed(f"data_test_seed{seed}", exc)
+            continue
+        out = held_out(extra, key=f"_seed{seed}")
+        result.setdefault("extra_test_sets", {})[str(seed)] = out
+        save()
     return finish()
 
 
