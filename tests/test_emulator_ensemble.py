@@ -171,3 +171,14 @@ def test_two_variables_on_a_2d_grid_with_climatology_and_static_fields_become_co
     ens = EnsembleEmulator.load(tmp_path / "c").generate(ds.isel(member=[0, 1], init_time=[0]), 3, steps=2)
     assert dict(ens.sizes) == {"init_time": 1, "lead_time": 2, "member": 3, "y": 8, "x": 8}
     assert ens["t"].attrs["units"] == "K" and float(ens["t"].mean()) == pytest.approx(280, abs=10)
+
+
+def test_latent_emulator_refuses_an_eof_fit_that_would_not_fit_in_memory(monkeypatch):
+    """The EOF fit holds eof_samples x (C + Cc) x grid values twice; above the limit it is refused
+    with the sizes and the remedies named, before any memory is taken."""
+    import sciffusion.emulators.ensemble as mod
+
+    monkeypatch.setattr(mod, "EOF_MEMORY_LIMIT", 10_000)
+    net = {"name": "EOFMLP", "kwargs": {"rank": 4, "cond_rank": 4, "width": 16, "depth": 1}}
+    with pytest.raises(ValueError, match=r"eof_samples=200 pairs of 1 \+ 4 channels on a 8-point grid.*smaller eof_samples"):
+        EnsembleEmulator.fit(biased_ensembles(n=20), net=net, steps=1, eof_samples=200)

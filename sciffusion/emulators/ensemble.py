@@ -37,6 +37,7 @@ from sciffusion.emulators.seeds_data import MODES, SeedPairs, SeedsCoder, _names
 from sciffusion.emulators.store import EnsembleStore
 
 SIGMA_MAX = 80.0
+EOF_MEMORY_LIMIT = 16 * 2**30  # bytes the EOF fit of a latent (EOFMLP) emulator may take
 DEFAULT_SAMPLER = {"method": "heun", "steps": 12, "temperature": 1.0}
 
 
@@ -188,7 +189,15 @@ class EnsembleEmulator:
         den = Denoiser(build_net(_default_net(coder, net)), sigma_data=1.0)
         latent = latent_net(den)
         if latent is not None:  # EOFs of the targets and conditions, from a seeded subset of the pairs
-            pick = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))[:eof_samples]
+            n_eof = min(int(eof_samples), len(pairs))
+            size = int(np.prod(coder.grid_shape))
+            need = n_eof * (coder.channels + coder.cond_channels) * size * 12  # float32 batch + float64 copy
+            if need > EOF_MEMORY_LIMIT:
+                raise ValueError(f"EOFMLP: fitting the EOFs on eof_samples={n_eof} pairs of {coder.channels} + "
+                                 f"{coder.cond_channels} channels on a {size}-point grid needs about "
+                                 f"{need / 2**30:.1f} GiB (limit {EOF_MEMORY_LIMIT / 2**30:.0f} GiB); pass a smaller "
+                                 "eof_samples= (it must stay above the rank) or use the UNet2d backbone on grids this large")
+            pick = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))[:n_eof]
             b = pairs.batch(pick)
             latent.explained_fractions = latent.fit_eofs(b["x"], b["cond"], seed=seed)
             pairs = LatentPairs(pairs, latent)
