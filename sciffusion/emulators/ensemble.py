@@ -199,7 +199,7 @@ class EnsembleEmulator:
                                  "eof_samples= (it must stay above the rank) or use the UNet2d backbone on grids this large")
             pick = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))[:n_eof]
             b = pairs.batch(pick)
-            latent.explained_fractions = latent.fit_eofs(b["x"], b["cond"], seed=seed)
+            latent.fit_eofs(b["x"], b["cond"], seed=seed)  # kept fractions: latent.explained, .cond_explained
             pairs = LatentPairs(pairs, latent)
         spec = {"coder": coder.to_dict(), "mode": mode, "truth_fraction": truth_fraction if mode != "emulation" else 0.0,
                 "sampler": dict(DEFAULT_SAMPLER)}
