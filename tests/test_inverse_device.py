@@ -38,6 +38,19 @@ def test_module_device_is_the_first_parameter_or_buffer_and_cpu_otherwise():
     assert module_device(nn.Identity(), default="meta") == torch.device("meta")
 
 
+def test_module_device_looks_through_guidance_and_projection_wrappers():
+    """A denoiser on another device (here "meta") wrapped by DPS, then by a projection, still
+    reports that device, so inverse.sample(..., device=None) runs where the model is."""
+    from sciffusion.inverse.guidance import DPS
+    from sciffusion.inverse.projection import NonNegative, ProjectedDenoiser
+
+    net = nn.Linear(2, 2, device="meta")
+    op, y = _problem()
+    wrapped = ProjectedDenoiser(DPS(net, Observation(op, y, 0.1, EVENT)), NonNegative())
+    assert module_device(wrapped) == torch.device("meta")
+    assert module_device(ProjectedDenoiser(lambda x, s: x, NonNegative())) == torch.device("cpu")
+
+
 def test_observation_gram_diag_on_its_device_also_for_a_user_operator_without_device_argument():
     class Double(Operator):  # a user operator overriding gram_diag the old way (no device=)
         linear = True

@@ -25,10 +25,19 @@ from torch import nn
 
 
 def module_device(obj, default: str | torch.device = "cpu") -> torch.device:
-    """The device of an ``nn.Module``'s first parameter or buffer (``default`` when it has none)."""
-    if isinstance(obj, nn.Module):
-        for t in itertools.chain(obj.parameters(), obj.buffers()):
-            return t.device
+    """The device of an ``nn.Module``'s first parameter or buffer (``default`` when it has none).
+
+    Wrappers that keep the denoiser they wrap in ``.denoiser`` (the guidance and projection
+    wrappers, an emulator) are looked through, so a wrapped CUDA model reports CUDA."""
+    for _ in range(16):  # a bounded walk: wrappers of wrappers, never a cycle
+        if isinstance(obj, nn.Module):
+            for t in itertools.chain(obj.parameters(), obj.buffers()):
+                return t.device
+            break
+        inner = getattr(obj, "denoiser", None)
+        if inner is None or inner is obj:
+            break
+        obj = inner
     return torch.device(default)
 
 
