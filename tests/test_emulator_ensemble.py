@@ -107,6 +107,10 @@ def test_calibration_finds_the_temperature_that_makes_spread_match_error():
     assert emu.sampler["temperature"] == cal.value
     ssr = list(dict(sorted(cal.tried.items())).values())
     assert ssr == sorted(ssr)  # the knob is monotone
+    with pytest.warns(UserWarning, match=r"no temperature in \[0.3, 0.5\] reaches spread-skill 1 .*edge of the grid"):
+        low = calibrate_spread(emu, seeds, truth.to_dataset(name="x"), values=(0.3, 0.5), n_members=16, steps=18,
+                               batch_size=4096, apply=False)
+    assert low.value == 0.5 and abs(low.ssr - 0.5 / 1.5) < 0.05  # the edge, with its honest ratio
 
 
 def biased_ensembles(n=120, members=8, sites=8, bias=1.0, seed=0):

@@ -11,6 +11,8 @@ spread match the physics ensemble's.
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,6 +95,11 @@ def calibrate_spread(emulator, seeds: xr.Dataset, observation: xr.Dataset | xr.D
                 tried[v] = ssr_at(v)
     best = min(tried, key=lambda v: abs(tried[v] - target))
     result = Calibration(knob, int(best) if knob == "steps" else best, tried[best], tried)
+    ratios = np.array(list(tried.values()))
+    if not (ratios.min() <= target <= ratios.max()):  # the grid never reached the target: say so
+        warnings.warn(f"calibrate_spread: no {knob} in {sorted(tried)} reaches spread-skill {target:g} (ratios "
+                      f"{ratios.min():.3f}..{ratios.max():.3f}); using {result.value:g} at the edge of the grid. "
+                      f"Pass a wider values=", UserWarning, stacklevel=2)
     if apply:
         emulator.sampler[knob] = result.value
         emulator.sampler.update(extra)
