@@ -18,7 +18,7 @@ Compared on held-out snapshots (other trajectories):
 * the :class:`~sciffusion.emulators.Downscaler` ensemble (DDIM steps/eta - and with ``--s-noise``
   EDM-stochastic steps/s_noise - calibrated on a validation set for a spread-skill ratio of 1, or
   with ``--criterion ssr+spectrum`` for |ssr - 1| + |high-k power error|, or ``ssr|spectrum`` for
-  spread-skill closest to 1 among the settings within 10% on the high-k power; Heun offered to
+  spread-skill closest to 1 among the settings within ``--spectrum-tol`` on the high-k power; Heun offered to
   the same choice; ``--choose-from`` reapplies a criterion to an earlier run's validation table).
 
 Scores, pooled over all points: CRPS (a deterministic field is a one-member ensemble, CRPS = MAE),
@@ -253,7 +253,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     p.add_argument("--criterion", choices=("ssr", "ssr+spectrum", "ssr|spectrum"), default="ssr",
                    help="validation choice: spread-skill closest to 1, |ssr - 1| + |high-k power error|, or spread-skill "
-                        "closest to 1 among the settings with |high-k power error| <= 10%% (see Downscaler.calibrate)")
+                        "closest to 1 among the settings with |high-k power error| <= --spectrum-tol (see Downscaler.calibrate)")
     p.add_argument("--choose-from", help="reuse the validation table of an earlier run's JSON (same --model-dir and "
                    "--cache) instead of recomputing it, and apply --criterion to it")
     p.add_argument("--test-seed", type=int, default=3, help="seed of the held-out trajectories (another seed: a fresh "

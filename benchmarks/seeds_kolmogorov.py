@@ -69,11 +69,10 @@ def net_spec(args) -> dict:
     return {"kwargs": {"channels": [32, 64]}}
 
 
-def train(ds, val, mode, steps, device=None, log=print, net=None, batch_size=32, lr=1e-3, sampler_steps=8):
+def train(ds, val, mode, steps, *, net: dict, batch_size: int, lr: float, sampler_steps: int, device=None, log=print):
     t0 = time.perf_counter()
     emu = EnsembleEmulator.fit(ds, mode=mode, truth_fraction=0.5, steps=steps, batch_size=batch_size, lr=lr,
-                               warmup_steps=100, ema_decay=0.995, net=net or {"kwargs": {"channels": [32, 64]}},
-                               device=device)
+                               warmup_steps=100, ema_decay=0.995, net=net, device=device)
     emu.sampler["steps"] = sampler_steps
     obs = val[["vorticity_truth"]].rename(vorticity_truth="vorticity") if mode == "post-processing" \
         else val[["vorticity"]].isel(member=2, drop=True)
@@ -140,8 +139,8 @@ def main(argv=None) -> int:
     val = cached(args.cache, "val", 4 if not args.quick else 2, 102)
     print(f"simulated training data in {time.perf_counter() - t0:.0f} s", flush=True)
     kw = {"net": net_spec(args), "batch_size": args.batch_size, "lr": args.lr, "sampler_steps": args.sampler_steps}
-    emu = train(data, val, "emulation", args.train_steps, args.device, **kw)
-    post = train(data, val, "post-processing", args.train_steps, args.device, **kw)
+    emu = train(data, val, "emulation", args.train_steps, device=args.device, **kw)
+    post = train(data, val, "post-processing", args.train_steps, device=args.device, **kw)
     phys = cached(args.cache, "test", args.n_init, 200)
     truth = phys["vorticity_truth"]
     seeds = phys[["vorticity"]].isel(member=[0, 1])

@@ -85,8 +85,7 @@ def _default_net(coder: SeedsCoder, net: dict | None) -> dict:
 
 def latent_net(denoiser):
     """The :class:`~sciffusion.nets.EOFMLP` inside ``denoiser`` (latent diffusion), or None."""
-    from sciffusion.nets import EOFMLP
-    from sciffusion.nets import _unwrap
+    from sciffusion.nets import EOFMLP, _unwrap
 
     net = getattr(denoiser, "net", None)
     net = _unwrap(net) if isinstance(net, torch.nn.Module) else None

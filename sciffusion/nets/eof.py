@@ -78,6 +78,7 @@ class EOFMLP(nn.Module):
                            cond_channels=int(cond_channels), cond_rank=cond_rank, width=width, depth=depth,
                            fourier_scale=fourier_scale)
         self.event_shape = (int(in_channels), *grid_shape)
+        self.cond_shape = (int(cond_channels), *grid_shape)
         d, dc = int(in_channels) * math.prod(grid_shape), int(cond_channels) * math.prod(grid_shape)
         self.rank, self.cond_rank = int(rank), cond_rank
         self.register_buffer("mean", torch.zeros(d))
@@ -97,19 +98,18 @@ class EOFMLP(nn.Module):
 
         Returns the explained variance fractions ``{"state": ..., "cond": ...}``."""
         self._check(x, self.event_shape, "x")
-        mean, basis, scale, ex = _eofs(x.flatten(1), self.rank, "the state's EOFs", seed)
-        for name, val in (("mean", mean), ("basis", basis), ("scale", scale), ("explained", ex)):
-            getattr(self, name).copy_(val)
-        out = {"state": float(ex)}
+        out = {"state": self._store("", _eofs(x.flatten(1), self.rank, "the state's EOFs", seed))}
         if self.cond_rank:
             if cond is None:
                 raise ValueError("cond is required: the model was built with cond_channels > 0")
-            self._check(cond, (self.config["cond_channels"], *self.config["grid_shape"]), "cond")
-            mean, basis, scale, ex = _eofs(cond.flatten(1), self.cond_rank, "the condition's EOFs", seed + 1)
-            for name, val in (("cond_mean", mean), ("cond_basis", basis), ("cond_scale", scale), ("cond_explained", ex)):
-                getattr(self, name).copy_(val)
-            out["cond"] = float(ex)
+            self._check(cond, self.cond_shape, "cond")
+            out["cond"] = self._store("cond_", _eofs(cond.flatten(1), self.cond_rank, "the condition's EOFs", seed + 1))
         return out
+
+    def _store(self, prefix: str, fitted) -> float:
+        for name, val in zip(("mean", "basis", "scale", "explained"), fitted):
+            getattr(self, prefix + name).copy_(val)
+        return float(fitted[-1])
 
     def _check(self, x: Tensor, shape: Sequence[int], name: str) -> None:
         if tuple(x.shape[1:]) != tuple(shape):
@@ -119,12 +119,14 @@ class EOFMLP(nn.Module):
         if not float(self.explained) > 0:
             raise RuntimeError("EOFMLP: the EOFs were never fitted; call fit_eofs(x, cond) on training data first")
 
+    def _project(self, x: Tensor, mean: Tensor, basis: Tensor, scale: Tensor) -> Tensor:
+        self._fitted()
+        return ((x.to(basis).flatten(1) - mean) @ basis) / scale
+
     def encode(self, x: Tensor) -> Tensor:
         """Gridded ``(B, C, *grid)`` -> whitened EOF coefficients ``(B, rank)``."""
-        self._fitted()
         self._check(x, self.event_shape, "x")
-        x = x.to(self.basis)
-        return ((x.flatten(1) - self.mean) @ self.basis) / self.scale
+        return self._project(x, self.mean, self.basis, self.scale)
 
     def decode(self, c: Tensor) -> Tensor:
         """Whitened coefficients ``(B, rank)`` -> gridded ``(B, C, *grid)`` (in the span of the EOFs)."""
@@ -134,10 +136,8 @@ class EOFMLP(nn.Module):
 
     def encode_cond(self, cond: Tensor) -> Tensor:
         """Gridded condition ``(B, Cc, *grid)`` -> whitened EOF coefficients ``(B, cond_rank)``."""
-        self._fitted()
-        self._check(cond, (self.config["cond_channels"], *self.config["grid_shape"]), "cond")
-        cond = cond.to(self.cond_basis)
-        return ((cond.flatten(1) - self.cond_mean) @ self.cond_basis) / self.cond_scale
+        self._check(cond, self.cond_shape, "cond")
+        return self._project(cond, self.cond_mean, self.cond_basis, self.cond_scale)
 
     def forward(self, x: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
         return self.mlp(x, c_noise, cond if self.cond_rank else None)
