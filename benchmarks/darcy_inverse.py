@@ -14,8 +14,11 @@ std over RMSE of the ensemble mean, with the (M+1)/M finite-ensemble factor; 1 =
 denoiser evaluations per sample (forward + VJP) and seconds per sample.
 
 Settings compared, on the EDM prior and on the PIDM prior (``pidm+...``): ``dps`` (observation
-guidance only), ``residual`` (the same observation guidance plus Darcy residual guidance) and
-``mmps`` (covariance-aware observation guidance).
+guidance only), ``residual`` (the same observation guidance plus Darcy residual guidance),
+``mmps`` (covariance-aware observation guidance) and ``solve`` (``method="projected"`` with
+:class:`~sciffusion.inverse.DarcyProjection` and ``guide_projected=True``: the solution channel is
+the exact PDE solve of the coefficient channel at every step, and DPS differentiates the
+observations through that solve; one sparse LU factorisation per sample and denoiser call).
 
     python benchmarks/darcy_inverse.py                                   # 64x64 (hours of CPU training)
     python benchmarks/darcy_inverse.py --n 32 --train 512 --train-steps 400 --cases 50 --samples 4
@@ -37,7 +40,7 @@ import torch
 from safetensors.torch import load_file as read_tensors
 
 from sciffusion.diffusion import Denoiser
-from sciffusion.inverse import DarcyResidual, SparseSensors, sample
+from sciffusion.inverse import DarcyProjection, DarcyResidual, SparseSensors, sample
 from sciffusion.nets import UNet2d
 from sciffusion.systems.darcy import DarcyFlow
 from sciffusion.training import TensorPairs, Trainer
@@ -94,14 +97,17 @@ def evaluate(prior, x_test, mean, std, residual, task, method, args):
     sensors = SparseSensors((n, n), fraction=args.fraction, seed=1 if observe == 0 else 0, channels=[observe])
     opts = {"mmps": {"cg_iters": args.cg_iters}, "dps": {"zeta": args.zeta_obs},
             "residual": {"residual": residual, "zeta_obs": args.zeta_obs, "zeta_pde": args.zeta_pde,
-                         "pde_sigma": args.pde_sigma}}[method]
+                         "pde_sigma": args.pde_sigma},
+            "solve": {"projection": DarcyProjection(mean.tolist(), std.tolist()), "guidance": "dps",
+                      "guide_projected": True, "zeta": args.zeta_obs}}[method]
     errs, pix, res, spread, skill, wall = [], [], [], [], [], 0.0
     phys = lambda x: x * std[:, None, None] + mean[:, None, None]
     for case in range(len(x_test)):
         y = sensors(x_test[case : case + 1])[0]
         t0 = time.perf_counter()
         gen = torch.Generator(device=args.eval_device).manual_seed(case)
-        x = sample(prior, sensors, y, noise_std=args.noise_std, method=method, num_samples=m, steps=args.steps,
+        x = sample(prior, sensors, y, noise_std=args.noise_std, method="projected" if method == "solve" else method,
+                   num_samples=m, steps=args.steps,
                    sampler=args.sampler, sigma_max=args.sigma_max, event_shape=(2, n, n), generator=gen,
                    device=args.eval_device, **opts).cpu()
         wall += time.perf_counter() - t0
@@ -116,7 +122,7 @@ def evaluate(prior, x_test, mean, std, residual, task, method, args):
         spread.append(float(xp[:, target].var(0, unbiased=True).mean()))
     cases = len(x_test)
     calls = 2 * args.steps - 1 if args.sampler in ("heun", "stochastic") else args.steps
-    evals = calls * {"mmps": 2 + args.cg_iters, "dps": 2, "residual": 3}[method]  # fwd + VJPs (+ residual grad)
+    evals = calls * {"mmps": 2 + args.cg_iters, "dps": 2, "residual": 3, "solve": 2}[method]  # fwd + VJPs (+ residual grad)
     return dict(task=task, method=method, rel_l2=sum(errs) / cases, pixel_error=(sum(pix) / cases if pix else None),
                 residual_rms=sum(res) / cases,
                 spread_skill=math.sqrt((m + 1) / m * sum(spread) / cases) / math.sqrt(sum(skill) / cases),
@@ -148,7 +154,8 @@ def main() -> None:
     p.add_argument("--zeta-pde", type=float, default=0.5)
     p.add_argument("--pde-sigma", type=float, default=1.0)
     p.add_argument("--settings", nargs="+", default=["dps", "residual", "mmps", "pidm+dps", "pidm+residual", "pidm+mmps"],
-                   help="[pidm+]{dps,mmps,residual}: prior and guidance")
+                   help="[pidm+]{dps,mmps,residual,solve}: prior and guidance (solve: DPS through the exact PDE "
+                        "solve of the coefficient channel, DarcyProjection)")
     p.add_argument("--workdir", default="/tmp/sciffusion_darcy_inverse")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "darcy_inverse.json"))

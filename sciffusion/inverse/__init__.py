@@ -22,6 +22,7 @@ from sciffusion.inverse.operators import (
 )
 from sciffusion.inverse.projection import (
     Box,
+    DarcyProjection,
     FixedTotal,
     LinearEquality,
     NonNegative,
@@ -32,7 +33,7 @@ from sciffusion.inverse.residual import DarcyResidual, ResidualGuidance
 from sciffusion.inverse.smc import SMCResult, systematic_resample, twisted_smc
 
 __all__ = [
-    "METHODS", "DPS", "MMPS", "PiGDM", "Box", "Coarsen", "Compose", "DarcyResidual", "FixedTotal",
+    "METHODS", "DPS", "MMPS", "PiGDM", "Box", "Coarsen", "Compose", "DarcyProjection", "DarcyResidual", "FixedTotal",
     "Function", "Linear", "LinearEquality", "Mask", "NonNegative", "Observation", "Operator",
     "ProjectedDenoiser", "ResidualGuidance", "SMCResult", "SparseSensors", "as_operator",
     "conjugate_gradient", "guide", "projected_step", "sample", "systematic_resample",

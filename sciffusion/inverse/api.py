@@ -63,7 +63,9 @@ def sample(
             ``"smc"`` (``particles``, ``ess_threshold``, ``sigma_data``, ``twist``, ``kernel``; the samples carry ``.info``,
             a :class:`~sciffusion.inverse.smc.SMCResult` with the ESS trace and log-evidence),
             ``"projected"`` (``projection`` callable, ``guidance`` in ``dps``/``pigdm``/``mmps``/None
-            used when ``y`` is given, ``project_iterates``),
+            used when ``y`` is given, ``project_iterates``, ``guide_projected``: compute the guidance
+            on the projected estimate and differentiate through the projection, e.g. through the
+            PDE solve of :class:`~sciffusion.inverse.DarcyProjection`),
             ``"residual"`` (``residual`` callable, ``zeta_obs``, ``zeta_pde``, ``pde_sigma``).
         num_samples, steps: number of draws and noise levels (see :func:`sciffusion.diffusion.sample`).
         generator: torch generator (or one per sample, except for ``"smc"``).
@@ -132,9 +134,11 @@ def sample(
         if projection is None or not callable(projection):
             raise ValueError("method 'projected' needs projection=<callable> (e.g. sciffusion.inverse.Box(0, 1))")
         guidance = options.pop("guidance", "pigdm")
+        guide_projected = bool(options.pop("guide_projected", False))
         guided = denoiser
         if obs is not None and guidance is not None:
-            guided = guide(guidance, denoiser, obs, **options)
+            inner = ProjectedDenoiser(denoiser, projection) if guide_projected else denoiser
+            guided = guide(guidance, inner, obs, **options)
             options = {k: v for k, v in options.items() if k not in _GUIDANCE_OPTIONS[guidance]}
         guided = ProjectedDenoiser(guided, projection)
         if options.pop("project_iterates", False):

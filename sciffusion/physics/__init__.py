@@ -7,8 +7,8 @@ spectral divergence of a streamfunction velocity, second order for the lat-lon d
 of the shallow-water winds).
 """
 
-from sciffusion.physics.darcy import darcy_residual
+from sciffusion.physics.darcy import darcy_residual, darcy_solve
 from sciffusion.physics.divergence import divergence, sphere_divergence
 from sciffusion.physics.vorticity import vorticity_residual, vorticity_tendency
 
-__all__ = ["darcy_residual", "divergence", "sphere_divergence", "vorticity_residual", "vorticity_tendency"]
+__all__ = ["darcy_residual", "darcy_solve", "divergence", "sphere_divergence", "vorticity_residual", "vorticity_tendency"]

@@ -44,3 +44,64 @@ def _boundary(u: torch.Tensor) -> torch.Tensor:
     mask = torch.ones(u.shape[-2:], dtype=u.dtype, device=u.device)
     mask[1:-1, 1:-1] = 0
     return u * mask
+
+
+class _DarcySolve(torch.autograd.Function):
+    """``u = K(a)^{-1} f`` with the adjoint gradient ``dL/da = -(d(K(a) u)/da)^T K^{-1} dL/du``."""
+
+    @staticmethod
+    def forward(ctx, a, f):
+        import scipy.sparse.linalg as spla
+
+        from sciffusion.systems.darcy import darcy_matrix
+
+        a64 = a.detach().to("cpu", torch.float64).numpy()
+        f64 = torch.as_tensor(f, dtype=torch.float64).expand(a.shape).numpy()
+        u = torch.zeros(a.shape, dtype=torch.float64)
+        factors = []
+        for b in range(a64.shape[0]):
+            lu = spla.splu(darcy_matrix(a64[b]).tocsc())
+            u[b, 1:-1, 1:-1] = torch.from_numpy(lu.solve(f64[b, 1:-1, 1:-1].ravel()).reshape(u.shape[-1] - 2, -1))
+            factors.append(lu)
+        ctx.factors = factors
+        ctx.save_for_backward(a, u)
+        return u.to(a.dtype).to(a.device)
+
+    @staticmethod
+    def backward(ctx, grad_u):
+        a, u = ctx.saved_tensors
+        g = grad_u.detach().to("cpu", torch.float64)
+        lam = torch.zeros_like(u)
+        for b, lu in enumerate(ctx.factors):  # K is symmetric: the adjoint solve reuses the factors
+            lam[b, 1:-1, 1:-1] = torch.from_numpy(lu.solve(g[b, 1:-1, 1:-1].contiguous().numpy().ravel())
+                                                  .reshape(u.shape[-1] - 2, -1))
+        with torch.enable_grad():
+            a64 = a.detach().to("cpu", torch.float64).requires_grad_(True)
+            interior = darcy_residual(a64, u, 0.0)  # K(a) u on the interior, u on the boundary (no a)
+            (grad_a,) = torch.autograd.grad(interior, a64, grad_outputs=-lam)
+        return grad_a.to(a.dtype).to(a.device), None
+
+
+def darcy_solve(a: torch.Tensor, f: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """Differentiable solve of ``-div(a grad u) = f``, ``u = 0`` on the boundary: ``u (..., n, n)``.
+
+    The same discretisation as :func:`darcy_residual` and :func:`sciffusion.systems.darcy.solve_darcy`
+    (so ``darcy_residual(a, darcy_solve(a))`` is round-off). Each field is factorised once with
+    SuperLU in float64 on the CPU; the backward pass is the adjoint solve with those factors
+    (``K`` is symmetric), so a gradient costs one extra triangular solve per field. Tensors on
+    another device are solved on the CPU and returned where they were.
+
+    Args:
+        a: coefficient ``(..., n, n)``, finite and strictly positive.
+        f: source, scalar or broadcastable to ``a`` (not differentiated).
+    """
+    if a.ndim < 2 or a.shape[-1] != a.shape[-2] or a.shape[-1] < 3:
+        raise ValueError(f"a (coefficient) must have shape (..., n, n) with n >= 3, got {tuple(a.shape)}")
+    detached = a.detach()
+    if not bool(torch.isfinite(detached).all()) or bool((detached <= 0).any()):
+        raise ValueError("a (coefficient) must be finite and strictly positive; clamp it first (e.g. a.clamp(3, 12))")
+    lead = a.shape[:-2]
+    flat = a.reshape(-1, *a.shape[-2:])
+    f_t = torch.as_tensor(f, dtype=torch.float64).detach().cpu()
+    f_flat = f_t.expand(a.shape).reshape(flat.shape) if f_t.ndim else f_t
+    return _DarcySolve.apply(flat, f_flat).reshape(*lead, *a.shape[-2:])
