@@ -23,7 +23,7 @@ def test_darcy_inverse_notebook_executes_at_small_size(tmp_path):
     params[0].source = "# parameters\n" + SMALL
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    for method in ("mmps", "residual"):
+    for method in ("mmps", "residual", "solve"):
         line = next(ln for ln in outputs.splitlines() if ln.startswith(method))
         errs = [float(v) for v in line.replace(":", " ").split() if v.replace(".", "", 1).replace("e-", "", 1).isdigit()]
         assert errs and all(e == e and e < 1e6 for e in errs), line  # finite numbers were printed
