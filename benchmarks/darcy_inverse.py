@@ -49,7 +49,7 @@ from sciffusion.training import TensorPairs, Trainer
 def data(args):
     system = DarcyFlow(n=args.n)
     a, u = system.sample(args.train, seed=0)
-    a_t, u_t = system.sample(args.cases, seed=10_000)
+    a_t, u_t = system.sample(args.cases, seed=10_000 if args.split == "test" else 20_000)
     train = torch.from_numpy(np.stack([a, u], axis=1)).float()
     test = torch.from_numpy(np.stack([a_t, u_t], axis=1)).float()
     mean, std = train.mean(dim=(0, 2, 3)), train.std(dim=(0, 2, 3))
@@ -142,6 +142,8 @@ def main() -> None:
     p.add_argument("--pidm-finetune", type=int, default=0,
                    help="train the PIDM prior by continuing the EDM prior for this many steps (0: from scratch)")
     p.add_argument("--cases", type=int, default=50)
+    p.add_argument("--split", default="test", choices=["test", "val"],
+                   help="score the test cases (seed 10000) or validation cases (seed 20000, for choosing zeta)")
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--steps", type=int, default=50, help="sampler steps (Heun: 2*steps-1 denoiser calls)")
     p.add_argument("--sampler", default="heun", choices=["heun", "ddim", "euler", "stochastic"])
