@@ -46,6 +46,17 @@ def _boundary(u: torch.Tensor) -> torch.Tensor:
     return u * mask
 
 
+def _interior_solve(factors, rhs: torch.Tensor) -> torch.Tensor:
+    """``K_b^{-1} rhs_b`` on the interior nodes for each factorised field ``b``: float64 ``(B, n, n)``,
+    zero on the boundary; ``rhs`` is ``(B, n, n)`` on any device and dtype."""
+    rhs = rhs.to("cpu", torch.float64)
+    out = torch.zeros(rhs.shape, dtype=torch.float64)
+    m = rhs.shape[-1] - 2
+    for b, lu in enumerate(factors):
+        out[b, 1:-1, 1:-1] = torch.from_numpy(lu.solve(rhs[b, 1:-1, 1:-1].contiguous().numpy().ravel()).reshape(m, m))
+    return out
+
+
 class _DarcySolve(torch.autograd.Function):
     """``u = K(a)^{-1} f`` with the adjoint gradient ``dL/da = -(d(K(a) u)/da)^T K^{-1} dL/du``."""
 
@@ -56,13 +67,8 @@ class _DarcySolve(torch.autograd.Function):
         from sciffusion.systems.darcy import darcy_matrix
 
         a64 = a.detach().to("cpu", torch.float64).numpy()
-        f64 = torch.as_tensor(f, dtype=torch.float64).expand(a.shape).numpy()
-        u = torch.zeros(a.shape, dtype=torch.float64)
-        factors = []
-        for b in range(a64.shape[0]):
-            lu = spla.splu(darcy_matrix(a64[b]).tocsc())
-            u[b, 1:-1, 1:-1] = torch.from_numpy(lu.solve(f64[b, 1:-1, 1:-1].ravel()).reshape(u.shape[-1] - 2, -1))
-            factors.append(lu)
+        factors = [spla.splu(darcy_matrix(field).tocsc()) for field in a64]
+        u = _interior_solve(factors, f)
         ctx.factors = factors
         ctx.save_for_backward(a, u)
         return u.to(a.dtype).to(a.device)
@@ -70,11 +76,7 @@ class _DarcySolve(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_u):
         a, u = ctx.saved_tensors
-        g = grad_u.detach().to("cpu", torch.float64)
-        lam = torch.zeros_like(u)
-        for b, lu in enumerate(ctx.factors):  # K is symmetric: the adjoint solve reuses the factors
-            lam[b, 1:-1, 1:-1] = torch.from_numpy(lu.solve(g[b, 1:-1, 1:-1].contiguous().numpy().ravel())
-                                                  .reshape(u.shape[-1] - 2, -1))
+        lam = _interior_solve(ctx.factors, grad_u.detach())  # K is symmetric: the adjoint solve reuses the factors
         with torch.enable_grad():
             a64 = a.detach().to("cpu", torch.float64).requires_grad_(True)
             interior = darcy_residual(a64, u, 0.0)  # K(a) u on the interior, u on the boundary (no a)
@@ -102,6 +104,5 @@ def darcy_solve(a: torch.Tensor, f: float | torch.Tensor = 1.0) -> torch.Tensor:
         raise ValueError("a (coefficient) must be finite and strictly positive; clamp it first (e.g. a.clamp(3, 12))")
     lead = a.shape[:-2]
     flat = a.reshape(-1, *a.shape[-2:])
-    f_t = torch.as_tensor(f, dtype=torch.float64).detach().cpu()
-    f_flat = f_t.expand(a.shape).reshape(flat.shape) if f_t.ndim else f_t
+    f_flat = torch.as_tensor(f, dtype=torch.float64).detach().cpu().expand(a.shape).reshape(flat.shape)
     return _DarcySolve.apply(flat, f_flat).reshape(*lead, *a.shape[-2:])
