@@ -49,8 +49,18 @@ from sciffusion.training import TensorPairs, Trainer
 
 def data(args):
     system = DarcyFlow(n=args.n)
-    a, u = system.sample(args.train, seed=0)
-    a_t, u_t = system.sample(args.cases, seed=10_000 if args.split == "test" else 20_000)
+    test_seed = 10_000 if args.split == "test" else 20_000
+    cache = Path(args.workdir) / f"data_n{args.n}_N{args.train}_{args.split}{args.cases}.npz"
+    if cache.exists():  # the solves are the slow part at 128x128; keyed by everything that defines the data
+        with np.load(cache) as f:
+            a, u, a_t, u_t = f["a"], f["u"], f["a_t"], f["u_t"]
+    else:
+        a, u = system.sample(args.train, seed=0)
+        a_t, u_t = system.sample(args.cases, seed=test_seed)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, a=a, u=u, a_t=a_t, u_t=u_t)
+        tmp.replace(cache)
     train = torch.from_numpy(np.stack([a, u], axis=1)).float()
     test = torch.from_numpy(np.stack([a_t, u_t], axis=1)).float()
     mean, std = train.mean(dim=(0, 2, 3)), train.std(dim=(0, 2, 3))
@@ -75,6 +85,10 @@ def train_prior(x_train, residual, weight, args, name, init=None, steps=None, se
         return den.eval().requires_grad_(False)
     if init is not None:
         den.load_state_dict(init.state_dict())
+    elif args.init_from and name.startswith("edm"):  # continue another run's prior (its EMA weights; a fresh optimiser)
+        src = Path(args.init_from)
+        den.load_state_dict(read_tensors(src / (src / "latest").read_text() / "ema.safetensors"))
+        print(f"prior {name}: starting from the EMA weights in {src}", flush=True)
     steps = steps or args.train_steps
     precision = "fp32" if residual is not None else args.precision  # the residual's finite differences need fp32
     trainer = Trainer(den, TensorPairs(x_train), batch_size=args.batch, lr=args.lr,
@@ -171,6 +185,7 @@ def main() -> None:
     p.add_argument("--eval-device", default="cpu",
                    help="where the posterior samples are drawn (cuda: the priors and sensors move there; scores on the CPU)")
     p.add_argument("--precision", default="auto", help="Trainer mixed_precision of the EDM prior (auto: bf16 on CUDA)")
+    p.add_argument("--init-from", help="a run folder (with 'latest') whose EMA weights start the EDM prior's training")
     p.add_argument("--train-seconds", type=float, help="wall-time budget of the EDM prior's training")
     p.add_argument("--pidm-seconds", type=float, help="wall-time budget of the PIDM prior's training")
     p.add_argument("--train-only", action="store_true", help="train the priors the settings need, evaluate nothing")
