@@ -10,7 +10,8 @@ forward = observe a at sparse points, recover u; inverse = observe u at sparse p
 Per test case, ``--samples`` posterior draws; reported over ``--cases`` cases: relative L2 error of
 the ensemble mean of the unobserved field, the pixel error rate of a thresholded at 7.5 (inverse),
 the same two scores of single samples (``*_member`` in the JSON, "1 draw" in the table),
-the RMS PDE residual of the samples (interior, physical units), spread/skill (mean ensemble
+the RMS PDE residual of the samples (interior, physical units; mean and median over cases, since a few
+diverged draws can dominate the mean), spread/skill (mean ensemble
 std over RMSE of the ensemble mean, with the (M+1)/M finite-ensemble factor; 1 = calibrated),
 denoiser evaluations per sample (forward + VJP) and seconds per sample.
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -58,7 +60,7 @@ def data(args):
         a, u = system.sample(args.train, seed=0)
         a_t, u_t = system.sample(args.cases, seed=test_seed)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
+        tmp = cache.with_suffix(f".{os.getpid()}.npz")  # concurrent runs each write their own
         np.savez(tmp, a=a, u=u, a_t=a_t, u_t=u_t)
         tmp.replace(cache)
     train = torch.from_numpy(np.stack([a, u], axis=1)).float()
@@ -77,7 +79,9 @@ def train_prior(x_train, residual, weight, args, name, init=None, steps=None, se
     channels = [int(c) for c in args.channels.split(",")]
     den = Denoiser(UNet2d(2, channels=channels, attention_levels=[]), sigma_data=1.0)
     run = Path(args.workdir) / name
-    if args.eval_only:
+    if name.startswith("edm") and args.edm_from:  # a finished EDM prior from elsewhere, never trained here
+        run = Path(args.edm_from)
+    if args.eval_only or run != Path(args.workdir) / name:
         step_dir = run / (run / "latest").read_text()  # the EMA weights alone travel from a GPU run
         den.load_state_dict(read_tensors(step_dir / "ema.safetensors"))
         meta = json.loads((step_dir / "trainer.json").read_text())
@@ -116,7 +120,7 @@ def evaluate(prior, x_test, mean, std, residual, task, method, args):
             "solve": {"projection": DarcyProjection(mean.tolist(), std.tolist()), "guidance": "dps",
                       "guide_projected": True, "zeta": args.zeta_obs}}[method]
     errs, pix, res, spread, skill, wall = [], [], [], [], [], 0.0
-    member_errs, member_pix = [], []  # the same scores of single samples, averaged
+    member_errs, member_pix, disagree = [], [], []  # the same scores of single samples, averaged
     phys = lambda x: x * std[:, None, None] + mean[:, None, None]
     for case in range(len(x_test)):
         y = sensors(x_test[case : case + 1])[0]
@@ -134,6 +138,8 @@ def evaluate(prior, x_test, mean, std, residual, task, method, args):
         if target == 0:
             pix.append(float(((est > 7.5) != (truth[0] > 7.5)).float().mean()))
             member_pix.append(float(((xp[:, 0] > 7.5) != (truth[0] > 7.5)).float().mean()))
+            q = (xp[:, 0] > 7.5).float().mean(0)  # pixel-wise disagreement of two draws, the binary "spread":
+            disagree.append(float((2 * q * (1 - q) * m / max(m - 1, 1)).mean()))  # = 1-draw error if calibrated
         r = residual(x)[:, 1:-1, 1:-1]
         res.append(float(r.pow(2).mean().sqrt()))
         skill.append(float((est - truth[target]).pow(2).mean()))
@@ -144,9 +150,11 @@ def evaluate(prior, x_test, mean, std, residual, task, method, args):
     return dict(task=task, method=method, rel_l2=sum(errs) / cases, pixel_error=(sum(pix) / cases if pix else None),
                 rel_l2_member=sum(member_errs) / cases,
                 pixel_error_member=(sum(member_pix) / cases if member_pix else None),
-                residual_rms=sum(res) / cases,
+                pixel_disagreement=(sum(disagree) / cases if disagree else None),
+                residual_rms=sum(res) / cases, residual_rms_median=float(np.median(res)),
                 spread_skill=math.sqrt((m + 1) / m * sum(spread) / cases) / math.sqrt(sum(skill) / cases),
-                evals_per_sample=evals, s_per_sample=wall / (cases * m), cases=cases, samples=m)
+                evals_per_sample=evals, s_per_sample=wall / (cases * m), cases=cases, samples=m,
+                per_case={"rel_l2": errs, "pixel_error": pix, "residual_rms": res})  # outliers show here
 
 
 def main() -> None:
@@ -186,6 +194,8 @@ def main() -> None:
                    help="where the posterior samples are drawn (cuda: the priors and sensors move there; scores on the CPU)")
     p.add_argument("--precision", default="auto", help="Trainer mixed_precision of the EDM prior (auto: bf16 on CUDA)")
     p.add_argument("--init-from", help="a run folder (with 'latest') whose EMA weights start the EDM prior's training")
+    p.add_argument("--edm-from", help="a run folder (with 'latest') holding the EDM prior: loaded, not trained "
+                   "(e.g. to PIDM-fine-tune a kept prior)")
     p.add_argument("--train-seconds", type=float, help="wall-time budget of the EDM prior's training")
     p.add_argument("--pidm-seconds", type=float, help="wall-time budget of the PIDM prior's training")
     p.add_argument("--train-only", action="store_true", help="train the priors the settings need, evaluate nothing")
