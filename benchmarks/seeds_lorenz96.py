@@ -1,6 +1,7 @@
 """SEEDS on Lorenz-96: emulated and post-processed ensembles from 2 seeds vs the 31-member physics ensemble.
 
-Truth: Lorenz-96 (K=40, F=8). Forecast model: F=8.5 with stochastic forcing 0.3 (model error).
+Truth: Lorenz-96 (K=40, F=8). Forecast model: F=8.5 with stochastic forcing 0.3 (model error; --forcing-error
+and --noise-std choose another, and both emulators are then trained for it unless given).
 Physics ensembles: 31 members of the forecast model from perturbed truth states (perturbation 0.1),
 leads 0.25 .. 1.5 model time units. Test initial times come from a truth trajectory that neither
 training (seed 101) nor calibration (seed 102) saw. Rows: the 2 seeds alone, the 31-member
@@ -79,6 +80,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--noise-std", type=float, default=None,
                    help="forecast-model stochastic forcing (default 0.3); another value trains both models here")
+    p.add_argument("--forcing-error", type=float, default=None,
+                   help="forecast model F - truth F (default 0.5); another value trains both models here")
     p.add_argument("--device", default=None, help="torch device for training and generation (cost is then not CPU)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     p.add_argument("--out", default=str(RESULTS))
@@ -88,7 +91,7 @@ def main(argv=None) -> int:
         args.n_init, args.big, args.train_steps = 4, 32, 50
     m = L96_SETUP["members"]
 
-    setup = {} if args.noise_std is None else {"noise_std": args.noise_std}
+    setup = {k: v for k, v in (("forcing_error", args.forcing_error), ("noise_std", args.noise_std)) if v is not None}
     train_kw = dict(steps=args.train_steps, n_init=40 if args.quick else 400, progress=False, setup=setup, device=args.device)
     if setup and not args.checkpoint:
         emu = pretrain_lorenz96(None, mode="emulation", **train_kw)
@@ -136,8 +139,9 @@ def main(argv=None) -> int:
     oracles = gaussian_oracles(phys["x"], truth, k)
 
     noise = setup.get("noise_std", L96_SETUP["noise_std"])
+    f_model = 8.0 + setup.get("forcing_error", L96_SETUP["forcing_error"])
     print(f"\nLorenz-96 SEEDS benchmark: {args.n_init} initial times x {len(truth.lead_time)} leads "
-          f"{truth.lead_time.values.tolist()} x 40 sites; truth F=8, forecast model F=8.5 + noise {noise}")
+          f"{truth.lead_time.values.tolist()} x 40 sites; truth F=8, forecast model F={f_model:g} + noise {noise}")
     print(format_table(rows))
     print()
     print(format_per_lead(rows, "crps"))

@@ -92,10 +92,15 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-calibrate", action="store_true")
+    p.add_argument("--forcing-error", type=float, default=None,
+                   help=f"forecast model F - truth F (default {L96_SETUP['forcing_error']})")
+    p.add_argument("--noise-std", type=float, default=None,
+                   help=f"forecast-model stochastic forcing (default {L96_SETUP['noise_std']})")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    setup = {k: v for k, v in (("forcing_error", args.forcing_error), ("noise_std", args.noise_std)) if v is not None}
     pretrain_lorenz96(args.out, mode=args.mode, truth_fraction=args.truth_fraction, n_init=args.n_init,
-                      steps=args.steps, seed=args.seed, calibrate=not args.no_calibrate)
+                      steps=args.steps, seed=args.seed, calibrate=not args.no_calibrate, setup=setup)
     return 0
 
 
