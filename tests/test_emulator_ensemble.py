@@ -186,3 +186,22 @@ def test_latent_emulator_refuses_an_eof_fit_that_would_not_fit_in_memory(monkeyp
     net = {"name": "EOFMLP", "kwargs": {"rank": 4, "cond_rank": 4, "width": 16, "depth": 1}}
     with pytest.raises(ValueError, match=r"eof_samples=200 pairs of 1 \+ 4 channels on a 8-point grid.*smaller eof_samples"):
         EnsembleEmulator.fit(biased_ensembles(n=20), net=net, steps=1, eof_samples=200)
+
+
+def test_pretrain_command_line_passes_the_forecast_model_error_to_the_training_ensembles(monkeypatch):
+    """--forcing-error/--noise-std reach the simulated ensembles (the forecast model's F and noise)."""
+    from sciffusion.emulators import pretrain
+
+    seen = {}
+    monkeypatch.setattr(pretrain, "pretrain_lorenz96", lambda out, **kw: seen.update(kw))
+    pretrain.main(["--forcing-error", "1", "--noise-std", "0", "--steps", "3", "--out", "unused"])
+    assert seen["setup"] == {"forcing_error": 1.0, "noise_std": 0.0} and seen["steps"] == 3
+    pretrain.main(["--out", "unused"])
+    assert seen["setup"] == {}  # defaults: L96_SETUP's forecast model
+
+    ds = pretrain.lorenz96_ensembles(2, 7, members=3, setup={"forcing_error": 1.0, "noise_std": 0.0})
+    again = pretrain.lorenz96_ensembles(2, 7, members=3, setup={"forcing_error": 1.0, "noise_std": 0.0})
+    default = pretrain.lorenz96_ensembles(2, 7, members=3)
+    xr.testing.assert_equal(ds["x"], again["x"])  # reproducible from the seed
+    xr.testing.assert_equal(ds["x_truth"], default["x_truth"])  # the truth does not depend on the model
+    assert not np.allclose(ds["x"].values, default["x"].values)
