@@ -80,6 +80,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--noise-std", type=float, default=None,
                    help="forecast-model stochastic forcing (default 0.3); another value trains both models here")
+    p.add_argument("--test-seed", type=int, default=TEST_SEED,
+                   help=f"seed of the test truth trajectory (default {TEST_SEED}; training uses 101, calibration 102)")
     p.add_argument("--forcing-error", type=float, default=None,
                    help="forecast model F - truth F (default 0.5); another value trains both models here")
     p.add_argument("--device", default=None, help="torch device for training and generation (cost is then not CPU)")
@@ -106,7 +108,7 @@ def main(argv=None) -> int:
     k = emu.coder.n_seeds
 
     t0 = time.perf_counter()
-    phys = lorenz96_ensembles(args.n_init, TEST_SEED, setup=setup)
+    phys = lorenz96_ensembles(args.n_init, args.test_seed, setup=setup)
     solver_s = time.perf_counter() - t0
     truth = phys["x_truth"]
     seeds = phys[["x"]].isel(member=list(range(k)))
@@ -126,7 +128,7 @@ def main(argv=None) -> int:
 
     # cost per member forecast (all leads), same process and threads
     t0 = time.perf_counter()
-    lorenz96_ensembles(args.n_init, TEST_SEED + 1, setup=setup)
+    lorenz96_ensembles(args.n_init, args.test_seed + 1, setup=setup)
     solver_s = min(solver_s, time.perf_counter() - t0)
     solver_per_member = solver_s / (args.n_init * m)
     emu_per_member = cost[f"emulated ({args.big})"]
@@ -157,7 +159,7 @@ def main(argv=None) -> int:
     print("targets:", json.dumps(checks, indent=1))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"setup": {**L96_SETUP, **setup, "n_init_test": args.n_init, "test_seed": TEST_SEED,
+    out.write_text(json.dumps({"setup": {**L96_SETUP, **setup, "n_init_test": args.n_init, "test_seed": args.test_seed,
                                          "emulation_checkpoint": emu.checkpoint, "post_checkpoint": post.checkpoint,
                                          "emulation_sampler": emu.sampler, "post_sampler": post.sampler,
                                          "quick": args.quick},
