@@ -70,6 +70,12 @@ def data(args):
     return norm(train), norm(test), mean, std
 
 
+def ema_weights(run: Path) -> tuple[dict, dict]:
+    """The EMA weights and trainer metadata of a run folder's ``latest`` checkpoint."""
+    step_dir = run / (run / "latest").read_text()  # the EMA weights alone travel from a GPU run
+    return read_tensors(step_dir / "ema.safetensors"), json.loads((step_dir / "trainer.json").read_text())
+
+
 def train_prior(x_train, residual, weight, args, name, init=None, steps=None, seconds=None):
     """Train (or resume from ``--workdir``) a U-Net EDM prior; ``init`` starts from another prior's weights.
 
@@ -82,17 +88,15 @@ def train_prior(x_train, residual, weight, args, name, init=None, steps=None, se
     if name.startswith("edm") and args.edm_from:  # a finished EDM prior from elsewhere, never trained here
         run = Path(args.edm_from)
     if args.eval_only or run != Path(args.workdir) / name:
-        step_dir = run / (run / "latest").read_text()  # the EMA weights alone travel from a GPU run
-        den.load_state_dict(read_tensors(step_dir / "ema.safetensors"))
-        meta = json.loads((step_dir / "trainer.json").read_text())
+        weights, meta = ema_weights(run)
+        den.load_state_dict(weights)
         print(f"prior {name}: loaded the EMA weights at step {meta.get('step')} from {run}", flush=True)
         return den.eval().requires_grad_(False)
     if init is not None:
         den.load_state_dict(init.state_dict())
     elif args.init_from and name.startswith("edm"):  # continue another run's prior (its EMA weights; a fresh optimiser)
-        src = Path(args.init_from)
-        den.load_state_dict(read_tensors(src / (src / "latest").read_text() / "ema.safetensors"))
-        print(f"prior {name}: starting from the EMA weights in {src}", flush=True)
+        den.load_state_dict(ema_weights(Path(args.init_from))[0])
+        print(f"prior {name}: starting from the EMA weights in {args.init_from}", flush=True)
     steps = steps or args.train_steps
     precision = "fp32" if residual is not None else args.precision  # the residual's finite differences need fp32
     trainer = Trainer(den, TensorPairs(x_train), batch_size=args.batch, lr=args.lr,

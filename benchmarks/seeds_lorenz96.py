@@ -30,7 +30,8 @@ import torch
 import xarray as xr
 
 from sciffusion.emulators import EnsembleEmulator, ensemble_skill
-from sciffusion.emulators.pretrain import L96_SETUP, default_checkpoint, lorenz96_ensembles, pretrain_lorenz96
+from sciffusion.emulators.pretrain import (L96_SETUP, default_checkpoint, l96_setup, lorenz96_ensembles,
+                                            pretrain_lorenz96)
 from sciffusion.emulators.skill import format_per_lead, format_table
 from sciffusion.metrics import crps_gaussian
 
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
         args.n_init, args.big, args.train_steps = 4, 32, 50
     m = L96_SETUP["members"]
 
-    setup = {k: v for k, v in (("forcing_error", args.forcing_error), ("noise_std", args.noise_std)) if v is not None}
+    setup = l96_setup(args.forcing_error, args.noise_std)
     train_kw = dict(steps=args.train_steps, n_init=40 if args.quick else 400, progress=False, setup=setup, device=args.device)
     if setup and not args.checkpoint:
         emu = pretrain_lorenz96(None, mode="emulation", **train_kw)

@@ -36,6 +36,11 @@ def default_checkpoint() -> Path:
     return ASSET
 
 
+def l96_setup(forcing_error: float | None = None, noise_std: float | None = None) -> dict:
+    """The :data:`L96_SETUP` overrides that are given (``None`` keeps the default forecast model)."""
+    return {k: v for k, v in (("forcing_error", forcing_error), ("noise_std", noise_std)) if v is not None}
+
+
 def lorenz96_ensembles(n_init: int, seed: int, *, members: int | None = None, store=None, setup: dict | None = None) -> xr.Dataset:
     """Physics ensembles of the imperfect Lorenz-96 forecast model with their truth, lead 0 dropped.
 
@@ -98,7 +103,7 @@ def main(argv=None) -> int:
                    help=f"forecast-model stochastic forcing (default {L96_SETUP['noise_std']})")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    setup = {k: v for k, v in (("forcing_error", args.forcing_error), ("noise_std", args.noise_std)) if v is not None}
+    setup = l96_setup(args.forcing_error, args.noise_std)
     pretrain_lorenz96(args.out, mode=args.mode, truth_fraction=args.truth_fraction, n_init=args.n_init,
                       steps=args.steps, seed=args.seed, calibrate=not args.no_calibrate, setup=setup)
     return 0
