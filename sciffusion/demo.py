@@ -86,14 +86,25 @@ def run_demo(out: str | Path = "sciffusion_demo", *, n_init: int = 12, members: 
     scores = {name: ensemble_skill(e, truth, **clim) for name, e in ensembles.items()}
     hists = {name: sm.rank_histogram(e, truth, reduce_dims="all") for name, e in ensembles.items()}
     plot.rank_histogram(hists).savefig(out / "rank_histogram.png", dpi=80)
-    comp = sm.spread_skill_ratio(ens["x"], truth, reduce_dims=["init_time", "k"], components=True)
-    plot.spread_skill(comp, lead_dim="lead_time", title="emulated ensemble").savefig(out / "spread_skill.png", dpi=80)
+    spread_skill_figure(ensembles, truth).savefig(out / "spread_skill.png", dpi=80)
     summary = {"members": members, "n_init": n_init, "leads": phys["lead_time"].values.tolist(), "n_seeds": k,
                "checkpoint": emu.checkpoint, "sampler": json.loads(ens.attrs["sampler"]), "scores": scores,
                "timings": timings, "ensemble": str(out / "ensemble.zarr"),
                "plots": [str(out / "rank_histogram.png"), str(out / "spread_skill.png")]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def spread_skill_figure(ensembles: dict, truth: xr.DataArray):
+    """Spread and ensemble-mean RMSE per lead, and their ratio, of each ensemble (the seeds, the
+    physics ensemble, the emulated one: ``{label: x(init_time, lead_time, member, k)}``) against
+    ``truth``, one colour each, lead time in the coordinate's units."""
+    from sciffusion import plot
+    import sciffusion.metrics as sm
+
+    comps = {name: sm.spread_skill_ratio(e, truth, reduce_dims=["init_time", "k"], components=True)
+             for name, e in ensembles.items()}
+    return plot.spread_skill(comps, lead_dim="lead_time", title="Lorenz-96 ensembles")
 
 
 def format_summary(summary: dict) -> str:

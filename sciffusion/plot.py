@@ -82,36 +82,83 @@ def reliability_diagram(rel, *, title: str | None = None) -> Figure:
     return fig
 
 
+def _coordinate_axis(ax, coord, dim: str) -> np.ndarray:
+    """x positions for a coordinate, with the axis label and tick labels set to read it.
+
+    Numbers are kept (label ``long_name (units)`` from the attrs); ``timedelta64`` becomes hours
+    (days when all whole days); ``datetime64`` and cftime dates (any calendar, e.g. 360_day) become
+    days, labelled as dates on at most 6 slanted ticks so labels never overlap."""
+    from matplotlib import dates as mdates
+    from matplotlib import ticker
+
+    values = np.asarray(coord.values)
+    name = coord.attrs.get("long_name", dim)
+    units = coord.attrs.get("units")
+    if values.dtype.kind == "m":
+        hours = values / np.timedelta64(1, "h")
+        whole_days = hours.size > 0 and bool(np.all(np.mod(hours, 24) == 0)) and np.nanmax(np.abs(hours)) >= 48
+        ax.set_xlabel(f"{name} ({'days' if whole_days else 'h'})")
+        return hours / 24 if whole_days else hours
+    first = values.flat[0] if values.size else None
+    if values.dtype.kind == "M" or hasattr(first, "calendar"):
+        if values.dtype.kind == "M":
+            x = mdates.date2num(values)
+            locator = mdates.AutoDateLocator(maxticks=6)
+            ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        else:  # cftime: days since the first date, labelled in the data's own calendar
+            import datetime
+
+            x = np.array([(v - first) / datetime.timedelta(days=1) for v in values.flat]).reshape(values.shape)
+            locator = ticker.MaxNLocator(nbins=5)
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(
+                lambda d, _: (first + datetime.timedelta(days=float(d))).strftime("%Y-%m-%d")))
+        ax.xaxis.set_major_locator(locator)
+        ax.tick_params(axis="x", labelrotation=30)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+        ax.set_xlabel(name)
+        return x
+    ax.set_xlabel(f"{name} ({units})" if units else str(name))
+    return values
+
+
 def spread_skill(spread, skill=None, *, lead_dim: str | None = None, title: str | None = None) -> Figure:
     """Ensemble spread and ensemble-mean RMSE against lead time (left) and their ratio (right).
 
     ``spread``: the Dataset from ``spread_skill_ratio(..., components=True)`` (variables
-    ``spread``, ``skill``, ``ratio``) or a spread DataArray with ``skill`` given separately. The
-    x axis is ``lead_dim`` (default: the only dimension).
+    ``spread``, ``skill``, ``ratio``), a dict ``{label: such Dataset}`` to compare ensembles (one
+    colour each: RMSE solid, spread dashed), or a spread DataArray with ``skill`` given
+    separately. The x axis is ``lead_dim`` (default: the only dimension), labelled with its
+    ``long_name`` and ``units``; time deltas, numpy dates and cftime dates (any calendar) work.
     """
-    if isinstance(spread, xr.Dataset):
-        sp, sk = spread["spread"], spread["skill"]
+    if isinstance(spread, Mapping) and not isinstance(spread, xr.Dataset):
+        items = {str(k): (v["spread"], v["skill"]) for k, v in spread.items()}
+    elif isinstance(spread, xr.Dataset):
+        items = {"": (spread["spread"], spread["skill"])}
     else:
         if skill is None:
             raise ValueError("pass skill=... or the components Dataset of spread_skill_ratio")
-        sp, sk = _as_dataarray(spread, "spread"), _as_dataarray(skill, "skill")
-    lead_dim = lead_dim or (sp.dims[0] if sp.ndim == 1 else None)
-    if lead_dim is None or lead_dim not in sp.dims:
-        raise ValueError(f"spread has dims {tuple(sp.dims)}; name the lead-time dim with lead_dim=")
-    other = [d for d in sp.dims if d != lead_dim]
-    sp, sk = sp.mean(other), sk.mean(other)
-    lead = sp[lead_dim].values
-    if np.issubdtype(np.asarray(lead).dtype, np.timedelta64):
-        lead = lead / np.timedelta64(1, "h")
+        items = {"": (_as_dataarray(spread, "spread"), _as_dataarray(skill, "skill"))}
     fig = Figure(figsize=(9, 3.5), layout="constrained")
     a1, a2 = fig.subplots(1, 2)
-    a1.plot(lead, sk.values, "o-", label="RMSE of ensemble mean")
-    a1.plot(lead, sp.values, "s--", label="ensemble spread")
-    a1.set(xlabel=str(lead_dim), ylabel="score", title=title or "spread and skill")
+    for i, (label, (sp, sk)) in enumerate(items.items()):
+        dim = lead_dim or (sp.dims[0] if sp.ndim == 1 else None)
+        if dim is None or dim not in sp.dims:
+            raise ValueError(f"spread has dims {tuple(sp.dims)}; name the lead-time dim with lead_dim=")
+        other = [d for d in sp.dims if d != dim]
+        sp, sk = sp.mean(other), sk.mean(other)
+        coord = sp[dim] if dim in sp.coords else xr.DataArray(np.arange(sp.sizes[dim]), dims=dim)
+        lead = [_coordinate_axis(a, coord, str(dim)) for a in (a1, a2)][0]
+        color, prefix = f"C{i}", f"{label}: " if label else ""
+        a1.plot(lead, sk.values, "o-", color=color, label=f"{prefix}RMSE of ensemble mean")
+        a1.plot(lead, sp.values, "s--", color=color, label=f"{prefix}ensemble spread")
+        a2.plot(lead, (sp / sk).values, "o-", color=color, label=label or None)
+    a1.set(ylabel="score", title=title or "spread and skill")
     a1.legend(fontsize="small")
-    a2.plot(lead, (sp / sk).values, "o-", color="tab:purple")
     a2.axhline(1.0, color="k", ls="--", lw=1)
-    a2.set(xlabel=str(lead_dim), ylabel="spread / skill", title="spread-skill ratio")
+    a2.set(ylabel="spread / skill", title="spread-skill ratio")
+    if len(items) > 1:
+        a2.legend(fontsize="small")
     return fig
 
 
@@ -152,7 +199,7 @@ def power_spectrum(spectra, *, title: str | None = None) -> Figure:
         kdim = "wavenumber" if "wavenumber" in s.dims else s.dims[-1]
         s = s.mean([d for d in s.dims if d != kdim])
         k = s[kdim].values if kdim in s.coords else np.arange(s.size)
-        keep = k > 0  # the mean (k = 0) has no place on a log axis
+        keep = (k > 0) & (s.values > 0)  # the mean (k = 0) and zero power have no place on a log axis
         ax.loglog(k[keep], s.values[keep], label=str(label) or None)
     ax.set(xlabel="wavenumber", ylabel="power", title=title or "power spectrum")
     if any(str(lbl) for lbl in items):

@@ -84,3 +84,41 @@ def test_score_file_carries_the_variables_cf_attributes(files):
         assert ds[f"t2m_{k}"].attrs["long_name"].endswith("of 2 m temperature")
         assert ds[f"t2m_{k}"].attrs["source_standard_name"] == "air_temperature"
     assert ds["t2m_spread_skill_ratio"].attrs["units"] == "1"
+
+
+def test_dims_that_differ_are_refused_naming_both(files, capsys):
+    """A truth on other dims (y/x for lat/lon, or an extra init_time) is refused, naming the dims
+    of both files, before anything is written: never a cross product of the two."""
+    fc, truth, paths, tmp = files
+    truth.rename(lat="y", lon="x").to_netcdf(tmp / "yx.nc")
+    err = _fail(["score", str(paths["fc_zarr"]), str(tmp / "yx.nc"), "--out", str(tmp / "o")], capsys)
+    assert "TRUTH dims ('lead_time', 'y', 'x') and FORECAST dims ('member', 'lead_time', 'lat', 'lon') differ" in err
+    assert "only in TRUTH: ['y', 'x'], only in FORECAST: ['lat', 'lon']" in err
+    truth.expand_dims(init_time=[0, 1]).to_netcdf(tmp / "init.nc")
+    err = _fail(["score", str(paths["fc_zarr"]), str(tmp / "init.nc"), "--out", str(tmp / "o")], capsys)
+    assert "only in TRUTH: ['init_time'], only in FORECAST: []" in err
+    assert not (tmp / "o").exists()
+
+
+def test_table_leaves_out_the_truths_own_coordinates(files):
+    """The truth's scalar and auxiliary coordinates (forecast_reference_time, forecast_period)
+    are not columns of the table; the forecast's own dims are."""
+    fc, truth, paths, tmp = files
+    truth.assign_coords(forecast_reference_time=np.datetime64("2020-01-01"),
+                        forecast_period=("lead_time", [0.25, 0.5, 0.75])).to_netcdf(tmp / "frt.nc")
+    assert main(["score", str(paths["fc_zarr"]), str(tmp / "frt.nc"), "--out", str(tmp / "o"), "--no-plots"]) == 0
+    csv = pd.read_csv(tmp / "o" / "scores.csv")
+    assert list(csv.columns) == ["variable", "lead_time", "crps", "rmse", "bias", "spread", "spread_skill_ratio"]
+
+
+def test_360_day_calendar_scores_and_plots(files, capsys):
+    """An ensemble on a 360-day (cftime) time axis is scored and every plot is written."""
+    fc, truth, paths, tmp = files
+    time = xr.date_range("2000-02-28", periods=3, freq="D", calendar="360_day", use_cftime=True)
+    fc.rename(lead_time="time").assign_coords(time=time).to_zarr(tmp / "fc360.zarr", consolidated=False)
+    truth.rename(lead_time="time").assign_coords(time=time).to_netcdf(tmp / "truth360.nc")
+    out = tmp / "o360"
+    assert main(["score", str(tmp / "fc360.zarr"), str(tmp / "truth360.nc"), "--out", str(out)]) == 0
+    assert "2000-02-30" in capsys.readouterr().out
+    for kind in ("rank_histogram", "reliability", "crps_map", "spectrum", "spread_skill"):
+        assert (out / f"t2m_{kind}.png").read_bytes()[:4] == b"\x89PNG"

@@ -5,6 +5,16 @@ member dimension (CRPS, ensemble-mean RMSE and bias, spread, spread-skill ratio)
 over ``--reduce`` dims with latitude weights, writes ``scores.nc`` and ``scores.csv`` plus PNG
 plots to ``--out``, and prints the table.
 
+The truth is taken at the forecast's points. An ensemble from ``sciffusion sample`` has a ``case``
+dim whose coordinates say where each case came from (``init_time``, ``target_lead_time``): each
+case is verified against the truth at that init time and target lead, so ``sciffusion score
+ensemble.zarr kf.zarr`` gives one row per case (the default ``--reduce`` averages over all dims
+but the first). Dims that still differ between the two files are refused, naming both.
+Points where the truth or any member is NaN are left out of every score: a mask common to all
+members and the truth (land) silently; otherwise with a warning giving the fraction. An entirely
+NaN variable is refused, and so are members entirely NaN (an unfinished ``sample`` store) unless
+``--allow-missing``, which scores the members present.
+
 The inputs are opened lazily (dask arrays chunked as stored), so memory stays bounded by a few
 chunks per thread. ``--workers N`` computes on a local dask cluster of N worker processes
 (``--memory-limit`` each), ``--scheduler ADDRESS`` on a running cluster; the numbers are the
@@ -14,6 +24,7 @@ same. See ``docs/scale.md``.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 NAME = "score"
@@ -25,14 +36,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("truth", help="verifying data: zarr store or netCDF file")
     parser.add_argument("--member-dim", default="member", help="ensemble dimension (default: member)")
     parser.add_argument("--reduce", nargs="*", default=None, metavar="DIM",
-                        help="dims to average over (e.g. --reduce lat lon); default: all but the first")
+                        help="dims to average over (e.g. --reduce lat lon); default: all but the first "
+                             "(a `sciffusion sample` ensemble: one row per case)")
     parser.add_argument("--fair", action="store_true", help="fair (unbiased) CRPS")
     parser.add_argument("--weights", choices=["area", "cos", "none"], default="area",
                         help="latitude weights when averaging over latitude (default: area)")
     parser.add_argument("--variables", nargs="*", default=None, help="score only these variables")
     parser.add_argument("--out", default=None, help="output directory (default: print only)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="score the members present when some members are entirely NaN (an unfinished sample store)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="compute on the dask cluster at ADDRESS (tcp://host:8786)")
     where.add_argument("--workers", type=int, metavar="N", help="compute on a local dask cluster of N worker processes")
@@ -81,6 +94,36 @@ def _member_whole_chunks(ds, member_dim: str, target_bytes: int) -> dict | None:
     return None
 
 
+def _truth_by_case(fc, truth, name: str, case: str = "case"):
+    """The truth of each forecast case, picked pointwise (vectorised indexing along ``case``).
+
+    ``sciffusion sample`` writes its cases with per-case coordinates naming where each came from:
+    the sample dims (e.g. ``init_time``) and ``target_<along>`` (e.g. ``target_lead_time``). Each
+    such coordinate that names a TRUTH dim (``target_`` stripped; the target wins over a
+    same-named condition coordinate) selects along that dim. Unchanged when the forecast has no
+    ``case`` dim or the truth has one already.
+    """
+    import numpy as np
+    import xarray as xr
+
+    if case not in fc.dims or case in truth.dims:
+        return truth
+    index = {}
+    for c, v in fc.coords.items():
+        dim = str(c).removeprefix("target_")
+        if c != case and v.dims == (case,) and dim in truth.dims and (c != dim or dim not in index):
+            index[dim] = (str(c), v.values)
+    if not index:
+        return truth
+    for dim, (c, values) in index.items():
+        absent = values[~np.isin(values, truth[dim].values)] if dim in truth.coords else values[:0]
+        if absent.size:
+            raise ValueError(f"variable {name!r}: FORECAST case coordinate {c!r} holds {dim} values missing "
+                             f"from TRUTH (e.g. {absent[0]}, {absent.size} of {values.size} cases)")
+    picked = truth.sel({dim: xr.DataArray(values, dims=case) for dim, (_, values) in index.items()})
+    return picked.assign_coords({case: fc[case].values}) if case in fc.coords else picked
+
+
 def _select_truth(fc, truth, name: str):
     """Pick the truth at the forecast's coordinates (truth may cover more); fail naming the dim."""
     for d in fc.dims:
@@ -97,52 +140,100 @@ def _select_truth(fc, truth, name: str):
     return truth
 
 
+def aligned(forecast, truth, name: str, member_dim: str = "member"):
+    """``(forecast[name], truth[name])`` on the same points: the truth picked per case
+    (:func:`_truth_by_case`) and at the forecast's coordinates, with the truth's own coordinates
+    (e.g. ``forecast_period``) dropped. Dims that still differ are refused, naming both sets (a
+    length-1 truth dim becomes a scalar and is dropped)."""
+    fc = forecast[name]
+    ob = _select_truth(fc, _truth_by_case(fc, truth[name], name), name)
+    if member_dim in ob.dims:
+        raise ValueError(f"TRUTH variable {name!r} has the member dimension {member_dim!r}")
+    ob = ob.squeeze([d for d in ob.dims if d not in fc.dims and ob.sizes[d] == 1], drop=True)
+    extra = [str(d) for d in ob.dims if d not in fc.dims]
+    lacking = [str(d) for d in fc.dims if d != member_dim and d not in ob.dims]
+    if extra or lacking:
+        raise ValueError(f"variable {name!r}: TRUTH dims {tuple(map(str, ob.dims))} and FORECAST dims "
+                         f"{tuple(map(str, fc.dims))} differ (only in TRUTH: {extra}, only in FORECAST: {lacking}); "
+                         f"rename dims to match, or give a FORECAST 'case' dim coordinates naming TRUTH dims "
+                         f"as `sciffusion sample` writes them (e.g. init_time, target_lead_time)")
+    return fc, ob.drop_vars([c for c in ob.coords if c not in ob.dims])
+
+
+def _masked(fc, ob, member_dim: str):
+    """Points where any member or the truth is NaN are left out of every score: the forecast is
+    filled there (so no statistic divides by an empty count) and the truth set to NaN."""
+    valid = fc.notnull().all(member_dim) & ob.notnull()
+    return fc.where(valid, 0), ob.where(valid)
+
+
+def _missing(fc, ob, member_dim: str):
+    """Lazy counts of missing data: ``member_nan`` per member, ``truth_valid``, ``forecast_valid``,
+    ``mixed`` (points with NaN in the truth or some members but not all: not a common land mask)."""
+    import xarray as xr
+
+    fnan = fc.isnull()
+    nan_count = fnan.sum(member_dim) + ob.isnull()
+    mixed = ((nan_count > 0) & (nan_count < fc.sizes[member_dim] + 1)).sum()
+    return xr.Dataset({"member_nan": fnan.sum([d for d in fc.dims if d != member_dim]),
+                       "truth_valid": ob.count(), "forecast_valid": fc.count(), "mixed": mixed})
+
+
 def _lat_dim(da):
     return next((d for d in ("lat", "latitude") if d in da.dims and d in da.coords), None)
 
 
-def score_dataset(forecast, truth, *, member_dim="member", reduce=None, fair=False,
-                  weights="area", variables=None):
-    """Score every variable of ``forecast`` with ``member_dim``; returns ``{var: Dataset}`` (lazy)."""
-    import sciffusion.metrics as sm
-
+def _names(forecast, truth, member_dim, variables):
     names = variables or [v for v in forecast.data_vars if member_dim in forecast[v].dims]
     if not names:
         dims = sorted({str(d) for v in forecast.data_vars.values() for d in v.dims})
         raise ValueError(f"no variable in FORECAST has the member dimension {member_dim!r} "
                          f"(its dims are {dims}); use --member-dim")
-    out = {}
     for name in names:
         if name not in forecast.data_vars:
             raise KeyError(f"variable {name!r} not in FORECAST (has {list(forecast.data_vars)})")
         if name not in truth.data_vars:
             raise KeyError(f"variable {name!r} is in FORECAST but missing from TRUTH "
                            f"(TRUTH has {list(truth.data_vars)})")
-        fc = forecast[name]
-        if member_dim not in fc.dims:
+        if member_dim not in forecast[name].dims:
             raise ValueError(f"variable {name!r} has no member dimension {member_dim!r} "
-                             f"(dims {tuple(fc.dims)}); use --member-dim")
-        ob = _select_truth(fc, truth[name], name)
-        if member_dim in ob.dims:
-            raise ValueError(f"TRUTH variable {name!r} has the member dimension {member_dim!r}")
-        dims = [d for d in fc.dims if d != member_dim]
-        rdims = dims[1:] if reduce is None else list(reduce)
-        missing = [d for d in rdims if d not in dims]
-        if missing:
-            raise ValueError(f"variable {name!r}: --reduce dims {missing} not in its dims {dims}")
-        lat = _lat_dim(fc)
-        w = None
-        if weights != "none" and lat in rdims:
-            w = sm.latitude_weights(fc[lat], kind=weights)
-        kw = dict(member_dim=member_dim, reduce_dims=rdims or None, weights=w)
-        comp = sm.spread_skill_ratio(fc, ob, components=True, **kw)
-        out[name] = _dataset(
-            fc.attrs, name,
-            crps=sm.crps_ensemble(fc, ob, fair=fair, **kw),
-            rmse=comp["skill"], bias=sm.bias(fc, ob, **kw),
-            spread=comp["spread"], spread_skill_ratio=comp["ratio"],
-        )
-    return out
+                             f"(dims {tuple(forecast[name].dims)}); use --member-dim")
+    return names
+
+
+def score_dataset(forecast, truth, *, member_dim="member", reduce=None, fair=False,
+                  weights="area", variables=None):
+    """Score every variable of ``forecast`` with ``member_dim``; returns ``{var: Dataset}`` (lazy).
+
+    The truth is aligned by :func:`aligned`; points where any member or the truth is NaN are
+    left out of every score (a land mask costs nothing)."""
+    names = _names(forecast, truth, member_dim, variables)
+    return {name: _score(*aligned(forecast, truth, name, member_dim), name, member_dim=member_dim,
+                         reduce=reduce, fair=fair, weights=weights) for name in names}
+
+
+def _score(fc, ob, name, *, member_dim, reduce, fair, weights):
+    import sciffusion.metrics as sm
+
+    dims = [d for d in fc.dims if d != member_dim]
+    rdims = dims[1:] if reduce is None else list(reduce)
+    missing = [d for d in rdims if d not in dims]
+    if missing:
+        raise ValueError(f"variable {name!r}: --reduce dims {missing} not in its dims {dims}")
+    lat = _lat_dim(fc)
+    w = None
+    if weights != "none" and lat in rdims:
+        w = sm.latitude_weights(fc[lat], kind=weights)
+    kw = dict(member_dim=member_dim, reduce_dims=rdims or None, weights=w)
+    attrs = fc.attrs
+    fc, ob = _masked(fc, ob, member_dim)
+    comp = sm.spread_skill_ratio(fc, ob, components=True, **kw)
+    return _dataset(
+        attrs, name,
+        crps=sm.crps_ensemble(fc, ob, fair=fair, **kw),
+        rmse=comp["skill"], bias=sm.bias(fc, ob, **kw),
+        spread=comp["spread"], spread_skill_ratio=comp["ratio"],
+    )
 
 
 SCORE_NAMES = {"crps": "continuous ranked probability score", "rmse": "root-mean-square error of the ensemble mean",
@@ -169,13 +260,29 @@ def _dataset(source_attrs, name, **variables):
     return ds
 
 
-def _plots(forecast, truth, scores, names, member_dim, out: Path):
+def _spectra(fc, ob, lat, lon):
+    """Zonal spectra of truth and forecast (masked by :func:`_masked`) over the latitudes with data
+    at every point (a spectrum of a row with gaps is undefined); when every latitude has gaps, the
+    gaps are filled with their row's zonal mean. Returns the spectra and a note for the title."""
+    import sciffusion.metrics as sm
+
+    valid = ob.notnull()
+    full = valid.all([d for d in ob.dims if d != lat]).values
+    note = "" if full.all() else f" ({int(full.sum())} of {full.size} latitudes: those without gaps)"
+    if full.any():
+        fc, ob = fc.isel({lat: full}), ob.isel({lat: full})
+    else:
+        note = " (gaps filled with the zonal mean)"
+        fc, ob = (x.fillna(x.sum(lon) / x.count(lon).where(lambda n: n > 0)) for x in (fc.where(valid), ob))
+    return {k: sm.zonal_spectrum(x, lon_dim=lon, reduce_dims="all") for k, x in (("truth", ob), ("forecast", fc))}, note
+
+
+def _plots(pairs, scores, member_dim, out: Path):
     import sciffusion.metrics as sm
     from sciffusion import plot
 
-    for name in names:
-        fc = forecast[name]
-        ob = _select_truth(fc, truth[name], name)
+    for name, (fc, ob) in pairs.items():
+        fc, ob = _masked(fc, ob, member_dim)
         figs = {"rank_histogram": plot.rank_histogram(
             sm.rank_histogram(fc, ob, member_dim=member_dim, reduce_dims="all"), title=name)}
         thr = float(ob.mean())
@@ -186,9 +293,8 @@ def _plots(forecast, truth, scores, names, member_dim, out: Path):
         if lat and lon:
             figs["crps_map"] = plot.crps_map(sm.crps_ensemble(fc, ob, member_dim=member_dim),
                                              lat_dim=lat, lon_dim=lon, title=f"{name} CRPS")
-            figs["spectrum"] = plot.power_spectrum(
-                {"truth": sm.zonal_spectrum(ob, lon_dim=lon, reduce_dims="all"),
-                 "forecast": sm.zonal_spectrum(fc, lon_dim=lon, reduce_dims="all")}, title=name)
+            spectra, note = _spectra(fc, ob, lat, lon)
+            figs["spectrum"] = plot.power_spectrum(spectra, title=name + note)
         s = scores[name]
         if s["spread"].ndim == 1 and s["spread"].size > 1:
             figs["spread_skill"] = plot.spread_skill(s["spread"], s["rmse"], title=name)
@@ -197,6 +303,9 @@ def _plots(forecast, truth, scores, names, member_dim, out: Path):
 
 
 def run(args) -> int:
+    from sciffusion.commands._common import refuse_overlap
+
+    refuse_overlap(args.out, "--out", {"FORECAST": args.forecast, "TRUTH": args.truth})
     scheduler, workers = getattr(args, "scheduler", None), getattr(args, "workers", None)
     if scheduler is None and workers is None:
         return _run(args)
@@ -211,17 +320,65 @@ def run(args) -> int:
         raise UserError(str(exc)) from exc
 
 
+def _compute(pairs, args):
+    """Scores (the Dataset written to scores.nc, and per variable) and missing-data counts of every
+    variable, computed together in one pass."""
+    import xarray as xr
+
+    kw = dict(member_dim=args.member_dim, reduce=args.reduce, fair=args.fair, weights=args.weights)
+    lazy = {}
+    for name, (fc, ob) in pairs.items():
+        lazy.update({(name, "score", k): v for k, v in _score(fc, ob, name, **kw).data_vars.items()})
+        lazy.update({(name, "count", k): v for k, v in _missing(fc, ob, args.member_dim).data_vars.items()})
+    done = xr.Dataset(lazy).compute()  # (dask.compute of several xarray objects trips a dask bug)
+    part = {kind: {name: xr.Dataset({key[2]: done[key] for key in lazy if key[:2] == (name, kind)})
+                   for name in pairs} for kind in ("score", "count")}
+    merged = xr.Dataset({f"{name}_{k}": v for name, ds in part["score"].items() for k, v in ds.data_vars.items()})
+    return merged, part["score"], part["count"]
+
+
+def _empty_members(pairs, counts, args) -> dict:
+    """Refuse empty variables; ``{name: members entirely NaN}`` (refused unless --allow-missing)."""
+    from sciffusion.cli import UserError
+
+    empty = {}
+    for name, (fc, ob) in pairs.items():
+        c = counts[name]
+        for role, n in (("TRUTH", int(c["truth_valid"])), ("FORECAST", int(c["forecast_valid"]))):
+            if n == 0:
+                raise UserError(f"{role} variable {name!r} is entirely NaN (100% missing); nothing to score")
+        per_member = fc.size // fc.sizes[args.member_dim]
+        gone = c["member_nan"].values == per_member
+        labels = fc[args.member_dim].values[gone].tolist()  # (a dim without coordinate reads 0..M-1)
+        if gone.any() and not args.allow_missing:
+            raise UserError(f"FORECAST variable {name!r} has {gone.sum()} of {gone.size} members entirely NaN "
+                            f"({args.member_dim} {labels}): an unfinished `sciffusion sample` store? finish it "
+                            f"with `sciffusion sample ... --resume`, or score the others with --allow-missing")
+        if gone.any():
+            empty[name] = (~gone, labels)
+    return empty
+
+
 def _run(args) -> int:
     import pandas as pd
 
     forecast, truth = _open(args.forecast, "FORECAST", args.member_dim), _open(args.truth, "TRUTH")
-    scores = score_dataset(forecast, truth, member_dim=args.member_dim, reduce=args.reduce,
-                           fair=args.fair, weights=args.weights, variables=args.variables)
-    keys = [(name, k) for name, ds in scores.items() for k in ds.data_vars]
-    import xarray as xr
-
-    merged = xr.Dataset({f"{name}_{k}": scores[name][k] for name, k in keys}).compute()  # one pass
-    scores = {name: xr.Dataset({k: merged[f"{name}_{k}"] for n, k in keys if n == name}) for name in scores}
+    names = _names(forecast, truth, args.member_dim, args.variables)
+    pairs = {name: aligned(forecast, truth, name, args.member_dim) for name in names}
+    merged, scores, counts = _compute(pairs, args)
+    empty = _empty_members(pairs, counts, args)
+    if empty:  # --allow-missing: score again without the empty members
+        for name, (keep, labels) in empty.items():
+            fc, ob = pairs[name]
+            pairs[name] = (fc.isel({args.member_dim: keep}), ob)
+            print(f"sciffusion score: warning: {name!r}: scoring without the {len(labels)} members that are "
+                  f"entirely NaN ({args.member_dim} {labels})", file=sys.stderr)
+        merged, scores, counts = _compute(pairs, args)
+    for name, (fc, ob) in pairs.items():
+        if int(counts[name]["mixed"]):
+            frac = int(counts[name]["mixed"]) / ob.size
+            print(f"sciffusion score: warning: {name!r}: {frac:.1%} of points have NaN in the truth or in some "
+                  f"members but not all; they are left out of the scores", file=sys.stderr)
     frames = []
     for name, ds in scores.items():
         df = ds.to_dataframe() if ds.sizes else pd.DataFrame({k: [float(v)] for k, v in ds.data_vars.items()})
@@ -239,6 +396,6 @@ def _run(args) -> int:
         merged.to_netcdf(out / "scores.nc")
         table.to_csv(out / "scores.csv", index=False)
         if not args.no_plots:
-            _plots(forecast, truth, scores, list(scores), args.member_dim, out)
+            _plots(pairs, scores, args.member_dim, out)
         print(f"wrote {out / 'scores.nc'}, {out / 'scores.csv'}" + ("" if args.no_plots else " and plots"))
     return 0
