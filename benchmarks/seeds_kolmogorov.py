@@ -45,7 +45,7 @@ def kolmogorov_ensembles(n_init: int, seed: int, members: int | None = None) -> 
     truth, model = KolmogorovFlow(n=s["n"], **s["truth"]), KolmogorovFlow(n=s["n"], **s["forecast"])
     ds = simulate(truth, forecast_system=model, members=members or s["members"], n_init=n_init, n_leads=s["n_leads"],
                   lead_interval=s["lead_interval"], perturbation=s["perturbation"], spinup=s["spinup"], seed=seed)
-    return ds.isel(lead_time=slice(1, None)).drop_vars("chunk_done").load()
+    return ds.isel(lead_time=slice(1, None)).drop_vars("chunk_done", errors="ignore").load()
 
 
 def cached(directory, name: str, n_init: int, seed: int) -> xr.Dataset:

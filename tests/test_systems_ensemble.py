@@ -4,7 +4,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
+import zarr
+
+from sciffusion.data import open_dataset
 
 from sciffusion.systems import DarcyFlow, KolmogorovFlow, Lorenz96, lorenz96_forecast_model, simulate
 
@@ -13,6 +17,10 @@ L96 = {"members": 3, "n_init": 3, "n_leads": 4, "spinup": 1.0, "seed": 5}
 
 class Killed(Exception):
     pass
+
+
+def die(chunk):
+    raise Killed
 
 
 def test_lorenz96_ensemble_layout_coordinates_and_cf_attributes():
@@ -79,8 +87,8 @@ def test_killed_run_resumes_without_recomputing_finished_chunks(tmp_path):
 def test_resume_with_different_settings_is_refused_naming_them(tmp_path):
     store = tmp_path / "l96.zarr"
     simulate(Lorenz96(), store=store, **L96)
-    with pytest.raises(ValueError, match="members"):
-        simulate(Lorenz96(), store=store, if_exists="resume", **{**L96, "members": 4})
+    with pytest.raises(ValueError, match=r"members: stored 3, now 4; seed: stored 5, now 6.*--overwrite"):
+        simulate(Lorenz96(), store=store, if_exists="resume", **{**L96, "members": 4, "seed": 6})
     again = simulate(Lorenz96(), store=store, if_exists="overwrite", **{**L96, "members": 4})
     assert again.sizes["member"] == 4
 
@@ -121,3 +129,57 @@ def test_equal_shaped_fields_are_kept_apart_in_memory_and_on_disk(tmp_path):
     assert not np.allclose(mem.x_truth.values, mem.y_truth.values)
     disk = simulate(system, store=tmp_path / "two.zarr", **kw).load()
     xr.testing.assert_identical(disk, mem)
+
+
+def test_completion_record_stays_out_of_the_data_in_memory_on_disk_and_after_a_kill(tmp_path):
+    store = tmp_path / "l96.zarr"
+    assert "chunk_done" not in simulate(Lorenz96(), **L96)
+    with pytest.raises(Killed):
+        simulate(Lorenz96(), store=store, on_chunk=die, **L96)
+    assert "chunk_done" not in xr.open_zarr(store, consolidated=False)
+    assert json.loads(xr.open_zarr(store, consolidated=False).attrs["sciffusion_completed_chunks"]) == [0]
+    done = simulate(Lorenz96(), store=store, if_exists="resume", **L96)
+    for ds in (done, xr.open_zarr(store), open_dataset(store)):
+        assert set(ds.data_vars) == {"x", "x_truth"}
+        assert "sciffusion_completed_chunks" not in ds.attrs
+
+
+def test_store_flagged_by_the_old_chunk_done_variable_resumes_its_missing_chunks(tmp_path):
+    """Stores written before the completion record moved to the attributes still resume."""
+    store = tmp_path / "old.zarr"
+    full = simulate(Lorenz96(), **L96)
+    with pytest.raises(Killed):
+        simulate(Lorenz96(), store=store, on_chunk=die, **L96)
+    attrs = dict(zarr.open_group(str(store), mode="r").attrs)
+    del attrs["sciffusion_completed_chunks"]
+    old_flags = xr.Dataset({"chunk_done": ("init_time", np.array([1, 0, 0], "int8"))}, attrs=attrs)
+    old_flags.to_zarr(store, mode="a", consolidated=False)
+    assert "sciffusion_completed_chunks" not in zarr.open_group(str(store), mode="r").attrs
+    computed = []
+    resumed = simulate(Lorenz96(), store=store, if_exists="resume", on_chunk=computed.append, **L96)
+    assert computed == [1, 2]
+    xr.testing.assert_identical(resumed.load(), full)
+    assert "chunk_done" not in open_dataset(store)
+
+
+def test_spin_up_initial_states_and_chunks_show_progress_only_when_asked(capsys):
+    kw = {"members": 2, "n_init": 2, "n_leads": 1, "spinup": 0.5, "lead_interval": 0.1}
+    simulate(KolmogorovFlow(n=16), progress=True, **kw)
+    err = capsys.readouterr().err
+    assert "kolmogorov spin-up" in err and "initial states" in err and "kolmogorov ensemble" in err
+    simulate(KolmogorovFlow(n=16), progress=False, **kw)
+    assert capsys.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize("system", [KolmogorovFlow(n=16), lorenz96_forecast_model(forcing_error=0.5, noise_std=0.3)])
+def test_advance_in_pieces_equals_one_step_call_bit_for_bit(system):
+    """The spin-up runs in pieces for its progress bar; the state is the same as without them."""
+    x = system.initial_state(2, torch.Generator().manual_seed(0))
+    calls = []
+    pieces = system.advance(x, 250, generator=torch.Generator().manual_seed(1), callback=calls.append)
+    if isinstance(system, KolmogorovFlow):
+        whole = torch.fft.irfft2(system.step_hat(torch.fft.rfft2(x) * system.mask, 250), s=(16, 16))
+    else:
+        whole = system.step(x, 250, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(pieces, whole)
+    assert sum(calls) == 250 and len(calls) > 50

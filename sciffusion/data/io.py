@@ -65,7 +65,9 @@ def open_dataset(path: str | os.PathLike, chunks: Any = {}, **kwargs: Any) -> xr
     if _format_of(path) == "netcdf":
         return xr.open_dataset(path, engine="netcdf4", chunks=chunks, **kwargs)
     with _quiet_consolidated():
-        return xr.open_zarr(path, chunks=chunks, **kwargs)
+        ds = xr.open_zarr(path, chunks=chunks, **kwargs)
+    # simulation stores of older sciffusion releases flagged their finished chunks in a variable: not data
+    return ds.drop_vars("chunk_done") if "chunk_done" in ds and "sciffusion_config" in ds.attrs else ds
 
 
 def _fsync_dir(path: Path) -> None:
@@ -92,7 +94,7 @@ def _check_mode(path: Path, mode: str) -> None:
     if mode not in ("w", "w-"):
         raise ValueError(f"mode must be 'w' (overwrite) or 'w-' (fail if it exists); got {mode!r}")
     if mode == "w-" and path.exists():
-        raise FileExistsError(f"{str(path)!r} already exists; pass mode='w' to overwrite it")
+        raise FileExistsError(f"{str(path)!r} already exists; pass mode='w' (--overwrite) to overwrite it")
 
 
 def write_zarr(ds: xr.Dataset | xr.DataArray, path: str | os.PathLike, *, mode: str = "w-",

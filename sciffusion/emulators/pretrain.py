@@ -53,7 +53,7 @@ def lorenz96_ensembles(n_init: int, seed: int, *, members: int | None = None, st
     ds = simulate(Lorenz96(), forecast_system=model, members=members or s["members"], n_init=n_init,
                   n_leads=s["n_leads"], lead_interval=s["lead_interval"], seed=seed, store=store,
                   if_exists="overwrite")
-    return ds.isel(lead_time=slice(1, None)).drop_vars("chunk_done").load()
+    return ds.isel(lead_time=slice(1, None)).drop_vars("chunk_done", errors="ignore").load()
 
 
 def pretrain_lorenz96(out: str | Path | None = ASSET, *, mode: str = "emulation", truth_fraction: float = 0.5,

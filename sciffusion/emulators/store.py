@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import warnings
@@ -13,6 +12,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
+
+from sciffusion.data.provenance import add_to_record, check_provenance, read_record
 
 _DONE = "sciffusion_completed_members"
 
@@ -34,7 +35,8 @@ class EnsembleStore:
         member_axis: where to insert ``member`` in each variable's dims (default: first).
         attrs: global attributes to add (provenance).
         mode: ``"w-"`` (fail if it exists), ``"w"`` (overwrite) or ``"resume"`` (continue an
-            existing store, checking its shape matches).
+            existing store, checking its shape matches and, with :func:`check_provenance`, that it
+            was written with the same ``attrs``; nothing is written when they differ).
         always_missing: per variable, a boolean array over the variable's trailing (grid) dims
             marking points that have no data at all (land in an SST field); :meth:`write` leaves
             them NaN whatever the model produced there.
@@ -49,11 +51,12 @@ class EnsembleStore:
         if mode not in ("w-", "w", "resume"):
             raise ValueError(f"mode must be 'w-', 'w' or 'resume', got {mode!r}")
         if mode == "resume" and self.path.exists():
-            self._check_existing(template)
+            self._check_existing(template, attrs or {})
             return
         if self.path.exists():
             if mode == "w-":
-                raise FileExistsError(f"{self.path} exists; pass overwrite (mode='w') or resume (mode='resume')")
+                raise FileExistsError(f"{self.path} exists; pass mode='w' (--overwrite) to replace it "
+                                      "or mode='resume' (--resume) to continue it")
             shutil.rmtree(self.path)
         data_vars = {}
         for name, v in template.data_vars.items():
@@ -71,11 +74,12 @@ class EnsembleStore:
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
             ds.to_zarr(self.path, mode="w", compute=False, consolidated=False)
 
-    def _check_existing(self, template: xr.Dataset) -> None:
+    def _check_existing(self, template: xr.Dataset, attrs: Mapping) -> None:
         ds = xr.open_zarr(self.path, consolidated=False)
+        check_provenance(ds.attrs, attrs, self.path)
         if ds.sizes.get("member") != self.members:
             raise ValueError(f"{self.path} holds {ds.sizes.get('member')} members, not {self.members}; "
-                             "resume with the same ensemble size or overwrite")
+                             "resume with the same ensemble size or use --overwrite (mode='w')")
         for name, v in template.data_vars.items():
             if name not in ds:
                 raise ValueError(f"{self.path} has no variable {name!r}; it was written for another model")
@@ -88,8 +92,7 @@ class EnsembleStore:
             self.member_chunk = chunks[dims.index("member")]
 
     def completed(self) -> set[int]:
-        group = zarr.open_group(str(self.path), mode="r")
-        return set(json.loads(group.attrs.get(_DONE, "[]")))
+        return set(read_record(self.path, _DONE) or [])
 
     def blocks(self) -> list[range]:
         return [range(a, min(a + self.member_chunk, self.members)) for a in range(0, self.members, self.member_chunk)]
@@ -116,9 +119,7 @@ class EnsembleStore:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
             ds.to_zarr(self.path, region={"member": slice(block.start, block.stop)}, consolidated=False)
-        group = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
-        done = sorted(set(json.loads(group.attrs.get(_DONE, "[]"))) | {block.start})
-        group.attrs[_DONE] = json.dumps(done)
+        add_to_record(self.path, _DONE, block.start)
 
     def finalize(self) -> None:
         """Consolidate the metadata once every block is written, so ``xr.open_zarr(path)`` is quiet and fast."""

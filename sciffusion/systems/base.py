@@ -10,6 +10,7 @@ resumable zarr output for free.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,15 +81,33 @@ class System:
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
         return x + scale * noise
 
-    def integrate(
-        self, x: torch.Tensor, n_out: int, every: int, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Trajectory ``(B, n_out + 1, *state)`` sampled every ``every`` steps, initial state first."""
+    def advance(self, x: torch.Tensor, n_steps: int, generator: torch.Generator | None = None,
+                callback: Callable[[int], Any] | None = None) -> torch.Tensor:
+        """``step(x, n_steps)`` in about 100 pieces, calling ``callback(steps)`` after each (the
+        progress of a long spin-up). Equal to one :meth:`step` call, as the steps are the same."""
+        for piece in pieces(n_steps):
+            x = self.step(x, piece, generator=generator)
+            if callback is not None:
+                callback(piece)
+        return x
+
+    def integrate(self, x: torch.Tensor, n_out: int, every: int, generator: torch.Generator | None = None,
+                  callback: Callable[[int], Any] | None = None) -> torch.Tensor:
+        """Trajectory ``(B, n_out + 1, *state)`` sampled every ``every`` steps, initial state first;
+        ``callback(k)`` is called after output ``k`` (1..n_out)."""
         out = [x]
-        for _ in range(n_out):
+        for k in range(1, n_out + 1):
             x = self.step(x, every, generator=generator)
             out.append(x)
+            if callback is not None:
+                callback(k)
         return torch.stack(out, dim=1)
+
+
+def pieces(n_steps: int, n_pieces: int = 100) -> list[int]:
+    """``n_steps`` cut into at most ``n_pieces`` nearly equal step counts (none for 0 steps)."""
+    size = max(1, -(-int(n_steps) // n_pieces))
+    return [min(size, n_steps - a) for a in range(0, int(n_steps), size)]
 
 
 def check_positive_int(value: Any, name: str) -> int:

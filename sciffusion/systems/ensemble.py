@@ -15,8 +15,10 @@ A stationary system (Darcy) gives ``a, u (member, y, x)`` instead.
 
 With ``store=`` the Dataset is pre-allocated in zarr (coordinates and attributes first),
 then filled one chunk at a time (one init time, or ``chunk_members`` samples, per chunk; the
-``member`` dimension of a chunk is whole) with a ``chunk_done`` flag written after each
-chunk; a rerun with ``if_exists="resume"`` skips the chunks already flagged.
+``member`` dimension of a chunk is whole), each chunk recorded in the store's attribute
+``sciffusion_completed_chunks`` after it is written (the attribute goes once all are); a rerun
+with ``if_exists="resume"`` skips the chunks recorded, after checking the run's settings
+against the store's (:func:`sciffusion.emulators.store.check_provenance`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from sciffusion.systems.base import System, check_positive, check_positive_int, 
 
 IF_EXISTS = ("error", "resume", "overwrite")
 _TRUTH_KEY = 2**32 - 1  # seed key of the truth noise (stochastic truth systems), never a member id
+_DONE = "sciffusion_completed_chunks"  # JSON list of the chunks written; absent once the store is complete
+_OLD_DONE = "chunk_done"  # the per-chunk flag variable of stores written before sciffusion_completed_chunks
 
 
 def _steps(interval: float, dt: float, name: str) -> int:
@@ -66,51 +70,70 @@ def _prepare_store(store: str | os.PathLike, if_exists: str, config: dict[str, A
     if not os.path.exists(store):
         return False
     if if_exists == "error":
-        raise FileExistsError(f"output path {os.fspath(store)!r} exists; pass resume or overwrite")
+        raise FileExistsError(f"output path {os.fspath(store)!r} exists; pass if_exists='resume' (--resume) to "
+                              "continue it or if_exists='overwrite' (--overwrite) to replace it")
     if if_exists == "overwrite":
         shutil.rmtree(store) if os.path.isdir(store) else os.remove(store)
         return False
+    from sciffusion.data.provenance import check_provenance
+
     try:
         old = json.loads(xr.open_zarr(store, consolidated=False).attrs["sciffusion_config"])
     except Exception as exc:  # noqa: BLE001 - any unreadable store is a user error here
         raise ValueError(f"cannot resume {os.fspath(store)!r}: not a sciffusion simulation store ({exc})") from None
-    diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-    if diff:
-        raise ValueError(f"cannot resume {os.fspath(store)!r}: settings differ from the stored run in {diff}")
+    check_provenance(old, config, store, overwrite="--overwrite (if_exists='overwrite')")
     return True
 
 
-def _write_chunks(template: xr.Dataset, chunk_dim: str, chunk: int, compute: Callable[[int], dict[str, np.ndarray]],
+def _completed(store, n_chunks: int, chunk: int) -> np.ndarray:
+    """Which chunks of an existing ``store`` are written (its record; no record left = all written)."""
+    from sciffusion.data.provenance import read_record
+
+    record = read_record(store, _DONE)
+    ds = xr.open_zarr(store, consolidated=False)
+    if record is None and _OLD_DONE not in ds:
+        return np.ones(n_chunks, dtype=bool)
+    done = np.zeros(n_chunks, dtype=bool)
+    done[record or []] = True
+    if _OLD_DONE in ds:  # written (partly) by an older sciffusion, which flagged chunks in a variable
+        done |= ds[_OLD_DONE].values.astype(bool).reshape(-1)[::chunk][:n_chunks]
+    return done
+
+
+def _write_chunks(template: xr.Dataset, chunk_dim: str, chunk: int, compute: Callable[[int, Callable[[str], None]], dict],
                   store, resume: bool, progress: bool, on_chunk: Callable[[int], None] | None) -> xr.Dataset:
-    """Fill ``template`` chunk by chunk along ``chunk_dim`` (in memory, or streamed to ``store``)."""
+    """Fill ``template`` chunk by chunk along ``chunk_dim`` (in memory, or streamed to ``store``).
+
+    ``compute(c, note)`` returns chunk ``c``'s values and may call ``note(text)`` to show where
+    it is within the chunk."""
     from tqdm.auto import tqdm
+
+    from sciffusion.data.provenance import add_to_record
 
     size = template.sizes[chunk_dim]
     n_chunks = -(-size // chunk)
     done = np.zeros(n_chunks, dtype=bool)
     if store is not None:
         if resume:
-            done = xr.open_zarr(store, consolidated=False)["chunk_done"].values.astype(bool).reshape(-1)[::chunk][:n_chunks]
+            done = _completed(store, n_chunks, chunk)
         else:
-            template.to_zarr(store, mode="w", compute=False, consolidated=False)
+            template.assign_attrs({_DONE: "[]"}).to_zarr(store, mode="w", compute=False, consolidated=False)
     else:  # dask may share one buffer between equal-shaped placeholders: give each its own
         template = template.load()
         template = template.assign({k: template[k].copy(deep=True) for k in template.data_vars})
-    bar = tqdm(total=n_chunks, initial=int(done.sum()), desc=template.attrs.get("system", ""), unit="chunk",
+    bar = tqdm(total=n_chunks, initial=int(done.sum()), desc=f"{template.attrs.get('system', '')} ensemble", unit="chunk",
                disable=not progress)
     for c in np.flatnonzero(~done):
         sl = slice(c * chunk, min(size, (c + 1) * chunk))
-        values = compute(int(c))
+        values = compute(int(c), bar.set_postfix_str)
         if store is None:
             for k, v in values.items():
                 template[k][{chunk_dim: sl}] = v
-            template["chunk_done"][{chunk_dim: sl}] = 1
         else:
             dims = {k: template[k].dims for k in values}
             part = xr.Dataset({k: (dims[k], v) for k, v in values.items()})
             part.to_zarr(store, region={chunk_dim: sl}, mode="r+", consolidated=False)
-            flag = xr.Dataset({"chunk_done": ((chunk_dim,), np.ones(sl.stop - sl.start, dtype="int8"))})
-            flag.to_zarr(store, region={chunk_dim: sl}, mode="r+", consolidated=False)
+            add_to_record(store, _DONE, int(c))
         bar.update(1)
         if on_chunk is not None:
             on_chunk(int(c))
@@ -121,10 +144,13 @@ def _write_chunks(template: xr.Dataset, chunk_dim: str, chunk: int, compute: Cal
 
     import zarr
 
+    group = zarr.open_group(str(store), mode="r+", use_consolidated=False)
+    if _DONE in group.attrs:
+        del group.attrs[_DONE]  # complete: the record has done its job and would only leak into the data
     with warnings.catch_warnings():  # once complete, consolidate so a plain xr.open_zarr is quiet and fast
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
         zarr.consolidate_metadata(str(store))
-        return xr.open_zarr(store)
+        return xr.open_zarr(store).drop_vars(_OLD_DONE, errors="ignore")
 
 
 def _empty(shape: tuple[int, ...], chunks: tuple[int, ...], dtype=np.float64, fill=np.nan):
@@ -167,7 +193,8 @@ def simulate(
         store: zarr path to stream to; ``None`` keeps everything in memory.
         if_exists: ``"error"``, ``"resume"`` (skip finished chunks) or ``"overwrite"``.
         chunk_members: samples per chunk for stationary systems.
-        progress: show a tqdm progress bar over chunks.
+        progress: show tqdm progress bars: the truth's spin-up and initial states (in steps), then
+            the chunks (with the lead reached within the current one).
         on_chunk: called with the chunk index after each chunk is written.
     """
     members = check_positive_int(members, "members")
@@ -195,13 +222,7 @@ def simulate(
               "forecast_params": None if forecast_system is None else forecast_system.params()}
     resume = _prepare_store(store, if_exists, config) if store is not None else False
 
-    # truth initial states (one sequential run; cheap next to the ensemble)
-    g = member_generator(seed)
-    x = system.step(system.initial_state(1, g), spin_steps, generator=g)
-    inits = [x]
-    for _ in range(n_init - 1):
-        x = system.step(x, init_steps, generator=g)
-        inits.append(x)
+    inits = _truth_states(system, n_init, spin_steps, init_steps, seed, progress)
 
     variables, coords = system.variables(), system.coords()
     nl = n_leads + 1
@@ -222,16 +243,17 @@ def simulate(
         data[name] = (("init_time", "lead_time", "member", *var.dims), _empty((n_init, nl, members, *shp), (1, nl, members, *shp)), var.attrs)
         data[f"{name}_truth"] = (("init_time", "lead_time", *var.dims), _empty((n_init, nl, *shp), (1, nl, *shp)),
                                  {**var.attrs, "long_name": f"truth {var.attrs.get('long_name', name)}"})
-    data["chunk_done"] = (("init_time",), da.zeros(n_init, chunks=1, dtype="int8"), {"long_name": "1 where this init time is complete"})
     template = xr.Dataset(data, coords=ds_coords, attrs={**_global_attrs(system, config), "featureType": "ensemble forecast"})
 
-    def compute(i: int) -> dict[str, np.ndarray]:
+    def compute(i: int, note: Callable[[str], None]) -> dict[str, np.ndarray]:
         gens = [member_generator(seed, i, m) for m in range(members)]
         x0 = inits[i].expand(members, *inits[i].shape[1:])
         ens = torch.cat([model.perturb(x0[m : m + 1], gens[m], perturbation) for m in range(members)])
         noise = gens if getattr(model, "noise_std", 0) else None
-        traj = model.integrate(ens, n_leads, lead_steps, generator=noise)  # (M, L, *state)
-        truth = system.integrate(inits[i], n_leads, truth_lead_steps, generator=member_generator(seed, i, _TRUTH_KEY))
+        traj = model.integrate(ens, n_leads, lead_steps, generator=noise,
+                               callback=lambda k: note(f"members lead {k}/{n_leads}"))  # (M, L, *state)
+        truth = system.integrate(inits[i], n_leads, truth_lead_steps, generator=member_generator(seed, i, _TRUTH_KEY),
+                                 callback=lambda k: note(f"truth lead {k}/{n_leads}"))
         out = {}
         for name, field in _fields(model, traj).items():
             out[name] = field.transpose(0, 1).unsqueeze(0).cpu().numpy()  # (1, L, M, ...)
@@ -240,6 +262,23 @@ def simulate(
         return out
 
     return _write_chunks(template, "init_time", 1, compute, store, resume, progress, on_chunk)
+
+
+def _truth_states(system: Any, n_init: int, spin_steps: int, init_steps: int, seed: int, progress: bool) -> list[torch.Tensor]:
+    """The truth's initial states: a random state spun up ``spin_steps``, then ``init_steps`` apart
+    (one sequential run, behind a progress bar in steps)."""
+    from tqdm.auto import tqdm
+
+    g = member_generator(seed)
+    x = system.initial_state(1, g)
+    inits = []
+    with tqdm(total=spin_steps + (n_init - 1) * init_steps, desc=f"{system.name} spin-up", unit="step",
+              disable=not progress) as bar:
+        for k in range(n_init):
+            x = system.advance(x, init_steps if k else spin_steps, generator=g, callback=bar.update)
+            inits.append(x)
+            bar.set_description(f"{system.name} initial states")
+    return inits
 
 
 def _fields(system: Any, traj: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -255,12 +294,11 @@ def _simulate_stationary(system, members, seed, store, if_exists, chunk, progres
     base = system.to_dataset(np.zeros((1, system.n, system.n)), np.zeros((1, system.n, system.n)))
     n = system.n
     data = {k: (v.dims, _empty((members, n, n), (chunk, n, n)), v.attrs) for k, v in base.data_vars.items()}
-    data["chunk_done"] = (("member",), da.zeros(members, chunks=chunk, dtype="int8"), {"long_name": "1 where this sample is complete"})
     coords = {k: v.variable for k, v in base.coords.items() if k != "member"}
     coords["member"] = xr.Variable("member", np.arange(members), base["member"].attrs)
     template = xr.Dataset(data, coords=coords, attrs={**_global_attrs(system, config), "featureType": "sample"})
 
-    def compute(c: int) -> dict[str, np.ndarray]:
+    def compute(c: int, note: Callable[[str], None]) -> dict[str, np.ndarray]:
         start = c * chunk
         a, u = system.sample(min(chunk, members - start), seed=seed, start=start)
         return {"a": a, "u": u}
