@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 FORMAT = "sciffusion-checkpoint"
 FORMAT_VERSION = 1
@@ -36,6 +38,14 @@ FORMAT_VERSION = 1
 
 class UnsafeCheckpointError(ValueError):
     """A file that is not plain safetensors/JSON (e.g. a pickle) was offered as a checkpoint."""
+
+
+class DamagedCheckpointError(UnsafeCheckpointError):
+    """A checkpoint file is truncated, torn or does not match its recorded sha256 (the message names it)."""
+
+
+def _damaged(path: Path, why: str) -> DamagedCheckpointError:
+    return DamagedCheckpointError(f"checkpoint file {path} is damaged (truncated or not safetensors): {why}")
 
 
 # ----------------------------------------------------------------------------- low-level I/O
@@ -51,7 +61,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temporary file, fsync, rename, fsync the directory."""
+    """Write ``data`` to ``path`` atomically: temporary file, fsync, rename, fsync the directory.
+
+    The file gets the mode a plain ``open(path, "w")`` gives (``0o666`` less the umask)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
@@ -67,11 +79,8 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # serialised in memory and written with open(): safetensors' save_file creates files mode 0600
+    atomic_write_bytes(path, safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata))
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -96,19 +105,22 @@ def check_safetensors(path: str | os.PathLike) -> None:
             "in a trusted environment (safetensors.torch.save_file)."
         )
     if len(head) < 9 or struct.unpack("<Q", head[:8])[0] > size - 8 or head[8:9] != b"{":
-        raise UnsafeCheckpointError(f"{path} is not a safetensors file (bad header); refusing to load it")
+        raise _damaged(path, f"bad safetensors header ({size} bytes)")
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     check_safetensors(path)
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except SafetensorError as exc:
+        raise _damaged(path, str(exc)) from exc
 
 
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UnsafeCheckpointError(f"{path} is not valid JSON ({exc}); refusing to load it") from exc
+        raise DamagedCheckpointError(f"checkpoint file {path} is damaged (not valid JSON: {exc})") from exc
 
 
 # ----------------------------------------------------------------------------- optimizer <-> flat
@@ -192,8 +204,47 @@ def resolve(path: str | os.PathLike) -> Path:
         return path
     latest = path / "latest"
     if latest.exists():
-        return path / latest.read_text().strip()
+        target = path / latest.read_text().strip()
+        if not (target / "config.json").exists():
+            raise DamagedCheckpointError(f"checkpoint {target} named by {latest} is missing or incomplete (no config.json)")
+        return target
     raise FileNotFoundError(f"{path} holds no checkpoint (no config.json and no 'latest' file)")
+
+
+def step_dirs(run_dir: str | os.PathLike) -> list[Path]:
+    """The ``step_N`` checkpoint directories of a training run, oldest first (by step)."""
+    dirs = [p for p in Path(run_dir).glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(dirs, key=lambda p: int(p.name[5:]))
+
+
+def run_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The checkpoints of a training run to resume from, best first: the one ``latest`` names,
+    then the other ``step_N`` directories from the newest back."""
+    run_dir = Path(run_dir)
+    latest = run_dir / "latest"
+    first = [run_dir / latest.read_text().strip()] if latest.exists() else []
+    return first + [p for p in reversed(step_dirs(run_dir)) if p not in first]
+
+
+def load_newest_usable(run_dir: str | os.PathLike) -> tuple[dict[str, Any], list[str]]:
+    """The newest undamaged checkpoint of a training run, with its trainer state, and why each newer
+    one was skipped: ``(checkpoint, [reasons])``. Raises DamagedCheckpointError when none is usable."""
+    damaged = []
+    for d in run_checkpoints(run_dir):
+        try:
+            return load_checkpoint(d, trainer=True), damaged
+        except (DamagedCheckpointError, FileNotFoundError) as exc:
+            damaged.append(str(exc))
+    raise DamagedCheckpointError(f"out_dir {run_dir} holds no usable checkpoint ({'; '.join(damaged) or 'none'}); "
+                                 "use --fresh (resume=False) or another out_dir")
+
+
+def config_difference(old: Any, new: Any, where: str = "") -> list[str]:
+    """What differs between two JSON-like configs, one ``"net kwargs channels [4, 8] vs [8, 16]"`` per leaf."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new), key=str)
+                for d in config_difference(old.get(k, "(absent)"), new.get(k, "(absent)"), f"{where} {k}".strip())]
+    return [] if old == new else [f"{where} {old!r} vs {new!r}".strip()]
 
 
 def load_checkpoint(path: str | os.PathLike, *, trainer: bool = False) -> dict[str, Any]:
@@ -212,13 +263,15 @@ def load_checkpoint(path: str | os.PathLike, *, trainer: bool = False) -> dict[s
     names = ["weights", "ema"] + (["trainer"] if trainer else [])
     for name in names:
         f = d / f"{name}.safetensors"
+        expected = config.get("sha256", {}).get(f.name)
         if not f.exists():
+            if expected is not None:
+                raise DamagedCheckpointError(f"checkpoint file {f} is missing (config.json lists it)")
             out[name] = None
             continue
         tensors = _read_tensors(f)
-        expected = config.get("sha256", {}).get(f.name)
         if expected is not None and sha256(f) != expected:
-            raise ValueError(f"{f} does not match the sha256 in config.json: the checkpoint is corrupt")
+            raise DamagedCheckpointError(f"checkpoint file {f} is damaged: it does not match the sha256 in config.json")
         out[name] = tensors
     if trainer:
         out["trainer_tensors"] = out.pop("trainer")

@@ -16,12 +16,14 @@ and can even resume with another N (the data order is global).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,43 +34,32 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sciffusion import checkpoint as ckpt
+from sciffusion.data.batches import TensorPairs, collate  # noqa: F401  (TensorPairs: public here)
+from sciffusion.diffusion import Denoiser
 from sciffusion.diffusion.accel import resolve as resolve_speed
 from sciffusion.diffusion.loss import draw_noise, edm_loss
 from sciffusion.distributed.ddp import DistributedContext, default_device
 from sciffusion.nets import net_spec
 
 
-class TensorPairs(torch.utils.data.Dataset):
-    """In-memory dataset of targets ``x: (N, ...)`` and optional conditions ``cond: (N, ...)``;
-    items are dicts ``{"x": ..., "cond": ...}`` like :class:`sciffusion.data.PairDataset`."""
-
-    def __init__(self, x: torch.Tensor, cond: torch.Tensor | None = None):
-        if cond is not None and len(cond) != len(x):
-            raise ValueError(f"x has {len(x)} samples but cond has {len(cond)}")
-        self.x, self.cond = x, cond
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i):
-        item = {"x": self.x[i]}
-        if self.cond is not None:
-            item["cond"] = self.cond[i]
-        return item
-
-    def batch(self, idx: torch.Tensor) -> dict:
-        item = {"x": self.x[idx]}
-        if self.cond is not None:
-            item["cond"] = self.cond[idx]
-        return item
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with ``torch.set_num_threads(threads)`` and restore the previous count after
+    (None: leave it). On a shared machine one or two threads are often far faster than torch's default."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive number of threads, got {threads!r}")
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
-def collate(dataset, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Stack ``dataset[i]`` dicts for the indices ``idx`` (uses ``dataset.batch`` when available)."""
-    if hasattr(dataset, "batch"):
-        return dataset.batch(idx)
-    items = [dataset[int(i)] for i in idx]
-    return {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in items[0]}
+def default_checkpoint_every(steps: int) -> int:
+    """Checkpoint spacing when none is given: every 10% of the steps, at most every 500 steps."""
+    return max(1, min(500, math.ceil(int(steps) / 10)))
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -76,10 +67,12 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 class Trainer:
-    """Train an EDM :class:`~sciffusion.diffusion.Denoiser` on a dataset of ``{"x", "cond", "mask"}`` dicts.
+    """Train an EDM :class:`~sciffusion.diffusion.Denoiser` on a dataset of ``{"x", "cond", "mask"}`` dicts
+    (or any sciffusion backbone on any batches, with ``loss_fn``).
 
     Args:
-        denoiser: the model (its ``net`` must be a sciffusion backbone, so it can be checkpointed).
+        denoiser: the model (its ``net``, or with ``loss_fn`` the module itself, must be a sciffusion
+            backbone, so it can be checkpointed).
         train_data: map-style dataset of dicts with ``"x"`` and optionally ``"cond"``, ``"mask"``.
         val_data: optional dataset for the validation loss (evaluated with a fixed noise seed).
         out_dir: run directory for checkpoints and ``metrics.jsonl``; None keeps everything in memory.
@@ -89,8 +82,10 @@ class Trainer:
         ema_decay: EMA factor per step; sampling uses the EMA weights.
         p_mean, p_std, channel_weights: EDM loss settings (see :func:`~sciffusion.diffusion.edm_loss`).
         seed: makes the run reproducible (data order, noise, initialisation is the caller's).
-        checkpoint_every: steps between checkpoints (also one at the end of :meth:`fit`).
-        keep_last: number of step checkpoints kept.
+        checkpoint_every: steps between checkpoints (also one at the end of :meth:`fit`); default
+            :func:`default_checkpoint_every` of the steps given to :meth:`fit` (10%, at most 500).
+        keep_last: number of step checkpoints kept (resuming falls back to an older one when the
+            newest is damaged).
         val_every: steps between validation losses (default: at each checkpoint).
         mixed_precision: ``"auto"`` (bf16 autocast on CUDA, full precision on CPU), ``"bf16"``
             (bfloat16 autocast on any device), or None/``"fp32"`` (full precision).
@@ -98,9 +93,12 @@ class Trainer:
         compile: ``torch.compile`` the training forward pass (checkpoints keep the plain weights).
         residual, residual_weight: physics-informed loss term (PIDM) passed to
             :func:`~sciffusion.diffusion.edm_loss`; ``residual`` is a callable and is not stored.
+        loss_fn: ``loss_fn(model, batch, generator) -> loss`` replaces the EDM loss (DYffusion's
+            networks); ``generator`` is the trainer's checkpointed generator, so resume stays exact.
         config: extra JSON-able entries stored in every checkpoint's config (normaliser, data...).
         progress: show a tqdm bar with loss and samples/s (rank 0 only under DDP).
-        resume: continue from the newest checkpoint in ``out_dir`` if there is one.
+        resume: continue from the newest checkpoint in ``out_dir`` if there is one (a damaged one is
+            skipped with a warning for the previous one; a checkpoint of another model is refused).
 
     In an initialised ``torch.distributed`` process group with more than one rank the model is
     wrapped in :class:`~torch.nn.parallel.DistributedDataParallel` (see the module docstring);
@@ -125,7 +123,7 @@ class Trainer:
         p_std: float = 1.2,
         channel_weights: list[float] | None = None,
         seed: int = 0,
-        checkpoint_every: int = 500,
+        checkpoint_every: int | None = None,
         keep_last: int = 3,
         val_every: int | None = None,
         val_batches: int = 4,
@@ -134,6 +132,7 @@ class Trainer:
         compile: bool = False,
         residual: Callable | None = None,
         residual_weight: float = 0.0,
+        loss_fn: Callable | None = None,
         device: str | torch.device | None = None,
         config: dict | None = None,
         progress: bool = True,
@@ -155,14 +154,14 @@ class Trainer:
         self.model = denoiser.to(self.device)
         if self._channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.residual = residual
+        self.residual, self.loss_fn = residual, loss_fn
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.train_data, self.val_data = train_data, val_data
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.settings = dict(
             batch_size=batch_size, lr=lr, weight_decay=weight_decay, betas=list(betas), warmup_steps=warmup_steps,
             grad_clip=grad_clip, ema_decay=ema_decay, p_mean=p_mean, p_std=p_std, channel_weights=channel_weights,
-            seed=seed, checkpoint_every=checkpoint_every, keep_last=keep_last, val_every=val_every or checkpoint_every,
+            seed=seed, checkpoint_every=checkpoint_every, keep_last=keep_last, val_every=val_every,
             val_batches=val_batches, mixed_precision=mixed_precision, channels_last=channels_last,
             compile=compile, residual_weight=residual_weight,
         )
@@ -173,8 +172,9 @@ class Trainer:
         self.step, self.epoch, self.position = 0, 0, 0
         self._perm: torch.Tensor | None = None
         self.history: list[dict] = []
-        if resume and self.out_dir is not None and (self.out_dir / "latest").exists():
-            self.load(self.out_dir)
+        self.last_record: dict | None = None  # the newest step's record, kept across resumes
+        if resume and self.out_dir is not None and ckpt.step_dirs(self.out_dir):
+            self._resume()
         self._ddp = None
         if self.dist.active:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -205,6 +205,8 @@ class Trainer:
     def _loss(self, model, batch, generator, noise=None) -> torch.Tensor:
         s = self.settings
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
+            if self.loss_fn is not None:
+                return self.loss_fn(model, batch, generator)
             return edm_loss(
                 model, batch["x"], cond=batch.get("cond"), mask=batch.get("mask"),
                 channel_weights=s["channel_weights"], p_mean=s["p_mean"], p_std=s["p_std"],
@@ -218,11 +220,12 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        if self._ddp is None:
-            loss = self._loss(self._train_model, self._batch(self.train_data, self._next_indices()), self.noise_gen)
+        idx = self._next_indices()
+        mine = idx if self._ddp is None else idx[self.dist.rows(len(idx))]
+        if self._ddp is None or self.loss_fn is not None:  # (under DDP a loss_fn draws for this rank's rows)
+            loss = self._loss(self._train_model, self._batch(self.train_data, mine), self.noise_gen)
         else:
-            idx = self._next_indices()
-            loss = self._rank_loss(self._train_model, self._batch(self.train_data, idx[self.dist.rows(len(idx))]), len(idx))
+            loss = self._rank_loss(self._train_model, self._batch(self.train_data, mine), len(idx))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if s["grad_clip"] is not None:
@@ -269,35 +272,43 @@ class Trainer:
         return sum(losses) / min(n, self.settings["val_batches"] * bs)
 
     def fit(self, steps: int, callback: Callable[[dict], None] | None = None, *,
-            max_seconds: float | None = None) -> list[dict]:
+            max_seconds: float | None = None, threads: int | None = None, desc: str = "training") -> list[dict]:
         """Train until ``self.step == steps`` (a resumed run continues where it stopped).
 
         ``max_seconds``: stop early, after the step during which this much wall time has passed
         (a cluster job's time limit, a benchmark's budget); the run is checkpointed there as at
         the end, and calling :meth:`fit` again resumes it. ``self.stopped_early`` says whether it did.
+        ``threads``: torch CPU threads while training (:func:`torch_threads`); ``desc`` labels the bar.
         """
-        s = self.settings
         if max_seconds is not None and not max_seconds >= 0:
             raise ValueError(f"max_seconds must be a non-negative number of seconds, got {max_seconds!r}")
-        bar = tqdm(total=steps, initial=self.step, disable=not self.progress, desc="training", dynamic_ncols=True)
+        with torch_threads(threads):
+            return self._fit(int(steps), callback, max_seconds, desc)
+
+    def _fit(self, steps: int, callback, max_seconds, desc) -> list[dict]:
+        s = self.settings
+        every = s["checkpoint_every"] or default_checkpoint_every(steps)
+        val_every = s["val_every"] or every
+        bar = tqdm(total=steps, initial=self.step, disable=not self.progress, desc=desc, dynamic_ncols=True)
         t0, n0 = time.perf_counter(), self.step
         self.stopped_early = False
         while self.step < steps:
             loss = self.train_step()
             out_of_time = max_seconds is not None and time.perf_counter() - t0 >= max_seconds and self.step < steps
             record = {"step": self.step, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"]}
-            if self.step % s["val_every"] == 0 or self.step == steps or out_of_time:
+            if self.step % val_every == 0 or self.step == steps or out_of_time:
                 val = self.validate()
                 if val is not None:
                     record["val_loss"] = val
             rate = (self.step - n0) * s["batch_size"] / max(time.perf_counter() - t0, 1e-9)
             record["samples_per_s"] = rate
             self.history.append(record)
+            self.last_record = record
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:.0f}")
             if callback is not None:
                 callback(record)
-            if self.out_dir is not None and (self.step % s["checkpoint_every"] == 0 or self.step == steps or out_of_time):
+            if self.out_dir is not None and (self.step % every == 0 or self.step == steps or out_of_time):
                 self.save()
             if out_of_time:
                 self.stopped_early = True
@@ -306,9 +317,15 @@ class Trainer:
         return self.history
 
     # ------------------------------------------------------------------ checkpoints
+    def model_spec(self) -> dict:
+        """How to rebuild the model: ``{"net": spec, "sigma_data": ...}`` for a Denoiser, ``{"net": spec}``
+        for a bare backbone trained with ``loss_fn``."""
+        if isinstance(self.model, Denoiser):
+            return {"net": net_spec(self.model.net), "sigma_data": self.model.sigma_data}
+        return {"net": net_spec(self.model)}
+
     def model_config(self) -> dict:
-        config = {"model": {"net": net_spec(self.model.net), "sigma_data": self.model.sigma_data},
-                  "training": self.settings}
+        config = {"model": self.model_spec(), "training": self.settings}
         config.update(self.extra_config)
         return config
 
@@ -326,7 +343,8 @@ class Trainer:
         rng = {"rng.noise": self.noise_gen.get_state(), **self._rng_states()}
         if self.dist.active:
             rng.update({f"{k}.rank{r}": v for r, st in enumerate(states) if r > 0 for k, v in st.items()})
-        meta = {"step": self.step, "epoch": self.epoch, "position": self.position, "optimizer": opt_meta}
+        meta = {"step": self.step, "epoch": self.epoch, "position": self.position, "optimizer": opt_meta,
+                "last": {k: v for k, v in (self.last_record or {}).items() if k != "samples_per_s"} or None}
         path = ckpt.save_checkpoint(
             self.out_dir / name, weights=self.model.state_dict(), ema=self.ema.state_dict(),
             config=self.model_config(), trainer_tensors={**opt_tensors, **rng}, trainer_meta=meta,
@@ -337,7 +355,7 @@ class Trainer:
                 if rec["step"] > self._logged:
                     f.write(json.dumps(rec) + "\n")
             self._logged = self.step
-        steps = sorted(p for p in self.out_dir.glob("step_*") if p.is_dir())
+        steps = [p for p in ckpt.step_dirs(self.out_dir) if int(p.name[5:]) <= self.step]  # (not a damaged newer one)
         for old in steps[: -self.settings["keep_last"]]:
             shutil.rmtree(old, ignore_errors=True)
         self.dist.barrier()
@@ -351,9 +369,24 @@ class Trainer:
             out["rng.cuda"] = torch.cuda.get_rng_state()
         return out
 
+    def _resume(self) -> None:
+        """Load the newest usable checkpoint of ``out_dir``, warning about the damaged ones skipped."""
+        c, damaged = ckpt.load_newest_usable(self.out_dir)
+        if damaged and self.dist.is_main:
+            warnings.warn(f"resuming {self.out_dir} from {c['dir'].name}, skipping damaged checkpoint(s): "
+                          + "; ".join(damaged), stacklevel=3)
+        self._restore(c)
+
     def load(self, path: str | os.PathLike) -> None:
         """Restore model, EMA, optimizer, step, data position and RNG states from a checkpoint."""
-        c = ckpt.load_checkpoint(path, trainer=True)
+        self._restore(ckpt.load_checkpoint(path, trainer=True))
+
+    def _restore(self, c: dict) -> None:
+        run = self.out_dir or c["dir"].parent
+        diff = ckpt.config_difference(c["config"].get("model"), json.loads(json.dumps(self.model_spec())))
+        if diff:
+            raise ValueError(f"out_dir {run} holds another model ({'; '.join(diff)}, stored vs new); "
+                             "use --fresh (resume=False) or another out_dir")
         self.model.load_state_dict(c["weights"])
         self.ema.load_state_dict(c["ema"])
         tensors, meta = c["trainer_tensors"], c["trainer_meta"]
@@ -364,8 +397,8 @@ class Trainer:
         if "rng.cuda" in tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state(tensors.get("rng.cuda" + mine, tensors["rng.cuda"]))
         self.step, self.epoch, self.position = meta["step"], meta["epoch"], meta["position"]
-        self._perm, self._logged = None, self.step
-        metrics = Path(self.out_dir or c["dir"].parent) / "metrics.jsonl"
+        self._perm, self._logged, self.last_record = None, self.step, meta.get("last")
+        metrics = Path(run) / "metrics.jsonl"
         if metrics.exists() and self.dist.is_main:  # drop records written after this checkpoint by a killed run
             keep = [ln for ln in metrics.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
             ckpt.atomic_write_bytes(metrics, ("\n".join(keep) + "\n" if keep else "").encode())

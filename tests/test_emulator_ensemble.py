@@ -40,7 +40,7 @@ def test_exact_denoiser_gives_members_with_the_seed_mean_and_the_lead_time_sprea
         np.testing.assert_allclose(dev.mean("member"), 0, atol=4 * temperature * 2.0 / np.sqrt(400))
         std = dev.std("member").mean(["init_time", "k"]).values
         np.testing.assert_allclose(std, temperature * np.array(DEV), rtol=0.06)
-    assert ens["x"].attrs["long_name"] == "state" and ens.attrs["title"] == "seeds"
+    assert ens["x"].attrs["long_name"] == "state" and ens.attrs["source_title"] == "seeds" and ens.attrs["title"].startswith("sciffusion emulated ensemble")
     assert ens.attrs["seed_members"] == "[4, 9]" and '"temperature": 1.5' in ens.attrs["sampler"]
 
 

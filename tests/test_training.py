@@ -180,3 +180,85 @@ def test_time_limited_fit_checkpoints_and_resumes_to_the_uninterrupted_run(tmp_p
         assert torch.equal(a["weights"][name], b["weights"][name]), name
     with pytest.raises(ValueError, match="max_seconds"):
         trainer(None).fit(2, max_seconds=-1)
+
+
+# ----------------------------------------------------------------------------- damaged checkpoints, other models
+def truncate(path: Path, keep: int) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+@pytest.mark.parametrize("keep", [10, 100])  # inside the header; inside the tensor data
+@pytest.mark.parametrize("loader", ["load_checkpoint", "load_denoiser", "load_task", "Trainer"])
+def test_a_truncated_checkpoint_file_is_named_as_damaged_at_every_load_path(tmp_path, loader, keep):
+    from sciffusion.checkpoint import DamagedCheckpointError, load_task
+
+    run_dir = make_checkpoint(tmp_path)
+    ema = run_dir / "step_00000004" / "ema.safetensors"
+    truncate(ema, keep)
+    load = {"load_checkpoint": load_checkpoint, "load_denoiser": load_denoiser,
+            "load_task": lambda p: load_task(p, "training", "a training run"),
+            "Trainer": lambda p: Trainer(Denoiser(MLP(2, width=8, depth=1)), TensorPairs(torch.randn(64, 2)),
+                                         out_dir=p, batch_size=16, progress=False)}[loader]
+    with pytest.raises(DamagedCheckpointError, match=f"{ema}.* damaged"):
+        load(run_dir)
+
+
+def small_trainer(out, width=8, keep_last=3):
+    torch.manual_seed(0)
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+    return Trainer(Denoiser(MLP(2, width=width, depth=1)), TensorPairs(x), out_dir=out, batch_size=16,
+                   checkpoint_every=2, keep_last=keep_last, progress=False, seed=3)
+
+
+def test_resume_onto_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_and_stays_exact(tmp_path):
+    """Checkpoints at 2, 4, 6; step 6's EMA truncated: a warning names it, training resumes from 4,
+    the run still ends at the uninterrupted run's weights, and step 6 is rewritten whole."""
+    small_trainer(tmp_path / "run").fit(6)
+    small_trainer(tmp_path / "straight").fit(8)
+    truncate(tmp_path / "run" / "step_00000006" / "ema.safetensors", 100)
+    with pytest.warns(UserWarning, match="step_00000006/ema.safetensors is damaged"):
+        resumed = small_trainer(tmp_path / "run")
+    assert resumed.step == 4
+    resumed.fit(8)
+    a, b = load_checkpoint(tmp_path / "run", trainer=True), load_checkpoint(tmp_path / "straight", trainer=True)
+    for name in a["weights"]:
+        assert torch.equal(a["weights"][name], b["weights"][name]), name
+    assert load_checkpoint(tmp_path / "run" / "step_00000006")["ema"] is not None
+
+
+def test_resume_with_no_usable_checkpoint_is_a_clear_error(tmp_path):
+    from sciffusion.checkpoint import DamagedCheckpointError
+
+    small_trainer(tmp_path / "run", keep_last=1).fit(2)
+    truncate(tmp_path / "run" / "step_00000002" / "weights.safetensors", 0)
+    with pytest.raises(DamagedCheckpointError, match=r"holds no usable checkpoint .*step_00000002/weights.safetensors.*--fresh"):
+        small_trainer(tmp_path / "run")
+
+
+def test_another_model_in_an_existing_out_dir_is_refused_naming_what_differs(tmp_path):
+    small_trainer(tmp_path / "run").fit(2)
+    with pytest.raises(ValueError, match=r"out_dir .*run holds another model \(net kwargs width 8 vs 16, stored vs new\); "
+                                         r"use --fresh"):
+        small_trainer(tmp_path / "run", width=16)
+    assert small_trainer(tmp_path / "run").step == 2  # nothing was lost
+
+
+def test_checkpoint_files_get_the_mode_a_plain_open_gives(tmp_path):
+    """Not 0600 (safetensors' own writer): every file of a run is readable as the umask allows."""
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    run_dir = make_checkpoint(tmp_path)
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"latest", "metrics.jsonl", "weights.safetensors", "ema.safetensors", "config.json"}
+    for p in files:
+        assert p.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777, p
+
+
+def test_threads_apply_during_fit_and_are_restored_after():
+    seen = []
+    trainer = Trainer(Denoiser(MLP(2, width=8, depth=1)), TensorPairs(torch.randn(32, 2)), batch_size=16, progress=False)
+    before = torch.get_num_threads()
+    trainer.fit(2, callback=lambda record: seen.append(torch.get_num_threads()), threads=before + 1)
+    assert seen == [before + 1, before + 1] and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        trainer.fit(3, threads=0)

@@ -28,8 +28,10 @@ def run(args) -> int:
     trainer = train_from_config(cfg, progress=not args.no_progress, resume=not args.fresh)
     if not trainer.dist.is_main:
         return 0
-    last = trainer.history[-1] if trainer.history else {}
-    print(f"trained to step {trainer.step}; last loss {last.get('loss', float('nan')):.4f}"
+    last = trainer.last_record or {}
+    head = f"trained to step {trainer.step}; last loss" if trainer.history else \
+        f"already trained to step {trainer.step} (nothing to do); last recorded loss"
+    print(head + (f" {last['loss']:.4f}" if "loss" in last else " unknown (not in the checkpoint)")
           + (f", validation loss {last['val_loss']:.4f}" if "val_loss" in last else "")
           + f"; checkpoints in {trainer.out_dir}"
           + (f" (DDP over {trainer.dist.world} processes)" if trainer.dist.active else ""))

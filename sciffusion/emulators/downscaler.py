@@ -39,6 +39,7 @@ from sciffusion.diffusion import Denoiser
 from sciffusion.emulators.coarsen import coarsen, grid_dims_of, periodic_dims
 from sciffusion.emulators.downscale_data import DownscaleCoder, _names, stack
 from sciffusion.emulators.members import generate as generate_members
+from sciffusion.data.provenance import generated_attrs
 from sciffusion.emulators.store import EnsembleStore
 from sciffusion.metrics import band_power_ratio
 
@@ -109,7 +110,8 @@ class Downscaler:
             sample_dim: str = "time", coarse: xr.Dataset | xr.DataArray | None = None, static=None, periodic=None,
             net: dict | None = None, steps: int = 2000, batch_size: int = 32, lr: float = 1e-3,
             warmup_steps: int = 100, ema_decay: float = 0.999, seed: int = 0,
-            out_dir: str | os.PathLike | None = None, device=None, progress: bool = False) -> Downscaler:
+            out_dir: str | os.PathLike | None = None, device=None, progress: bool = False,
+            checkpoint_every: int | None = None, threads: int | None = None) -> Downscaler:
         """Train on fine fields ``v (sample_dim, *grid)`` (NaN where missing).
 
         Args:
@@ -127,6 +129,9 @@ class Downscaler:
                 counts are filled in); see :func:`default_net`.
             steps, batch_size, lr, warmup_steps, ema_decay, seed: training (:class:`~sciffusion.training.Trainer`).
             out_dir: checkpoint directory for a resumable run (None: in memory).
+            checkpoint_every: steps between checkpoints of a run with ``out_dir`` (default 10% of
+                ``steps``, at most 500); a killed run resumes from the last one, bit for bit.
+            threads: torch CPU threads while training (default: leave torch's setting).
         """
         from sciffusion.nets import build_net
         from sciffusion.training import Trainer
@@ -160,11 +165,11 @@ class Downscaler:
         den = Denoiser(build_net(default_net(coder, net)), sigma_data=1.0)
         spec = {"coder": coder.to_dict(), "sampler": dict(DEFAULT_SAMPLER)}
         trainer = Trainer(den, data, out_dir=out_dir, batch_size=min(batch_size, len(data)), lr=lr,
-                          warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed, checkpoint_every=max(steps, 1),
+                          warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed, checkpoint_every=checkpoint_every,
                           device=device, config={"downscaler": spec}, progress=progress)
-        trainer.fit(steps)
+        trainer.fit(steps, threads=threads)
         model = cls(trainer.ema.eval().requires_grad_(False), coder)
-        model.history = trainer.history
+        model.history, model.last_record = trainer.history, trainer.last_record
         if out_dir is not None:
             from sciffusion.checkpoint import resolve, sha256
 
@@ -271,8 +276,6 @@ class Downscaler:
             return result
         template = xr.Dataset({v: ([c.sample_dim, *c.grid_dims], np.zeros((n, *c.grid_shape), np.float32), dict(c.attrs[v]))
                                for v in c.variables}, coords=coords, attrs=attrs)
-        if mode == "resume" and Path(out).exists():
-            _check_resume(out, provenance)
         store = EnsembleStore(out, template, int(n_members), member_chunk=member_chunk, member_axis=1,
                               attrs=provenance, mode=mode, always_missing={v: ~c.valid(v) for v in c.masked})
         for block in store.missing():
@@ -285,7 +288,9 @@ class Downscaler:
         from sciffusion import __version__
 
         sampler = {"method": settings["method"], "steps": settings["steps"], **_sampler_options(settings)}
-        return {"sciffusion_version": __version__, "emulator": "sciffusion.emulators.Downscaler",
+        described = generated_attrs(ds.attrs, f"sciffusion downscaled ensemble ({n_members} members, "
+                                    f"{self.coder.factor}x finer)", "sciffusion.emulators.Downscaler")
+        return {**described, "sciffusion_version": __version__, "emulator": "sciffusion.emulators.Downscaler",
                 "downscale_factor": self.coder.factor, "upsample_method": self.coder.method,
                 "checkpoint": str(self.checkpoint or ""), "checkpoint_sha256": str(self.checkpoint_sha256 or ""),
                 "weights_sha256": _weights_sha(self.denoiser), "input_sha256": hashlib.sha256(x.tobytes()).hexdigest(),
@@ -439,14 +444,3 @@ def _check_mask_pair(coder: DownscaleCoder, c: np.ndarray) -> None:
                              f"{int(differ.sum())} coarse grid point(s) (coarse cells with valid fine points must be "
                              f"valid, cells without must be NaN)")
 
-
-def _check_resume(store, provenance: dict) -> None:
-    """Refuse to resume a store written with another model, sampler, seed or input."""
-    import zarr
-
-    attrs = dict(zarr.open_group(str(store), mode="r").attrs)
-    keys = ("weights_sha256", "sampler", "seed", "input_sha256", "downscale_factor")
-    diff = [k for k in keys if k in attrs and attrs[k] != provenance[k]]
-    if diff:
-        raise ValueError(f"cannot resume {os.fspath(store)!r}: it was written with other {diff}; "
-                         f"pass mode='w' to overwrite")

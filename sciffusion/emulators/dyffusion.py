@@ -30,9 +30,7 @@ Same API as :class:`~sciffusion.emulators.Rollout` (``fit``, ``rollout``, ``save
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +38,6 @@ import torch
 import torch.nn.functional as F
 import xarray as xr
 from torch import nn
-from tqdm.auto import tqdm
 
 from sciffusion.emulators.rollout import _split_dims, default_net
 from sciffusion.emulators.rollout_base import RolloutCoder, RolloutModel, _names
@@ -156,13 +153,19 @@ class DYffusion(RolloutModel):
             history: int = 1, forcings=None, horizon: int = 4, net: dict | None = None, steps: int = 2000,
             interpolator_steps: int | None = None, batch_size: int = 64, lr: float = 1e-3, warmup_steps: int = 100,
             ema_decay: float = 0.995, dropout: float = 0.15, seed: int = 0, out_dir: str | os.PathLike | None = None,
-            device=None, progress: bool = False, max_seconds: float | None = None) -> DYffusion:
+            device=None, progress: bool = False, max_seconds: float | None = None,
+            checkpoint_every: int | None = None, threads: int | None = None) -> DYffusion:
         """Train the interpolator (``interpolator_steps``, default ``steps``), then the forecaster (``steps``).
 
         Arguments as :meth:`Rollout.fit <sciffusion.emulators.Rollout.fit>`, plus ``horizon`` (h time
-        steps per window) and ``dropout`` (the interpolator's, on at inference). ``out_dir``: the
-        trained model is saved there. ``max_seconds``: wall-time budget, half for each network
+        steps per window) and ``dropout`` (the interpolator's, on at inference). Both networks train
+        with :class:`~sciffusion.training.Trainer` (its ``loss_fn`` hook) on windows drawn without
+        replacement; with ``out_dir`` each is a resumable run (``out_dir/interpolator``,
+        ``out_dir/forecaster``, checkpointed every ``checkpoint_every`` steps, default 10%) that a
+        killed fit resumes bit for bit, and the trained model is saved in ``out_dir/model`` (what
+        ``DYffusion.load(out_dir)`` reads). ``max_seconds``: wall-time budget, half for each network
         (each stops after the step that exceeds its half; ``.losses`` of each says how many ran).
+        ``threads``: torch CPU threads while training.
         """
         from sciffusion.nets import build_net
 
@@ -184,44 +187,41 @@ class DYffusion(RolloutModel):
         spec = default_net(coder, net)
         ispec = {**spec, "kwargs": {**spec["kwargs"], "dropout": dropout}}
         model = cls(build_net(ispec), build_net(spec), coder, horizon=h, h_std=dict(zip(variables, dz.tolist())))
-        starts = [(s, t) for s in range(z.shape[0]) for t in range(z.shape[1] - h)]
-        gen = torch.Generator().manual_seed(seed)
+        windows = _Windows(z, fz, h)
 
-        def batch():
-            idx = torch.randint(len(starts), (batch_size,), generator=gen)
-            s, t = torch.tensor([starts[j][0] for j in idx]), torch.tensor([starts[j][1] for j in idx])
-            i = torch.randint(0, h, (batch_size,), generator=gen)
-            ff = None if fz is None else fz[s, t].to(device)
-            return s, t, i, ff
-
-        def interp_loss(net):
-            s, t, i, ff = batch()
-            i = i.clamp_min(1)
-            z0, zh, zi = z[s, t].to(device), z[s, t + h].to(device), z[s, t + i].to(device)
-            code = i.to(device, z0.dtype) / h
+        def interp_loss(net, batch, gen):
+            w, ff = batch["window"], batch.get("forcing")
+            z0, zh = w[:, 0], w[:, -1]
+            i = torch.randint(0, h, (len(w),), generator=gen, device=w.device).clamp_min(1)
+            code = i.to(z0.dtype) / h
             cond = zh if ff is None else torch.cat([zh, ff], 1)
             pred = z0 + (zh - z0) * code.reshape(-1, *[1] * (z0.ndim - 1)) + model._scale(z0) * net(z0, code, cond=cond)
-            return F.mse_loss(pred, zi)
+            return F.mse_loss(pred, w[torch.arange(len(w), device=w.device), i])
 
-        def forecast_loss(net):
-            s, t, i, ff = batch()
-            z0, zh = z[s, t].to(device), z[s, t + h].to(device)
+        def forecast_loss(net, batch, gen):
+            w, ff = batch["window"], batch.get("forcing")
+            z0, zh = w[:, 0], w[:, -1]
+            i = torch.randint(0, h, (len(w),), generator=gen, device=w.device)
             with torch.no_grad():
                 model.interpolator.train()  # the stochastic interpolator's outputs, as at inference
                 zi = z0.clone()
                 for iv in i.unique().tolist():
-                    m = (i == iv).to(device)
+                    m = i == iv
                     zi[m] = model.interpolate(z0[m], zh[m], iv, None if ff is None else ff[m])
-            return F.mse_loss(model.forecast(zi, z0, i.to(device), ff, net=net), zh)
+            return F.mse_loss(model.forecast(zi, z0, i, ff, net=net), zh)
 
-        model.interpolator = _train(model.interpolator.to(device), interp_loss, interpolator_steps or steps, lr,
-                                    warmup_steps, ema_decay, progress, "interpolator",
-                                    None if max_seconds is None else max_seconds / 2)
-        model.forecaster = _train(model.forecaster.to(device), forecast_loss, steps, lr, warmup_steps, ema_decay,
-                                  progress, "forecaster", None if max_seconds is None else max_seconds / 2)
+        run = {"windows": windows, "out_dir": out_dir, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
+               "ema_decay": ema_decay, "seed": seed, "device": device, "progress": progress,
+               "checkpoint_every": checkpoint_every, "threads": threads,
+               "max_seconds": None if max_seconds is None else max_seconds / 2}
+        model.interpolator = _train(model.interpolator, "interpolator", interp_loss, interpolator_steps or steps, **run)
+        model.forecaster = _train(model.forecaster, "forecaster", forecast_loss, steps, **run)
         model.interpolator.eval(), model.forecaster.eval()
-        if out_dir is not None:
-            model.save(out_dir)
+        if out_dir is not None:  # a run directory whose `latest` names the trained model
+            from sciffusion.checkpoint import atomic_write_bytes
+
+            model.save(Path(out_dir) / "model")
+            atomic_write_bytes(Path(out_dir) / "latest", b"model")
         return model
 
     # ------------------------------------------------------------------ persistence
@@ -259,30 +259,41 @@ class DYffusion(RolloutModel):
                    checkpoint_sha256=sha256(Path(ck["dir"]) / "weights.safetensors"))
 
 
-def _train(net: nn.Module, loss_fn, steps: int, lr: float, warmup: int, ema_decay: float, progress: bool,
-           desc: str, max_seconds: float | None = None) -> nn.Module:
-    """AdamW with linear warm-up, gradient clipping at 1 and an EMA copy (returned); stops after the
-    step that exceeds ``max_seconds`` of wall time, if given."""
-    if max_seconds is not None and not max_seconds >= 0:
-        raise ValueError(f"max_seconds must be a non-negative number of seconds, got {max_seconds!r}")
-    t0 = time.perf_counter()
-    ema = copy.deepcopy(net).requires_grad_(False)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr)
-    net.train()
-    losses = []
-    for step in tqdm(range(int(steps)), disable=not progress, desc=desc, leave=False):
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup))
-        loss = loss_fn(net)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            for e, p in zip(ema.parameters(), net.parameters()):
-                e.lerp_(p, 1 - ema_decay)
-        losses.append(float(loss.detach()))
-        if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
-            break
-    ema.losses = np.asarray(losses)
+class _Windows(torch.utils.data.Dataset):
+    """Training windows ``{"window": z[s, t : t+h+1] (h+1, C, *grid), "forcing": f[s, t]}`` of
+    normalised states ``z (S, T, C, *grid)`` (and forcings), one per start ``(s, t)``."""
+
+    def __init__(self, z: torch.Tensor, fz: torch.Tensor | None, h: int):
+        self.z, self.fz, self.h = z, fz, int(h)
+        self.starts = torch.tensor([(s, t) for s in range(z.shape[0]) for t in range(z.shape[1] - h)])
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        s, t = self.starts[idx, 0], self.starts[idx, 1]
+        out = {"window": torch.stack([self.z[s, t + k] for k in range(self.h + 1)], 1)}
+        if self.fz is not None:
+            out["forcing"] = self.fz[s, t]
+        return out
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.batch(torch.tensor([i])).items()}
+
+
+def _train(net: nn.Module, name: str, loss_fn, steps: int, *, windows: _Windows, out_dir, batch_size: int, lr: float,
+           warmup_steps: int, ema_decay: float, seed: int, device, progress: bool, checkpoint_every: int | None,
+           threads: int | None, max_seconds: float | None) -> nn.Module:
+    """Train one network with :class:`~sciffusion.training.Trainer` (AdamW with weight decay 0.01,
+    linear warm-up, gradient clipping at 1) and return its EMA copy, with ``.losses`` of this call."""
+    from sciffusion.training import Trainer
+
+    trainer = Trainer(net, windows, out_dir=None if out_dir is None else Path(out_dir) / name,
+                      batch_size=min(int(batch_size), len(windows)), lr=lr, weight_decay=0.01,
+                      warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed + (name == "forecaster"),
+                      checkpoint_every=checkpoint_every, device=device, loss_fn=loss_fn, progress=progress,
+                      config={"dyffusion_training": {"network": name, "horizon": windows.h}})
+    history = trainer.fit(int(steps), max_seconds=max_seconds, threads=threads, desc=name)
+    ema = trainer.ema.requires_grad_(False)
+    ema.losses = np.asarray([r["loss"] for r in history])
     return ema

@@ -34,6 +34,7 @@ from sciffusion.diffusion import Denoiser
 from sciffusion.diffusion.sample import step_function
 from sciffusion.emulators.members import generate as generate_members
 from sciffusion.emulators.seeds_data import MODES, SeedPairs, SeedsCoder, _names, ensemble_tensor
+from sciffusion.data.provenance import generated_attrs
 from sciffusion.emulators.store import EnsembleStore
 
 SIGMA_MAX = 80.0
@@ -134,7 +135,8 @@ class EnsembleEmulator:
             member_dim: str = "member", climatology: bool = False, static=None, net: dict | None = None,
             steps: int = 2000, batch_size: int = 128, lr: float = 2e-3, warmup_steps: int = 100,
             ema_decay: float = 0.995, seed: int = 0, pairs_per_sample: int | None = None, eof_samples: int = 8192,
-            out_dir: str | os.PathLike | None = None, device=None, progress: bool = False) -> EnsembleEmulator:
+            out_dir: str | os.PathLike | None = None, device=None, progress: bool = False,
+            checkpoint_every: int | None = None, threads: int | None = None) -> EnsembleEmulator:
         """Train on a physics ensemble ``ds`` with ``v (..., lead_time, member, *grid)``.
 
         Args:
@@ -152,6 +154,9 @@ class EnsembleEmulator:
                 of the condition), fitted on ``eof_samples`` training pairs: far cheaper per member.
             steps, batch_size, lr, warmup_steps, ema_decay, seed: training (see :class:`~sciffusion.training.Trainer`).
             out_dir: checkpoint directory for a resumable run (None: in memory).
+            checkpoint_every: steps between checkpoints of a run with ``out_dir`` (default 10% of
+                ``steps``, at most 500); a killed run resumes from the last one, bit for bit.
+            threads: torch CPU threads while training (default: leave torch's setting).
         """
         from sciffusion.nets import build_net
         from sciffusion.training import Trainer
@@ -203,11 +208,11 @@ class EnsembleEmulator:
         spec = {"coder": coder.to_dict(), "mode": mode, "truth_fraction": truth_fraction if mode != "emulation" else 0.0,
                 "sampler": dict(DEFAULT_SAMPLER)}
         trainer = Trainer(den, pairs, out_dir=out_dir, batch_size=min(batch_size, len(pairs)), lr=lr,
-                          warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed, checkpoint_every=max(steps, 1),
+                          warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed, checkpoint_every=checkpoint_every,
                           device=device, config={"ensemble_emulator": spec}, progress=progress)
-        trainer.fit(steps)
+        trainer.fit(steps, threads=threads)
         emu = cls(trainer.ema.eval().requires_grad_(False), coder, mode=mode, truth_fraction=spec["truth_fraction"])
-        emu.history = trainer.history
+        emu.history, emu.last_record = trainer.history, trainer.last_record
         return emu
 
     # ------------------------------------------------------------------ persistence
@@ -298,8 +303,6 @@ class EnsembleEmulator:
             return out.assign_coords({c.member_dim: np.arange(int(n_members))})
         template = xr.Dataset({v: ([*sample_dims, *c.grid_dims], np.zeros([*sample_shape, *c.grid_shape], np.float32),
                                    dict(ds[v].attrs)) for v in c.variables}, coords=coords, attrs=dict(ds.attrs))
-        if mode == "resume" and Path(store).exists():
-            _check_provenance(store, provenance)
         st = EnsembleStore(store, template, int(n_members), member_chunk=member_chunk, member_axis=len(sample_dims),
                            attrs=provenance, mode=mode)
         for block in st.missing():
@@ -313,7 +316,10 @@ class EnsembleEmulator:
         from sciffusion import __version__
 
         seed_ids = ds[self.coder.member_dim].values.tolist() if self.coder.member_dim in ds.coords else list(range(self.coder.n_seeds))
-        return {"sciffusion_version": __version__, "emulator": "sciffusion.emulators.EnsembleEmulator",
+        # the seeds' descriptive attributes would now be false: the output is emulated, not simulated
+        described = generated_attrs(ds.attrs, f"sciffusion emulated ensemble ({n_members} members from "
+                                    f"{self.coder.n_seeds} seed members, {self.mode})", "sciffusion.emulators.EnsembleEmulator")
+        return {**described, "sciffusion_version": __version__, "emulator": "sciffusion.emulators.EnsembleEmulator",
                 "emulator_mode": self.mode, "truth_fraction": self.truth_fraction, "n_seeds": self.coder.n_seeds,
                 "seed_members": json.dumps(seed_ids), "checkpoint": str(self.checkpoint or ""),
                 "checkpoint_sha256": str(self.checkpoint_sha256 or ""),
@@ -321,17 +327,6 @@ class EnsembleEmulator:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "history": f"EnsembleEmulator.generate(n_members={n_members}, seed={seed})"}
 
-
-def _check_provenance(store, provenance: dict) -> None:
-    """Refuse to resume a store written with another checkpoint, sampler or seed."""
-    import zarr
-
-    attrs = dict(zarr.open_group(str(store), mode="r").attrs)
-    diff = [k for k in ("checkpoint_sha256", "sampler", "seed", "seed_members", "emulator_mode")
-            if k in attrs and attrs[k] != provenance[k]]
-    if diff:
-        raise ValueError(f"cannot resume {os.fspath(store)!r}: it was written with other {diff} "
-                         f"({', '.join(f'{k}={attrs[k]!r}' for k in diff)}); pass mode='w' to overwrite")
 
 
 def _lead_per_sample(ds: xr.Dataset, coder: SeedsCoder, sample_dims: list[str]) -> np.ndarray:

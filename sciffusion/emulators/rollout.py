@@ -105,7 +105,8 @@ class Rollout(RolloutModel):
             history: int = 1, forcings=None, net: dict | None = None, steps: int = 2000, batch_size: int = 64,
             lr: float = 2e-3, warmup_steps: int = 100, ema_decay: float = 0.995, seed: int = 0,
             out_dir: str | os.PathLike | None = None, device=None, progress: bool = False,
-            max_seconds: float | None = None) -> Rollout:
+            max_seconds: float | None = None, checkpoint_every: int | None = None,
+            threads: int | None = None) -> Rollout:
         """Train on trajectories ``ds`` with variables on ``(*sample_dims, time, *grid)``.
 
         Args:
@@ -120,6 +121,9 @@ class Rollout(RolloutModel):
             out_dir: checkpoint directory of a resumable training run (None: in memory).
             max_seconds: wall-time budget: training stops after the step that exceeds it (before
                 ``steps``); ``model.history`` says how many steps ran.
+            checkpoint_every: steps between checkpoints of a run with ``out_dir`` (default 10% of
+                ``steps``, at most 500); a killed run resumes from the last one, bit for bit.
+            threads: torch CPU threads while training (default: leave torch's setting).
         """
         from sciffusion.nets import build_net
         from sciffusion.training import Trainer, TensorPairs
@@ -136,11 +140,11 @@ class Rollout(RolloutModel):
         den = Denoiser(build_net(default_net(coder, net)), sigma_data=1.0)
         spec = {"coder": coder.to_dict(), "sampler": dict(DEFAULT_SAMPLER)}
         trainer = Trainer(den, TensorPairs(target, cond), out_dir=out_dir, batch_size=min(batch_size, len(target)), lr=lr,
-                          warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed, checkpoint_every=max(steps, 1),
+                          warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed, checkpoint_every=checkpoint_every,
                           device=device, config={"rollout": spec}, progress=progress)
-        trainer.fit(steps, max_seconds=max_seconds)
+        trainer.fit(steps, max_seconds=max_seconds, threads=threads)
         model = cls(trainer.ema.eval().requires_grad_(False), coder)
-        model.history = trainer.history
+        model.history, model.last_record = trainer.history, trainer.last_record
         return model
 
     # ------------------------------------------------------------------ persistence
