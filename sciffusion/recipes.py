@@ -36,11 +36,16 @@ import xarray as xr
 
 from sciffusion import __version__
 from sciffusion.data import Normalizer, PairDataset, open_dataset
+from sciffusion.data.provenance import generated_attrs
 from sciffusion.diffusion import Denoiser
 from sciffusion.nets import build_net
 
 _PAIR_KEYS = ("variables", "grid_dims", "along", "offset", "history", "n_seeds", "seed_members",
               "cond_variables", "static", "cond_grid_dims", "allow_missing")
+_DATA_KEYS = ("path", "validation_fraction", *_PAIR_KEYS)
+_MODEL_KEYS = ("net", "sigma_data", "kwargs")
+# Trainer keywords that train_from_config fills itself, not the [training] table
+_TRAINER_OWN = ("denoiser", "train_data", "val_data", "config", "progress", "resume", "loss_fn")
 _CHANNEL_KEYS = {"UNet2d": ("in_channels", "cond_channels"), "PeriodicConv1d": ("in_channels", "cond_channels"),
                  "MLP": ("in_features", "cond_features")}
 
@@ -61,6 +66,22 @@ def _section(cfg: dict, name: str) -> dict:
     if name not in cfg or not isinstance(cfg[name], dict):
         raise ValueError(f"config has no [{name}] table")
     return dict(cfg[name])
+
+
+def _check_keys(table: dict, name: str, valid) -> None:
+    """Refuse a key of config table ``[name]`` that is not in ``valid`` (a typo would be ignored)."""
+    unknown = sorted(set(table) - set(valid))
+    if unknown:
+        raise ValueError(f"config [{name}] has unknown key(s) {unknown}; valid keys: {sorted(valid)}")
+
+
+def _training_keys() -> list[str]:
+    """The valid ``[training]`` keys: the Trainer's keywords, plus ``steps``."""
+    import inspect
+
+    from sciffusion.training import Trainer
+
+    return [k for k in inspect.signature(Trainer).parameters if k not in _TRAINER_OWN] + ["steps"]
 
 
 def pairs_from_spec(ds: xr.Dataset, spec: dict, normalizer: Normalizer | None) -> PairDataset:
@@ -87,9 +108,14 @@ def train_from_config(cfg: dict, *, ds: xr.Dataset | None = None, progress: bool
 
 
 def _train_from_config(cfg: dict, *, ds: xr.Dataset | None, progress: bool, resume: bool):
+    from sciffusion.commands._common import refuse_overlap
     from sciffusion.training import Trainer
 
     data, model, training = _section(cfg, "data"), _section(cfg, "model"), _section(cfg, "training")
+    for table, name, valid in ((data, "data", _DATA_KEYS), (model, "model", _MODEL_KEYS),
+                               (training, "training", _training_keys())):
+        _check_keys(table, name, valid)
+    refuse_overlap(training.get("out_dir"), "[training] out_dir", {"[data] path": data.get("path")})
     if ds is None:
         if "path" not in data:
             raise ValueError("[data] needs 'path' (a zarr store or netCDF file)")
@@ -113,7 +139,9 @@ def _train_from_config(cfg: dict, *, ds: xr.Dataset | None, progress: bool, resu
     out_dir = training.pop("out_dir", None)
     if out_dir is None:
         raise ValueError("[training] needs 'out_dir' for the checkpoints")
+    # the grid trained on: sampling_plan refuses another size for a periodic net
     stored_data = {k: v for k, v in data.items() if k != "validation_fraction"}
+    stored_data["grid_shape"] = list(pairs.grid_shape)
     trainer = Trainer(den, train, val_data=val, out_dir=out_dir, progress=progress, resume=resume,
                       config={"data": stored_data, "normalizer": normalizer.to_dict()}, **training)
     trainer.fit(steps)
@@ -155,6 +183,10 @@ def sample_from_checkpoint(
     """
     from sciffusion.emulators import EnsembleStore, generate
 
+    sizes = {"members": members, "steps": steps, "batch_size": batch_size, "member_chunk": member_chunk}
+    for name, value in sizes.items():
+        if int(value) < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
     plan = sampling_plan(checkpoint, data, members=members, cases=cases, steps=steps, method=method, seed=seed,
                          device=device, **sampler_options)
     scale_out = scheduler is not None or workers is not None
@@ -213,10 +245,15 @@ def sampling_plan(
     normalizer = Normalizer.from_dict(config["normalizer"]) if config.get("normalizer") else None
     ds = open_dataset(data) if not isinstance(data, xr.Dataset) else data
     pairs = pairs_from_spec(ds, spec, normalizer)
+    _check_grid(den.net, spec.get("grid_shape"), pairs.grid_shape, spec["grid_dims"], data)
     ids = list(range(len(pairs)))
     ids = ids[cases] if isinstance(cases, slice) else (list(cases) if cases is not None else ids)
     if not ids:
         raise ValueError(f"no cases selected out of {len(pairs)}")
+    wrong = [i for i in ids if not 0 <= i < len(pairs)]
+    if wrong:
+        raise ValueError(f"cases {wrong} out of range: the data hold {len(pairs)} condition/target pairs "
+                         f"(cases 0..{len(pairs) - 1})")
     cond = torch.stack([pairs[i]["cond"] for i in ids])
     where = [pairs.index(i) for i in ids]
     along = spec.get("along", "time")
@@ -240,6 +277,7 @@ def sampling_plan(
     weights = ckpt_dir / ("ema.safetensors" if (ckpt_dir / "ema.safetensors").exists() else "weights.safetensors")
     digest = sha256(weights)
     provenance = {
+        **generated_attrs(ds.attrs, f"sciffusion sample ensemble ({members} members per case)", "sciffusion sample"),
         "sciffusion_version": __version__, "checkpoint": str(ckpt_dir), "checkpoint_sha256": digest,
         "sampler": json.dumps({"method": method, "steps": steps, **sampler_options}), "seed": seed,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -249,3 +287,24 @@ def sampling_plan(
             "normalizer": normalizer, "cond": cond, "template": template, "provenance": provenance,
             "variables": list(variables), "dims": ["case", "member", *grid],
             "event_shape": (pairs.channels, *pairs.grid_shape), "always_missing": always_missing}
+
+
+def _check_grid(net, trained: list[int] | None, given: tuple[int, ...], grid_dims, data) -> None:
+    """Refuse conditions on another grid size than the periodic net was trained on.
+
+    With circular padding (a ``PeriodicConv1d``, a ``UNet2d`` with a ``"circular"`` axis) the grid
+    size is the period of the domain: a 16x16 crop of a 32x32 doubly periodic field is another
+    physical system, whose samples would look plausible and be wrong. A net with bounded
+    (zero/reflect) padding only sees local neighbourhoods, so another size is allowed (a
+    regional crop or a larger domain, as patch-based downscaling does). Checkpoints written
+    before the trained grid was recorded (no ``grid_shape``) are not checked.
+    """
+    if trained is None or tuple(trained) == tuple(given):
+        return
+    padding = getattr(net, "config", {}).get("padding", ())
+    if type(net).__name__ == "PeriodicConv1d" or "circular" in padding:
+        dims = " x ".join(str(d) for d in grid_dims)
+        where = "the data" if isinstance(data, xr.Dataset) else str(data)
+        raise ValueError(f"the conditions in {where} are on a {tuple(given)} grid ({dims}) but the model was "
+                         f"trained on {tuple(trained)} with periodic (circular) padding, where the grid size is the "
+                         f"domain's period; give fields on the trained grid")

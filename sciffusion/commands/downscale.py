@@ -7,6 +7,8 @@ directory to write (resumes if interrupted) and FINE the fine-grid training data
 ``docs/downscaling.md``.
 """
 
+from sciffusion.commands._common import UserError, refuse_overlap, require_min, write_mode
+
 NAME = "downscale"
 HELP = "downscale coarse fields to a fine-grid ensemble with a trained Downscaler (or train one with --train)"
 
@@ -35,25 +37,32 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from sciffusion.cli import UserError
+    require_min(args, 1, "members", "steps", "batch_size", "member_chunk", "factor", "train_steps")
+    require_min(args, 0, "seed", "eta")
+    if args.train:
+        if args.factor is None:
+            raise UserError("--train needs --factor")
+        refuse_overlap(args.checkpoint, "CHECKPOINT (the run directory --train writes)", {"--train": args.train})
+    else:
+        if args.coarse is None or args.out is None:
+            raise UserError("give COARSE and -o OUT.zarr (or --train FINE --factor F to train)")
+        refuse_overlap(args.out, "-o", {"COARSE": args.coarse, "CHECKPOINT": args.checkpoint})
+
     from sciffusion.data import open_dataset
     from sciffusion.emulators import Downscaler
 
     if args.train:
-        if args.factor is None:
-            raise UserError("--train needs --factor")
         fine = open_dataset(args.train)
         model = Downscaler.fit(fine, args.variables, factor=args.factor, sample_dim=args.sample_dim,
                                steps=args.train_steps, out_dir=args.checkpoint, device=args.device,
                                progress=not args.no_progress)
-        print(f"trained {args.train_steps} steps (last loss {model.history[-1]['loss']:.4f}); checkpoint in {model.checkpoint}")
+        last = getattr(model, "last_record", None) or {}
+        print(f"trained to step {last.get('step', args.train_steps)} (last loss {last.get('loss', float('nan')):.4f}); "
+              f"checkpoint in {model.checkpoint}")
         return 0
-    if args.coarse is None or args.out is None:
-        raise UserError("give COARSE and -o OUT.zarr (or --train FINE --factor F to train)")
     model = Downscaler.load(args.checkpoint, device=args.device)
-    mode = "resume" if args.resume else "w" if args.overwrite else "w-"
     ds = model.downscale(open_dataset(args.coarse), args.members, steps=args.steps, eta=args.eta, seed=args.seed,
-                         batch_size=args.batch_size, out=args.out, mode=mode, member_chunk=args.member_chunk,
-                         progress=not args.no_progress, device=args.device)
+                         batch_size=args.batch_size, out=args.out, mode=write_mode(args),
+                         member_chunk=args.member_chunk, progress=not args.no_progress, device=args.device)
     print(f"wrote {dict(ds.sizes)} to {args.out} (sampler {ds.attrs['sampler']})")
     return 0

@@ -7,6 +7,8 @@ its attributes; ``--resume`` continues an interrupted run from the last written 
 equals an uninterrupted run). See ``docs/rollout.md``.
 """
 
+from sciffusion.commands._common import SAMPLER_METHODS, UserError, refuse_overlap, require_min, write_mode
+
 NAME = "rollout"
 HELP = "roll a Rollout or DYffusion emulator forward from an initial state, streaming to zarr"
 
@@ -22,7 +24,7 @@ def add_arguments(parser):
                         help="pick the initial state by position, e.g. run=0 time=-1 (default: the last time)")
     parser.add_argument("--forcings", help="zarr store or netCDF file with the forcing variables along time")
     parser.add_argument("--sampler-steps", type=int, help="diffusion sampler steps (autoregressive model)")
-    parser.add_argument("--method", choices=["heun", "euler", "stochastic", "ddim"], help="sampler (autoregressive model)")
+    parser.add_argument("--method", choices=SAMPLER_METHODS, help="sampler (autoregressive model)")
     parser.add_argument("--chunk-steps", type=int, default=100, help="times per zarr chunk and per resumable block")
     parser.add_argument("--device", help="torch device (default: cpu)")
     group = parser.add_mutually_exclusive_group()
@@ -45,17 +47,27 @@ def load_emulator(path, device=None):
 
 
 def run(args) -> int:
-    from sciffusion.cli import UserError
+    require_min(args, 1, "steps", "members", "sampler_steps", "chunk_steps")
+    require_min(args, 0, "seed")
+    refuse_overlap(args.out, "-o", {"INITIAL": args.initial, "--forcings": args.forcings,
+                                    "CHECKPOINT": args.checkpoint})
+
     from sciffusion.data import open_dataset
 
     model = load_emulator(args.checkpoint, device=args.device)
     ds = open_dataset(args.initial, chunks=None)
     c = model.coder
+    missing = [v for v in c.variables if v not in ds.data_vars]
+    if missing:
+        raise UserError(f"INITIAL {args.initial} lacks the variable(s) {missing} the model was trained on; "
+                        f"it has {sorted(map(str, ds.data_vars))}")
     select = {}
     for item in args.select:
         dim, _, index = item.partition("=")
         if dim not in ds.dims or not index.lstrip("-").isdigit():
             raise UserError(f"--select {item!r}: expected DIM=INDEX with DIM one of {sorted(map(str, ds.dims))}")
+        if not -ds.sizes[dim] <= int(index) < ds.sizes[dim]:
+            raise UserError(f"--select {item!r}: {dim} has {ds.sizes[dim]} positions in {args.initial}")
         select[dim] = int(index)
     if c.time_dim in ds.dims and c.time_dim not in select:
         select[c.time_dim] = -1
@@ -64,10 +76,9 @@ def run(args) -> int:
         ds = ds.isel({c.time_dim: slice(max(0, stop - c.history), stop)})
     ds = ds.isel(select)[c.variables]
     forcings = open_dataset(args.forcings, chunks=None) if args.forcings else None
-    mode = "resume" if args.resume else "w" if args.overwrite else "w-"
     options = {k: v for k, v in {"steps": args.sampler_steps, "method": args.method}.items() if v is not None}
     out = model.rollout(ds, args.steps, n_members=args.members, forcings=forcings, seed=args.seed, out=args.out,
-                        chunk_steps=args.chunk_steps, mode=mode, progress=not args.no_progress, device=args.device,
-                        **options)
+                        chunk_steps=args.chunk_steps, mode=write_mode(args), progress=not args.no_progress,
+                        device=args.device, **options)
     print(f"wrote {dict(out.sizes)} to {args.out}")
     return 0

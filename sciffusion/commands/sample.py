@@ -5,6 +5,9 @@ on a running dask cluster (workers need the checkpoint and the output path on a 
 filesystem); the ensemble is the same as without them. See ``docs/scale.md``.
 """
 
+from sciffusion.commands._common import (SAMPLER_METHODS, UserError, refuse_overlap, require_min,
+                                         sampler_options, write_mode)
+
 NAME = "sample"
 HELP = "generate an ensemble from a checkpoint for the conditions in a zarr/netCDF dataset"
 
@@ -16,9 +19,9 @@ def add_arguments(parser):
     parser.add_argument("--members", type=int, default=16, help="ensemble size (default 16)")
     parser.add_argument("--cases", type=int, nargs="+", help="indices of the condition/target pairs to use (default all)")
     parser.add_argument("--steps", type=int, default=18, help="sampler steps (default 18)")
-    parser.add_argument("--method", default="heun", choices=["heun", "euler", "stochastic", "ddim"])
-    parser.add_argument("--churn", type=float, default=30.0, help="EDM churn for --method stochastic")
-    parser.add_argument("--eta", type=float, default=1.0, help="DDIM eta for --method ddim")
+    parser.add_argument("--method", default="heun", choices=SAMPLER_METHODS, help="sampler (default heun)")
+    parser.add_argument("--churn", type=float, help="EDM churn, with --method stochastic only (default 30)")
+    parser.add_argument("--eta", type=float, help="DDIM eta, with --method ddim only (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--member-chunk", type=int, default=8, help="members per zarr chunk and per resumable block")
@@ -36,23 +39,21 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from sciffusion.cli import UserError
+    require_min(args, 1, "members", "steps", "batch_size", "member_chunk", "workers", "batches_per_task")
+    require_min(args, 0, "seed")
+    options = sampler_options(args)
+    if args.batches_per_task is not None and args.scheduler is None and args.workers is None:
+        raise UserError("--batches-per-task needs --scheduler or --workers")
+    refuse_overlap(args.out, "-o", {"DATA": args.data, "CHECKPOINT": args.checkpoint})
+
     from sciffusion.distributed import SchedulerUnreachable
     from sciffusion.recipes import sample_from_checkpoint
 
-    options = {}
-    if args.method == "stochastic":
-        options["churn"] = args.churn
-    if args.method == "ddim":
-        options["eta"] = args.eta
-    mode = "resume" if args.resume else "w" if args.overwrite else "w-"
-    if args.batches_per_task is not None and args.scheduler is None and args.workers is None:
-        raise UserError("--batches-per-task needs --scheduler or --workers")
     try:
         ds = sample_from_checkpoint(
             args.checkpoint, args.data, args.out, members=args.members, cases=args.cases, steps=args.steps,
             method=args.method, seed=args.seed, batch_size=args.batch_size, member_chunk=args.member_chunk,
-            mode=mode, progress=not args.no_progress, device=args.device, scheduler=args.scheduler,
+            mode=write_mode(args), progress=not args.no_progress, device=args.device, scheduler=args.scheduler,
             workers=args.workers, batches_per_task=args.batches_per_task, **options,
         )
     except SchedulerUnreachable as exc:

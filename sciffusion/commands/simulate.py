@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from sciffusion.commands._common import UserError, require_min
+
 NAME = "simulate"
 HELP = "run truth trajectories and perturbed-initial-condition ensembles of a built-in system to zarr"
 SYSTEM_NAMES = ("lorenz96", "kolmogorov", "darcy", "shallow-water")
@@ -41,7 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping finished chunks")
     group.add_argument("--overwrite", action="store_true", help="replace an existing output store")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def build_system(args: argparse.Namespace):
@@ -75,15 +76,14 @@ def build_system(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    require_min(args, 1, "members", "n_init", "size", "chunk_members")
+    require_min(args, 0, "n_leads", "seed")
+
     from sciffusion.systems import simulate
 
-    if args.members < 1:
-        raise ValueError(f"--members must be >= 1, got {args.members}")
     try:
         truth, forecast = build_system(args)
     except ImportError as exc:  # optional dependency (torch-harmonics for shallow-water)
-        from sciffusion.cli import UserError
-
         raise UserError(str(exc)) from exc
     if_exists = "resume" if args.resume else "overwrite" if args.overwrite else "error"
     ds = simulate(

@@ -1,0 +1,82 @@
+"""What the sub-commands share: the user-error type, option checks and the output-path guard.
+
+Cheap to import (no torch, no xarray): :mod:`sciffusion.cli` imports it while building the parser.
+Every check here runs before a command writes or deletes anything, so a refused run leaves no
+partial output behind to block the corrected rerun.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+# the names of sciffusion.diffusion.METHODS (not imported here: that would import torch for --help)
+SAMPLER_METHODS = ("heun", "euler", "stochastic", "ddim", "dpmpp2m")
+# sampler options that only one method uses: option -> that method
+_METHOD_OPTIONS = {"churn": "stochastic", "eta": "ddim"}
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed as one line without a traceback."""
+
+
+def option(dest: str) -> str:
+    """The command-line spelling of an argparse ``dest``: ``member_chunk`` -> ``--member-chunk``."""
+    return "--" + dest.replace("_", "-")
+
+
+def require_min(args, minimum: int, *dests: str) -> None:
+    """Refuse the options ``dests`` (argparse dest names) that are given and below ``minimum``, naming the option."""
+    for dest in dests:
+        value = getattr(args, dest, None)
+        if value is not None and value < minimum:
+            raise UserError(f"{option(dest)} must be >= {minimum}, got {value}")
+
+
+def sampler_options(args) -> dict:
+    """``--churn``/``--eta`` as sampler keywords; one given with a ``--method`` that does not use it is refused
+    (it would be silently ignored), and so is a negative value."""
+    options = {}
+    for dest, method in _METHOD_OPTIONS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if args.method != method:
+            raise UserError(f"{option(dest)} applies to --method {method} only, not --method {args.method}")
+        if value < 0:
+            raise UserError(f"{option(dest)} must be >= 0, got {value}")
+        options[dest] = value
+    return options
+
+
+def write_mode(args) -> str:
+    """The store mode of ``--resume`` / ``--overwrite`` / neither: ``"resume"``, ``"w"`` or ``"w-"``."""
+    return "resume" if args.resume else "w" if args.overwrite else "w-"
+
+
+def refuse_overlap(out: str | os.PathLike | None, flag: str, inputs: Mapping[str, str | os.PathLike | None]) -> None:
+    """Refuse an output path that is one of the ``inputs``, lies inside one, or holds one.
+
+    ``out`` is the path given by the option ``flag`` (e.g. ``"-o"``); ``inputs`` maps each input's
+    name (``"DATA"``, ``"--forcings"``) to its path (None: not given). Paths are compared after
+    resolving symbolic links (and by inode when both exist), so a link to the input is the input.
+    Writing there with ``--overwrite`` would delete the input before reading it.
+    """
+    if out is None:
+        return
+    target = Path(out).resolve()
+    for name, path in inputs.items():
+        if path is None:
+            continue
+        source = Path(path).resolve()
+        if target == source or (target.exists() and source.exists() and os.path.samefile(target, source)):
+            relation = "is"
+        elif target.is_relative_to(source):
+            relation = "lies inside"
+        elif source.is_relative_to(target):
+            relation = "holds"
+        else:
+            continue
+        raise UserError(f"{flag} {os.fspath(out)} {relation} the input {name} {os.fspath(path)}; "
+                        f"writing there would destroy it, choose another output path")
