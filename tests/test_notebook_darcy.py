@@ -1,4 +1,4 @@
-"""notebooks/02_darcy_inverse.ipynb runs end to end at a small size and inverts a Darcy field."""
+"""notebooks/02_darcy_inverse.ipynb runs end to end at a small size, inverts a Darcy field and shows its figure."""
 
 from pathlib import Path
 
@@ -16,7 +16,7 @@ STEPS = 4
 SEED = 0"""
 
 
-def test_darcy_inverse_notebook_executes_at_small_size(tmp_path):
+def test_darcy_inverse_notebook_executes_at_small_size_and_displays_its_figure(tmp_path):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     params = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith("# parameters")]
     assert len(params) == 1, "the notebook needs one '# parameters' cell"
@@ -29,3 +29,5 @@ def test_darcy_inverse_notebook_executes_at_small_size(tmp_path):
         assert errs and all(e == e and e < 1e6 for e in errs), line  # finite numbers were printed
     with pytest.raises(StopIteration):
         next(o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error")
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 1, "the truth / posterior mean / posterior std figure should be displayed"

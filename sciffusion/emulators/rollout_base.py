@@ -229,7 +229,8 @@ class RolloutStore:
             return
         if self.path.exists():
             if mode == "w-":
-                raise FileExistsError(f"{self.path} exists; pass mode='resume' to continue it or mode='w' to overwrite")
+                raise FileExistsError(f"{self.path} exists; pass mode='resume' (--resume) to continue it "
+                                      "or mode='w' (--overwrite) to overwrite")
             shutil.rmtree(self.path)
         data = {}
         for name, v in template.data_vars.items():
@@ -247,13 +248,13 @@ class RolloutStore:
                 if k in old and old[k] != attrs.get(k)]
         if diff:
             raise ValueError(f"cannot resume {os.fspath(self.path)!r}: it was written with other {diff}; "
-                             "pass mode='w' to overwrite")
+                             "pass mode='w' (--overwrite) to overwrite")
         ds = xr.open_zarr(self.path, consolidated=False)
         for name, v in template.data_vars.items():
             if name not in ds or ds[name].shape != v.shape:
                 got = ds[name].shape if name in ds else "missing"
                 raise ValueError(f"cannot resume {os.fspath(self.path)!r}: variable {name!r} is {got}, expected {v.shape} "
-                                 "(other n_members or n_steps?); pass mode='w' to overwrite")
+                                 "(other n_members or n_steps?); pass mode='w' (--overwrite) to overwrite")
         chunks = ds[next(iter(template.data_vars))].encoding.get("chunks")
         if chunks:
             self.chunk = int(chunks[1])
@@ -281,6 +282,31 @@ class RolloutStore:
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
             zarr.consolidate_metadata(str(self.path))
             return xr.open_zarr(self.path)
+
+
+GROWTH_WARNING = 10.0  # warn when a state's RMS about the training mean exceeds this many times its reference scale
+
+
+def _rms(coder: RolloutCoder, x: torch.Tensor) -> torch.Tensor:
+    """Largest RMS over members of physical states ``x (M, C, *grid)`` about the training mean: ``(C,)``."""
+    return (x - coder._vec(coder.mean, coder.variables, x)).pow(2).flatten(2).mean(2).sqrt().amax(0)
+
+
+def _warn_growth(coder: RolloutCoder, x: torch.Tensor, scale: torch.Tensor, step: int, when) -> bool:
+    """One ``RuntimeWarning`` if a variable of ``x`` has grown past ``GROWTH_WARNING`` times ``scale`` (the
+    larger of the training std and the initial state's RMS, ``(C,)``); True once warned."""
+    ratio = _rms(coder, x) / scale
+    if not (ratio > GROWTH_WARNING).any():
+        return False
+    i = int(ratio.argmax())
+    v = coder.variables[i]
+    warnings.warn(f"the rollout of {v!r} is blowing up: at step {step} ({coder.time_dim} = {when}) its RMS about the "
+                  f"training mean is {float(ratio[i] * scale[i]):.3g}, {float(ratio[i]):.0f}x its reference "
+                  f"{float(scale[i]):.3g} (the larger of the training data's std, {coder.std[v]:.3g}, and the initial "
+                  "state's RMS). The emulator has most likely left the attractor: train it longer or sample with more "
+                  "sampler steps (warned once per rollout; a NaN or inf state raises FloatingPointError)",
+                  RuntimeWarning, stacklevel=4)  # the caller of rollout(), past torch.no_grad's wrapper
+    return True
 
 
 def _sha(arr) -> str:
@@ -398,6 +424,8 @@ class RolloutModel:
         buffer: list[torch.Tensor] = [] if done else [seq[:, -1]]
         k = start if done < n_steps + 1 else n_steps
         bar = tqdm(total=n_steps, initial=start, disable=not progress, desc="rollout", leave=False)
+        scale = torch.tensor([c.std[v] for v in c.variables]).maximum(_rms(c, torch.as_tensor(x0[:, -1])).float())
+        warned = False
         while k < n_steps:
             gens = self._generators(seed, k, n_members, device)
             f = None if forcing is None else torch.as_tensor(forcing[k], dtype=dtype).expand(n_members, *forcing.shape[1:])
@@ -409,6 +437,7 @@ class RolloutModel:
                     raise FloatingPointError(f"the rollout became non-finite at step {k + j + 1} ({c.time_dim} = "
                                              f"{times[k + j + 1]}) in member(s) {bad.nonzero().flatten().tolist()}; "
                                              f"times before {done if store is not None else k + j + 1} are kept")
+                warned = warned or _warn_growth(c, x, scale, k + j + 1, times[k + j + 1])
                 seq = torch.cat([seq[:, 1:], x[:, None]], dim=1)
                 if k + j + 1 >= done:
                     buffer.append(x)
