@@ -189,6 +189,36 @@ def scores(fc: xr.DataArray, truth: xr.DataArray) -> dict:
     return out
 
 
+def add_uncertainty(rows: dict, forecasts: dict, truth: xr.DataArray, best: str, confidence: float = 0.9) -> dict:
+    """Add to each row the ``confidence`` block-bootstrap interval of its CRPS along the test months
+    (``crps_lo``, ``crps_hi``), and compare ``best`` with every other method: the CRPS difference
+    with its paired interval (the same blocks for both), the CRPSS of ``best`` relative to it and
+    the Diebold-Mariano p-value (HLN-corrected). Each month's CRPS is the mean over its ocean
+    points (the mask is the same every month, so the months' mean is the pooled CRPS). Nine months
+    give wide intervals: they bound what this table can tell apart, not the method's skill."""
+    from sciffusion.metrics.uncertainty import block_bootstrap, diebold_mariano
+
+    space = [d for d in truth.dims if d != "time"]
+    monthly = {k: sm.crps_ensemble(fc.astype(np.float64), truth.astype(np.float64), reduce_dims=space)
+               for k, fc in forecasts.items()}
+    kw = dict(dim="time", confidence=confidence, n_resamples=2000)
+    for k, crps in monthly.items():
+        ci = block_bootstrap(crps, **kw)
+        rows[k].update(crps_lo=float(ci.lower), crps_hi=float(ci.upper), block_length=ci.attrs["block_length"])
+    comparisons = {}
+    for k in monthly:
+        if k == best:
+            continue
+        diff = block_bootstrap(monthly[best], monthly[k], statistic="difference", **kw)
+        skill = block_bootstrap(monthly[best], monthly[k], statistic="skill", **kw)
+        dm = diebold_mariano(monthly[best], monthly[k], dim="time", harvey=True)
+        comparisons[k] = {"crps_difference": float(diff.estimate), "difference_lo": float(diff.lower),
+                          "difference_hi": float(diff.upper), "crpss": float(skill.estimate),
+                          "crpss_lo": float(skill.lower), "crpss_hi": float(skill.upper),
+                          "dm_p_value": float(dm.p_value), "block_length": diff.attrs["block_length"]}
+    return comparisons
+
+
 def figure(truth, coarse, ens, bicubic, path, month: int = 0):
     """Truth, coarse input, ensemble mean, spread, one member and the errors of bicubic and the mean, for one month."""
     import matplotlib
@@ -286,17 +316,25 @@ def main(argv=None):
             for m in ("bicubic", "nearest")}
     # the static channel alone, as a deterministic forecast: bicubic + mean residual of 2006-2009
     base["bicubic + residual climatology"] = base["bicubic"] + with_static(train)[STATIC].values
-    rows = {f"diffusion ({members} members)": scores(ens, truth),
-            **{name: scores(base[m].expand_dims(member=1, axis=1), truth) for name, m in (
-                ("bicubic", "bicubic"), ("nearest neighbour", "nearest"),
-                ("bicubic + residual clim.", "bicubic + residual climatology"))}}
+    forecasts = {f"diffusion ({members} members)": ens,
+                 **{name: base[m].expand_dims(member=1, axis=1) for name, m in (
+                     ("bicubic", "bicubic"), ("nearest neighbour", "nearest"),
+                     ("bicubic + residual clim.", "bicubic + residual climatology"))}}
+    rows = {name: scores(fc, truth) for name, fc in forecasts.items()}
+    comparisons = add_uncertainty(rows, forecasts, truth, best=f"diffusion ({members} members)")
     d = rows[f"diffusion ({members} members)"]
-    cols = ("crps", "rmse", "spread", "ssr", "rank_flatness")
+    cols = ("crps", "crps_lo", "crps_hi", "rmse", "spread", "ssr", "rank_flatness")
     head = f"{'method':26s} " + " ".join(f"{c:>14s}" for c in cols)
     print(f"\n2010 (9 months), {int(ocean.sum())} ocean points of {ocean.size}; sampler {model.sampler}")
     print(head + "\n" + "-" * len(head))
     for name, r in rows.items():
         print(f"{name:26s} " + " ".join(f"{r[c]:14.4f}" for c in cols))
+    print(f"crps_lo/hi: 90% circular block bootstrap along the months (blocks of {d['block_length']}); "
+          f"diffusion against each baseline (paired, HLN Diebold-Mariano):")
+    for name, c in comparisons.items():
+        print(f"  vs {name:24s} CRPS difference {c['crps_difference']:+.4f} [{c['difference_lo']:+.4f}, "
+              f"{c['difference_hi']:+.4f}], CRPSS {c['crpss']:.2f} [{c['crpss_lo']:.2f}, {c['crpss_hi']:.2f}], "
+              f"DM p-value {c['dm_p_value']:.2g}")
     cost = {"train_s": t_train, "fit_2006_2008_s": t_fit, "refit_s": t_refit, "calibrate_s": t_cal, "generate_s": t_gen,
             "s_per_member": t_gen / (members * truth.sizes["time"])}
     print(f"land points NaN in every member: {100 * land_nan:.1f}% (ocean points finite: {100 * ocean_finite:.1f}%)")
@@ -312,7 +350,7 @@ def main(argv=None):
                         "refit_steps": refit_steps,
                         "test": "2010-01..2010-09", "net": NET, **{k: v for k, v in fit_kw.items()},
                         "members": members, "calibration_members": cal_members, "quick": a.quick, "threads": 1},
-              "sampler": model.sampler, "scores": rows, "land_nan_fraction": land_nan,
+              "sampler": model.sampler, "scores": rows, "comparisons": comparisons, "land_nan_fraction": land_nan,
               "ocean_finite_fraction": ocean_finite, "ocean_points": int(ocean.sum()), "seconds": cost,
               "calibration": table.to_dict(orient="records"), "targets": targets}
     if not a.quick:

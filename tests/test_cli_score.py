@@ -122,3 +122,83 @@ def test_360_day_calendar_scores_and_plots(files, capsys):
     assert "2000-02-30" in capsys.readouterr().out
     for kind in ("rank_histogram", "reliability", "crps_map", "spectrum", "spread_skill"):
         assert (out / f"t2m_{kind}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.fixture
+def daily(tmp_path):
+    """40 daily forecasts: a sharp ensemble around the signal, a blurred one, and the truth."""
+    rng = np.random.default_rng(1)
+    coords = {"time": pd.date_range("2020-01-01", periods=40), "lat": np.linspace(-60, 60, 4),
+              "lon": np.arange(8) * 45.0}
+    signal = rng.standard_normal((40, 4, 8))
+    truth = xr.Dataset({"t2m": (("time", "lat", "lon"), signal + 0.5 * rng.standard_normal((40, 4, 8)))}, coords=coords)
+    dims = ("member", "time", "lat", "lon")
+    good = xr.Dataset({"t2m": (dims, signal + 0.5 * rng.standard_normal((6, 40, 4, 8)))}, coords=coords)
+    blurred = xr.Dataset({"t2m": (dims, 0.3 * signal + rng.standard_normal((6, 40, 4, 8)))}, coords=coords)
+    tmp = tmp_path / "daily"
+    tmp.mkdir()
+    truth.to_netcdf(tmp / "truth.nc")
+    good.to_zarr(tmp / "good.zarr", consolidated=False)
+    blurred.to_zarr(tmp / "blurred.zarr", consolidated=False)
+    return good, truth, tmp
+
+
+def test_intervals_sit_next_to_the_scores_and_contain_them(daily, capsys):
+    """Averaged over a 40-day time dim, each score gets a 90% block-bootstrap interval that holds
+    the score and equals block_bootstrap of the per-day (area-weighted) scores."""
+    from sciffusion.metrics.uncertainty import block_bootstrap
+
+    good, truth, tmp = daily
+    argv = ["score", str(tmp / "good.zarr"), str(tmp / "truth.nc"), "--reduce", "time", "lat", "lon",
+            "--block-length", "3", "--out", str(tmp / "o"), "--no-plots"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "crps_lo" in printed
+    assert "90% circular block bootstrap of 't2m' along 'time' (40 values, blocks of 3" in printed
+    csv = pd.read_csv(tmp / "o" / "scores.csv")
+    assert list(csv.columns[:4]) == ["variable", "crps", "crps_lo", "crps_hi"]
+    for k in ("crps", "rmse", "bias", "spread"):
+        assert (csv[f"{k}_lo"] <= csv[k]).all() and (csv[k] <= csv[f"{k}_hi"]).all()
+    per_day = crps_ensemble(good.t2m, truth.t2m, reduce_dims=["lat", "lon"], weights=latitude_weights(good.lat))
+    expected = block_bootstrap(per_day, dim="time", block_length=3)
+    np.testing.assert_allclose(csv[["crps_lo", "crps_hi"]].values[0], [expected.lower, expected.upper], rtol=1e-5)
+    ds = xr.open_dataset(tmp / "o" / "scores.nc")
+    assert ds["t2m_crps_hi"].attrs["long_name"].startswith("upper end of the 90% interval")
+
+
+def test_no_intervals_without_a_long_enough_time_dim_says_why(files, daily, capsys):
+    fc, truth, paths, tmp = files
+    assert main(["score", str(paths["fc_zarr"]), str(paths["truth_nc"])]) == 0
+    assert "no intervals for 't2m': no time-like dim among the averaged dims ['lat', 'lon']" in capsys.readouterr().out
+    good, truth, tmp = daily
+    err = _fail(["score", str(tmp / "good.zarr"), str(tmp / "truth.nc"), "--bootstrap-dim", "time"], capsys)
+    assert "--bootstrap-dim 'time' is not among the averaged dims ['lat', 'lon']; add it to --reduce" in err
+
+
+def test_compare_with_itself_gives_no_difference(daily, capsys):
+    """A against A: difference 0 with interval [0, 0], skill 0, Diebold-Mariano p-value 1."""
+    good, truth, tmp = daily
+    z = str(tmp / "good.zarr")
+    assert main(["score", z, str(tmp / "truth.nc"), "--reduce", "time", "lat", "lon", "--compare", z,
+                 "--out", str(tmp / "o"), "--no-plots"]) == 0
+    table = pd.read_csv(tmp / "o" / "compare.csv")
+    assert list(table.score) == ["crps", "mse"]
+    for k in ("difference", "difference_lo", "difference_hi", "skill", "skill_lo", "skill_hi", "dm_statistic"):
+        assert (table[k] == 0).all(), k
+    assert (table.dm_p_value == 1).all()
+
+
+def test_compare_finds_the_better_ensemble(daily, capsys):
+    """The sharp ensemble beats the blurred one: negative CRPS difference with an interval below 0,
+    CRPSS > 0 equal to 1 - CRPS_A/CRPS_B, Diebold-Mariano p-value < 0.001."""
+    good, truth, tmp = daily
+    argv = ["score", str(tmp / "good.zarr"), str(tmp / "truth.nc"), "--reduce", "time", "lat", "lon",
+            "--compare", str(tmp / "blurred.zarr"), "--out", str(tmp / "o"), "--no-plots"]
+    assert main(argv) == 0
+    assert "dm_p_value" in capsys.readouterr().out
+    row = pd.read_csv(tmp / "o" / "compare.csv").set_index("score").loc["crps"]
+    assert row.difference_hi < 0 and row.dm_p_value < 1e-3 and row.skill_lo > 0
+    np.testing.assert_allclose(row.skill, 1 - row.A / row.B, rtol=1e-6)
+    w = latitude_weights(good.lat)
+    expected = crps_ensemble(good.t2m, truth.t2m, reduce_dims="all", weights=w)
+    np.testing.assert_allclose(row.A, float(expected), rtol=1e-5)

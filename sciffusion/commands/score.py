@@ -18,7 +18,8 @@ NaN variable is refused, and so are members entirely NaN (an unfinished ``sample
 The inputs are opened lazily (dask arrays chunked as stored), so memory stays bounded by a few
 chunks per thread. ``--workers N`` computes on a local dask cluster of N worker processes
 (``--memory-limit`` each), ``--scheduler ADDRESS`` on a running cluster; the numbers are the
-same. See ``docs/scale.md``.
+same. See ``docs/scale.md``. Intervals next to the scores and ``--compare B`` (differences, CRPS
+skill, Diebold-Mariano): :mod:`sciffusion.commands._score_report`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--workers", type=int, metavar="N", help="compute on a local dask cluster of N worker processes")
     parser.add_argument("--memory-limit", default="auto", metavar="SIZE",
                         help="memory per local worker with --workers, e.g. 2GiB (default: auto)")
+    from sciffusion.commands import _score_report
+
+    _score_report.add_arguments(parser)
 
 
 def _open(path: str, role: str, member_dim: str | None = None, target_bytes: int = 64 * 2**20):
@@ -277,35 +281,11 @@ def _spectra(fc, ob, lat, lon):
     return {k: sm.zonal_spectrum(x, lon_dim=lon, reduce_dims="all") for k, x in (("truth", ob), ("forecast", fc))}, note
 
 
-def _plots(pairs, scores, member_dim, out: Path):
-    import sciffusion.metrics as sm
-    from sciffusion import plot
-
-    for name, (fc, ob) in pairs.items():
-        fc, ob = _masked(fc, ob, member_dim)
-        figs = {"rank_histogram": plot.rank_histogram(
-            sm.rank_histogram(fc, ob, member_dim=member_dim, reduce_dims="all"), title=name)}
-        thr = float(ob.mean())
-        figs["reliability"] = plot.reliability_diagram(
-            sm.reliability(fc, ob, thr, member_dim=member_dim, reduce_dims="all"),
-            title=f"{name} > {thr:.3g}")
-        lat, lon = _lat_dim(fc), next((d for d in ("lon", "longitude") if d in fc.dims), None)
-        if lat and lon:
-            figs["crps_map"] = plot.crps_map(sm.crps_ensemble(fc, ob, member_dim=member_dim),
-                                             lat_dim=lat, lon_dim=lon, title=f"{name} CRPS")
-            spectra, note = _spectra(fc, ob, lat, lon)
-            figs["spectrum"] = plot.power_spectrum(spectra, title=name + note)
-        s = scores[name]
-        if s["spread"].ndim == 1 and s["spread"].size > 1:
-            figs["spread_skill"] = plot.spread_skill(s["spread"], s["rmse"], title=name)
-        for kind, fig in figs.items():
-            fig.savefig(out / f"{name}_{kind}.png", dpi=100)
-
-
 def run(args) -> int:
     from sciffusion.commands._common import refuse_overlap
 
-    refuse_overlap(args.out, "--out", {"FORECAST": args.forecast, "TRUTH": args.truth})
+    inputs = {"FORECAST": args.forecast, "TRUTH": args.truth}
+    refuse_overlap(args.out, "--out", inputs | ({"B": args.compare} if getattr(args, "compare", None) else {}))
     scheduler, workers = getattr(args, "scheduler", None), getattr(args, "workers", None)
     if scheduler is None and workers is None:
         return _run(args)
@@ -320,13 +300,13 @@ def run(args) -> int:
         raise UserError(str(exc)) from exc
 
 
-def _compute(pairs, args):
-    """Scores (the Dataset written to scores.nc, and per variable) and missing-data counts of every
-    variable, computed together in one pass."""
+def _compute(pairs, args, extra=None):
+    """Scores (the Dataset written to scores.nc, and per variable), missing-data counts of every
+    variable and the ``extra`` lazy arrays (the per-time series of the intervals), in one pass."""
     import xarray as xr
 
     kw = dict(member_dim=args.member_dim, reduce=args.reduce, fair=args.fair, weights=args.weights)
-    lazy = {}
+    lazy = dict(extra or {})
     for name, (fc, ob) in pairs.items():
         lazy.update({(name, "score", k): v for k, v in _score(fc, ob, name, **kw).data_vars.items()})
         lazy.update({(name, "count", k): v for k, v in _missing(fc, ob, args.member_dim).data_vars.items()})
@@ -334,7 +314,7 @@ def _compute(pairs, args):
     part = {kind: {name: xr.Dataset({key[2]: done[key] for key in lazy if key[:2] == (name, kind)})
                    for name in pairs} for kind in ("score", "count")}
     merged = xr.Dataset({f"{name}_{k}": v for name, ds in part["score"].items() for k, v in ds.data_vars.items()})
-    return merged, part["score"], part["count"]
+    return merged, part["score"], part["count"], {key: done[key] for key in extra or {}}
 
 
 def _empty_members(pairs, counts, args) -> dict:
@@ -362,10 +342,14 @@ def _empty_members(pairs, counts, args) -> dict:
 def _run(args) -> int:
     import pandas as pd
 
+    from sciffusion.commands import _score_report as report
+
     forecast, truth = _open(args.forecast, "FORECAST", args.member_dim), _open(args.truth, "TRUTH")
     names = _names(forecast, truth, args.member_dim, args.variables)
     pairs = {name: aligned(forecast, truth, name, args.member_dim) for name in names}
-    merged, scores, counts = _compute(pairs, args)
+    other = report.compare_pairs(args, truth, names) if args.compare else None
+    lazy, dims, notes = report.series(pairs, args, other)
+    merged, scores, counts, done = _compute(pairs, args, lazy)
     empty = _empty_members(pairs, counts, args)
     if empty:  # --allow-missing: score again without the empty members
         for name, (keep, labels) in empty.items():
@@ -373,12 +357,21 @@ def _run(args) -> int:
             pairs[name] = (fc.isel({args.member_dim: keep}), ob)
             print(f"sciffusion score: warning: {name!r}: scoring without the {len(labels)} members that are "
                   f"entirely NaN ({args.member_dim} {labels})", file=sys.stderr)
-        merged, scores, counts = _compute(pairs, args)
+        lazy, dims, notes = report.series(pairs, args, other)
+        merged, scores, counts, done = _compute(pairs, args, lazy)
     for name, (fc, ob) in pairs.items():
         if int(counts[name]["mixed"]):
             frac = int(counts[name]["mixed"]) / ob.size
             print(f"sciffusion score: warning: {name!r}: {frac:.1%} of points have NaN in the truth or in some "
                   f"members but not all; they are left out of the scores", file=sys.stderr)
+    comparison = None
+    if other is None:
+        intervals, more = report.intervals(done, dims, scores, args)
+        for name, iv in intervals.items():
+            scores[name] = report.with_intervals(scores[name], iv)
+            merged.update({f"{name}_{k}": v for k, v in iv.data_vars.items()})
+    else:
+        comparison, more = report.compare(done, dims, args)
     frames = []
     for name, ds in scores.items():
         df = ds.to_dataframe() if ds.sizes else pd.DataFrame({k: [float(v)] for k, v in ds.data_vars.items()})
@@ -386,8 +379,12 @@ def _run(args) -> int:
         df.insert(0, "variable", name)
         frames.append(df)
     table = pd.concat(frames, ignore_index=True)
-    with pd.option_context("display.max_rows", 40, "display.width", 120):
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}", max_rows=40))
+    with pd.option_context("display.max_rows", 40, "display.width", 160):
+        for t in (table, comparison):
+            if t is not None:
+                print(t.to_string(index=False, float_format=lambda v: f"{v:.4g}", max_rows=40))
+    if notes + more:
+        print("\n".join(notes + more))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -395,7 +392,10 @@ def _run(args) -> int:
                             member_dim=args.member_dim)
         merged.to_netcdf(out / "scores.nc")
         table.to_csv(out / "scores.csv", index=False)
+        if comparison is not None:
+            comparison.to_csv(out / "compare.csv", index=False)
         if not args.no_plots:
-            _plots(pairs, scores, args.member_dim, out)
-        print(f"wrote {out / 'scores.nc'}, {out / 'scores.csv'}" + ("" if args.no_plots else " and plots"))
+            report.plots(pairs, scores, args.member_dim, out)
+        print(f"wrote {out / 'scores.nc'}, {out / 'scores.csv'}" + (", compare.csv" if comparison is not None else "")
+              + ("" if args.no_plots else " and plots"))
     return 0
