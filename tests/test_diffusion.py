@@ -8,6 +8,7 @@ import torch
 from sciffusion.diffusion import (
     CountingDenoiser,
     Denoiser,
+    draw_noise,
     edm_loss,
     karras_sigmas,
     member_generators,
@@ -205,3 +206,48 @@ def test_centred_start_removes_the_mean_shift_of_zero_mean_noise():
     assert nfe_centred == nfe_plain + 1
     with pytest.raises(ValueError, match="start must be"):
         sample(_narrow_gaussian(), (2, 1), start="mean")
+
+
+def _crps_case():
+    x0 = torch.randn(2, 3, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+
+    def den(x, sigma, cond=None):  # shrinks towards 0 more at higher noise; cond shifts it
+        out = x / (1 + sigma[:, None] ** 2)
+        return out if cond is None else out + cond
+
+    return x0, den
+
+
+def test_edm_loss_without_crps_term_is_the_plain_edm_loss_and_draws_nothing_more():
+    """crps_weight=0 (the default): exactly lambda(sigma) * mean (D - x0)^2, and the generator is
+    left where the (sigma, eps) draw leaves it."""
+    x0, den = _crps_case()
+    g = torch.Generator().manual_seed(3)
+    got = edm_loss(den, x0, generator=g, crps_members=4)
+    after = torch.rand(1, generator=g, dtype=torch.float64)
+    g2 = torch.Generator().manual_seed(3)
+    sigma, eps = draw_noise(x0.shape, generator=g2, dtype=x0.dtype)
+    err = (den(x0 + sigma[:, None] * eps, sigma) - x0) ** 2
+    want = ((sigma**2 + 1.0) / sigma**2 * err.mean(1)).mean()
+    assert torch.equal(got, want) and torch.equal(after, torch.rand(1, generator=g2, dtype=torch.float64))
+
+
+def test_edm_loss_crps_term_equals_the_fair_crps_of_the_denoised_members():
+    """crps_weight=c, K=3: per sample c * mean_points[ mean_k |D_k - x0| - sum_kl |D_k - D_l| / (2 K (K-1)) ]
+    is added, with D_1 at the MSE term's eps and D_2, D_3 at the next draw of the generator."""
+    x0, den = _crps_case()
+    cond = torch.tensor([[0.1], [-0.2]], dtype=torch.float64)
+    cw = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    got = edm_loss(den, x0, cond=cond, channel_weights=cw, generator=torch.Generator().manual_seed(4),
+                   crps_weight=0.5, crps_members=3, reduce=False)
+    base = edm_loss(den, x0, cond=cond, channel_weights=cw, generator=torch.Generator().manual_seed(4), reduce=False)
+    g = torch.Generator().manual_seed(4)
+    sigma, eps = draw_noise(x0.shape, generator=g, dtype=x0.dtype)
+    extra = torch.randn((2, *x0.shape), generator=g, dtype=x0.dtype)
+    members = torch.stack([den(x0 + sigma[:, None] * e, sigma, cond=cond) for e in (eps, extra[0], extra[1])])
+    skill = (members - x0).abs().mean(0)
+    pairs = (members[:, None] - members[None, :]).abs().sum((0, 1))
+    crps = skill - pairs / (2 * 3 * 2)
+    torch.testing.assert_close(got, base + 0.5 * (crps * cw).mean(1), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="crps_members must be an integer >= 2"):
+        edm_loss(den, x0, crps_weight=0.5, crps_members=1)
