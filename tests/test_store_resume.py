@@ -96,3 +96,20 @@ def test_sample_resume_with_another_seed_or_step_count_is_refused(checkpoint, ca
     np.testing.assert_array_equal(xr.open_zarr(tmp / "ens.zarr")["u"].values, first)
     again = sample_from_checkpoint(tmp / "run", tmp / "data.zarr", tmp / "ens.zarr", mode="resume", **kw)
     np.testing.assert_array_equal(again["u"].values, first)
+
+
+def test_rollout_store_resume_uses_the_same_provenance_check(tmp_path):
+    """The rollout store compares every setting (not a fixed key list): another seed, or another
+    n_steps recorded in the provenance, is refused naming it, and the written times survive."""
+    from sciffusion.emulators.rollout_base import RolloutStore
+
+    template = xr.Dataset({"u": (("member", "time", "x"), np.zeros((2, 4, 3), np.float32))},
+                          coords={"time": np.arange(4.0)})
+    attrs = {"seed": 0, "n_steps": 4, "sampler": json.dumps({"steps": 8}), "created": "2026-01-01T00:00:00Z"}
+    store = RolloutStore(tmp_path / "r.zarr", template, chunk_steps=2, attrs=attrs)
+    store.write(0, {"u": np.ones((2, 2, 3), np.float32)})
+    for key, value in [("seed", 7), ("n_steps", 6)]:
+        with pytest.raises(ValueError, match=rf"cannot resume .*{key}: stored {attrs[key]!r}, now {value!r}"):
+            RolloutStore(tmp_path / "r.zarr", template, chunk_steps=2, attrs={**attrs, key: value}, mode="resume")
+    again = RolloutStore(tmp_path / "r.zarr", template, chunk_steps=2, attrs={**attrs, "created": "later"}, mode="resume")
+    assert again.completed() == 2

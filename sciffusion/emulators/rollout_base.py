@@ -25,6 +25,8 @@ import xarray as xr
 import zarr
 from tqdm.auto import tqdm
 
+from sciffusion.data.provenance import check_provenance
+
 _DONE = "sciffusion_completed_times"
 
 
@@ -242,13 +244,7 @@ class RolloutStore:
             ds.to_zarr(self.path, mode="w", compute=False, consolidated=False)
 
     def _check(self, template: xr.Dataset, attrs: dict) -> None:
-        group = zarr.open_group(str(self.path), mode="r")
-        old = dict(group.attrs)
-        diff = [k for k in ("checkpoint_sha256", "emulator", "sampler", "seed", "initial_sha256", "forcings_sha256")
-                if k in old and old[k] != attrs.get(k)]
-        if diff:
-            raise ValueError(f"cannot resume {os.fspath(self.path)!r}: it was written with other {diff}; "
-                             "pass mode='w' (--overwrite) to overwrite")
+        check_provenance(dict(zarr.open_group(str(self.path), mode="r").attrs), attrs, self.path)
         ds = xr.open_zarr(self.path, consolidated=False)
         for name, v in template.data_vars.items():
             if name not in ds or ds[name].shape != v.shape:
