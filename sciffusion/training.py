@@ -57,6 +57,17 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Run the block with torch's global RNG seeded by ``torch.manual_seed(seed)`` (network
+    initialisation, dropout) and give the caller back its own RNG state after (CPU and CUDA): a
+    ``fit`` gives the same model for the same seed and leaves the caller's random stream alone."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield
+
+
 def default_checkpoint_every(steps: int) -> int:
     """Checkpoint spacing when none is given: every 10% of the steps, at most every 500 steps."""
     return max(1, min(500, math.ceil(int(steps) / 10)))

@@ -36,12 +36,10 @@ def _eofs(data: Tensor, rank: int, name: str, seed: int = 0) -> tuple[Tensor, Te
     if not total > 0:
         raise ValueError(f"{name}: the training data are constant; there are no EOFs to fit")
     if rank <= min(n, d) // 4:  # randomised SVD, seeded: reproducible and much cheaper than a full SVD
-        state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        try:
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):  # the caller's RNG state (CPU and GPUs) comes back after
+            torch.manual_seed(seed)
             _, s, v = torch.svd_lowrank(x, q=min(rank + 32, min(n, d)), niter=6)
-        finally:
-            torch.random.set_rng_state(state)
         s, v = s[:rank], v[:, :rank]
     else:
         _, s, vh = torch.linalg.svd(x, full_matrices=False)
