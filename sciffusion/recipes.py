@@ -38,6 +38,7 @@ from sciffusion import __version__
 from sciffusion.data import Normalizer, PairDataset, open_dataset
 from sciffusion.data.provenance import generated_attrs
 from sciffusion.diffusion import Denoiser
+from sciffusion.diffusion.sample import check_sample_options
 from sciffusion.nets import build_net
 
 _PAIR_KEYS = ("variables", "grid_dims", "along", "offset", "history", "n_seeds", "seed_members",
@@ -109,7 +110,7 @@ def train_from_config(cfg: dict, *, ds: xr.Dataset | None = None, progress: bool
 
 def _train_from_config(cfg: dict, *, ds: xr.Dataset | None, progress: bool, resume: bool):
     from sciffusion.commands._common import refuse_overlap
-    from sciffusion.training import Trainer
+    from sciffusion.training import Trainer, seeded
 
     data, model, training = _section(cfg, "data"), _section(cfg, "model"), _section(cfg, "training")
     for table, name, valid in ((data, "data", _DATA_KEYS), (model, "model", _MODEL_KEYS),
@@ -133,8 +134,6 @@ def _train_from_config(cfg: dict, *, ds: xr.Dataset | None, progress: bool, resu
         cin, ccond = _CHANNEL_KEYS[name]
         kwargs.setdefault(cin, pairs.channels)
         kwargs.setdefault(ccond, pairs.cond_channels)
-    torch.manual_seed(int(training.get("seed", 0)))
-    den = Denoiser(build_net({"name": name, "kwargs": kwargs}), sigma_data=float(model.get("sigma_data", 1.0)))
     steps = int(training.pop("steps", 1000))
     out_dir = training.pop("out_dir", None)
     if out_dir is None:
@@ -142,9 +141,11 @@ def _train_from_config(cfg: dict, *, ds: xr.Dataset | None, progress: bool, resu
     # the grid trained on: sampling_plan refuses another size for a periodic net
     stored_data = {k: v for k, v in data.items() if k != "validation_fraction"}
     stored_data["grid_shape"] = list(pairs.grid_shape)
-    trainer = Trainer(den, train, val_data=val, out_dir=out_dir, progress=progress, resume=resume,
-                      config={"data": stored_data, "normalizer": normalizer.to_dict()}, **training)
-    trainer.fit(steps)
+    with seeded(int(training.get("seed", 0))):  # the caller's global RNG is left as it was
+        den = Denoiser(build_net({"name": name, "kwargs": kwargs}), sigma_data=float(model.get("sigma_data", 1.0)))
+        trainer = Trainer(den, train, val_data=val, out_dir=out_dir, progress=progress, resume=resume,
+                          config={"data": stored_data, "normalizer": normalizer.to_dict()}, **training)
+        trainer.fit(steps)
     return trainer
 
 
@@ -187,6 +188,7 @@ def sample_from_checkpoint(
     for name, value in sizes.items():
         if int(value) < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    check_sample_options(method, sampler_options)  # a bad option fails before the store is created
     plan = sampling_plan(checkpoint, data, members=members, cases=cases, steps=steps, method=method, seed=seed,
                          device=device, **sampler_options)
     scale_out = scheduler is not None or workers is not None

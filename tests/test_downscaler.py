@@ -335,3 +335,12 @@ def test_choose_setting_criteria_on_a_hand_made_table():
         choose_setting(t, "crps")
     with pytest.raises(ValueError, match="complete validation fields"):
         choose_setting(t.assign(high_k_error=float("nan")), "ssr|spectrum")
+
+
+@pytest.mark.parametrize("kw", [dict(method="stochastic", eta=0.5), dict(method="ddim", s_noise=1.05)])
+def test_a_sampler_option_the_method_does_not_use_is_refused_not_dropped(model, kw, tmp_path):
+    """eta with the stochastic sampler (or s_noise with DDIM) used to be dropped silently."""
+    coarse = coarsen(sst(n_time=2, seed=3), FACTOR)
+    with pytest.raises(TypeError, match="applies to method"):
+        model.downscale(coarse, 2, steps=3, out=tmp_path / "x.zarr", **kw)
+    assert not (tmp_path / "x.zarr").exists()

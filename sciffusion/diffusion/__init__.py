@@ -14,9 +14,10 @@ from sciffusion.diffusion.sample import (
     randn,
     sample,
     step_function,
+    step_options,
     stochastic_step,
 )
-from sciffusion.diffusion.schedules import karras_sigmas
+from sciffusion.diffusion.schedules import SIGMA_MAX, karras_sigmas
 
 __all__ = [
     "Accelerated",
@@ -34,6 +35,8 @@ __all__ = [
     "member_generators",
     "randn",
     "sample",
+    "SIGMA_MAX",
     "step_function",
+    "step_options",
     "stochastic_step",
 ]

@@ -7,20 +7,29 @@ Every sampler is one short step function with the same signature::
 and :func:`sample` runs any of them over a decreasing sequence of noise levels. Any callable
 ``denoiser(x, sigma, **cond) -> E[x0 | x]`` works: a trained :class:`~sciffusion.diffusion.Denoiser`,
 an exact one from :mod:`sciffusion.testing`, or a guidance wrapper.
+
+A step's options are its keyword-only parameters (:func:`step_keywords`), so :func:`sample`
+refuses an option the chosen step does not take instead of dropping it. Besides ``noise`` and
+``cond``, :func:`sample` gives ``steps`` (the number of moves) and ``sigmas`` (the whole schedule)
+to a step that declares them.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sciffusion.diffusion.schedules import karras_sigmas
+from sciffusion.diffusion.schedules import SIGMA_MAX, karras_sigmas
 
 NoiseFn = Callable[[], torch.Tensor]
+SUPPLIED = ("noise", "cond", "steps", "sigmas")  # keywords sample() gives a step itself, not options
+OPTIONS = ("churn", "s_tmin", "s_tmax", "s_noise", "eta")  # the step options sample() takes by name
 
 
 def _d(denoiser, x, sigma, cond):
@@ -28,12 +37,12 @@ def _d(denoiser, x, sigma, cond):
     return (x - denoiser(x, sigma.expand(x.shape[0]), **cond)) / sigma
 
 
-def euler_step(denoiser, x, sigma, sigma_next, *, noise: NoiseFn, cond: dict, **_) -> torch.Tensor:
+def euler_step(denoiser, x, sigma, sigma_next, *, noise: NoiseFn, cond: dict) -> torch.Tensor:
     """First-order step of the probability-flow ODE: ``x + (s' - s) d(x, s)``. 1 NFE."""
     return x + (sigma_next - sigma) * _d(denoiser, x, sigma, cond)
 
 
-def heun_step(denoiser, x, sigma, sigma_next, *, noise: NoiseFn, cond: dict, **_) -> torch.Tensor:
+def heun_step(denoiser, x, sigma, sigma_next, *, noise: NoiseFn, cond: dict) -> torch.Tensor:
     """Heun's 2nd-order step (EDM Algorithm 1); falls back to Euler when ``s' = 0``. 2 NFE (1 at the end)."""
     d = _d(denoiser, x, sigma, cond)
     x_next = x + (sigma_next - sigma) * d
@@ -56,7 +65,6 @@ def stochastic_step(
     s_tmin: float = 0.0,
     s_tmax: float = float("inf"),
     s_noise: float = 1.0,
-    **_,
 ) -> torch.Tensor:
     r"""EDM stochastic sampler step (Algorithm 2): add noise to raise ``sigma`` to
     :math:`\hat\sigma = \sigma(1+\gamma)`, :math:`\gamma = \min(S_{churn}/N, \sqrt2-1)` when
@@ -70,7 +78,7 @@ def stochastic_step(
     return heun_step(denoiser, x, sigma, sigma_next, noise=noise, cond=cond)
 
 
-def ddim_step(denoiser, x, sigma, sigma_next, *, noise: NoiseFn, cond: dict, eta: float = 1.0, **_) -> torch.Tensor:
+def ddim_step(denoiser, x, sigma, sigma_next, *, noise: NoiseFn, cond: dict, eta: float = 1.0) -> torch.Tensor:
     r"""DDIM (Song et al. 2021) in variance-exploding form. With :math:`\hat x_0 = D(x,\sigma)` and
     :math:`\hat\epsilon = (x - \hat x_0)/\sigma`,
 
@@ -106,7 +114,7 @@ class DPMSolver2M:
     def __init__(self):
         self._prev: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def __call__(self, denoiser, x, sigma, sigma_next, *, noise: NoiseFn, cond: dict, **_) -> torch.Tensor:
+    def __call__(self, denoiser, x, sigma, sigma_next, *, noise: NoiseFn, cond: dict) -> torch.Tensor:
         x0 = denoiser(x, sigma.expand(x.shape[0]), **cond)
         prev, self._prev = self._prev, (x0, sigma)
         if sigma_next == 0:
@@ -136,7 +144,87 @@ def step_function(method: str | Callable) -> Callable:
     if step is None:
         raise ValueError(f"unknown sampler method {method!r}; choose one of {sorted(METHODS)} or pass a step function")
     return step() if isinstance(step, type) else step
-_OPTIONS = ("churn", "s_tmin", "s_tmax", "s_noise", "eta")
+
+
+def step_keywords(step: Callable) -> tuple[str, ...] | None:
+    """The keywords ``step`` takes after ``(denoiser, x, sigma, sigma_next)``, in order, or None
+    when it takes any (a ``**kwargs`` parameter). A wrapper step declares those of the step it
+    wraps in a ``sampler_keywords`` attribute (see :func:`forward_step`)."""
+    if hasattr(step, "sampler_keywords"):
+        return step.sampler_keywords
+    if isinstance(step, type):
+        step = step.__call__
+        skip = 5  # self, denoiser, x, sigma, sigma_next
+    else:
+        skip = 4
+    try:
+        params = list(inspect.signature(step).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (a builtin): it decides for itself
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return tuple(p.name for p in positional[skip:] if p.kind is p.POSITIONAL_OR_KEYWORD) + tuple(
+        p.name for p in params if p.kind is p.KEYWORD_ONLY)
+
+
+def step_options(step: Callable) -> tuple[str, ...] | None:
+    """The options of ``step`` (:func:`step_keywords` less those :func:`sample` supplies); None: any."""
+    keys = step_keywords(step)
+    return None if keys is None else tuple(k for k in keys if k not in SUPPLIED)
+
+
+def forward_step(step: Callable, denoiser, x, sigma, sigma_next, **kwargs) -> torch.Tensor:
+    """Call ``step`` from a wrapper step, dropping the keywords :func:`sample` supplies (``steps``,
+    ``sigmas``) that ``step`` does not declare; options are passed as given."""
+    keys = step_keywords(step)
+    if keys is not None:
+        kwargs = {k: v for k, v in kwargs.items() if k in keys or k not in SUPPLIED}
+    return step(denoiser, x, sigma, sigma_next, **kwargs)
+
+
+def step_name(method: str | Callable) -> str:
+    """The name of a sampler for messages: its key in :data:`METHODS`, else its ``__name__``."""
+    if isinstance(method, str):
+        return method
+    for name, step in METHODS.items():
+        if method is step or type(method) is step:
+            return name
+    return getattr(method, "__name__", type(method).__name__)
+
+
+def check_options(owner: str, given: Iterable[str], valid: Sequence[str] | None,
+                  note: str | Callable[[], str] = "", hints: Sequence[str] = ()) -> None:
+    """Raise TypeError if a name in ``given`` is not in ``valid`` (None: anything is valid),
+    naming ``owner``, each unknown option with the closest name in ``valid`` or ``hints``, the
+    valid options and ``note`` (a string, or a function making it, called only to raise)::
+
+        sampler 'heun' takes no option 'eta'; its options: none. ('ddim': eta; ...)
+    """
+    if valid is None:
+        return
+    unknown = [k for k in given if k not in valid]
+    if not unknown:
+        return
+    named = []
+    for k in unknown:
+        close = difflib.get_close_matches(k, [*valid, *hints], n=1, cutoff=0.6)
+        named.append(f"{k!r} (did you mean {close[0]!r}?)" if close else repr(k))
+    plural = "s" if len(unknown) > 1 else ""
+    note = note() if callable(note) else note
+    tail = f" ({note})" if note else ""
+    listed = ", ".join(valid) or "none"
+    raise TypeError(f"{owner} takes no option{plural} {', '.join(named)}; its options: {listed}.{tail}")
+
+
+def options_menu(exclude: str | None = None) -> str:
+    """``"'stochastic': churn, s_tmin, s_tmax, s_noise; 'ddim': eta"``: the built-in samplers with options."""
+    parts = []
+    for name in METHODS:
+        opts = step_options(step_function(name))
+        if opts and name != exclude:
+            parts.append(f"{name!r}: {', '.join(opts)}")
+    return "; ".join(parts)
 
 
 def member_generators(
@@ -178,7 +266,7 @@ def sample(
     steps: int = 18,
     method: str | Callable = "heun",
     sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
+    sigma_max: float = SIGMA_MAX,
     rho: float = 7.0,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     x: torch.Tensor | None = None,
@@ -186,11 +274,11 @@ def sample(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     progress: bool = False,
-    churn: float = 30.0,
-    s_tmin: float = 0.0,
-    s_tmax: float = float("inf"),
-    s_noise: float = 1.0,
-    eta: float = 1.0,
+    churn: float | None = None,
+    s_tmin: float | None = None,
+    s_tmax: float | None = None,
+    s_noise: float | None = None,
+    eta: float | None = None,
     start: str = "noise",
     **cond,
 ) -> torch.Tensor:
@@ -214,11 +302,19 @@ def sample(
             ``tau = 0.7`` from ``sigma_max = 10``); the centred start removes that.
         callback: called after each step with ``{"i", "x", "sigma", "sigma_next"}``.
         progress: show a tqdm bar.
-        churn, s_tmin, s_tmax, s_noise: EDM stochastic-sampler options (``method="stochastic"``).
-        eta: DDIM stochasticity (``method="ddim"``): 0 deterministic, 1 DDPM-like.
-        **cond: passed to every denoiser call (e.g. ``cond=...`` conditioning fields).
+        churn, s_tmin, s_tmax, s_noise: EDM stochastic-sampler options (``method="stochastic"``;
+            default 30, 0, inf, 1).
+        eta: DDIM stochasticity (``method="ddim"``; default 1): 0 deterministic, 1 DDPM-like.
+            A sampler option left at None takes the method's default; one the method does not
+            take raises TypeError naming the method's options (a step function's options are its
+            keyword-only parameters; one with ``**kwargs`` takes any).
+        **cond: passed to every denoiser call (e.g. ``cond=...`` conditioning fields). A keyword
+            that is a near miss of an option of this function (``chrun``, ``sigma``) raises
+            TypeError instead of reaching the denoiser, which may ignore it.
     """
     step_fn = step_function(method)
+    options = {k: v for k, v in zip(OPTIONS, (churn, s_tmin, s_tmax, s_noise, eta)) if v is not None}
+    check_sample_options(step_fn, {**options, **cond})
     if start not in ("noise", "centred"):
         raise ValueError(f"start must be 'noise' or 'centred'; got {start!r}")
     if sigmas is None:
@@ -237,13 +333,34 @@ def sample(
             x = x + denoiser(x, sigmas[0].expand(shape[0]), **cond)
     elif tuple(x.shape) != shape:
         raise ValueError(f"x has shape {tuple(x.shape)} but shape={shape}")
-    options = dict(churn=churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, eta=eta, steps=len(sigmas) - 1)
     n = len(sigmas) - 1
+    keys = step_keywords(step_fn)
+    options.update({k: v for k, v in {"steps": n, "sigmas": sigmas}.items() if keys is None or k in keys})
     for i in tqdm(range(n), disable=not progress, desc="sampling", leave=False):
         x = step_fn(denoiser, x, sigmas[i], sigmas[i + 1], noise=noise, cond=cond, **options)
         if callback is not None:
             callback({"i": i, "x": x, "sigma": sigmas[i], "sigma_next": sigmas[i + 1]})
     return x
+
+
+KEYWORDS = tuple(p.name for p in inspect.signature(sample).parameters.values() if p.kind is p.KEYWORD_ONLY)
+
+
+def check_sample_options(method: str | Callable, kwargs: dict) -> None:
+    """Raise the TypeError that ``sample(..., method=method, **kwargs)`` raises, without sampling
+    (for callers that allocate output before the first draw): a sampler option (not None) that
+    ``method`` does not take, or a conditioning keyword that is a near miss (difflib ratio >= 0.8)
+    of a keyword of :func:`sample`, since the denoiser it would go to may ignore it."""
+    step = step_function(method)
+    name = step_name(step)
+    options = [k for k in OPTIONS if kwargs.get(k) is not None]
+    check_options(f"sampler {name!r}", options, step_options(step), lambda: options_menu(exclude=name))
+    for k in kwargs:
+        close = difflib.get_close_matches(k, KEYWORDS, n=1, cutoff=0.8) if k not in KEYWORDS else None
+        if close:
+            raise TypeError(f"sample() got {k!r}: did you mean {close[0]!r}? (any other keyword is conditioning passed "
+                            f"to the denoiser, where a misspelt option would be ignored; rename the conditioning "
+                            f"if {k!r} is meant)")
 
 
 class CountingDenoiser:

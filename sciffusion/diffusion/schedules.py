@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import torch
 
+SIGMA_MAX = 80.0
+"""The default largest noise level: EDM's (Karras et al. 2022), well above the scale of fields
+normalised to unit variance, so the sampler's start ``sigma_max * z`` has forgotten the data."""
+
 
 def karras_sigmas(
     steps: int,
     sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
+    sigma_max: float = SIGMA_MAX,
     rho: float = 7.0,
     *,
     dtype: torch.dtype = torch.float64,

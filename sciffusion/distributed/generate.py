@@ -156,6 +156,9 @@ def generate_to_store(client, store, plan: dict, *, seed: int = 0, batch_size: i
     from distributed import as_completed
     from tqdm.auto import tqdm
 
+    from sciffusion.diffusion.sample import check_sample_options
+
+    check_sample_options(method, sampler_options)  # here, not in the first task to fail
     blocks = store.missing()
     if not blocks:
         return []

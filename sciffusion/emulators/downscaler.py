@@ -36,6 +36,7 @@ import torch
 import xarray as xr
 
 from sciffusion.diffusion import Denoiser
+from sciffusion.diffusion.schedules import SIGMA_MAX
 from sciffusion.emulators.coarsen import coarsen, grid_dims_of, periodic_dims
 from sciffusion.emulators.downscale_data import DownscaleCoder, _names, stack
 from sciffusion.emulators.members import generate as generate_members
@@ -43,7 +44,6 @@ from sciffusion.data.provenance import generated_attrs
 from sciffusion.emulators.store import EnsembleStore
 from sciffusion.metrics import band_power_ratio
 
-SIGMA_MAX = 80.0
 DEFAULT_SAMPLER = {"method": "ddim", "steps": 16, "eta": 1.0}
 STOCHASTIC_CHURN = 40.0  # EDM's S_churn; with <= 96 steps it is capped at gamma = sqrt(2) - 1 per step
 
@@ -134,7 +134,7 @@ class Downscaler:
             threads: torch CPU threads while training (default: leave torch's setting).
         """
         from sciffusion.nets import build_net
-        from sciffusion.training import Trainer
+        from sciffusion.training import Trainer, seeded
 
         fine = fine.to_dataset() if isinstance(fine, xr.DataArray) else fine
         grid_dims = grid_dims_of(fine, grid_dims)
@@ -161,13 +161,13 @@ class Downscaler:
         _check_mask_pair(coder, stack(coarse, variables, sample_dim, grid_dims))
         x, mask = coder.target(f, up)
         data = _Triples(x, coder.condition(up), mask)
-        torch.manual_seed(seed)
-        den = Denoiser(build_net(default_net(coder, net)), sigma_data=1.0)
-        spec = {"coder": coder.to_dict(), "sampler": dict(DEFAULT_SAMPLER)}
-        trainer = Trainer(den, data, out_dir=out_dir, batch_size=min(batch_size, len(data)), lr=lr,
-                          warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed, checkpoint_every=checkpoint_every,
-                          device=device, config={"downscaler": spec}, progress=progress)
-        trainer.fit(steps, threads=threads)
+        with seeded(seed):  # the caller's global RNG is left as it was
+            den = Denoiser(build_net(default_net(coder, net)), sigma_data=1.0)
+            spec = {"coder": coder.to_dict(), "sampler": dict(DEFAULT_SAMPLER)}
+            trainer = Trainer(den, data, out_dir=out_dir, batch_size=min(batch_size, len(data)), lr=lr,
+                              warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed, checkpoint_every=checkpoint_every,
+                              device=device, config={"downscaler": spec}, progress=progress)
+            trainer.fit(steps, threads=threads)
         model = cls(trainer.ema.eval().requires_grad_(False), coder)
         model.history, model.last_record = trainer.history, trainer.last_record
         if out_dir is not None:
@@ -253,6 +253,9 @@ class Downscaler:
         cond = c.condition(up)
         given = {"steps": steps, "eta": eta, "method": method, "s_noise": s_noise}
         settings = {**self.sampler, **{k: v for k, v in given.items() if v is not None}}
+        for name, value, applies in (("eta", eta, "ddim"), ("s_noise", s_noise, "stochastic")):
+            if value is not None and settings["method"] != applies:
+                raise TypeError(f"{name} applies to method {applies!r} only, not {settings['method']!r}")
         options = _sampler_options(settings)
         provenance = self._provenance(ds, settings, seed, n_members, x)
         batch_size = int(batch_size or 64)

@@ -168,6 +168,7 @@ class DYffusion(RolloutModel):
         ``threads``: torch CPU threads while training.
         """
         from sciffusion.nets import build_net
+        from sciffusion.training import seeded
 
         if history != 1:
             raise ValueError("DYffusion conditions on one state: history must be 1")
@@ -183,39 +184,39 @@ class DYffusion(RolloutModel):
         z = coder.normalize(torch.as_tensor(x)).float()
         fz = None if f is None else coder.normalize_forcing(torch.as_tensor(f)).float()
         dz = (z[:, h:] - z[:, :-h]).transpose(0, 2).reshape(len(variables), -1).std(1)
-        torch.manual_seed(seed)
-        spec = default_net(coder, net)
-        ispec = {**spec, "kwargs": {**spec["kwargs"], "dropout": dropout}}
-        model = cls(build_net(ispec), build_net(spec), coder, horizon=h, h_std=dict(zip(variables, dz.tolist())))
-        windows = _Windows(z, fz, h)
+        with seeded(seed):  # init and dropout draw from it; the caller's global RNG is left as it was
+            spec = default_net(coder, net)
+            ispec = {**spec, "kwargs": {**spec["kwargs"], "dropout": dropout}}
+            model = cls(build_net(ispec), build_net(spec), coder, horizon=h, h_std=dict(zip(variables, dz.tolist())))
+            windows = _Windows(z, fz, h)
 
-        def interp_loss(net, batch, gen):
-            w, ff = batch["window"], batch.get("forcing")
-            z0, zh = w[:, 0], w[:, -1]
-            i = torch.randint(0, h, (len(w),), generator=gen, device=w.device).clamp_min(1)
-            code = i.to(z0.dtype) / h
-            cond = zh if ff is None else torch.cat([zh, ff], 1)
-            pred = z0 + (zh - z0) * code.reshape(-1, *[1] * (z0.ndim - 1)) + model._scale(z0) * net(z0, code, cond=cond)
-            return F.mse_loss(pred, w[torch.arange(len(w), device=w.device), i])
+            def interp_loss(net, batch, gen):
+                w, ff = batch["window"], batch.get("forcing")
+                z0, zh = w[:, 0], w[:, -1]
+                i = torch.randint(0, h, (len(w),), generator=gen, device=w.device).clamp_min(1)
+                code = i.to(z0.dtype) / h
+                cond = zh if ff is None else torch.cat([zh, ff], 1)
+                pred = z0 + (zh - z0) * code.reshape(-1, *[1] * (z0.ndim - 1)) + model._scale(z0) * net(z0, code, cond=cond)
+                return F.mse_loss(pred, w[torch.arange(len(w), device=w.device), i])
 
-        def forecast_loss(net, batch, gen):
-            w, ff = batch["window"], batch.get("forcing")
-            z0, zh = w[:, 0], w[:, -1]
-            i = torch.randint(0, h, (len(w),), generator=gen, device=w.device)
-            with torch.no_grad():
-                model.interpolator.train()  # the stochastic interpolator's outputs, as at inference
-                zi = z0.clone()
-                for iv in i.unique().tolist():
-                    m = i == iv
-                    zi[m] = model.interpolate(z0[m], zh[m], iv, None if ff is None else ff[m])
-            return F.mse_loss(model.forecast(zi, z0, i, ff, net=net), zh)
+            def forecast_loss(net, batch, gen):
+                w, ff = batch["window"], batch.get("forcing")
+                z0, zh = w[:, 0], w[:, -1]
+                i = torch.randint(0, h, (len(w),), generator=gen, device=w.device)
+                with torch.no_grad():
+                    model.interpolator.train()  # the stochastic interpolator's outputs, as at inference
+                    zi = z0.clone()
+                    for iv in i.unique().tolist():
+                        m = i == iv
+                        zi[m] = model.interpolate(z0[m], zh[m], iv, None if ff is None else ff[m])
+                return F.mse_loss(model.forecast(zi, z0, i, ff, net=net), zh)
 
-        run = {"windows": windows, "out_dir": out_dir, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
-               "ema_decay": ema_decay, "seed": seed, "device": device, "progress": progress,
-               "checkpoint_every": checkpoint_every, "threads": threads,
-               "max_seconds": None if max_seconds is None else max_seconds / 2}
-        model.interpolator = _train(model.interpolator, "interpolator", interp_loss, interpolator_steps or steps, **run)
-        model.forecaster = _train(model.forecaster, "forecaster", forecast_loss, steps, **run)
+            run = {"windows": windows, "out_dir": out_dir, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
+                   "ema_decay": ema_decay, "seed": seed, "device": device, "progress": progress,
+                   "checkpoint_every": checkpoint_every, "threads": threads,
+                   "max_seconds": None if max_seconds is None else max_seconds / 2}
+            model.interpolator = _train(model.interpolator, "interpolator", interp_loss, interpolator_steps or steps, **run)
+            model.forecaster = _train(model.forecaster, "forecaster", forecast_loss, steps, **run)
         model.interpolator.eval(), model.forecaster.eval()
         if out_dir is not None:  # a run directory whose `latest` names the trained model
             from sciffusion.checkpoint import atomic_write_bytes

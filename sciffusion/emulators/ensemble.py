@@ -31,34 +31,40 @@ import torch
 import xarray as xr
 
 from sciffusion.diffusion import Denoiser
-from sciffusion.diffusion.sample import step_function
+from sciffusion.diffusion.sample import (check_sample_options, forward_step, step_function, step_keywords, step_name,
+                                         step_options)
+from sciffusion.diffusion.schedules import SIGMA_MAX
 from sciffusion.emulators.members import generate as generate_members
 from sciffusion.emulators.seeds_data import MODES, SeedPairs, SeedsCoder, _names, ensemble_tensor
 from sciffusion.data.provenance import generated_attrs
 from sciffusion.emulators.store import EnsembleStore
 
-SIGMA_MAX = 80.0
 EOF_MEMORY_LIMIT = 16 * 2**30  # bytes the EOF fit of a latent (EOFMLP) emulator may take
 DEFAULT_SAMPLER = {"method": "heun", "steps": 12, "temperature": 1.0}
 
 
 class TemperedStep:
-    """A sampler step that scales the starting noise by ``temperature`` (at ``sigma == sigma_max``).
+    """A sampler step that scales the starting noise by ``temperature`` (at the first level of the
+    schedule, whatever ``sigma_max``).
 
-    Wraps any step function of :mod:`sciffusion.diffusion.sample` (same signature), so every
-    sampler gets the temperature knob; ``temperature=1`` is the plain sampler.
+    Wraps any step function of :mod:`sciffusion.diffusion.sample` (same signature, same options),
+    so every sampler gets the temperature knob; ``temperature=1`` is the plain sampler. It reads
+    the schedule from the ``sigmas`` keyword that :func:`sciffusion.diffusion.sample` supplies.
     """
 
-    def __init__(self, step, temperature: float = 1.0, sigma_max: float = SIGMA_MAX):
+    def __init__(self, step, temperature: float = 1.0):
         self.step = step_function(step)
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature, self.sigma_max = float(temperature), float(sigma_max)
+        self.temperature = float(temperature)
+        inner = step_keywords(self.step)
+        self.sampler_keywords = None if inner is None else (*inner, *(("sigmas",) if "sigmas" not in inner else ()))
+        self.__name__ = step_name(step)
 
-    def __call__(self, denoiser, x, sigma, sigma_next, **kwargs):
-        if self.temperature != 1.0 and abs(float(sigma) - self.sigma_max) <= 1e-5 * self.sigma_max:
+    def __call__(self, denoiser, x, sigma, sigma_next, *, sigmas: torch.Tensor, **kwargs):
+        if self.temperature != 1.0 and float(sigma) == float(sigmas[0]):
             x = x * self.temperature
-        return self.step(denoiser, x, sigma, sigma_next, **kwargs)
+        return forward_step(self.step, denoiser, x, sigma, sigma_next, sigmas=sigmas, **kwargs)
 
 
 def _default_net(coder: SeedsCoder, net: dict | None) -> dict:
@@ -159,7 +165,7 @@ class EnsembleEmulator:
             threads: torch CPU threads while training (default: leave torch's setting).
         """
         from sciffusion.nets import build_net
-        from sciffusion.training import Trainer
+        from sciffusion.training import Trainer, seeded
 
         if isinstance(ds, xr.DataArray):
             ds = ds.to_dataset()
@@ -189,28 +195,28 @@ class EnsembleEmulator:
                                       variables, sample_dims, grid_dims, None)
         pairs = SeedPairs(coder, members, lead, truth=truth_t, mode=mode, truth_fraction=truth_fraction,
                           pairs_per_sample=pairs_per_sample, seed=seed)
-        torch.manual_seed(seed)
-        den = Denoiser(build_net(_default_net(coder, net)), sigma_data=1.0)
-        latent = latent_net(den)
-        if latent is not None:  # EOFs of the targets and conditions, from a seeded subset of the pairs
-            n_eof = min(int(eof_samples), len(pairs))
-            size = int(np.prod(coder.grid_shape))
-            need = n_eof * (coder.channels + coder.cond_channels) * size * 12  # float32 batch + float64 copy
-            if need > EOF_MEMORY_LIMIT:
-                raise ValueError(f"EOFMLP: fitting the EOFs on eof_samples={n_eof} pairs of {coder.channels} + "
-                                 f"{coder.cond_channels} channels on a {size}-point grid needs about "
-                                 f"{need / 2**30:.1f} GiB (limit {EOF_MEMORY_LIMIT / 2**30:.0f} GiB); pass a smaller "
-                                 "eof_samples= (it must stay above the rank) or use the UNet2d backbone on grids this large")
-            pick = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))[:n_eof]
-            b = pairs.batch(pick)
-            latent.fit_eofs(b["x"], b["cond"], seed=seed)  # kept fractions: latent.explained, .cond_explained
-            pairs = LatentPairs(pairs, latent)
-        spec = {"coder": coder.to_dict(), "mode": mode, "truth_fraction": truth_fraction if mode != "emulation" else 0.0,
-                "sampler": dict(DEFAULT_SAMPLER)}
-        trainer = Trainer(den, pairs, out_dir=out_dir, batch_size=min(batch_size, len(pairs)), lr=lr,
-                          warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed, checkpoint_every=checkpoint_every,
-                          device=device, config={"ensemble_emulator": spec}, progress=progress)
-        trainer.fit(steps, threads=threads)
+        with seeded(seed):  # the caller's global RNG is left as it was
+            den = Denoiser(build_net(_default_net(coder, net)), sigma_data=1.0)
+            latent = latent_net(den)
+            if latent is not None:  # EOFs of the targets and conditions, from a seeded subset of the pairs
+                n_eof = min(int(eof_samples), len(pairs))
+                size = int(np.prod(coder.grid_shape))
+                need = n_eof * (coder.channels + coder.cond_channels) * size * 12  # float32 batch + float64 copy
+                if need > EOF_MEMORY_LIMIT:
+                    raise ValueError(f"EOFMLP: fitting the EOFs on eof_samples={n_eof} pairs of {coder.channels} + "
+                                     f"{coder.cond_channels} channels on a {size}-point grid needs about "
+                                     f"{need / 2**30:.1f} GiB (limit {EOF_MEMORY_LIMIT / 2**30:.0f} GiB); pass a smaller "
+                                     "eof_samples= (it must stay above the rank) or use the UNet2d backbone on grids this large")
+                pick = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))[:n_eof]
+                b = pairs.batch(pick)
+                latent.fit_eofs(b["x"], b["cond"], seed=seed)  # kept fractions: latent.explained, .cond_explained
+                pairs = LatentPairs(pairs, latent)
+            spec = {"coder": coder.to_dict(), "mode": mode, "truth_fraction": truth_fraction if mode != "emulation" else 0.0,
+                    "sampler": dict(DEFAULT_SAMPLER)}
+            trainer = Trainer(den, pairs, out_dir=out_dir, batch_size=min(batch_size, len(pairs)), lr=lr,
+                              warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed, checkpoint_every=checkpoint_every,
+                              device=device, config={"ensemble_emulator": spec}, progress=progress)
+            trainer.fit(steps, threads=threads)
         emu = cls(trainer.ema.eval().requires_grad_(False), coder, mode=mode, truth_fraction=spec["truth_fraction"])
         emu.history, emu.last_record = trainer.history, trainer.last_record
         return emu
@@ -279,7 +285,12 @@ class EnsembleEmulator:
             cond = latent.encode_cond(cond).cpu()
         settings = {**self.sampler, **{k: v for k, v in {"steps": steps, "method": method, "temperature": temperature}.items() if v is not None}}
         step_fn = TemperedStep(settings["method"], settings["temperature"])
-        options = {**{k: v for k, v in settings.items() if k not in DEFAULT_SAMPLER}, **sampler_options}
+        stored = {k: v for k, v in settings.items() if k not in DEFAULT_SAMPLER}
+        if method is not None and method != self.sampler.get("method"):  # stored options belong to the stored method
+            valid = step_options(step_function(method))
+            stored = {k: v for k, v in stored.items() if valid is None or k in valid}
+        options = {**stored, **sampler_options}
+        check_sample_options(step_fn, options)  # before the store is allocated
         settings = {k: settings[k] for k in DEFAULT_SAMPLER}
         provenance = self._provenance(ds, settings, options, seed, n_members)
         sample_shape = [ds.sizes[d] for d in sample_dims]

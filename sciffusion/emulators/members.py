@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from sciffusion.diffusion.sample import member_generators, sample
+from sciffusion.diffusion.sample import check_sample_options, member_generators, sample
 
 
 @torch.no_grad()
@@ -43,10 +43,12 @@ def generate(
         event_shape: shape of one sample, e.g. ``(C, H, W)``.
         seed: base seed; member m of condition i uses the stream ``(seed, i, m)``.
         batch_size: samples per denoiser batch (mixes conditions and members).
-        steps, method, **sampler_options: passed to :func:`sciffusion.diffusion.sample`.
+        steps, method, **sampler_options: passed to :func:`sciffusion.diffusion.sample`; an option
+            ``method`` does not take raises TypeError before the first draw.
         on_batch: called with the ``(i, m)`` pairs of each finished batch and its samples
             ``(b, *event_shape)`` (e.g. to stream to disk).
     """
+    check_sample_options(method, sampler_options)
     ids = list(range(members)) if isinstance(members, int) else [int(m) for m in members]
     n = len(cond) if cond is not None else (n_conditions or 1)
     jobs = [(i, j) for i in range(n) for j in range(len(ids))]

@@ -29,9 +29,10 @@ import torch
 import xarray as xr
 
 from sciffusion.diffusion import Denoiser, sample
+from sciffusion.diffusion.schedules import SIGMA_MAX
 from sciffusion.emulators.rollout_base import RolloutCoder, RolloutModel, _names
 
-DEFAULT_SAMPLER = {"method": "heun", "steps": 8, "sigma_min": 0.002, "sigma_max": 80.0}
+DEFAULT_SAMPLER = {"method": "heun", "steps": 8, "sigma_min": 0.002, "sigma_max": SIGMA_MAX}
 
 
 def default_net(coder: RolloutCoder, net: dict | None, *, out_channels: int | None = None,
@@ -126,7 +127,7 @@ class Rollout(RolloutModel):
             threads: torch CPU threads while training (default: leave torch's setting).
         """
         from sciffusion.nets import build_net
-        from sciffusion.training import Trainer, TensorPairs
+        from sciffusion.training import Trainer, TensorPairs, seeded
 
         ds = ds.to_dataset() if isinstance(ds, xr.DataArray) else ds
         forcings = _names(forcings)
@@ -136,13 +137,13 @@ class Rollout(RolloutModel):
         grid_dims, sample_dims = _split_dims(ds, variables, grid_dims, time_dim, sample_dims)
         coder, x, f = RolloutCoder.fit(ds, variables, grid_dims, time_dim, sample_dims, history, forcings)
         target, cond = training_pairs(coder, x, f)
-        torch.manual_seed(seed)
-        den = Denoiser(build_net(default_net(coder, net)), sigma_data=1.0)
-        spec = {"coder": coder.to_dict(), "sampler": dict(DEFAULT_SAMPLER)}
-        trainer = Trainer(den, TensorPairs(target, cond), out_dir=out_dir, batch_size=min(batch_size, len(target)), lr=lr,
-                          warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed, checkpoint_every=checkpoint_every,
-                          device=device, config={"rollout": spec}, progress=progress)
-        trainer.fit(steps, max_seconds=max_seconds, threads=threads)
+        with seeded(seed):  # the caller's global RNG is left as it was
+            den = Denoiser(build_net(default_net(coder, net)), sigma_data=1.0)
+            spec = {"coder": coder.to_dict(), "sampler": dict(DEFAULT_SAMPLER)}
+            trainer = Trainer(den, TensorPairs(target, cond), out_dir=out_dir, batch_size=min(batch_size, len(target)), lr=lr,
+                              warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed, checkpoint_every=checkpoint_every,
+                              device=device, config={"rollout": spec}, progress=progress)
+            trainer.fit(steps, max_seconds=max_seconds, threads=threads)
         model = cls(trainer.ema.eval().requires_grad_(False), coder)
         model.history, model.last_record = trainer.history, trainer.last_record
         return model

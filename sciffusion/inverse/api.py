@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
 
 from sciffusion.diffusion import karras_sigmas
 from sciffusion.diffusion import sample as diffusion_sample
-from sciffusion.diffusion.sample import step_function
+from sciffusion.diffusion.sample import KEYWORDS, check_options, step_function, step_name, step_options
+from sciffusion.diffusion.sample import OPTIONS as SAMPLER_OPTIONS
+from sciffusion.diffusion.schedules import SIGMA_MAX
 from sciffusion.inverse.guidance import DPS, MMPS, PiGDM
 from sciffusion.inverse.operators import Observation, as_operator, module_device, require_differentiable
 from sciffusion.inverse.projection import ProjectedDenoiser, projected_step
@@ -17,16 +20,40 @@ from sciffusion.inverse.smc import twisted_smc
 
 METHODS = ("dps", "pigdm", "mmps", "smc", "projected", "residual")
 GUIDANCE = {"dps": DPS, "pigdm": PiGDM, "mmps": MMPS}
-_GUIDANCE_OPTIONS = {"dps": ("zeta", "sigma_data"), "pigdm": ("cg_iters", "sigma_data"), "mmps": ("cg_iters", "sigma_data")}
+
+
+def _options(fn, skip: tuple[str, ...]) -> tuple[str, ...]:
+    """The named parameters of ``fn`` (a class: its constructor) less ``skip``: the options it declares."""
+    params = inspect.signature(fn).parameters.values()
+    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in skip)
+
+
+# each method's options, read from the class or function that takes them ("projected" adds those
+# of its inner guidance when it has observations to guide with)
+OPTIONS = {
+    **{m: _options(cls, ("denoiser", "observation")) for m, cls in GUIDANCE.items()},
+    "smc": _options(twisted_smc, ("denoiser", "observation", "sigmas", "num_samples", "generator", "dtype")),
+    "projected": ("projection", "guidance", "guide_projected", "project_iterates"),
+    "residual": _options(ResidualGuidance, ("denoiser", "observation")),
+}
+# keywords of sciffusion.diffusion.sample that pass through (this function sets the others itself)
+PASSED = tuple(k for k in KEYWORDS if k not in ("sigmas", "steps", "method", "sigma_min", "sigma_max", "rho",
+                                                "generator", "dtype", "device"))
+
+
+def _takers(names, own=()) -> str:
+    """``"'dps' takes zeta"``: the methods that take the options ``names`` not in ``own``."""
+    return "; ".join(f"{m!r} takes {k}" for k in names if k not in own for m, opts in OPTIONS.items() if k in opts)
 
 
 def guide(method: str, denoiser, observation: Observation, **options):
-    """The guided wrapper denoiser of ``method`` in ``{"dps", "pigdm", "mmps"}``."""
+    """The guided wrapper denoiser of ``method`` in ``{"dps", "pigdm", "mmps"}``; an option the
+    method does not take raises TypeError naming its options."""
     if method not in GUIDANCE:
         raise ValueError(f"unknown guidance {method!r}; choose one of {sorted(GUIDANCE)}")
+    check_options(f"guidance method {method!r}", options, OPTIONS[method], lambda: _takers(options, OPTIONS[method]))
     require_differentiable(observation.operator, observation.event_shape, method, device=observation.device)
-    kwargs = {k: options[k] for k in _GUIDANCE_OPTIONS[method] if k in options}
-    return GUIDANCE[method](denoiser, observation, **kwargs)
+    return GUIDANCE[method](denoiser, observation, **options)
 
 
 def sample(
@@ -40,10 +67,10 @@ def sample(
     steps: int = 50,
     generator: torch.Generator | None = None,
     event_shape=None,
-    sampler: str | Callable = "ddim",
+    sampler: str | Callable | None = None,
     sigmas: torch.Tensor | None = None,
     sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
+    sigma_max: float = SIGMA_MAX,
     rho: float = 7.0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
@@ -71,8 +98,8 @@ def sample(
         generator: torch generator (or one per sample, except for ``"smc"``).
         event_shape: field shape; default ``denoiser.event_shape`` or ``operator.event_shape``.
         sampler: the step of :mod:`sciffusion.diffusion` the guided denoiser is run with
-            (``"ddim"`` with ``eta = 1`` by default, ``"heun"``, ``"euler"``, ``"stochastic"`` or a
-            step function); ``"smc"`` uses its own DDPM-type kernel. A stochastic sampler is the
+            (None: ``"ddim"`` with ``eta = 1``; ``"heun"``, ``"euler"``, ``"stochastic"`` or a
+            step function); ``"smc"`` uses its own DDPM-type kernel and takes none. A stochastic sampler is the
             default because the guidance approximations err most on multimodal posteriors,
             where the deterministic ODE cannot recover from them (on the MCGdiff mixture
             problems, DDIM with ``eta = 1`` gave several times lower error than Heun at the
@@ -82,7 +109,10 @@ def sample(
         device: where to sample (default: the device of the denoiser's parameters, CPU for a plain
             function). ``y`` may live anywhere; an operator holding tensors elsewhere is copied there,
             and a ``generator`` must be a generator of that device. Samples are returned on it.
-        **options: method options above, plus sampler options (``eta``, ``churn``...) and ``cond``.
+        **options: method options above, plus ``cond`` (conditioning for the denoiser) and, except
+            for ``"smc"``, the sampler's options (``eta``, ``churn``...) and the keywords ``x``,
+            ``callback``, ``progress``, ``start`` of :func:`sciffusion.diffusion.sample`. Any other
+            option, or one the method or sampler does not take, raises TypeError naming the valid ones.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
@@ -113,10 +143,12 @@ def sample(
     cond = options.pop("cond", None)
     cond = {} if cond is None else {"cond": cond}
     if method == "smc":
+        check_options("guidance method 'smc'", options, OPTIONS["smc"], hints=("cond",),
+                      note=lambda: f"it runs its own kernel: no sampler options; {_takers(options, OPTIONS['smc'])}"
+                      .rstrip("; "))
+        if sampler is not None:
+            raise TypeError(f"method 'smc' runs its own DDPM-type kernel; it takes no sampler (got {sampler!r})")
         require_differentiable(obs.operator, event_shape, method, dtype, device)
-        unknown = set(options) - {"particles", "ess_threshold", "sigma_data", "twist", "kernel"}
-        if unknown:
-            raise TypeError(f"unexpected options for method 'smc': {sorted(unknown)}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError("method 'smc' takes one torch.Generator (particles interact through resampling)")
         res = twisted_smc(denoiser, obs, sigmas, num_samples=int(num_samples), generator=generator, dtype=dtype,
@@ -125,34 +157,43 @@ def sample(
         out.info = res
         return out
 
-    step = step_function(sampler)
+    step = step_function("ddim" if sampler is None else sampler)
+    passed = {k: options.pop(k) for k in PASSED if k in options}
+    inner = options.get("guidance", "pigdm") if method == "projected" else None
+    if inner is not None and inner not in GUIDANCE:
+        raise ValueError(f"unknown guidance {inner!r} for method 'projected'; choose one of {sorted(GUIDANCE)} or None")
+    own = OPTIONS[method] + (OPTIONS[inner] if inner is not None and obs is not None else ())
+
+    def note() -> str:
+        extra = ", ".join(k for k in PASSED if k not in SAMPLER_OPTIONS)
+        opts = step_options(step)
+        return (f"besides cond, {extra} and the options of sampler {step_name(step)!r}: "
+                f"{'any' if opts is None else ', '.join(opts) or 'none'}; {_takers(options, own)}").rstrip("; ")
+
+    check_options(f"guidance method {method!r}", options, own, note, hints=(*PASSED, "cond"))
     if method in GUIDANCE:
         guided = guide(method, denoiser, obs, **options)
-        options = {k: v for k, v in options.items() if k not in _GUIDANCE_OPTIONS[method]}
     elif method == "projected":
         projection = options.pop("projection", None)
         if projection is None or not callable(projection):
             raise ValueError("method 'projected' needs projection=<callable> (e.g. sciffusion.inverse.Box(0, 1))")
-        guidance = options.pop("guidance", "pigdm")
+        options.pop("guidance", None)
         guide_projected = bool(options.pop("guide_projected", False))
+        project_iterates = options.pop("project_iterates", False)
         guided = denoiser
-        if obs is not None and guidance is not None:
-            inner = ProjectedDenoiser(denoiser, projection) if guide_projected else denoiser
-            guided = guide(guidance, inner, obs, **options)
-            options = {k: v for k, v in options.items() if k not in _GUIDANCE_OPTIONS[guidance]}
+        if obs is not None and inner is not None:
+            prior = ProjectedDenoiser(denoiser, projection) if guide_projected else denoiser
+            guided = guide(inner, prior, obs, **options)
         guided = ProjectedDenoiser(guided, projection)
-        if options.pop("project_iterates", False):
+        if project_iterates:
             step = projected_step(step, projection)
     else:  # residual
-        residual = options.pop("residual", None)
-        if residual is None:
+        if options.get("residual") is None:
             raise ValueError("method 'residual' needs residual=<callable> (e.g. sciffusion.inverse.DarcyResidual())")
         if obs is not None:
             require_differentiable(obs.operator, event_shape, method, dtype, device)
-        kw = {k: options.pop(k) for k in ("zeta_obs", "zeta_pde", "pde_sigma") if k in options}
-        guided = ResidualGuidance(denoiser, obs, residual, **kw)
+        guided = ResidualGuidance(denoiser, obs, **options)
     shape = (int(num_samples), *event_shape)
     x = diffusion_sample(guided, shape, sigmas=sigmas, method=step, generator=generator, dtype=dtype, device=device,
-                         **options, **cond)
+                         **passed, **cond)
     return x.detach()
-

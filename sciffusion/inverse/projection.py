@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import torch
 
+from sciffusion.diffusion.sample import forward_step, step_keywords, step_name
 from sciffusion.physics import darcy_solve
 
 
@@ -192,10 +193,12 @@ class ProjectedDenoiser:
 
 
 def projected_step(step_fn: Callable, projection: Callable) -> Callable:
-    """A sampler step that projects the iterate after every step (PDM): ``x' = P(step(x))``."""
+    """A sampler step that projects the iterate after every step (PDM): ``x' = P(step(x))``;
+    it takes the options of ``step_fn``."""
 
     def step(denoiser, x, sigma, sigma_next, **kwargs):
-        return projection(step_fn(denoiser, x, sigma, sigma_next, **kwargs))
+        return projection(forward_step(step_fn, denoiser, x, sigma, sigma_next, **kwargs))
 
-    step.__name__ = f"projected_{getattr(step_fn, '__name__', 'step')}"
+    step.sampler_keywords = step_keywords(step_fn)
+    step.__name__ = f"projected {step_name(step_fn)}"
     return step
