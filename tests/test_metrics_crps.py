@@ -136,10 +136,11 @@ def test_member_axis_and_layouts_agree():
     np.testing.assert_allclose(a[::2, ::-1], d.values, rtol=1e-13)
 
 
-@pytest.mark.parametrize("m", [2, 3, 7, 16, 24, 25])
-def test_sorting_network_and_sort_paths_agree(m):
-    """Member-first NaN-free blocks go through the sorting network, member-last ones through
-    np.sort: same values (with ties) for every M, and a NaN anywhere still gives the exact answer."""
+@pytest.mark.parametrize("m", [2, 3, 7, 16, 24, 25, 32])
+def test_sorting_network_and_sort_paths_agree(m, monkeypatch):
+    """The sorting network (member-first, and member-last through its transpose) and the np.sort
+    path give the same values (with ties) for every M, and the brute-force value per point."""
+    from sciffusion.metrics import crps as crps_mod
     from sciffusion.metrics.crps import sorting_network
 
     net = sorting_network(m)
@@ -148,11 +149,69 @@ def test_sorting_network_and_sort_paths_agree(m):
     x = rng.integers(0, 5, (m, 4000)).astype(float) + rng.standard_normal((m, 4000)) * (rng.random(4000) < 0.5)
     y = rng.integers(0, 5, 4000).astype(float)
     for fair in (False, True):
-        net_path = crps_ensemble(x, y, fair=fair)
-        sort_path = crps_ensemble(np.ascontiguousarray(x.T), y, member_dim=-1, fair=fair)
-        np.testing.assert_allclose(net_path, sort_path, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(net_path[:50], [brute_force(x[:, i], y[i], fair) for i in range(50)],
+        net_first = crps_ensemble(x, y, fair=fair)
+        net_last = crps_ensemble(np.ascontiguousarray(x.T), y, member_dim=-1, fair=fair)
+        with monkeypatch.context() as mp:
+            mp.setattr(crps_mod, "_NETWORK_MAX_M", 0)
+            mp.setattr(crps_mod, "_NETWORK_MAX_M_LAST", 0)
+            sort_path = crps_ensemble(x, y, fair=fair)
+        np.testing.assert_allclose(net_first, sort_path, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(net_last, sort_path, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(net_first[:50], [brute_force(x[:, i], y[i], fair) for i in range(50)],
                                    rtol=1e-12, atol=1e-12)
+
+
+def _masked_case(m, layout, seed):
+    """float32 ensemble with 5% NaN observations, a 30% land mask (NaN in the observation and
+    every member) and 1% NaN members, in the member-first or member-last layout."""
+    rng = np.random.default_rng(seed)
+    n = 3000
+    x = rng.standard_normal((m, n)).astype(np.float32)
+    y = rng.standard_normal(n).astype(np.float32)
+    y[rng.random(n) < 0.05] = np.nan
+    land = rng.random(n) < 0.3
+    x[:, land], y[land] = np.nan, np.nan
+    x[rng.random(x.shape) < 0.01] = np.nan
+    if layout == "last":
+        return np.ascontiguousarray(x.T), y, x, -1
+    return x, y, x, 0
+
+
+@pytest.mark.parametrize("m", [5, 10, 24, 32, 50])
+@pytest.mark.parametrize("layout", ["first", "last"])
+def test_nan_observations_land_and_nan_members_are_exact(m, layout):
+    """NaN observations (and land) give NaN and leave the other points on the fast path; points
+    with a NaN member are scored with that member dropped: standard equals properscoring, fair
+    equals the brute-force kernel form with the per-point member count."""
+    arr, y, x, axis = _masked_case(m, layout, seed=m)
+    std = crps_ensemble(arr, y, member_dim=axis)
+    fair = crps_ensemble(arr, y, member_dim=axis, fair=True)
+    x64, y64 = x.astype(float), y.astype(float)
+    ref = ps.crps_ensemble(y64, x64.T)
+    np.testing.assert_array_equal(np.isnan(std), np.isnan(y))
+    np.testing.assert_allclose(std, ref, rtol=1e-5, atol=1e-5)
+    brute = [brute_force(x64[:, i], y64[i], True) for i in range(y.size)]
+    np.testing.assert_allclose(fair, brute, rtol=1e-5, atol=1e-5)
+    prop = crps_ensemble(arr, y, member_dim=axis, skipna=False)  # propagate: NaN member -> NaN
+    np.testing.assert_array_equal(np.isnan(prop), np.isnan(y) | np.isnan(x).any(axis=0))
+
+
+@pytest.mark.parametrize("m", [6, 40])
+def test_a_nan_changes_only_its_own_point(m):
+    """A NaN member or observation at one point leaves every other point's score bit-for-bit
+    as it was (no whole block falls back to another path)."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((m, 5000)).astype(np.float32)
+    y = rng.standard_normal(5000).astype(np.float32)
+    clean = crps_ensemble(x, y)
+    xn, yn = x.copy(), y.copy()
+    xn[1, 10], yn[20] = np.nan, np.nan
+    dirty = crps_ensemble(xn, yn)
+    keep = np.ones(5000, bool)
+    keep[[10, 20]] = False
+    np.testing.assert_array_equal(dirty[keep], clean[keep])
+    assert np.isnan(dirty[20])
+    assert dirty[10] == pytest.approx(brute_force(np.delete(x[:, 10], 1), y[10]), rel=1e-5)
 
 
 @pytest.mark.parametrize("m", [8, 200])
@@ -260,3 +319,64 @@ def test_energy_score_multivariate_brute_force():
             ref = np.linalg.norm(xs - y[p], axis=1).mean() - np.linalg.norm(
                 xs[:, None] - xs[None], axis=2).sum() / (2 * k)
             assert res[p] == pytest.approx(ref, rel=1e-12)
+
+
+def _energy_direct(x, y, fair):
+    """Energy score of x[M, D] against y[D] from the pairwise definition (float64, no Gram)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    x = x[~np.isnan(x).any(axis=1)]
+    m = len(x)
+    k = m * (m - 1) if fair else m * m
+    return np.linalg.norm(x - y, axis=1).mean() - np.linalg.norm(x[:, None] - x[None], axis=2).sum() / (2 * k)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e6])
+def test_energy_score_gram_form_equals_pairwise_form(offset):
+    """The Gram-matrix energy score equals the direct pairwise sum to float64 rounding, also for
+    fields far from zero (offset 1e6 with unit spread), duplicate and near-duplicate members, an
+    observation equal to a member, and a NaN member (dropped); skipna=False gives NaN there."""
+    rng = np.random.default_rng(12)
+    x = offset + rng.standard_normal((7, 9, 40))  # point, member, event
+    y = offset + rng.standard_normal((7, 40))
+    x[1, 3] = x[1, 2]  # duplicate member
+    x[2, 4] = x[2, 0] + 1e-9  # near-duplicate member
+    x[3, :] = x[3, 0]  # every member the same
+    y[4] = x[4, 5]  # observation on a member
+    x[5, 6, 7] = np.nan  # member 6 dropped at point 5
+    fc = xr.DataArray(x, dims=("pt", "member", "e"))
+    ob = xr.DataArray(y, dims=("pt", "e"))
+    for fair in (False, True):
+        res = energy_score(fc, ob, event_dims="e", fair=fair).values
+        ref = [_energy_direct(x[p], y[p], fair) for p in range(7)]
+        np.testing.assert_allclose(res, ref, rtol=1e-10, atol=1e-12 + 1e-15 * offset)
+    assert np.isnan(energy_score(fc, ob, event_dims="e", skipna=False).values[5])
+    # member-first float32 input, two event dims: same as float64 member-last up to float32 input rounding
+    x32 = np.moveaxis(x[:5], 1, 0).reshape(9, 5, 5, 8).astype(np.float32)
+    fc32 = xr.DataArray(x32, dims=("member", "pt", "a", "b"))
+    ob32 = xr.DataArray(y[:5].reshape(5, 5, 8).astype(np.float32), dims=("pt", "a", "b"))
+    res32 = energy_score(fc32, ob32, event_dims=["a", "b"])
+    assert res32.dtype == np.float32
+    ref32 = [_energy_direct(x32[:, p].reshape(9, 40), ob32.values[p].reshape(40), False) for p in range(5)]
+    np.testing.assert_allclose(res32.values, ref32, rtol=1e-5, atol=1e-6 * (1 + offset))
+
+
+def test_energy_score_matches_scoringrules_and_stays_below_twice_the_input():
+    """Against scoringrules' es_ensemble (numpy backend), with peak memory of the whole call at
+    most twice the float32 input (M = 50, D = 1000)."""
+    import tracemalloc
+
+    import scoringrules as sr
+
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((12, 50, 1000)).astype(np.float32)
+    y = rng.standard_normal((12, 1000)).astype(np.float32)
+    fc = xr.DataArray(x, dims=("case", "member", "e"))
+    ob = xr.DataArray(y, dims=("case", "e"))
+    ref = sr.es_ensemble(y.astype(float), x.astype(float), m_axis=-2, v_axis=-1, backend="numpy")
+    energy_score(fc[:1], ob[:1], event_dims="e")  # warm-up: lazy imports are not the score's
+    tracemalloc.start()
+    res = energy_score(fc, ob, event_dims="e")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_allclose(res.values, ref, rtol=1e-5)
+    assert peak < 2 * x.nbytes

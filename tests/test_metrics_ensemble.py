@@ -91,6 +91,37 @@ def test_spread_skill_ratio_is_one_for_a_perfect_ensemble_with_correction():
     assert float(comp.skill) == pytest.approx(float(rmse(fc, ob, reduce_dims="all")))
 
 
+@pytest.mark.parametrize("correction", [True, False])
+def test_spread_skill_with_nan_matches_numpy_definition(correction):
+    """Pointwise-blocked spread and skill equal the NaN-aware numpy definition: nanvar (ddof=1,
+    times (M_p+1)/M_p), squared error of the nanmean, points with a NaN observation or < 2
+    valid members left out of both averages; member-last and numpy inputs agree."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((6, 30, 20)).astype(np.float32)
+    y = rng.standard_normal((30, 20)).astype(np.float32)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    x[:5, 0, 0] = np.nan  # one valid member: left out
+    y[rng.random(y.shape) < 0.05] = np.nan
+    x64, y64 = x.astype(float), y.astype(float)
+    cnt = np.sum(~np.isnan(x64), axis=0)
+    var = np.nanvar(np.where(cnt >= 2, x64, 0.0), axis=0, ddof=1)
+    if correction:
+        var = var * (cnt + 1) / cnt
+    keep = (cnt >= 2) & ~np.isnan(y64)
+    err2 = (np.nanmean(np.where(cnt >= 1, x64, 0.0), axis=0) - y64) ** 2
+    w = np.cos(np.linspace(-1.2, 1.2, 20))
+    wk = np.where(keep, w, 0.0)
+    spread = np.sqrt((np.where(keep, var, 0) * wk).sum() / wk.sum())
+    skill = np.sqrt((np.where(keep, err2, 0) * wk).sum() / wk.sum())
+    fc, ob = _da(x, ("member", "t", "lat")), _da(y, ("t", "lat"))
+    res = spread_skill_ratio(fc, ob, reduce_dims="all", weights=_da(w, "lat"), correction=correction,
+                             components=True)
+    np.testing.assert_allclose([float(res.spread), float(res.skill)], [spread, skill], rtol=1e-5)
+    assert float(res.ratio) == pytest.approx(spread / skill, rel=1e-5)
+    last = spread_skill_ratio(np.moveaxis(x, 0, -1).copy(), y, member_dim=-1, correction=correction)
+    np.testing.assert_allclose(last, np.where(keep, np.sqrt(var / err2), np.nan), rtol=1e-4)
+
+
 def test_rmse_bias_hand_values_and_weights():
     fc = _da(np.array([[1.0, 3.0], [2.0, 6.0]]), ("member", "lat"))  # means 1.5, 4.5
     ob = _da(np.array([1.0, 5.0]), "lat")

@@ -15,9 +15,11 @@ observation (the score is translation invariant, and this keeps float32 accurate
 fields such as temperatures in K), sort each row in place, then one dot product with the
 coefficients (2i - M - 1) and one sum of |x - y|. Time is one sort, O(M log M) per point; extra
 memory is one block, never an M x M temporary. float32 stays float32. For small ensembles
-(M <= 32) stored member-first, NaN-free blocks are instead sorted by a sorting network applied
-to whole member rows at once (elementwise min/max, SIMD-vectorised, no transpose), which is
-several times faster than a per-point sort.
+(M <= 32) blocks are instead copied member-first (a transpose for member-last data) and sorted
+by a sorting network applied to whole member rows at once (elementwise min/max,
+SIMD-vectorised), which is several times faster than a per-point sort. A NaN only spoils its own
+point there: NaN observations stay on the network (the point is NaN anyway) and only the points
+with a NaN member are scored again by the NaN-dropping sort.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ import numpy as np
 import xarray as xr
 
 from ._core import apply_pointwise, float_dtype, metric, reduce
+from .torch_scores import torch_path, wants_torch
 
 _BLOCK_ELEMS = 1 << 17  # members x points per block (512 KiB of float32: stays in L2)
+_MIN_BLOCK = 4096  # points: below this many per block the per-block overhead shows
 
 
 def _member_rows(fc: np.ndarray):
@@ -63,12 +67,15 @@ def sorting_network(m: int) -> list[tuple[int, int]]:
     return pairs
 
 
-_NETWORK_MAX_M = 32  # up to here a vectorised sorting network beats np.sort (measured, AVX2)
+_NETWORK_MAX_M = 32  # up to here a vectorised sorting network beats np.sort (measured, AVX2) ...
+_NETWORK_MAX_M_LAST = 24  # ... and up to here for member-last data, which it must transpose
 
 
 def _block_network(rows_in, yb, net, buf, spare, coef):
-    """Spread and skill sums of a NaN-free member-first block: sort the points' members in
-    parallel with a sorting network (elementwise min/max of whole rows, no transpose)."""
+    """Spread and skill sums of a block of ``(M, n)`` member rows (any strides: member-last data
+    is transposed into the member-first buffer by the subtraction): sort the points' members in
+    parallel with a sorting network (elementwise min/max of whole rows). A NaN member or
+    observation makes that point's sums NaN and touches no other point."""
     m, n = rows_in.shape
     b = buf[:, :n]
     np.subtract(rows_in, yb, out=b, casting="unsafe")
@@ -88,34 +95,57 @@ def _block_network(rows_in, yb, net, buf, spare, coef):
     return spread, skill
 
 
-def _block_sort(rows_in, member_first, yb, buf, coef, ones, skipna):
-    """Spread and skill sums of a block by np.sort of a member-last copy; NaN members dropped
-    (``skipna``) with per-point counts. Returns (spread, skill, count or None)."""
+def _block_sort(rows_in, yb, buf, coef, skipna):
+    """Spread and skill sums of a block of ``(M, n)`` member rows by np.sort of a member-last
+    copy; NaN members dropped (``skipna``) with per-point counts. Returns (spread, skill, count),
+    the count per point where a NaN was dropped, else the scalar M. The row contractions use
+    einsum, not BLAS: their cost does not depend on how many threads BLAS would start for a
+    small product on a busy machine."""
     m_full = coef.size
     b = buf[: yb.size]
     # member-last copy of the block, centred on the observation, in one pass
-    np.subtract(rows_in.T if member_first else rows_in, yb[:, None], out=b, casting="unsafe")
+    np.subtract(rows_in.T, yb[:, None], out=b, casting="unsafe")
     b.sort(axis=-1)  # NaN sorts last
-    spread = b @ coef
-    cnt = None
+    spread = np.einsum("ij,j->i", b, coef)
+    cnt = b.dtype.type(m_full)
     if skipna:
-        rows = np.flatnonzero(np.isnan(b[:, -1]))
+        rows = np.flatnonzero(np.isnan(b[:, -1]) & ~np.isnan(yb))  # a NaN observation: NaN anyway
         if rows.size:
-            sub = b[rows]
+            sub = b if rows.size == yb.size else b[rows]
             nan = np.isnan(sub)
-            sub[nan] = 0
+            np.copyto(sub, 0, where=nan)
             cnt = np.full(yb.size, m_full, b.dtype)
-            cnt[rows] = m_full - nan.sum(axis=1)
+            cnt[rows] = m_full - np.count_nonzero(nan, axis=1)
             # sum_{i<=m} (2i - m - 1) x_(i) = sum_i (2i - M - 1) x_(i) + (M - m) sum_i x_(i)
-            spread[rows] = sub @ coef + (m_full - cnt[rows]) * sub.sum(axis=1)
-            b[rows] = sub
+            spread[rows] = np.einsum("ij,j->i", sub, coef) + (m_full - cnt[rows]) * np.einsum("ij->i", sub)
+            if sub is not b:
+                b[rows] = sub
     np.abs(b, out=b)
-    return spread, b @ ones, cnt
+    return spread, np.einsum("ij->i", b), cnt
+
+
+def _grow(buf, rows):
+    """``buf`` if it has at least ``rows`` rows, else a new buffer of that many."""
+    return buf if buf.shape[0] >= rows else np.empty((rows, buf.shape[1]), buf.dtype)
+
+
+def _finish(spread, skill, cnt, fair, out):
+    """CRPS from the sums into ``out``: skill / M_p - spread / K_p, K_p = M_p^2 or, if ``fair``,
+    M_p (M_p - 1); 0/0 gives NaN (fair with one member, or no member)."""
+    k = cnt * (cnt - 1) if fair else cnt * cnt
+    np.divide(skill, cnt, out=out)
+    out -= np.divide(spread, k, out=spread)
+    return out
 
 
 def crps_kernel(fc: np.ndarray, obs: np.ndarray, fair: bool = False, skipna: bool = True,
                 dtype=None) -> np.ndarray:
-    """Pointwise ensemble CRPS of ``fc[..., M]`` (member last, any strides) against ``obs[...]``."""
+    """Pointwise ensemble CRPS of ``fc[..., M]`` (member last, any strides) against ``obs[...]``.
+
+    Blocks go through the sorting network (M <= 32 member-first, M <= 24 member-last) or np.sort.
+    NaN observations stay on that path (their points are set to NaN). Points with a NaN member
+    come out NaN there, and with ``skipna`` only those points are scored again by the
+    NaN-dropping sort, so a land mask or a few missing members cost little."""
     dt = float_dtype(fc, dtype=dtype)
     shape = np.broadcast_shapes(fc.shape[:-1], np.shape(obs))
     fc = np.broadcast_to(fc, shape + fc.shape[-1:])
@@ -130,35 +160,37 @@ def crps_kernel(fc: np.ndarray, obs: np.ndarray, fair: bool = False, skipna: boo
     src, member_first = _member_rows(fc)
     y = np.broadcast_to(np.asarray(obs, dtype=dt), shape).reshape(n)
     coef = (2.0 * np.arange(1, m_full + 1) - m_full - 1).astype(dt)
-    ones = np.ones(m_full, dt)
-    use_net = member_first and 1 < m_full <= _NETWORK_MAX_M
+    use_net = 1 < m_full <= (_NETWORK_MAX_M if member_first else _NETWORK_MAX_M_LAST)
     block = max(1, (_BLOCK_ELEMS * (4 if use_net else 1)) // m_full)
-    buf = None  # member-last block buffer of the sort path, allocated when first needed
+    block = min(block, max(_MIN_BLOCK, -(-n // 4)))  # a small input still gets several blocks
+    buf = np.empty((0, m_full), dt)  # member-last block of the sort path, grown when needed
     if use_net:
         net = sorting_network(m_full)
         nbuf, spare = np.empty((m_full, min(block, n)), dt), np.empty(min(block, n), dt)
     m = dt.type(m_full)
-    k_full = m * (m - 1) if fair else m * m
     with np.errstate(invalid="ignore", divide="ignore"):
         for s in range(0, n, block):
             e = min(n, s + block)
-            rows_in = src[:, s:e] if member_first else src[s:e]
-            cnt = None
-            if use_net and not np.isnan(rows_in.sum()) and not np.isnan(y[s:e].sum()):
-                spread, skill = _block_network(rows_in, y[s:e], net, nbuf, spare, coef)
+            rows_in, yb, ob = (src[:, s:e] if member_first else src[s:e].T), y[s:e], out[s:e]
+            if use_net:
+                spread, skill = _block_network(rows_in, yb, net, nbuf, spare, coef)
+                cnt = m
             else:
-                if buf is None:
-                    buf = np.empty((min(block, n), m_full), dt)
-                spread, skill, cnt = _block_sort(rows_in, member_first, y[s:e], buf, coef, ones, skipna)
-            if cnt is None:
-                out[s:e] = skill / m - spread / k_full
-            else:
-                k = cnt * (cnt - 1) if fair else cnt * cnt
-                out[s:e] = skill / cnt - spread / k  # 0/0 -> NaN: fair with one member, or none
+                buf = _grow(buf, e - s)
+                spread, skill, cnt = _block_sort(rows_in, yb, buf, coef, skipna)
+            _finish(spread, skill, cnt, fair, ob)
+            if use_net and skipna:  # rescore the points a NaN member made NaN, dropping it
+                redo = np.flatnonzero(np.isnan(ob))
+                redo = redo[~np.isnan(yb[redo])]
+                if redo.size:
+                    buf = _grow(buf, redo.size)
+                    spread, skill, cnt = _block_sort(rows_in[:, redo], yb[redo], buf, coef, True)
+                    ob[redo] = _finish(spread, skill, cnt, fair, skill)
         out[np.isnan(y)] = np.nan  # also when every member is NaN and skill came out 0/0
     return out.reshape(shape)
 
 
+@torch_path("crps_ensemble")
 @metric
 def crps_ensemble(forecast, observation, *, member_dim="member", fair=False, reduce_dims=None,
                   weights=None, skipna=True, dtype=None):
@@ -208,6 +240,8 @@ def crps_gaussian(mu, sigma, observation, *, reduce_dims=None, weights=None):
 
     (Gneiting et al. 2005, Mon. Wea. Rev. 133, 1098, eq. 5). Inputs broadcast against each other;
     xarray (eager or dask), numpy and torch are accepted and the type of ``observation`` comes back.
+    Tensors that require grad or live on a GPU are scored in torch (:mod:`sciffusion.metrics.torch_scores`):
+    same keywords, result on their device with gradients.
     """
     from ._core import as_dataarray
 
@@ -216,6 +250,10 @@ def crps_gaussian(mu, sigma, observation, *, reduce_dims=None, weights=None):
         if isinstance(score, xr.Dataset):
             return score.map(lambda v: reduce(v, reduce_dims, weights))
         return reduce(score.rename("crps"), reduce_dims, weights)
+    if wants_torch(mu, sigma, observation):  # gradients / GPU: score in torch, tensor out
+        from .torch_scores import crps_gaussian as _torch_crps_gaussian
+
+        return _torch_crps_gaussian(mu, sigma, observation, reduce_dims=reduce_dims, weights=weights)
     obs, conv = as_dataarray(observation, "observation")
     from ._core import _to_numpy
 
