@@ -83,7 +83,7 @@ def test_store_resume_computes_only_missing_blocks_and_refuses_other_settings(tm
 
 @pytest.mark.parametrize("change, message", [
     (lambda s: s.isel(k=slice(0, 6)), "dimension 'k' has size 6"),
-    (lambda s: s.assign_coords(k=s.k + 0.5), "coordinate 'k' has other values"),
+    (lambda s: s.assign_coords(k=s.k + 0.5), "seeds coordinate 'k' differs from the training grid"),
     (lambda s: s.rename(x="u"), r"lack variable\(s\) \['x'\]"),
     (lambda s: s.assign_coords(lead_time=[1.0, 3.0]), r"lead times \[3.0\]"),
     (lambda s: xr.concat([s, s.isel(member=[0])], "member"), "K=2 seed members"),

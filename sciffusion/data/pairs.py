@@ -33,13 +33,9 @@ import xarray as xr
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .coder import names as _names
 from .normalize import Normalizer
 from .tensors import check_dims, check_variables, dataset_to_tensor
-
-
-def _as_list(x) -> list:
-    """None -> [], a single name -> [name], a sequence -> list."""
-    return [] if x is None else [x] if isinstance(x, str) else list(x)
 
 
 def check_monotonic(ds: xr.Dataset, dim: Hashable) -> None:
@@ -84,11 +80,11 @@ class PairDataset(Dataset):
                  static: Sequence[Hashable] | None = None,
                  cond_grid_dims: Sequence[Hashable] | None = None,
                  normalizer: Normalizer | None = None, allow_missing: bool = False):
-        self.variables = [str(v) for v in _as_list(variables)]
-        self.cond_variables = [str(v) for v in _as_list(cond_variables)] or list(self.variables)
-        self.static = [str(v) for v in _as_list(static)]
-        self.grid_dims = _as_list(grid_dims)
-        self.cond_grid_dims = _as_list(cond_grid_dims) or list(self.grid_dims)
+        self.variables = _names(variables)
+        self.cond_variables = _names(cond_variables) or list(self.variables)
+        self.static = _names(static)
+        self.grid_dims = _names(grid_dims)
+        self.cond_grid_dims = _names(cond_grid_dims) or list(self.grid_dims)
         self.along, self.allow_missing = along, allow_missing
         check_variables(ds, self.variables, "target variable")
         check_variables(ds, self.cond_variables, "condition variable")

@@ -17,49 +17,30 @@ stored in the checkpoint) and checks that a coarse input matches what the model 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
 
-from sciffusion.data.tensors import CF_ATTRS
+from sciffusion.data.coder import FieldCoder, check_spread, names as _names, numeric_coords
+from sciffusion.data.tensors import CF_ATTRS, dataset_to_tensor
 from sciffusion.emulators.coarsen import upsample_tensor
 
 
-def _names(x) -> list[str]:
-    return [] if x is None else [str(x)] if isinstance(x, str) else [str(v) for v in x]
-
-
 def stack(ds: xr.Dataset, variables: Sequence[str], sample_dim: str, grid_dims: Sequence[str]) -> np.ndarray:
-    """``variables`` of ``ds`` as a float64 array ``(N, C, *grid)`` (N along ``sample_dim``)."""
-    arrays = []
-    for v in variables:
-        da = ds[v]
-        extra = [d for d in da.dims if d != sample_dim and d not in grid_dims]
-        if extra:
-            raise ValueError(f"variable {v!r} has dimension(s) {extra} that are neither the sample dim "
-                             f"{sample_dim!r} nor grid dims {list(grid_dims)}; select them away or stack them "
-                             f"into {sample_dim!r}")
-        if sample_dim not in da.dims:
-            da = da.expand_dims({sample_dim: ds.sizes.get(sample_dim, 1)})
-        arrays.append(np.asarray(da.transpose(sample_dim, *grid_dims).values, dtype=np.float64))
-    return np.stack(arrays, axis=1)
-
-
-def _coord_list(ds, d):
-    if d not in ds.coords or ds[d].dtype.kind not in "fiu":
-        return None
-    return np.asarray(ds[d].values, dtype=float).tolist()
+    """``variables`` of ``ds`` as a float64 array ``(N, C, *grid)`` (N along ``sample_dim``, 1 without it)."""
+    lead = [sample_dim] if sample_dim in ds.dims else []
+    return dataset_to_tensor(ds, variables, sample_dims=lead, grid_dims=grid_dims, dtype=torch.float64).numpy()
 
 
 def _shape(sizes) -> str:
     return "x".join(str(s) for s in sizes)
 
 
-class DownscaleCoder:
+class DownscaleCoder(FieldCoder):
     """Grids, masks and normalisation constants of a :class:`~sciffusion.emulators.Downscaler`."""
 
+    role = "coarse input"
     KEYS = ("variables", "factor", "grid_dims", "sample_dim", "fine_sizes", "fine_coords", "coarse_coords",
             "coord_attrs", "periodic", "method", "center", "scale", "res_scale", "attrs", "fine_valid",
             "coarse_valid", "static")
@@ -74,17 +55,14 @@ class DownscaleCoder:
         self._fine_valid = {v: None if m is None else np.asarray(m, dtype=bool) for v, m in self.fine_valid.items()}
         self._coarse_valid = {v: None if m is None else np.asarray(m, dtype=bool) for v, m in self.coarse_valid.items()}
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.KEYS}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DownscaleCoder:
-        return cls(**d)
-
     # ------------------------------------------------------------------ shapes
     @property
-    def channels(self) -> int:
-        return len(self.variables)
+    def grid_sizes(self) -> dict[str, int]:
+        return self.fine_sizes
+
+    @property
+    def grid_coords(self) -> dict[str, list | None]:
+        return self.fine_coords
 
     @property
     def masked(self) -> list[str]:
@@ -94,10 +72,6 @@ class DownscaleCoder:
     @property
     def cond_channels(self) -> int:
         return self.channels + len(self.masked) + len(self.static)
-
-    @property
-    def grid_shape(self) -> tuple[int, int]:
-        return tuple(self.fine_sizes[d] for d in self.grid_dims)
 
     @property
     def coarse_shape(self) -> tuple[int, int]:
@@ -132,8 +106,7 @@ class DownscaleCoder:
             cever = np.isfinite(c[:, k]).any(0)
             coarse_valid[v] = None if cever.all() else cever.tolist()
             center[v], scale[v] = float(np.nanmean(f[:, k])), float(np.nanstd(f[:, k]))
-            if not scale[v] > 0:
-                raise ValueError(f"variable {v!r} is constant in the training data; it cannot be downscaled")
+            check_spread({v: scale[v]}, "downscaled")
             attrs[v] = {a: fine[v].attrs[a] for a in CF_ATTRS if a in fine[v].attrs}
         stat = {}
         for name in _names(static):
@@ -146,8 +119,8 @@ class DownscaleCoder:
             sd = float(np.nanstd(s))
             stat[name] = np.nan_to_num((s - np.nanmean(s)) / (sd if sd > 0 else 1.0)).tolist()
         coder = cls(variables=list(variables), factor=int(factor), grid_dims=grid_dims, sample_dim=str(sample_dim),
-                    fine_sizes=fine_sizes, fine_coords={d: _coord_list(fine, d) for d in grid_dims},
-                    coarse_coords={d: _coord_list(coarse, d) for d in grid_dims},
+                    fine_sizes=fine_sizes, fine_coords=numeric_coords(fine, grid_dims),
+                    coarse_coords=numeric_coords(coarse, grid_dims),
                     coord_attrs={d: dict(fine[d].attrs) if d in fine.coords else {} for d in grid_dims},
                     periodic=list(periodic), method=method, center=center, scale=scale,
                     res_scale={v: 1.0 for v in variables}, attrs=attrs, fine_valid=fine_valid,
@@ -160,35 +133,14 @@ class DownscaleCoder:
         return coder, f, up
 
     # ------------------------------------------------------------------ checks
-    def check(self, ds: xr.Dataset) -> None:
-        """Raise ValueError naming what differs between a coarse input and the training data."""
-        missing = [v for v in self.variables if v not in ds.data_vars]
-        if missing:
-            raise ValueError(f"the coarse input lacks variable(s) {missing} the model was trained on "
-                             f"(trained: {self.variables}; given: {sorted(map(str, ds.data_vars))})")
-        absent = [d for d in self.grid_dims if d not in ds.dims]
-        if absent:
-            raise ValueError(f"the coarse input has no grid dimension(s) {absent} (dims: {dict(ds.sizes)}); "
-                             f"the model was trained on grid dims {self.grid_dims}")
+    def input_grid(self) -> tuple[dict[str, int], dict]:
+        return dict(zip(self.grid_dims, self.coarse_shape)), self.coarse_coords
+
+    def _size_hint(self, ds: xr.Dataset) -> str:
         got = tuple(ds.sizes[d] for d in self.grid_dims)
-        if got != self.coarse_shape:
-            raise ValueError(f"coarse grid {_shape(got)} does not match factor {self.factor} of the fine grid "
-                             f"{_shape(self.grid_shape)} the model was trained on (expected a coarse grid "
-                             f"{_shape(self.coarse_shape)} on {tuple(self.grid_dims)})")
-        for d in self.grid_dims:
-            ref = self.coarse_coords.get(d)
-            if ref is not None and d in ds.coords and ds[d].dtype.kind in "fiu" and \
-                    not np.allclose(np.asarray(ds[d].values, float), ref, rtol=1e-6, atol=1e-9):
-                raise ValueError(f"the coarse input's coordinate {d!r} differs from the training grid "
-                                 f"({np.asarray(ds[d].values)[:3]}... vs {ref[:3]}...)")
-        for v in self.variables:
-            want = self.attrs[v].get("units")
-            have = ds[v].attrs.get("units")
-            if want is not None and have is None:
-                raise ValueError(f"variable {v!r} has no 'units' attribute, but the model was trained on {v!r} "
-                                 f"in units {want!r}; set ds[{v!r}].attrs['units']")
-            if want is not None and str(have) != str(want):
-                raise ValueError(f"variable {v!r} is in units {have!r} but the model was trained on {want!r}")
+        return (f": the coarse grid {_shape(got)} does not match factor {self.factor} of the fine grid "
+                f"{_shape(self.grid_shape)} the model was trained on (expected a coarse grid "
+                f"{_shape(self.coarse_shape)} on {tuple(self.grid_dims)})")
 
     def check_mask(self, c: np.ndarray) -> None:
         """Raise ValueError when the NaN pattern of coarse fields ``c (N, C, h, w)`` differs from training."""
@@ -218,10 +170,8 @@ class DownscaleCoder:
 
     def condition(self, up: np.ndarray) -> torch.Tensor:
         """The conditioning channels ``(N, Cc, H, W)`` float32 from upsampled fields ``(N, C, H, W)``."""
-        n = up.shape[0]
-        chans = []
-        for k, v in enumerate(self.variables):
-            chans.append(np.where(self.valid(v), (up[:, k] - self.center[v]) / self.scale[v], 0.0))
+        n, z = up.shape[0], self._affine(torch.from_numpy(up), self.center, self.scale).numpy()
+        chans = [np.where(self.valid(v), z[:, k], 0.0) for k, v in enumerate(self.variables)]
         for v in self.masked:
             chans.append(np.broadcast_to(self.valid(v), up.shape[:1] + up.shape[2:]).astype(np.float64))
         for s in self.static.values():

@@ -17,38 +17,26 @@ post-processing mode, the truth with probability ``truth_fraction``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
 
+from sciffusion.data.coder import FieldCoder, check_spread, names as _names, numeric_coords
+from sciffusion.data.tensors import CF_ATTRS, dataset_to_tensor
+
 MODES = ("emulation", "post-processing")
-
-
-def _names(x) -> list[str]:
-    return [] if x is None else [str(x)] if isinstance(x, str) else [str(v) for v in x]
 
 
 def ensemble_tensor(ds: xr.Dataset, variables: Sequence[str], sample_dims: Sequence[str], grid_dims: Sequence[str],
                     member_dim: str | None = "member") -> torch.Tensor:
     """Stack ``variables`` to ``(S, [M,] C, *grid)`` float32 with the sample dims flattened (C order)."""
-    arrays = []
-    for v in variables:
-        da = ds[v]
-        lead = [d for d in sample_dims if d in da.dims]
-        order = [*lead, *([member_dim] if member_dim else []), *grid_dims]
-        da = da.transpose(*order)
-        missing = [d for d in sample_dims if d not in da.dims]
-        if missing:  # e.g. a scalar lead_time coordinate: broadcast
-            da = da.expand_dims({d: ds.sizes[d] for d in missing}).transpose(*sample_dims, *order[len(lead):])
-        arrays.append(np.asarray(da.values, dtype=np.float32))
-    stacked = np.stack(arrays, axis=-1 - len(grid_dims))
-    s = int(np.prod([ds.sizes[d] for d in sample_dims])) if sample_dims else 1
-    return torch.from_numpy(stacked.reshape(s, *stacked.shape[len(sample_dims):]))
+    members = [member_dim] if member_dim else []
+    t = dataset_to_tensor(ds, variables, sample_dims=[*sample_dims, *members], grid_dims=grid_dims)
+    return t.reshape(-1, *[ds.sizes[d] for d in members], *t.shape[1:])
 
 
-class SeedsCoder:
+class SeedsCoder(FieldCoder):
     """Constants that turn (seeds, lead) into the model's condition and members into targets.
 
     Args:
@@ -58,27 +46,21 @@ class SeedsCoder:
         dev_scale: per-variable list over ``lead_times`` of the deviation scale d(t).
         climatology: ``{"mean": {v: grid list}, "std": {...}}`` or None.
         static: ``{name: grid list}`` of normalised static fields (may be empty).
+        attrs: per-variable CF attributes of the training data (units are checked on the seeds).
     """
 
+    KEYS = ("variables", "grid_dims", "grid_sizes", "grid_coords", "n_seeds", "lead_dim", "lead_times", "center",
+            "scale", "dev_scale", "climatology", "static", "member_dim", "attrs")
+
     def __init__(self, *, variables, grid_dims, grid_sizes, grid_coords, n_seeds, lead_dim, lead_times, center,
-                 scale, dev_scale, climatology=None, static=None, member_dim="member"):
+                 scale, dev_scale, climatology=None, static=None, member_dim="member", attrs=None):
         self.variables, self.grid_dims = list(variables), list(grid_dims)
         self.grid_sizes, self.grid_coords = dict(grid_sizes), dict(grid_coords)
         self.n_seeds, self.lead_dim, self.member_dim = int(n_seeds), str(lead_dim), str(member_dim)
         self.lead_times = [float(t) for t in lead_times]
         self.center, self.scale = dict(center), dict(scale)
         self.dev_scale = {v: [float(x) for x in dev_scale[v]] for v in self.variables}
-        self.climatology, self.static = climatology, dict(static or {})
-
-    # ------------------------------------------------------------------ (de)serialisation
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("variables", "grid_dims", "grid_sizes", "grid_coords", "n_seeds",
-                                              "lead_dim", "lead_times", "center", "scale", "dev_scale",
-                                              "climatology", "static", "member_dim")}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SeedsCoder:
-        return cls(**d)
+        self.climatology, self.static, self.attrs = climatology, dict(static or {}), dict(attrs or {})
 
     @classmethod
     def fit(cls, ds: xr.Dataset, variables, *, grid_dims, n_seeds=2, lead_dim="lead_time", member_dim="member",
@@ -90,8 +72,7 @@ class SeedsCoder:
         for v in variables:
             x = ds[v].astype(np.float64)
             center[v], scale[v] = float(x.mean()), float(x.std())
-            if not scale[v] > 0:
-                raise ValueError(f"variable {v!r} is constant in the training data; it cannot be emulated")
+            check_spread({v: scale[v]}, "emulated")
             seed_mean = x.isel({member_dim: slice(0, n_seeds)}).mean(member_dim)
             others = x.isel({member_dim: slice(n_seeds, None)})
             d = np.sqrt(((others - seed_mean) ** 2).mean([dim for dim in others.dims if dim != lead_dim]))
@@ -104,19 +85,11 @@ class SeedsCoder:
         for name in _names(static) if static else []:
             f = ds[name].astype(np.float64).transpose(*grid_dims)
             stat[name] = ((f - f.mean()) / (f.std() if float(f.std()) > 0 else 1.0)).values.tolist()
-        coords = {d: np.asarray(ds[d].values).tolist() if d in ds.coords else None for d in grid_dims}
         return cls(variables=list(variables), grid_dims=grid_dims, grid_sizes={d: int(ds.sizes[d]) for d in grid_dims},
-                   grid_coords=coords, n_seeds=n_seeds, lead_dim=lead_dim, lead_times=lead_times.tolist(),
-                   center=center, scale=scale, dev_scale=dev, climatology=clim, static=stat, member_dim=member_dim)
-
-    # ------------------------------------------------------------------ shapes
-    @property
-    def channels(self) -> int:
-        return len(self.variables)
-
-    @property
-    def grid_shape(self) -> tuple[int, ...]:
-        return tuple(self.grid_sizes[d] for d in self.grid_dims)
+                   grid_coords=numeric_coords(ds, grid_dims), n_seeds=n_seeds, lead_dim=lead_dim,
+                   lead_times=lead_times.tolist(), center=center, scale=scale, dev_scale=dev, climatology=clim,
+                   static=stat, member_dim=member_dim,
+                   attrs={v: {a: ds[v].attrs[a] for a in CF_ATTRS if a in ds[v].attrs} for v in variables})
 
     @property
     def cond_channels(self) -> int:
@@ -124,27 +97,11 @@ class SeedsCoder:
         return self.n_seeds * c + c + 1 + (2 * c if self.climatology else 0) + len(self.static)
 
     # ------------------------------------------------------------------ checks
-    def check(self, ds: xr.Dataset) -> None:
+    role = "seeds"
+
+    def check(self, ds: xr.Dataset, role: str | None = None) -> None:
         """Raise ValueError naming what differs between seed data ``ds`` and the training data."""
-        missing = [v for v in self.variables if v not in ds.data_vars]
-        if missing:
-            raise ValueError(f"the seeds lack variable(s) {missing} the emulator was trained on "
-                             f"(trained: {self.variables}; given: {sorted(map(str, ds.data_vars))})")
-        for d in self.grid_dims:
-            if d not in ds.dims:
-                raise ValueError(f"the seeds have no grid dimension {d!r} (trained grid: {self.grid_sizes}; "
-                                 f"seed dims: {dict(ds.sizes)})")
-            if ds.sizes[d] != self.grid_sizes[d]:
-                raise ValueError(f"the seeds' grid differs from training: dimension {d!r} has size {ds.sizes[d]} "
-                                 f"but the emulator was trained on {self.grid_sizes[d]}")
-            ref = self.grid_coords.get(d)
-            if ref is not None and d in ds.coords and not np.allclose(np.asarray(ds[d].values, float), ref):
-                raise ValueError(f"the seeds' grid differs from training: coordinate {d!r} has other values "
-                                 f"({np.asarray(ds[d].values)[:4]}... vs {ref[:4]}...)")
-        for v in self.variables:
-            extra = [d for d in ds[v].dims if d not in ds[self.variables[0]].dims]
-            if extra:
-                raise ValueError(f"variable {v!r} has dims {ds[v].dims}, unlike {self.variables[0]!r}")
+        super().check(ds, role)
         if self.member_dim not in ds.dims or ds.sizes[self.member_dim] != self.n_seeds:
             got = ds.sizes.get(self.member_dim, "no")
             raise ValueError(f"the seeds have {got} {self.member_dim!r} entries but the emulator is conditioned on "
@@ -166,28 +123,24 @@ class SeedsCoder:
         return hit.argmax(1)
 
     # ------------------------------------------------------------------ encode / decode
-    def _per_channel(self, values: dict, x: torch.Tensor, lead: torch.Tensor | None = None) -> torch.Tensor:
-        """Stats shaped to broadcast against ``(N, C, *grid)``: scalar per variable, or per lead ``(N, C, 1..)``."""
-        ones = (1,) * len(self.grid_dims)
-        if lead is None:
-            return torch.tensor([values[v] for v in self.variables], dtype=x.dtype).reshape(1, -1, *ones)
-        table = torch.tensor([values[v] for v in self.variables], dtype=x.dtype)  # (C, L)
-        return table[:, lead].T.reshape(len(lead), -1, *ones)
+    def _dev(self, x: torch.Tensor, lead: torch.Tensor) -> torch.Tensor:
+        """The deviation scale d(lead) shaped ``(N, C, 1..)`` to broadcast against ``(N, C, *grid)``."""
+        table = torch.tensor([self.dev_scale[v] for v in self.variables], dtype=x.dtype)  # (C, L)
+        return table[:, lead].T.reshape(len(lead), -1, *(1,) * len(self.grid_dims))
 
     def condition(self, seeds: torch.Tensor, lead: torch.Tensor) -> torch.Tensor:
         """``seeds (N, K, C, *grid)`` physical, ``lead (N,)`` indices -> condition ``(N, Cc, *grid)``."""
         n = seeds.shape[0]
         mean = seeds.mean(1)
-        d = self._per_channel(self.dev_scale, mean, lead)
-        dev = ((seeds - mean[:, None]) / d[:, None]).reshape(n, -1, *self.grid_shape)
-        mu, sd = self._per_channel(self.center, mean), self._per_channel(self.scale, mean)
-        parts = [dev, (mean - mu) / sd]
+        dev = ((seeds - mean[:, None]) / self._dev(mean, lead)[:, None]).reshape(n, -1, *self.grid_shape)
+        parts = [dev, self._affine(mean, self.center, self.scale)]
         t = torch.tensor(self.lead_times, dtype=seeds.dtype)[lead] / max(max(abs(x) for x in self.lead_times), 1e-12)
         parts.append(t.reshape(n, 1, *(1,) * len(self.grid_dims)).expand(n, 1, *self.grid_shape))
         if self.climatology:
             cm = torch.tensor([self.climatology["mean"][v] for v in self.variables], dtype=seeds.dtype)
             cs = torch.tensor([self.climatology["std"][v] for v in self.variables], dtype=seeds.dtype)
-            parts += [((cm[None] - mu) / sd).expand(n, -1, *self.grid_shape), (cs[None] / sd).expand(n, -1, *self.grid_shape)]
+            parts += [self._affine(cm[None], self.center, self.scale).expand(n, -1, *self.grid_shape),
+                      (cs[None] / self._vec(self.scale, self.variables, cs)).expand(n, -1, *self.grid_shape)]
         if self.static:
             st = torch.tensor([self.static[k] for k in self.static], dtype=seeds.dtype)
             parts.append(st[None].expand(n, -1, *self.grid_shape))
@@ -195,12 +148,11 @@ class SeedsCoder:
 
     def encode(self, x: torch.Tensor, seeds: torch.Tensor, lead: torch.Tensor) -> torch.Tensor:
         """Member ``x (N, C, *grid)`` -> target ``z = (x - seed mean) / d(lead)``."""
-        return (x - seeds.mean(1)) / self._per_channel(self.dev_scale, x, lead)
+        return (x - seeds.mean(1)) / self._dev(x, lead)
 
     def decode(self, z: torch.Tensor, seeds: torch.Tensor, lead: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`encode` for ``z (N, B, C, *grid)`` (B members per condition)."""
-        d = self._per_channel(self.dev_scale, seeds[:, 0], lead)
-        return seeds.mean(1)[:, None] + d[:, None] * z
+        return seeds.mean(1)[:, None] + self._dev(seeds[:, 0], lead)[:, None] * z
 
 
 class SeedPairs(torch.utils.data.Dataset):
