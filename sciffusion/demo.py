@@ -7,8 +7,8 @@ generates members from 2 seed members of each physics ensemble, streams them to
 ``ensemble.zarr``, scores the 2 seeds, the physics ensemble and the emulated ensemble against
 the truth, draws the rank histograms and the spread-skill plot, and returns the skill table.
 
-:func:`demo_dataset` (an advected Gaussian random field with an exact conditional law) is the
-toy data set of the conditional-sampling examples and tests.
+:func:`demo_dataset`, the advected-GRF toy data set of the examples and tests, is
+:func:`sciffusion.systems.advected_grf`.
 """
 
 from __future__ import annotations
@@ -17,40 +17,9 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
 import xarray as xr
 
-
-def grf(shape, n, *, length_scale=4.0, generator=None) -> torch.Tensor:
-    """``n`` periodic Gaussian random fields on ``shape`` with unit variance per point and
-    power spectrum ``(1 + (k l)^2)^-2`` (Matern-like, ``l`` in grid points)."""
-    ky = torch.fft.fftfreq(shape[0]) * 2 * np.pi
-    kx = torch.fft.fftfreq(shape[1]) * 2 * np.pi
-    k2 = ky[:, None] ** 2 + kx[None, :] ** 2
-    amp = (1 + k2 * length_scale**2) ** -1.0
-    amp = amp / amp.pow(2).sum().sqrt()
-    white = torch.randn(n, *shape, generator=generator, dtype=torch.float64)
-    field = torch.fft.ifft2(torch.fft.fft2(white) * amp).real * np.sqrt(shape[0] * shape[1])
-    return field
-
-
-def demo_dataset(n_time: int = 1500, size: int = 32, a: float = 0.9, shift: int = 1, seed: int = 0) -> xr.Dataset:
-    """One trajectory of the advected-GRF process as an xarray Dataset ``u(time, y, x)``."""
-    g = torch.Generator().manual_seed(seed)
-    xi = grf((size, size), n_time, generator=g)
-    u = torch.empty(n_time, size, size, dtype=torch.float64)
-    u[0] = xi[0]
-    for t in range(1, n_time):
-        u[t] = a * torch.roll(u[t - 1], shift, dims=-1) + np.sqrt(1 - a**2) * xi[t]
-    coords = {"time": np.arange(n_time, dtype=np.int64), "y": np.arange(size, dtype=np.float64),
-              "x": np.arange(size, dtype=np.float64)}
-    ds = xr.Dataset({"u": (("time", "y", "x"), u.numpy().astype(np.float32),
-                           {"long_name": "advected random field", "units": "1"})}, coords=coords)
-    ds["time"].attrs.update(long_name="time step", units="steps")
-    ds.attrs.update(title="sciffusion demo: advected Gaussian random field", a=a, shift=shift, seed=seed,
-                    conditional_std=float(np.sqrt(1 - a**2)))
-    return ds
+from sciffusion.systems.grf import advected_grf as demo_dataset, periodic_grf as grf  # noqa: F401  (re-exported)
 
 
 def run_demo(out: str | Path = "sciffusion_demo", *, n_init: int = 12, members: int = 31, steps: int | None = None,

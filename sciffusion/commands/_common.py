@@ -7,10 +7,6 @@ partial output behind to block the corrected rerun.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from pathlib import Path
-
 # the names of sciffusion.diffusion.METHODS (not imported here: that would import torch for --help)
 SAMPLER_METHODS = ("heun", "euler", "stochastic", "ddim", "dpmpp2m")
 # sampler options that only one method uses: option -> that method
@@ -55,28 +51,8 @@ def write_mode(args) -> str:
     return "resume" if args.resume else "w" if args.overwrite else "w-"
 
 
-def refuse_overlap(out: str | os.PathLike | None, flag: str, inputs: Mapping[str, str | os.PathLike | None]) -> None:
-    """Refuse an output path that is one of the ``inputs``, lies inside one, or holds one.
+def refuse_overlap(out, flag: str, inputs) -> None:
+    """:func:`sciffusion.data.io.refuse_overlap`, imported when called (``--help`` stays cheap)."""
+    from sciffusion.data.io import refuse_overlap as check
 
-    ``out`` is the path given by the option ``flag`` (e.g. ``"-o"``); ``inputs`` maps each input's
-    name (``"DATA"``, ``"--forcings"``) to its path (None: not given). Paths are compared after
-    resolving symbolic links (and by inode when both exist), so a link to the input is the input.
-    Writing there with ``--overwrite`` would delete the input before reading it.
-    """
-    if out is None:
-        return
-    target = Path(out).resolve()
-    for name, path in inputs.items():
-        if path is None:
-            continue
-        source = Path(path).resolve()
-        if target == source or (target.exists() and source.exists() and os.path.samefile(target, source)):
-            relation = "is"
-        elif target.is_relative_to(source):
-            relation = "lies inside"
-        elif source.is_relative_to(target):
-            relation = "holds"
-        else:
-            continue
-        raise UserError(f"{flag} {os.fspath(out)} {relation} the input {name} {os.fspath(path)}; "
-                        f"writing there would destroy it, choose another output path")
+    check(out, flag, inputs)

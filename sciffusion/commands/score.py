@@ -289,7 +289,7 @@ def run(args) -> int:
     scheduler, workers = getattr(args, "scheduler", None), getattr(args, "workers", None)
     if scheduler is None and workers is None:
         return _run(args)
-    from sciffusion.cli import UserError
+    from sciffusion.commands._common import UserError
     from sciffusion.distributed import SchedulerUnreachable, dask_client
 
     try:
@@ -319,7 +319,7 @@ def _compute(pairs, args, extra=None):
 
 def _empty_members(pairs, counts, args) -> dict:
     """Refuse empty variables; ``{name: members entirely NaN}`` (refused unless --allow-missing)."""
-    from sciffusion.cli import UserError
+    from sciffusion.commands._common import UserError
 
     empty = {}
     for name, (fc, ob) in pairs.items():

@@ -187,3 +187,30 @@ def write_netcdf(ds: xr.Dataset | xr.DataArray, path: str | os.PathLike, *, mode
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def refuse_overlap(out: str | os.PathLike | None, flag: str, inputs: Mapping[str, str | os.PathLike | None]) -> None:
+    """Refuse an output path that is one of the ``inputs``, lies inside one, or holds one.
+
+    ``out`` is the path given by the option ``flag`` (e.g. ``"-o"``); ``inputs`` maps each input's
+    name (``"DATA"``, ``"--forcings"``) to its path (None: not given). Paths are compared after
+    resolving symbolic links (and by inode when both exist), so a link to the input is the input.
+    Writing there with ``--overwrite`` would delete the input before reading it.
+    """
+    if out is None:
+        return
+    target = Path(out).resolve()
+    for name, path in inputs.items():
+        if path is None:
+            continue
+        source = Path(path).resolve()
+        if target == source or (target.exists() and source.exists() and os.path.samefile(target, source)):
+            relation = "is"
+        elif target.is_relative_to(source):
+            relation = "lies inside"
+        elif source.is_relative_to(target):
+            relation = "holds"
+        else:
+            continue
+        raise ValueError(f"{flag} {os.fspath(out)} {relation} the input {name} {os.fspath(path)}; "
+                        f"writing there would destroy it, choose another output path")

@@ -20,17 +20,10 @@ from sciffusion.inverse.operators import (
     SparseSensors,
     as_operator,
 )
-from sciffusion.inverse.projection import (
-    Box,
-    DarcyProjection,
-    FixedTotal,
-    LinearEquality,
-    NonNegative,
-    ProjectedDenoiser,
-    projected_step,
-)
-from sciffusion.inverse.residual import DarcyResidual, ResidualGuidance
+from sciffusion.inverse.projection import Box, FixedTotal, LinearEquality, NonNegative, ProjectedDenoiser, projected_step
+from sciffusion.inverse.residual import ResidualGuidance
 from sciffusion.inverse.smc import SMCResult, systematic_resample, twisted_smc
+from sciffusion.physics.darcy import DarcyProjection, DarcyResidual  # the Darcy wrappers live with the solve
 
 __all__ = [
     "METHODS", "DPS", "MMPS", "PiGDM", "Box", "Coarsen", "Compose", "DarcyProjection", "DarcyResidual", "FixedTotal",

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 
 from sciffusion.diffusion.sample import forward_step, step_keywords, step_name
-from sciffusion.physics import darcy_solve
+from sciffusion.physics.darcy import DarcyProjection  # noqa: F401  (re-exported; the PDE map lives with the solve)
 
 
 class Box:
@@ -128,51 +128,6 @@ class LinearEquality:
 
     def violation(self, x: torch.Tensor) -> torch.Tensor:
         return self._residual(x.reshape(x.shape[0], -1)).abs().amax(1)
-
-
-class DarcyProjection:
-    r"""Map a joint normalised Darcy field ``x: (B, 2, n, n)`` holding ``(a, u)`` onto the PDE's
-    solution manifold: ``a`` clamped to ``bounds``, ``u`` replaced by the solve of
-    ``-div(a grad u) = f`` (:func:`sciffusion.physics.darcy_solve`, the discretisation of
-    :class:`sciffusion.systems.DarcyFlow`).
-
-    Not a Euclidean projection (the set is a curved manifold), but idempotent, and a joint
-    prior's solution channel is replaced by the exact solve of its coefficient channel. The map is
-    differentiable (adjoint solve), so guidance computed *through* it
-    (``sample(..., method="projected", guide_projected=True)``) sends observations of ``u``
-    to ``a`` through the PDE rather than through the prior's learned correlations.
-
-    Args:
-        mean, std: per-channel normalisation, ``physical = x * std + mean``, in channel order ``(a, u)``.
-        channels: indices of ``(a, u)`` in ``x``.
-        bounds: ``(lower, upper)`` on the physical coefficient (positive; the thresholded
-            coefficient of ``DarcyFlow`` is in ``[3, 12]``).
-        f: forcing.
-    """
-
-    def __init__(self, mean=(0.0, 0.0), std=(1.0, 1.0), channels=(0, 1), bounds=(3.0, 12.0), f: float = 1.0):
-        self.mean, self.std = [float(v) for v in mean], [float(v) for v in std]
-        if len(self.mean) != 2 or len(self.std) != 2 or min(self.std) <= 0:
-            raise ValueError(f"mean and std must hold two values (a, u) with std > 0, got {mean} and {std}")
-        lo, hi = (float(b) for b in bounds)
-        if not 0 < lo <= hi:
-            raise ValueError(f"bounds must satisfy 0 < lower <= upper for the coefficient, got {bounds}")
-        self.channels, self.bounds, self.f = tuple(channels), (lo, hi), float(f)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        ia, iu = self.channels
-        a = (x[:, ia] * self.std[0] + self.mean[0]).clamp(*self.bounds)
-        u = darcy_solve(a, self.f)
-        out = x.clone()
-        out[:, ia] = (a - self.mean[0]) / self.std[0]
-        out[:, iu] = (u - self.mean[1]) / self.std[1]
-        return out
-
-    def violation(self, x: torch.Tensor) -> torch.Tensor:
-        """Largest distance of ``u`` (physical units) from the solve of the clamped ``a``, per sample."""
-        ia, iu = self.channels
-        u = x[:, iu] * self.std[1] + self.mean[1]
-        return (self(x)[:, iu] * self.std[1] + self.mean[1] - u).abs().reshape(x.shape[0], -1).amax(1)
 
 
 class ProjectedDenoiser:

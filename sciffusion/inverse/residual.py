@@ -23,14 +23,14 @@ strength does not grow with the step count. DiffusionPDE switches the PDE term o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 
 from sciffusion.diffusion.denoiser import broadcast_like
 from sciffusion.inverse.guidance import _Guided
 from sciffusion.inverse.operators import Observation
-from sciffusion.physics import darcy_residual
+from sciffusion.physics.darcy import DarcyResidual  # noqa: F401  (re-exported; the residual lives with the solve)
 
 
 class ResidualGuidance(_Guided):
@@ -82,26 +82,3 @@ def polyak_step(residual, x0: torch.Tensor) -> torch.Tensor:
     g2 = (g**2).reshape(g.shape[0], -1).sum(1)
     scale = torch.where(g2 > 0, f.detach() / g2.clamp_min(1e-300), torch.zeros_like(g2))
     return broadcast_like(scale, g) * g
-
-
-class DarcyResidual:
-    r"""Darcy residual :math:`-\nabla\cdot(a\nabla u) - f` (with ``u = 0`` on the boundary) of a
-    joint normalised field ``x: (B, 2, n, n)`` holding ``a`` and ``u`` in two channels.
-
-    Args:
-        mean, std: per-channel normalisation, ``physical = x * std + mean``.
-        channels: indices of ``(a, u)``.
-        f: forcing.
-        a_min: lower clamp on ``a`` (the residual needs a positive coefficient).
-    """
-
-    def __init__(self, mean: Sequence[float] = (0.0, 0.0), std: Sequence[float] = (1.0, 1.0),
-                 channels: Sequence[int] = (0, 1), f: float = 1.0, a_min: float = 1e-3):
-        self.mean, self.std = [float(v) for v in mean], [float(v) for v in std]
-        self.channels, self.f, self.a_min = tuple(channels), float(f), float(a_min)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        ia, iu = self.channels
-        a = x[:, ia] * self.std[0] + self.mean[0]
-        u = x[:, iu] * self.std[1] + self.mean[1]
-        return darcy_residual(a.clamp_min(self.a_min), u, self.f)

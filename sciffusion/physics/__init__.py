@@ -7,8 +7,9 @@ spectral divergence of a streamfunction velocity, second order for the lat-lon d
 of the shallow-water winds).
 """
 
-from sciffusion.physics.darcy import darcy_residual, darcy_solve
+from sciffusion.physics.darcy import DarcyProjection, DarcyResidual, darcy_matrix, darcy_residual, darcy_solve, solve_darcy
 from sciffusion.physics.divergence import divergence, sphere_divergence
 from sciffusion.physics.vorticity import vorticity_residual, vorticity_tendency
 
-__all__ = ["darcy_residual", "darcy_solve", "divergence", "sphere_divergence", "vorticity_residual", "vorticity_tendency"]
+__all__ = ["DarcyProjection", "DarcyResidual", "darcy_matrix", "darcy_residual", "darcy_solve", "divergence",
+           "solve_darcy", "sphere_divergence", "vorticity_residual", "vorticity_tendency"]

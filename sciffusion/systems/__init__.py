@@ -2,8 +2,11 @@
 
 - :class:`Lorenz96` (one or two levels) and :func:`lorenz96_forecast_model` (model error),
 - :class:`KolmogorovFlow`: 2-D forced Navier-Stokes, pseudo-spectral, ETDRK4,
-- :class:`DarcyFlow`: GRF coefficients and sparse finite-difference solves (:func:`solve_darcy`),
+- :class:`DarcyFlow`: GRF coefficients and sparse finite-difference solves (:func:`solve_darcy`,
+  from :mod:`sciffusion.physics.darcy`, which owns the discretisation),
 - :class:`ShallowWater`: shallow water on the sphere (needs ``torch-harmonics``, imported lazily),
+- :func:`advected_grf`: an advected periodic Gaussian random field with an exact conditional law
+  (the toy data set of the examples and tests),
 - :func:`simulate`: truth runs and perturbed ensembles of any of them, in memory or streamed
   to zarr with resume.
 """
@@ -11,7 +14,7 @@
 from sciffusion.systems.base import System, member_generator
 from sciffusion.systems.darcy import DarcyFlow, solve_darcy
 from sciffusion.systems.ensemble import simulate
-from sciffusion.systems.grf import darcy_coefficient, gaussian_random_field
+from sciffusion.systems.grf import advected_grf, darcy_coefficient, gaussian_random_field
 from sciffusion.systems.kolmogorov import KolmogorovFlow
 from sciffusion.systems.lorenz96 import Lorenz96, leading_lyapunov_exponent, lorenz96_forecast_model
 from sciffusion.systems.shallow_water import ShallowWater
@@ -19,7 +22,7 @@ from sciffusion.systems.shallow_water import ShallowWater
 SYSTEMS = {"lorenz96": Lorenz96, "kolmogorov": KolmogorovFlow, "darcy": DarcyFlow, "shallow-water": ShallowWater}
 
 __all__ = [
-    "SYSTEMS", "DarcyFlow", "KolmogorovFlow", "Lorenz96", "ShallowWater", "System", "darcy_coefficient",
+    "SYSTEMS", "DarcyFlow", "KolmogorovFlow", "Lorenz96", "ShallowWater", "System", "advected_grf", "darcy_coefficient",
     "gaussian_random_field", "leading_lyapunov_exponent", "lorenz96_forecast_model", "member_generator",
     "simulate", "solve_darcy",
 ]
