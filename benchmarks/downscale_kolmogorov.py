@@ -63,7 +63,8 @@ import sciffusion.metrics as sm
 from sciffusion.diffusion.accel import resolve as resolve_speed
 from sciffusion.emulators import Downscaler, coarsen, upsample
 from sciffusion.emulators.downscale_data import stack
-from sciffusion.emulators.downscaler import choose_setting, default_net
+from sciffusion.emulators.calibrate import choose_setting
+from sciffusion.emulators.downscaler import default_net
 from sciffusion.emulators.skill import _flatness
 from sciffusion.nets import build_net
 from sciffusion.systems import KolmogorovFlow

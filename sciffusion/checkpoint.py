@@ -279,46 +279,39 @@ def load_checkpoint(path: str | os.PathLike, *, trainer: bool = False) -> dict[s
     return out
 
 
-def build_denoiser(config: dict):
-    """Rebuild an (untrained) :class:`~sciffusion.diffusion.Denoiser` from a checkpoint config."""
+def weights_file(directory: str | os.PathLike) -> Path:
+    """The weights a checkpoint directory samples with: ``ema.safetensors`` when present, else
+    ``weights.safetensors`` (its sha256 identifies the model in provenance)."""
+    d = Path(directory)
+    return d / "ema.safetensors" if (d / "ema.safetensors").exists() else d / "weights.safetensors"
+
+
+def denoiser_from(ckpt: dict[str, Any], *, ema: bool = True, device: str | torch.device | None = None):
+    """The trained denoiser of a :func:`load_checkpoint` result (EMA weights by default), frozen, in eval mode."""
     from sciffusion.diffusion import Denoiser
     from sciffusion.nets import build_net
 
-    model = config["model"]
-    return Denoiser(build_net(model["net"]), sigma_data=model.get("sigma_data", 1.0))
+    model = ckpt["config"]["model"]
+    den = Denoiser(build_net(model["net"]), sigma_data=model.get("sigma_data", 1.0))
+    den.load_state_dict(ckpt["ema"] if ema and ckpt["ema"] is not None else ckpt["weights"])
+    den.eval().requires_grad_(False)
+    return den if device is None else den.to(device)
 
 
 def load_denoiser(path: str | os.PathLike, *, ema: bool = True, device: str | torch.device | None = None):
     """Load a trained denoiser (EMA weights by default) and its config: ``(denoiser, config)``."""
     ckpt = load_checkpoint(path)
-    den = build_denoiser(ckpt["config"])
-    weights = ckpt["ema"] if ema and ckpt["ema"] is not None else ckpt["weights"]
-    den.load_state_dict(weights)
-    den.eval().requires_grad_(False)
-    if device is not None:
-        den.to(device)
     config = dict(ckpt["config"])
     config["checkpoint_dir"] = str(ckpt["dir"])
-    return den, config
+    return denoiser_from(ckpt, ema=ema, device=device), config
 
 
-def save_task(path: str | os.PathLike, denoiser, key: str, spec: dict) -> tuple[Path, str]:
-    """Save a task model (emulator, downscaler, rollout) built around one EDM denoiser: its weights and
-    ``{"model": ..., key: spec}`` as config. Returns ``(directory, sha256 of the weights file)``."""
-    from sciffusion.nets import net_spec
-
-    config = {"model": {"net": net_spec(denoiser.net), "sigma_data": denoiser.sigma_data}, key: spec}
-    weights = {k: v.detach().cpu().contiguous() for k, v in denoiser.state_dict().items()}
-    path = save_checkpoint(path, weights=weights, config=config)
-    return Path(path), sha256(Path(path) / "weights.safetensors")
-
-
-def load_task(path: str | os.PathLike, key: str, label: str, *, device=None) -> tuple[Any, dict, Path, str]:
-    """Load what :func:`save_task` (or a Trainer run) wrote: ``(denoiser, config[key], directory, sha256)``
-    with the EMA weights when present; a checkpoint without ``key`` in its config is refused as not ``label``."""
-    if key not in _read_json(resolve(path) / "config.json"):
-        raise ValueError(f"checkpoint {path} is not {label} (no '{key}' in its config)")
-    den, config = load_denoiser(path, device=device)
-    d = Path(config["checkpoint_dir"])
-    weights = d / ("ema.safetensors" if (d / "ema.safetensors").exists() else "weights.safetensors")
-    return den, config[key], d, sha256(weights)
+def load_task(path: str | os.PathLike, key: str, label: str, *, others: dict[str, str] | None = None) -> dict[str, Any]:
+    """:func:`load_checkpoint` of an emulator whose config has a ``key`` section; others are refused as not
+    ``label``, naming what they are by a key of ``others`` (``{"dyffusion": "a DYffusion model; ..."}``)."""
+    config = _read_json(resolve(path) / "config.json")
+    if key not in config:
+        found = [what for k, what in (others or {}).items() if k in config]
+        raise ValueError(f"checkpoint {path} is not {label} (no '{key}' in its config)"
+                         + (f": it is {found[0]}" if found else ""))
+    return load_checkpoint(path)

@@ -109,7 +109,7 @@ def train_from_config(cfg: dict, *, ds: xr.Dataset | None = None, progress: bool
 
 
 def _train_from_config(cfg: dict, *, ds: xr.Dataset | None, progress: bool, resume: bool):
-    from sciffusion.commands._common import refuse_overlap
+    from sciffusion.data.io import refuse_overlap
     from sciffusion.training import Trainer, seeded
 
     data, model, training = _section(cfg, "data"), _section(cfg, "model"), _section(cfg, "training")
@@ -238,7 +238,7 @@ def sampling_plan(
     ``variables``, ``dims`` (``["case", "member", *grid]``), ``event_shape`` ``(C, *grid)`` and
     ``always_missing`` (per variable, the grid points with no data anywhere in the input).
     """
-    from sciffusion.checkpoint import load_denoiser, sha256
+    from sciffusion.checkpoint import load_denoiser, sha256, weights_file
 
     den, config = load_denoiser(checkpoint, device=device)
     spec = config.get("data")
@@ -276,8 +276,7 @@ def sampling_plan(
     always_missing = {v: ds[v].isnull().all([d for d in ds[v].dims if d not in grid]).transpose(*grid).values
                       for v in variables}
     ckpt_dir = Path(config["checkpoint_dir"])
-    weights = ckpt_dir / ("ema.safetensors" if (ckpt_dir / "ema.safetensors").exists() else "weights.safetensors")
-    digest = sha256(weights)
+    digest = sha256(weights_file(ckpt_dir))
     provenance = {
         **generated_attrs(ds.attrs, f"sciffusion sample ensemble ({members} members per case)", "sciffusion sample"),
         "sciffusion_version": __version__, "checkpoint": str(ckpt_dir), "checkpoint_sha256": digest,

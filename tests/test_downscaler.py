@@ -281,7 +281,7 @@ def test_high_k_error_of_calibration_scores_is_the_band_power_ratio_minus_one():
     (error 3); a grid with a missing point has no spectrum (NaN) but keeps the other scores."""
     from types import SimpleNamespace
 
-    from sciffusion.emulators.downscaler import _scores
+    from sciffusion.emulators.calibrate import _scores
 
     coder = SimpleNamespace(channels=1, variables=["w"], scale={"w": 1.0})  # what _scores reads of a coder
     t = np.random.default_rng(0).normal(size=(3, 1, 16, 16))
@@ -323,7 +323,7 @@ def test_choose_setting_criteria_on_a_hand_made_table():
     the spectrum tolerance, the ssr+spectrum row when none is."""
     import pandas as pd
 
-    from sciffusion.emulators.downscaler import choose_setting
+    from sciffusion.emulators.calibrate import choose_setting
 
     t = pd.DataFrame({"ssr": [0.98, 0.86, 0.77, 1.30], "high_k_error": [0.165, 0.056, -0.04, 0.01]})
     assert choose_setting(t, "ssr") == 0

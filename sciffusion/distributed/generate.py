@@ -52,14 +52,14 @@ def load_model(checkpoint_dir: str, weights_sha256: str, device: str | None = No
     against the file on the first load, so a checkpoint overwritten during a run fails loudly
     instead of mixing two models in one ensemble.
     """
-    from sciffusion.checkpoint import load_denoiser, sha256
+    from sciffusion.checkpoint import load_denoiser, sha256, weights_file
 
     worker = _worker_address()
     key = (worker, str(checkpoint_dir), weights_sha256, device)
     with _LOCK:
         if key not in _MODELS:
             d = Path(checkpoint_dir)
-            weights = d / ("ema.safetensors" if (d / "ema.safetensors").exists() else "weights.safetensors")
+            weights = weights_file(d)
             if not weights.exists():
                 raise FileNotFoundError(f"checkpoint {d} is not readable from worker {worker}; "
                                         "workers need the checkpoint on a shared filesystem")
@@ -82,29 +82,18 @@ def generate_tile(model: dict, cond: np.ndarray | None, case_ids: Sequence[int],
                   event_shape: Sequence[int], seed: int, batch_size: int, steps: int, method: str,
                   normalizer: dict | None, variables: Sequence[str], device: str | None = None,
                   **sampler_options) -> np.ndarray:
-    """Samples ``(len(jobs), *event_shape)`` in physical units (float32) for ``jobs``.
-
-    ``jobs[k] = (c, m)`` asks for member ``m`` of case ``case_ids[c]``, whose condition is
-    ``cond[c]``; it is drawn from the generator ``(seed, case_ids[c], m)`` of
-    :func:`~sciffusion.diffusion.sample.member_generators`, as :func:`sciffusion.emulators.generate`
-    does. The jobs are sampled in consecutive batches of ``batch_size``; a tile that starts at a
-    batch boundary of the single-process job list therefore sends the denoiser exactly the
-    single-process batches. ``model`` is ``{"checkpoint_dir", "weights_sha256"}``.
+    """Samples ``(len(jobs), *event_shape)`` in physical units (float32) for ``jobs`` (``(c, m)``: member
+    ``m`` of case ``case_ids[c]``, condition ``cond[c]``), drawn by
+    :func:`~sciffusion.emulators.members.sample_jobs` as :func:`sciffusion.emulators.generate` draws them.
+    ``model`` is ``{"checkpoint_dir", "weights_sha256"}``.
     """
     from sciffusion.data import Normalizer
-    from sciffusion.diffusion.sample import member_generators, sample
+    from sciffusion.emulators.members import sample_jobs
 
     den = load_model(model["checkpoint_dir"], model["weights_sha256"], device)
-    out = torch.empty((len(jobs), *event_shape), dtype=torch.float32)
-    cond_t = torch.as_tensor(cond) if cond is not None else None
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
-        gens = [member_generators(seed, [m], device or "cpu", key=(case_ids[c],))[0] for c, m in chunk]
-        kwargs = dict(sampler_options)
-        if cond_t is not None:
-            kwargs["cond"] = cond_t[[c for c, _ in chunk]].to(device=device, dtype=torch.float32)
-        out[start : start + len(chunk)] = sample(den, (len(chunk), *event_shape), steps=steps, method=method,
-                                                 generator=gens, dtype=torch.float32, device=device, **kwargs).cpu()
+    out = sample_jobs(den, None if cond is None else torch.as_tensor(cond), list(jobs), event_shape=event_shape,
+                      seed=seed, batch_size=batch_size, steps=steps, method=method, case_ids=case_ids, device=device,
+                      **sampler_options)
     if normalizer is not None:
         out = Normalizer.from_dict(normalizer).decode(out, list(variables))
     return out.numpy()

@@ -1,12 +1,15 @@
-"""Spread calibration: pick the sampler knob that makes the spread-skill ratio 1 on validation data.
+"""Spread calibration: pick the sampler setting that makes the spread-skill ratio 1 on validation data.
 
-The knob is the noise temperature (default), the EDM churn (``method="stochastic"``) or the
+Two searches, one measure. :func:`calibrate_spread` (an :class:`~sciffusion.emulators.EnsembleEmulator`)
+tunes one knob: the noise temperature (default), the EDM churn (``method="stochastic"``) or the
 number of sampler steps (Merizzi et al. 2025 tie DDIM's ensemble variance to the step count).
-The ratio is measured with :func:`sciffusion.metrics.spread_skill_ratio` (``sqrt((M+1)/M)``
-corrected, so its target is 1 whatever the ensemble size), pooled over all points and variables
-(each variable scaled by its climatological std). Calibrating against the truth makes the
-ensemble reliable for the truth; against a held-out physics member it makes the emulated
-spread match the physics ensemble's.
+:class:`SamplerCalibration` (the :class:`~sciffusion.emulators.Downscaler`'s ``variance_curve`` and
+``calibrate``) tabulates a grid of DDIM ``(steps, eta)`` and EDM-stochastic ``(steps, s_noise)``
+settings and picks a row by :func:`choose_setting`. The ratio is always
+:func:`sciffusion.metrics.spread_skill_ratio` (``sqrt((M+1)/M)`` corrected, so its target is 1
+whatever the ensemble size), pooled over all points and variables (each variable scaled by its
+climatological std). Calibrating against the truth makes the ensemble reliable for the truth;
+against a held-out physics member it makes the emulated spread match the physics ensemble's.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import xarray as xr
 import sciffusion.metrics as sm
 
 KNOBS = ("temperature", "churn", "steps")
+CRITERIA = ("ssr", "ssr+spectrum", "ssr|spectrum")
+STOCHASTIC_CHURN = 40.0  # EDM's S_churn; with <= 96 steps it is capped at gamma = sqrt(2) - 1 per step
 DEFAULT_VALUES = {"temperature": (0.6, 0.8, 1.0, 1.25, 1.6), "churn": (0.0, 5.0, 10.0, 20.0, 40.0),
                   "steps": (4, 6, 8, 12, 18)}
 
@@ -104,3 +109,128 @@ def calibrate_spread(emulator, seeds: xr.Dataset, observation: xr.Dataset | xr.D
         emulator.sampler[knob] = result.value
         emulator.sampler.update(extra)
     return result
+
+
+class SamplerCalibration:
+    """Spread control by a table of sampler settings (mixed into :class:`~sciffusion.emulators.Downscaler`,
+    which supplies ``coder``, ``sampler``, ``_dataset`` and ``downscale``)."""
+
+    calibration = None  # the table of the last calibrate()
+
+    def variance_curve(self, coarse, fine=None, *, steps=(4, 8, 16, 32), etas=(0.0, 0.25, 0.5, 0.75, 1.0),
+                       s_noises=(), n_members: int = 8, seed: int = 0, batch_size: int | None = None, device=None):
+        """Ensemble variance (and, given ``fine``, spread, RMSE, spread-skill ratio, CRPS and the
+        high-wavenumber power error) for every DDIM ``(steps, eta)`` and every EDM-stochastic
+        ``(steps, s_noise)``: a :class:`pandas.DataFrame`, one row per setting.
+
+        Columns: ``method, steps, eta, s_noise, variance`` (mean ensemble variance over valid points),
+        and with ``fine``: ``spread`` (sqrt of the (M+1)/M-corrected variance), ``rmse`` (of the
+        ensemble mean), ``ssr = spread / rmse``, ``crps``, and ``high_k_error`` (the members' power
+        over the truth's in the top half of wavenumbers, minus 1: :func:`sciffusion.metrics.band_power_ratio`;
+        NaN where the grid has missing points). With one variable these are in its units; with
+        several, each variable is first divided by its training standard deviation.
+        """
+        import pandas as pd
+
+        from sciffusion.emulators.downscale_data import stack
+
+        c = self.coder
+        truth = None
+        if fine is not None:
+            fine = self._dataset(fine)
+            missing = [v for v in c.variables if v not in fine.data_vars]
+            if missing:
+                raise ValueError(f"the fine validation data lacks variable(s) {missing}")
+            truth = stack(fine, c.variables, c.sample_dim, c.grid_dims)
+        settings = [{"method": "ddim", "steps": int(s), "eta": float(e), "s_noise": float("nan")}
+                    for s in steps for e in etas]
+        settings += [{"method": "stochastic", "steps": int(s), "eta": float("nan"), "s_noise": float(sn)}
+                     for s in steps for sn in s_noises]
+        rows = []
+        for row in settings:
+            kw = {"eta": row["eta"]} if row["method"] == "ddim" else {"s_noise": row["s_noise"]}
+            ens = self.downscale(coarse, n_members, steps=row["steps"], method=row["method"], seed=seed,
+                                 batch_size=batch_size, device=device, **kw)
+            y = np.stack([ens[v].values for v in c.variables], axis=2)  # (N, M, C, H, W)
+            rows.append({**row, **_scores(y, truth, c)})
+        return pd.DataFrame(rows)
+
+    def calibrate(self, coarse_val, fine_val, *, steps=(4, 8, 16, 32), etas=(0.0, 0.25, 0.5, 0.75, 1.0),
+                  s_noises=(), criterion: str = "ssr", n_members: int = 8, target: float = 1.0,
+                  spectrum_tol: float = 0.1, apply: bool = True, seed: int = 0, batch_size: int | None = None,
+                  device=None):
+        """Choose the sampler setting that is best calibrated on validation data.
+
+        Runs :meth:`variance_curve` with the truth ``fine_val`` over DDIM ``(steps, eta)`` and, when
+        ``s_noises`` are given, EDM-stochastic ``(steps, s_noise)``, and picks the row minimising
+        ``|ssr - target|`` (``criterion="ssr"``), ``|ssr - target| + |high_k_error|``
+        (``criterion="ssr+spectrum"``: spread and small-scale power both right), or ``|ssr - target|``
+        among the rows whose ``|high_k_error| <= spectrum_tol`` (``criterion="ssr|spectrum"``: the
+        spectrum as a constraint; the ``ssr+spectrum`` row when none meets it), see
+        :func:`choose_setting`. With ``apply`` the chosen setting becomes the default sampler
+        (``self.sampler``, stored by ``save``).
+        Returns the table (also kept as ``self.calibration``), the chosen row flagged in ``chosen``.
+        """
+        if criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {CRITERIA}; got {criterion!r}")
+        table = self.variance_curve(coarse_val, fine_val, steps=steps, etas=etas, s_noises=s_noises,
+                                    n_members=n_members, seed=seed, batch_size=batch_size, device=device)
+        best = choose_setting(table, criterion, target=target, spectrum_tol=spectrum_tol)
+        table["chosen"] = table.index == best
+        if apply:
+            self.apply_setting(table.loc[best])
+        self.calibration = table
+        return table
+
+    def apply_setting(self, row) -> dict:
+        """Make a calibration-table row (``method``, ``steps`` and ``eta`` or ``s_noise``) the default sampler."""
+        sampler = {"method": str(row["method"]), "steps": int(row["steps"])}
+        if sampler["method"] == "ddim":
+            sampler["eta"] = float(row["eta"])
+        else:
+            sampler.update(s_noise=float(row["s_noise"]), churn=STOCHASTIC_CHURN)
+        self.sampler = sampler
+        return sampler
+
+
+def choose_setting(table, criterion: str = "ssr", *, target: float = 1.0, spectrum_tol: float = 0.1) -> int:
+    """Index of the calibration row ``criterion`` picks (columns ``ssr`` and ``high_k_error``).
+
+    ``"ssr"``: least ``|ssr - target|``; ``"ssr+spectrum"``: least ``|ssr - target| + |high_k_error|``;
+    ``"ssr|spectrum"``: least ``|ssr - target|`` among rows with ``|high_k_error| <= spectrum_tol``,
+    falling back to ``"ssr+spectrum"`` when no row meets the tolerance."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}; got {criterion!r}")
+    miss = (table["ssr"] - target).abs()
+    if criterion == "ssr":
+        return int(miss.idxmin())
+    if table["high_k_error"].isna().all():
+        raise ValueError(f"criterion={criterion!r} needs complete validation fields (the high-wavenumber "
+                         "power is undefined on a grid with missing points); use criterion='ssr'")
+    if criterion == "ssr|spectrum":
+        ok = table["high_k_error"].abs() <= spectrum_tol
+        if bool(ok.any()):
+            return int(miss[ok].idxmin())
+    return int((miss + table["high_k_error"].abs()).idxmin())
+
+
+def _scores(y: np.ndarray, truth: np.ndarray | None, c) -> dict[str, float]:
+    """Scores of ensembles ``y (N, M, C, H, W)`` against ``truth (N, C, H, W)``, pooled over valid
+    points and variables (each divided by the coder's ``scale`` when there are several): spread,
+    RMSE and their ratio by :func:`sciffusion.metrics.spread_skill_ratio`, CRPS by
+    :func:`sciffusion.metrics.crps_ensemble`, and :func:`sciffusion.metrics.band_power_ratio` - 1."""
+    scale = np.array([1.0 if c.channels == 1 else c.scale[v] for v in c.variables])[None, None, :, None, None]
+    y = y.astype(np.float64) / scale
+    m = y.shape[1]
+    out = {"variance": float(np.nanmean(y.var(axis=1, ddof=1))) if m > 1 else 0.0}
+    if truth is None:
+        return out
+    t = truth / scale[:, 0]
+    ssr = sm.spread_skill_ratio(y, t, member_dim=1, reduce_dims="all", components=True)
+    spread, rmse = float(ssr["spread"]), float(ssr["skill"])
+    out.update(spread=spread, rmse=rmse, ssr=spread / rmse if rmse > 0 else float("nan"),
+               crps=float(np.nanmean(sm.crps_ensemble(y, t, member_dim=1))))
+    complete = np.isfinite(t).all() and np.isfinite(y).all() and min(t.shape[-2:]) >= 4
+    out["high_k_error"] = sm.band_power_ratio(y, t) - 1.0 if complete else float("nan")
+    return out
+

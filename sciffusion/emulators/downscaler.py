@@ -27,9 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -37,15 +34,14 @@ import xarray as xr
 
 from sciffusion.diffusion import Denoiser
 from sciffusion.diffusion.schedules import SIGMA_MAX
+from sciffusion.emulators.base import Emulator
+from sciffusion.emulators.calibrate import STOCHASTIC_CHURN, SamplerCalibration
 from sciffusion.emulators.coarsen import coarsen, grid_dims_of, periodic_dims
 from sciffusion.emulators.downscale_data import DownscaleCoder, _names, stack
 from sciffusion.emulators.members import generate as generate_members
-from sciffusion.data.provenance import generated_attrs
 from sciffusion.emulators.store import EnsembleStore
-from sciffusion.metrics import band_power_ratio
 
 DEFAULT_SAMPLER = {"method": "ddim", "steps": 16, "eta": 1.0}
-STOCHASTIC_CHURN = 40.0  # EDM's S_churn; with <= 96 steps it is capped at gamma = sqrt(2) - 1 per step
 
 
 class _Triples(torch.utils.data.Dataset):
@@ -88,7 +84,7 @@ def _weights_sha(den) -> str:
     return h.hexdigest()
 
 
-class Downscaler:
+class Downscaler(SamplerCalibration, Emulator):
     """Fine-grid ensembles from coarse fields (see the module docstring).
 
     Build one with :meth:`fit` or :meth:`load`, then call :meth:`downscale`. ``sampler`` holds the
@@ -96,13 +92,12 @@ class Downscaler:
     :meth:`calibrate` and stored by :meth:`save`.
     """
 
-    def __init__(self, denoiser, coder: DownscaleCoder, *, sampler: dict | None = None,
-                 checkpoint: str | None = None, checkpoint_sha256: str | None = None):
+    key, label, emulator, coder_class = "downscaler", "a Downscaler", "sciffusion.emulators.Downscaler", DownscaleCoder
+
+    def __init__(self, denoiser, coder: DownscaleCoder, *, sampler: dict | None = None):
         self.denoiser, self.coder = denoiser, coder
         self.sampler = {**DEFAULT_SAMPLER, **(sampler or {})}
-        self.checkpoint, self.checkpoint_sha256 = checkpoint, checkpoint_sha256
         self.history: list[dict] = []
-        self.calibration = None
 
     # ------------------------------------------------------------------ training
     @classmethod
@@ -134,7 +129,7 @@ class Downscaler:
             threads: torch CPU threads while training (default: leave torch's setting).
         """
         from sciffusion.nets import build_net
-        from sciffusion.training import Trainer, seeded
+        from sciffusion.training import seeded
 
         fine = fine.to_dataset() if isinstance(fine, xr.DataArray) else fine
         grid_dims = grid_dims_of(fine, grid_dims)
@@ -163,38 +158,9 @@ class Downscaler:
         data = _Triples(x, coder.condition(up), mask)
         with seeded(seed):  # the caller's global RNG is left as it was
             den = Denoiser(build_net(default_net(coder, net)), sigma_data=1.0)
-            spec = {"coder": coder.to_dict(), "sampler": dict(DEFAULT_SAMPLER)}
-            trainer = Trainer(den, data, out_dir=out_dir, batch_size=min(batch_size, len(data)), lr=lr,
-                              warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed, checkpoint_every=checkpoint_every,
-                              device=device, config={"downscaler": spec}, progress=progress)
-            trainer.fit(steps, threads=threads)
-        model = cls(trainer.ema.eval().requires_grad_(False), coder)
-        model.history, model.last_record = trainer.history, trainer.last_record
-        if out_dir is not None:
-            from sciffusion.checkpoint import resolve, sha256
-
-            d = resolve(out_dir)
-            model.checkpoint, model.checkpoint_sha256 = str(d), sha256(d / "ema.safetensors")
-        return model
-
-    # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write a checkpoint directory (safetensors weights + JSON config, atomically)."""
-        from sciffusion.checkpoint import save_task
-
-        spec = {"coder": self.coder.to_dict(), "sampler": dict(self.sampler)}
-        path, self.checkpoint_sha256 = save_task(path, self.denoiser, "downscaler", spec)
-        self.checkpoint = str(path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, *, device=None) -> Downscaler:
-        """Load a checkpoint written by :meth:`save` or by a :meth:`fit` run with ``out_dir``."""
-        from sciffusion.checkpoint import load_task
-
-        den, spec, d, sha = load_task(path, "downscaler", "a Downscaler", device=device)
-        return cls(den, DownscaleCoder.from_dict(spec["coder"]), sampler=spec.get("sampler"), checkpoint=str(d),
-                   checkpoint_sha256=sha)
+            return cls(den, coder)._train_denoiser(data, steps, batch_size=batch_size, threads=threads, out_dir=out_dir,
+                                                   lr=lr, warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed,
+                                                   checkpoint_every=checkpoint_every, device=device, progress=progress)
 
     # ------------------------------------------------------------------ generation
     def check(self, coarse: xr.Dataset | xr.DataArray) -> None:
@@ -257,7 +223,13 @@ class Downscaler:
             if value is not None and settings["method"] != applies:
                 raise TypeError(f"{name} applies to method {applies!r} only, not {settings['method']!r}")
         options = _sampler_options(settings)
-        provenance = self._provenance(ds, settings, seed, n_members, x)
+        sampler = {"method": settings["method"], "steps": settings["steps"], **options}
+        provenance = self.provenance(f"downscale(n_members={n_members}, seed={seed})", source=ds.attrs,
+                                     title=f"sciffusion downscaled ensemble ({n_members} members, {c.factor}x finer)",
+                                     downscale_factor=c.factor, upsample_method=c.method,
+                                     weights_sha256=_weights_sha(self.denoiser),
+                                     input_sha256=hashlib.sha256(x.tobytes()).hexdigest(),
+                                     sampler=json.dumps(sampler, sort_keys=True), seed=int(seed))
         batch_size = int(batch_size or 64)
         n = x.shape[0]
         coords = {k: v for k, v in ds.coords.items() if set(v.dims) <= {c.sample_dim} and k not in c.grid_dims}
@@ -287,118 +259,6 @@ class Downscaler:
         store.finalize()
         return store.open()
 
-    def _provenance(self, ds, settings, seed, n_members, x) -> dict[str, Any]:
-        from sciffusion import __version__
-
-        sampler = {"method": settings["method"], "steps": settings["steps"], **_sampler_options(settings)}
-        described = generated_attrs(ds.attrs, f"sciffusion downscaled ensemble ({n_members} members, "
-                                    f"{self.coder.factor}x finer)", "sciffusion.emulators.Downscaler")
-        return {**described, "sciffusion_version": __version__, "emulator": "sciffusion.emulators.Downscaler",
-                "downscale_factor": self.coder.factor, "upsample_method": self.coder.method,
-                "checkpoint": str(self.checkpoint or ""), "checkpoint_sha256": str(self.checkpoint_sha256 or ""),
-                "weights_sha256": _weights_sha(self.denoiser), "input_sha256": hashlib.sha256(x.tobytes()).hexdigest(),
-                "sampler": json.dumps(sampler, sort_keys=True), "seed": int(seed),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "history": f"Downscaler.downscale(n_members={n_members}, seed={seed})"}
-
-    # ------------------------------------------------------------------ spread control
-    def variance_curve(self, coarse, fine=None, *, steps=(4, 8, 16, 32), etas=(0.0, 0.25, 0.5, 0.75, 1.0),
-                       s_noises=(), n_members: int = 8, seed: int = 0, batch_size: int | None = None, device=None):
-        """Ensemble variance (and, given ``fine``, spread, RMSE, spread-skill ratio, CRPS and the
-        high-wavenumber power error) for every DDIM ``(steps, eta)`` and every EDM-stochastic
-        ``(steps, s_noise)``: a :class:`pandas.DataFrame`, one row per setting.
-
-        Columns: ``method, steps, eta, s_noise, variance`` (mean ensemble variance over valid points),
-        and with ``fine``: ``spread`` (sqrt of the (M+1)/M-corrected variance), ``rmse`` (of the
-        ensemble mean), ``ssr = spread / rmse``, ``crps``, and ``high_k_error`` (the members' power
-        over the truth's in the top half of wavenumbers, minus 1: :func:`sciffusion.metrics.band_power_ratio`;
-        NaN where the grid has missing points). With one variable these are in its units; with
-        several, each variable is first divided by its training standard deviation.
-        """
-        import pandas as pd
-
-        c = self.coder
-        truth = None
-        if fine is not None:
-            fine = self._dataset(fine)
-            missing = [v for v in c.variables if v not in fine.data_vars]
-            if missing:
-                raise ValueError(f"the fine validation data lacks variable(s) {missing}")
-            truth = stack(fine, c.variables, c.sample_dim, c.grid_dims)
-        settings = [{"method": "ddim", "steps": int(s), "eta": float(e), "s_noise": float("nan")}
-                    for s in steps for e in etas]
-        settings += [{"method": "stochastic", "steps": int(s), "eta": float("nan"), "s_noise": float(sn)}
-                     for s in steps for sn in s_noises]
-        rows = []
-        for row in settings:
-            kw = {"eta": row["eta"]} if row["method"] == "ddim" else {"s_noise": row["s_noise"]}
-            ens = self.downscale(coarse, n_members, steps=row["steps"], method=row["method"], seed=seed,
-                                 batch_size=batch_size, device=device, **kw)
-            y = np.stack([ens[v].values for v in c.variables], axis=2)  # (N, M, C, H, W)
-            rows.append({**row, **_scores(y, truth, c)})
-        return pd.DataFrame(rows)
-
-    def calibrate(self, coarse_val, fine_val, *, steps=(4, 8, 16, 32), etas=(0.0, 0.25, 0.5, 0.75, 1.0),
-                  s_noises=(), criterion: str = "ssr", n_members: int = 8, target: float = 1.0,
-                  spectrum_tol: float = 0.1,
-                  apply: bool = True, seed: int = 0, batch_size: int | None = None, device=None):
-        """Choose the sampler setting that is best calibrated on validation data.
-
-        Runs :meth:`variance_curve` with the truth ``fine_val`` over DDIM ``(steps, eta)`` and, when
-        ``s_noises`` are given, EDM-stochastic ``(steps, s_noise)``, and picks the row minimising
-        ``|ssr - target|`` (``criterion="ssr"``), ``|ssr - target| + |high_k_error|``
-        (``criterion="ssr+spectrum"``: spread and small-scale power both right), or ``|ssr - target|``
-        among the rows whose ``|high_k_error| <= spectrum_tol`` (``criterion="ssr|spectrum"``: the
-        spectrum as a constraint; the ``ssr+spectrum`` row when none meets it), see
-        :func:`choose_setting`. With ``apply`` the
-        chosen setting becomes the default sampler (``self.sampler``, stored by :meth:`save`).
-        Returns the table (also kept as ``self.calibration``), the chosen row flagged in ``chosen``.
-        """
-        if criterion not in CRITERIA:
-            raise ValueError(f"criterion must be one of {CRITERIA}; got {criterion!r}")
-        table = self.variance_curve(coarse_val, fine_val, steps=steps, etas=etas, s_noises=s_noises,
-                                    n_members=n_members, seed=seed, batch_size=batch_size, device=device)
-        best = choose_setting(table, criterion, target=target, spectrum_tol=spectrum_tol)
-        table["chosen"] = table.index == best
-        if apply:
-            self.apply_setting(table.loc[best])
-        self.calibration = table
-        return table
-
-    def apply_setting(self, row) -> dict:
-        """Make a calibration-table row (``method``, ``steps`` and ``eta`` or ``s_noise``) the default sampler."""
-        sampler = {"method": str(row["method"]), "steps": int(row["steps"])}
-        if sampler["method"] == "ddim":
-            sampler["eta"] = float(row["eta"])
-        else:
-            sampler.update(s_noise=float(row["s_noise"]), churn=STOCHASTIC_CHURN)
-        self.sampler = sampler
-        return sampler
-
-
-CRITERIA = ("ssr", "ssr+spectrum", "ssr|spectrum")
-
-
-def choose_setting(table, criterion: str = "ssr", *, target: float = 1.0, spectrum_tol: float = 0.1) -> int:
-    """Index of the calibration row ``criterion`` picks (columns ``ssr`` and ``high_k_error``).
-
-    ``"ssr"``: least ``|ssr - target|``; ``"ssr+spectrum"``: least ``|ssr - target| + |high_k_error|``;
-    ``"ssr|spectrum"``: least ``|ssr - target|`` among rows with ``|high_k_error| <= spectrum_tol``,
-    falling back to ``"ssr+spectrum"`` when no row meets the tolerance."""
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {CRITERIA}; got {criterion!r}")
-    miss = (table["ssr"] - target).abs()
-    if criterion == "ssr":
-        return int(miss.idxmin())
-    if table["high_k_error"].isna().all():
-        raise ValueError(f"criterion={criterion!r} needs complete validation fields (the high-wavenumber "
-                         "power is undefined on a grid with missing points); use criterion='ssr'")
-    if criterion == "ssr|spectrum":
-        ok = table["high_k_error"].abs() <= spectrum_tol
-        if bool(ok.any()):
-            return int(miss[ok].idxmin())
-    return int((miss + table["high_k_error"].abs()).idxmin())
-
 
 def _sampler_options(settings: dict) -> dict[str, float]:
     """The keyword options of :func:`sciffusion.diffusion.sample` a sampler setting carries."""
@@ -407,29 +267,6 @@ def _sampler_options(settings: dict) -> dict[str, float]:
     if settings["method"] == "stochastic":
         return {"churn": float(settings.get("churn", STOCHASTIC_CHURN)), "s_noise": float(settings.get("s_noise", 1.0))}
     return {}
-
-
-def _scores(y: np.ndarray, truth: np.ndarray | None, c: DownscaleCoder) -> dict[str, float]:
-    """Pooled scores of ensembles ``y (N, M, C, H, W)`` against ``truth (N, C, H, W)`` over valid points."""
-    scale = np.array([1.0 if c.channels == 1 else c.scale[v] for v in c.variables])[None, None, :, None, None]
-    y = y.astype(np.float64) / scale
-    m = y.shape[1]
-    var = y.var(axis=1, ddof=1) if m > 1 else np.zeros_like(y[:, 0])
-    out = {"variance": float(np.nanmean(var))}
-    if truth is None:
-        return out
-    t = truth / scale[:, 0]
-    ok = np.isfinite(t) & np.isfinite(var)
-    err = y.mean(1) - t
-    spread = float(np.sqrt(np.mean(var[ok]) * (m + 1) / m))
-    rmse = float(np.sqrt(np.mean(err[ok] ** 2)))
-    skill = np.abs(y - t[:, None]).mean(1)
-    pair = np.abs(y[:, :, None] - y[:, None]).mean((1, 2)) / 2
-    out.update(spread=spread, rmse=rmse, ssr=spread / rmse if rmse > 0 else float("nan"),
-               crps=float(np.mean((skill - pair)[ok])))
-    complete = np.isfinite(t).all() and np.isfinite(y).all() and min(t.shape[-2:]) >= 4
-    out["high_k_error"] = band_power_ratio(y, t) - 1.0 if complete else float("nan")
-    return out
 
 
 def _check_mask_pair(coder: DownscaleCoder, c: np.ndarray) -> None:

@@ -81,11 +81,11 @@ class DYffusion(RolloutModel):
             deterministic rollout).
     """
 
-    emulator = "sciffusion.emulators.DYffusion"
+    key, label, emulator = "dyffusion", "a DYffusion model", "sciffusion.emulators.DYffusion"
+    coder_class, spec_keys = RolloutCoder, ("horizon", "h_std")
 
     def __init__(self, interpolator: nn.Module, forecaster: nn.Module, coder: RolloutCoder, *, horizon: int,
-                 h_std: dict | None = None, sampler: dict | None = None, checkpoint: str | None = None,
-                 checkpoint_sha256: str | None = None):
+                 h_std: dict | None = None, sampler: dict | None = None):
         if int(horizon) < 2:
             raise ValueError(f"horizon must be >= 2 time steps, got {horizon}")
         if coder.history != 1:
@@ -94,7 +94,6 @@ class DYffusion(RolloutModel):
         self.coder, self.horizon, self.unit = coder, int(horizon), int(horizon)
         self.h_std = {k: float((h_std or {}).get(k, 1.0)) for k in coder.variables}
         self.sampler = {"stochastic": True, **(sampler or {})}
-        self.checkpoint, self.checkpoint_sha256 = checkpoint, checkpoint_sha256
 
     # ------------------------------------------------------------------ the two networks
     def _code(self, i, z: torch.Tensor) -> torch.Tensor:
@@ -226,38 +225,29 @@ class DYffusion(RolloutModel):
         return model
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write a checkpoint directory (both networks' weights in safetensors, JSON config), atomically."""
-        from sciffusion.checkpoint import save_checkpoint, sha256
+    def spec(self) -> dict:
         from sciffusion.nets import net_spec
 
+        return {**super().spec(), "interpolator": net_spec(self.interpolator), "forecaster": net_spec(self.forecaster)}
+
+    def _checkpoint_content(self) -> tuple[dict, dict]:
+        """Both networks' weights (``interpolator.*``, ``forecaster.*``) and ``{"dyffusion": spec}``."""
         weights = {f"{name}.{k}": v.detach().cpu().contiguous()
                    for name, net in (("interpolator", self.interpolator), ("forecaster", self.forecaster))
                    for k, v in net.state_dict().items()}
-        config = {"dyffusion": {"coder": self.coder.to_dict(), "horizon": self.horizon, "h_std": self.h_std,
-                                "interpolator": net_spec(self.interpolator), "forecaster": net_spec(self.forecaster),
-                                "sampler": dict(self.sampler)}}
-        path = save_checkpoint(path, weights=weights, config=config)
-        self.checkpoint, self.checkpoint_sha256 = str(path), sha256(Path(path) / "weights.safetensors")
-        return path
+        return weights, {self.key: self.spec()}
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, device=None) -> DYffusion:
-        from sciffusion.checkpoint import load_checkpoint, sha256
+    def _from_checkpoint(cls, ckpt: dict, device=None) -> DYffusion:
         from sciffusion.nets import build_net
 
-        ck = load_checkpoint(path)
-        spec = ck["config"].get("dyffusion")
-        if spec is None:
-            raise ValueError(f"checkpoint {path} is not a DYffusion model (no 'dyffusion' in its config)")
-        nets = {}
+        spec, nets = ckpt["config"][cls.key], {}
         for name in ("interpolator", "forecaster"):
             net = build_net(spec[name])
-            net.load_state_dict({k[len(name) + 1 :]: v for k, v in ck["weights"].items() if k.startswith(name + ".")})
+            net.load_state_dict({k[len(name) + 1 :]: v for k, v in ckpt["weights"].items() if k.startswith(name + ".")})
             nets[name] = net.to(device or "cpu").requires_grad_(False)
         return cls(nets["interpolator"], nets["forecaster"], RolloutCoder.from_dict(spec["coder"]), horizon=spec["horizon"],
-                   h_std=spec["h_std"], sampler=spec.get("sampler"), checkpoint=str(ck["dir"]),
-                   checkpoint_sha256=sha256(Path(ck["dir"]) / "weights.safetensors"))
+                   h_std=spec["h_std"], sampler=spec.get("sampler"))
 
 
 class _Windows(torch.utils.data.Dataset):

@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,9 +31,9 @@ from sciffusion.diffusion import Denoiser
 from sciffusion.diffusion.sample import (check_sample_options, forward_step, step_function, step_keywords, step_name,
                                          step_options)
 from sciffusion.diffusion.schedules import SIGMA_MAX
+from sciffusion.emulators.base import Emulator
 from sciffusion.emulators.members import generate as generate_members
 from sciffusion.emulators.seeds_data import MODES, SeedPairs, SeedsCoder, _names, ensemble_tensor
-from sciffusion.data.provenance import generated_attrs
 from sciffusion.emulators.store import EnsembleStore
 
 EOF_MEMORY_LIMIT = 16 * 2**30  # bytes the EOF fit of a latent (EOFMLP) emulator may take
@@ -118,7 +115,7 @@ class LatentPairs(torch.utils.data.Dataset):
         return {k: v[0] for k, v in b.items()}
 
 
-class EnsembleEmulator:
+class EnsembleEmulator(Emulator):
     """Generate ensemble members from K seed members (see the module docstring).
 
     Build one with :meth:`fit` (trains on a physics ensemble) or :meth:`load` (a checkpoint), then
@@ -126,13 +123,15 @@ class EnsembleEmulator:
     (set by calibration and stored with :meth:`save`).
     """
 
+    key, label, emulator = "ensemble_emulator", "an ensemble emulator", "sciffusion.emulators.EnsembleEmulator"
+    coder_class, spec_keys = SeedsCoder, ("mode", "truth_fraction")
+
     def __init__(self, denoiser, coder: SeedsCoder, *, mode: str = "emulation", truth_fraction: float = 0.0,
-                 sampler: dict | None = None, checkpoint: str | None = None, checkpoint_sha256: str | None = None):
+                 sampler: dict | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.denoiser, self.coder, self.mode, self.truth_fraction = denoiser, coder, mode, float(truth_fraction)
         self.sampler = {**DEFAULT_SAMPLER, **(sampler or {})}
-        self.checkpoint, self.checkpoint_sha256 = checkpoint, checkpoint_sha256
 
     # ------------------------------------------------------------------ training
     @classmethod
@@ -165,7 +164,7 @@ class EnsembleEmulator:
             threads: torch CPU threads while training (default: leave torch's setting).
         """
         from sciffusion.nets import build_net
-        from sciffusion.training import Trainer, seeded
+        from sciffusion.training import seeded
 
         if isinstance(ds, xr.DataArray):
             ds = ds.to_dataset()
@@ -211,37 +210,10 @@ class EnsembleEmulator:
                 b = pairs.batch(pick)
                 latent.fit_eofs(b["x"], b["cond"], seed=seed)  # kept fractions: latent.explained, .cond_explained
                 pairs = LatentPairs(pairs, latent)
-            spec = {"coder": coder.to_dict(), "mode": mode, "truth_fraction": truth_fraction if mode != "emulation" else 0.0,
-                    "sampler": dict(DEFAULT_SAMPLER)}
-            trainer = Trainer(den, pairs, out_dir=out_dir, batch_size=min(batch_size, len(pairs)), lr=lr,
-                              warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed, checkpoint_every=checkpoint_every,
-                              device=device, config={"ensemble_emulator": spec}, progress=progress)
-            trainer.fit(steps, threads=threads)
-        emu = cls(trainer.ema.eval().requires_grad_(False), coder, mode=mode, truth_fraction=spec["truth_fraction"])
-        emu.history, emu.last_record = trainer.history, trainer.last_record
-        return emu
-
-    # ------------------------------------------------------------------ persistence
-    def spec(self) -> dict[str, Any]:
-        return {"coder": self.coder.to_dict(), "mode": self.mode, "truth_fraction": self.truth_fraction,
-                "sampler": dict(self.sampler)}
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write a checkpoint directory (safetensors weights + JSON config), atomically."""
-        from sciffusion.checkpoint import save_task
-
-        path, self.checkpoint_sha256 = save_task(path, self.denoiser, "ensemble_emulator", self.spec())
-        self.checkpoint = str(path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, *, device=None) -> EnsembleEmulator:
-        """Load a checkpoint written by :meth:`save` or by a :meth:`fit` run with ``out_dir``."""
-        from sciffusion.checkpoint import load_task
-
-        den, spec, d, sha = load_task(path, "ensemble_emulator", "an ensemble emulator", device=device)
-        return cls(den, SeedsCoder.from_dict(spec["coder"]), mode=spec["mode"], truth_fraction=spec["truth_fraction"],
-                   sampler=spec.get("sampler"), checkpoint=str(d), checkpoint_sha256=sha)
+            emu = cls(den, coder, mode=mode, truth_fraction=truth_fraction if mode != "emulation" else 0.0)
+            return emu._train_denoiser(pairs, steps, batch_size=batch_size, threads=threads, out_dir=out_dir, lr=lr,
+                                       warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed,
+                                       checkpoint_every=checkpoint_every, device=device, progress=progress)
 
     # ------------------------------------------------------------------ generation
     def check(self, seeds: xr.Dataset) -> None:
@@ -292,7 +264,14 @@ class EnsembleEmulator:
         options = {**stored, **sampler_options}
         check_sample_options(step_fn, options)  # before the store is allocated
         settings = {k: settings[k] for k in DEFAULT_SAMPLER}
-        provenance = self._provenance(ds, settings, options, seed, n_members)
+        seed_ids = ds[c.member_dim].values.tolist() if c.member_dim in ds.coords else list(range(c.n_seeds))
+        # the seeds' descriptive attributes would now be false: the output is emulated, not simulated
+        provenance = self.provenance(f"generate(n_members={n_members}, seed={seed})", source=ds.attrs,
+                                     title=f"sciffusion emulated ensemble ({n_members} members from {c.n_seeds} seed "
+                                           f"members, {self.mode})",
+                                     emulator_mode=self.mode, truth_fraction=self.truth_fraction, n_seeds=c.n_seeds,
+                                     seed_members=json.dumps(seed_ids),
+                                     sampler=json.dumps({**settings, **options}, sort_keys=True), seed=int(seed))
         sample_shape = [ds.sizes[d] for d in sample_dims]
         event = (c.channels, *c.grid_shape)
 
@@ -322,22 +301,6 @@ class EnsembleEmulator:
                      {v: dims for v in c.variables})
         st.finalize()
         return st.open()
-
-    def _provenance(self, ds, settings, options, seed, n_members) -> dict[str, Any]:
-        from sciffusion import __version__
-
-        seed_ids = ds[self.coder.member_dim].values.tolist() if self.coder.member_dim in ds.coords else list(range(self.coder.n_seeds))
-        # the seeds' descriptive attributes would now be false: the output is emulated, not simulated
-        described = generated_attrs(ds.attrs, f"sciffusion emulated ensemble ({n_members} members from "
-                                    f"{self.coder.n_seeds} seed members, {self.mode})", "sciffusion.emulators.EnsembleEmulator")
-        return {**described, "sciffusion_version": __version__, "emulator": "sciffusion.emulators.EnsembleEmulator",
-                "emulator_mode": self.mode, "truth_fraction": self.truth_fraction, "n_seeds": self.coder.n_seeds,
-                "seed_members": json.dumps(seed_ids), "checkpoint": str(self.checkpoint or ""),
-                "checkpoint_sha256": str(self.checkpoint_sha256 or ""),
-                "sampler": json.dumps({**settings, **options}, sort_keys=True), "seed": int(seed),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "history": f"EnsembleEmulator.generate(n_members={n_members}, seed={seed})"}
-
 
 
 def _lead_per_sample(ds: xr.Dataset, coder: SeedsCoder, sample_dims: list[str]) -> np.ndarray:

@@ -30,7 +30,6 @@ def generate(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
-    on_batch: Callable[[list[tuple[int, int]], torch.Tensor], None] | None = None,
     **sampler_options,
 ) -> torch.Tensor:
     """Generate ``(N, M, *event_shape)`` samples for ``N`` conditions and members ``members``.
@@ -45,24 +44,33 @@ def generate(
         batch_size: samples per denoiser batch (mixes conditions and members).
         steps, method, **sampler_options: passed to :func:`sciffusion.diffusion.sample`; an option
             ``method`` does not take raises TypeError before the first draw.
-        on_batch: called with the ``(i, m)`` pairs of each finished batch and its samples
-            ``(b, *event_shape)`` (e.g. to stream to disk).
     """
     check_sample_options(method, sampler_options)
     ids = list(range(members)) if isinstance(members, int) else [int(m) for m in members]
     n = len(cond) if cond is not None else (n_conditions or 1)
-    jobs = [(i, j) for i in range(n) for j in range(len(ids))]
-    out = torch.empty((n, len(ids), *event_shape), dtype=dtype)
+    x = sample_jobs(denoiser, cond, [(i, m) for i in range(n) for m in ids], event_shape=event_shape, seed=seed,
+                    batch_size=batch_size, steps=steps, method=method, device=device, dtype=dtype, progress=progress,
+                    **sampler_options)
+    return x.reshape(n, len(ids), *event_shape)
+
+
+@torch.no_grad()
+def sample_jobs(denoiser, cond: torch.Tensor | None, jobs: Sequence[tuple[int, int]], *, event_shape: Sequence[int],
+                seed: int, batch_size: int, steps: int, method: str | Callable, case_ids: Sequence[int] | None = None,
+                device: str | torch.device | None = None, dtype: torch.dtype = torch.float32, progress: bool = False,
+                **sampler_options) -> torch.Tensor:
+    """Samples ``(len(jobs), *event_shape)`` (CPU) for ``jobs[k] = (c, m)``: member ``m`` of ``cond[c]`` from
+    the stream ``(seed, case_ids[c], m)`` (default ``c``), in consecutive batches of ``batch_size``. The
+    dask tiles (:mod:`sciffusion.distributed.generate`) sample here too, so they see :func:`generate`'s batches.
+    """
+    out = torch.empty((len(jobs), *event_shape), dtype=dtype)
     for start in tqdm(range(0, len(jobs), batch_size), disable=not progress, desc="generating", leave=False):
         chunk = jobs[start : start + batch_size]
-        gens = [member_generators(seed, [ids[j]], device or "cpu", key=(i,))[0] for i, j in chunk]
+        gens = [member_generators(seed, [m], device or "cpu", key=(c if case_ids is None else case_ids[c],))[0]
+                for c, m in chunk]
         kwargs = dict(sampler_options)
         if cond is not None:
-            kwargs["cond"] = cond[[i for i, _ in chunk]].to(device=device, dtype=dtype)
-        x = sample(denoiser, (len(chunk), *event_shape), steps=steps, method=method, generator=gens,
-                   dtype=dtype, device=device, **kwargs).cpu()
-        for k, (i, j) in enumerate(chunk):
-            out[i, j] = x[k]
-        if on_batch is not None:
-            on_batch([(i, ids[j]) for i, j in chunk], x)
+            kwargs["cond"] = cond[[c for c, _ in chunk]].to(device=device, dtype=dtype)
+        out[start : start + len(chunk)] = sample(denoiser, (len(chunk), *event_shape), steps=steps, method=method,
+                                                 generator=gens, dtype=dtype, device=device, **kwargs).cpu()
     return out

@@ -22,7 +22,6 @@ See ``docs/rollout.md``; the DYffusion variant on the same API is :class:`~sciff
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -93,13 +92,11 @@ class Rollout(RolloutModel):
     for a test) and a :class:`~sciffusion.emulators.rollout_base.RolloutCoder`.
     """
 
-    emulator = "sciffusion.emulators.Rollout"
+    key, label, emulator, coder_class = "rollout", "a rollout model", "sciffusion.emulators.Rollout", RolloutCoder
 
-    def __init__(self, denoiser, coder: RolloutCoder, *, sampler: dict | None = None, checkpoint: str | None = None,
-                 checkpoint_sha256: str | None = None):
+    def __init__(self, denoiser, coder: RolloutCoder, *, sampler: dict | None = None):
         self.denoiser, self.coder = denoiser, coder
         self.sampler = {**DEFAULT_SAMPLER, **(sampler or {})}
-        self.checkpoint, self.checkpoint_sha256 = checkpoint, checkpoint_sha256
 
     @classmethod
     def fit(cls, ds: xr.Dataset, variables=None, *, grid_dims=None, time_dim: str = "time", sample_dims=None,
@@ -127,7 +124,7 @@ class Rollout(RolloutModel):
             threads: torch CPU threads while training (default: leave torch's setting).
         """
         from sciffusion.nets import build_net
-        from sciffusion.training import Trainer, TensorPairs, seeded
+        from sciffusion.training import TensorPairs, seeded
 
         ds = ds.to_dataset() if isinstance(ds, xr.DataArray) else ds
         forcings = _names(forcings)
@@ -139,37 +136,10 @@ class Rollout(RolloutModel):
         target, cond = training_pairs(coder, x, f)
         with seeded(seed):  # the caller's global RNG is left as it was
             den = Denoiser(build_net(default_net(coder, net)), sigma_data=1.0)
-            spec = {"coder": coder.to_dict(), "sampler": dict(DEFAULT_SAMPLER)}
-            trainer = Trainer(den, TensorPairs(target, cond), out_dir=out_dir, batch_size=min(batch_size, len(target)), lr=lr,
-                              warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed, checkpoint_every=checkpoint_every,
-                              device=device, config={"rollout": spec}, progress=progress)
-            trainer.fit(steps, max_seconds=max_seconds, threads=threads)
-        model = cls(trainer.ema.eval().requires_grad_(False), coder)
-        model.history, model.last_record = trainer.history, trainer.last_record
-        return model
-
-    # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write a checkpoint directory (safetensors weights + JSON config), atomically."""
-        from sciffusion.checkpoint import save_task
-
-        spec = {"coder": self.coder.to_dict(), "sampler": dict(self.sampler)}
-        path, self.checkpoint_sha256 = save_task(path, self.denoiser, "rollout", spec)
-        self.checkpoint = str(path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, *, device=None) -> Rollout:
-        """Load a checkpoint written by :meth:`save` or by a :meth:`fit` run with ``out_dir``."""
-        import json
-
-        from sciffusion.checkpoint import load_task, resolve
-
-        head = json.loads((resolve(path) / "config.json").read_text())
-        label = "a rollout model but a DYffusion model; use DYffusion.load" if "dyffusion" in head else "a rollout model"
-        den, spec, d, sha = load_task(path, "rollout", label, device=device)
-        return cls(den, RolloutCoder.from_dict(spec["coder"]), sampler=spec.get("sampler"), checkpoint=str(d),
-                   checkpoint_sha256=sha)
+            return cls(den, coder)._train_denoiser(TensorPairs(target, cond), steps, batch_size=batch_size,
+                                                   max_seconds=max_seconds, threads=threads, out_dir=out_dir, lr=lr,
+                                                   warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed,
+                                                   checkpoint_every=checkpoint_every, device=device, progress=progress)
 
     # ------------------------------------------------------------------ one step
     def _advance(self, hist: torch.Tensor, k: int, forcing: torch.Tensor | None, gens, settings: dict[str, Any]):

@@ -1,7 +1,6 @@
 """Shared machinery of the rollout emulators (:class:`~sciffusion.emulators.Rollout`, :class:`~sciffusion.emulators.DYffusion`).
 
-- :class:`RolloutCoder`: variables <-> channels, normalisation of states, increments and forcings,
-  the time step and the grid, stored as JSON in checkpoints;
+- :class:`~sciffusion.emulators.rollout_data.RolloutCoder` (re-exported here): the tensors;
 - :class:`RolloutStore`: a zarr store ``v (member, time, *grid)`` written block by block along
   ``time`` (``chunk_steps`` each, whole ensemble per chunk) and resumable after a crash;
 - :class:`RolloutModel`: the rollout loop shared by both models (xarray in, xarray out, per
@@ -13,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,191 +24,10 @@ import zarr
 from tqdm.auto import tqdm
 
 from sciffusion.data.provenance import check_provenance
+from sciffusion.emulators.base import Emulator
+from sciffusion.emulators.rollout_data import RolloutCoder, _names  # noqa: F401  (re-exported)
 
 _DONE = "sciffusion_completed_times"
-
-
-def _names(x) -> list[str]:
-    return [] if x is None else [x] if isinstance(x, str) else [str(v) for v in x]
-
-
-class RolloutCoder:
-    """How states on ``(*grid)`` become normalised tensors ``(C, *grid)`` and back.
-
-    Per variable scalar ``mean``/``std`` of the state and ``inc_mean``/``inc_std`` of its one-step
-    increment ``x(t+dt) - x(t)`` (the autoregressive model's target), and per forcing variable its
-    ``mean``/``std``. ``dt`` is the training data's time step (a number, or nanoseconds for
-    datetime coordinates), ``grid`` the grid coordinates (checked at rollout).
-    """
-
-    def __init__(self, variables, grid_dims, grid_shape, *, mean, std, inc_mean=None, inc_std=None, history=1,
-                 forcings=(), forcing_mean=None, forcing_std=None, dt=1.0, time_kind="numeric", time_dim="time",
-                 grid=None, attrs=None, time_attrs=None):
-        self.variables, self.grid_dims = _names(variables), _names(grid_dims)
-        self.grid_shape = [int(s) for s in grid_shape]
-        self.mean, self.std = {k: float(mean[k]) for k in self.variables}, {k: float(std[k]) for k in self.variables}
-        self.inc_mean = {k: float((inc_mean or {}).get(k, 0.0)) for k in self.variables}
-        self.inc_std = {k: float((inc_std or {}).get(k, 1.0)) for k in self.variables}
-        self.history, self.forcings = int(history), _names(forcings)
-        self.forcing_mean = {k: float((forcing_mean or {})[k]) for k in self.forcings}
-        self.forcing_std = {k: float((forcing_std or {})[k]) for k in self.forcings}
-        self.dt, self.time_kind, self.time_dim = dt, time_kind, str(time_dim)
-        self.grid = {k: list(v) for k, v in (grid or {}).items()}
-        self.attrs, self.time_attrs = dict(attrs or {}), dict(time_attrs or {})
-        if self.history < 1:
-            raise ValueError(f"history must be >= 1, got {history}")
-
-    @property
-    def channels(self) -> int:
-        return len(self.variables)
-
-    @property
-    def cond_channels(self) -> int:
-        return self.history * self.channels + len(self.forcings)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("variables", "grid_dims", "grid_shape", "mean", "std", "inc_mean", "inc_std",
-                                              "history", "forcings", "forcing_mean", "forcing_std", "dt", "time_kind",
-                                              "time_dim", "grid", "attrs", "time_attrs")}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RolloutCoder:
-        d = dict(d)
-        return cls(d.pop("variables"), d.pop("grid_dims"), d.pop("grid_shape"), **d)
-
-    # ------------------------------------------------------------------ fitting
-    @classmethod
-    def fit(cls, ds: xr.Dataset, variables, grid_dims, time_dim: str, sample_dims, history: int, forcings) -> tuple:
-        """Statistics from ``ds``; returns ``(coder, states (S, T, C, *grid), forcing (S, T, F, *grid) | None)``."""
-        for v in [*variables, *forcings]:
-            if v not in ds.data_vars:
-                raise ValueError(f"variable {v!r} not found in the training data; it has {sorted(map(str, ds.data_vars))}")
-        if time_dim not in ds[variables[0]].dims:
-            raise ValueError(f"variable {variables[0]!r} has no {time_dim!r} dimension: dims {ds[variables[0]].dims}")
-        order = [*sample_dims, time_dim, *grid_dims]
-        x = np.stack([ds[v].transpose(*order).values.astype(np.float64) for v in variables], axis=len(sample_dims) + 1)
-        x = x.reshape(-1, *x.shape[len(sample_dims):])  # (S, T, C, *grid)
-        if x.shape[1] < history + 1:
-            raise ValueError(f"need at least history + 1 = {history + 1} times along {time_dim!r}, got {x.shape[1]}")
-        f = None
-        if forcings:
-            f = np.stack([ds[v].broadcast_like(ds[variables[0]]).transpose(*order).values.astype(np.float64)
-                          for v in forcings], axis=len(sample_dims) + 1).reshape(x.shape[0], x.shape[1], len(forcings), *x.shape[3:])
-        red = (0, 1, *range(3, x.ndim))
-        inc = x[:, 1:] - x[:, :-1]
-        dt, kind = 1.0, "numeric"
-        if time_dim in ds.coords:
-            tv = ds[time_dim].values
-            steps = np.diff(tv)
-            if len(steps) and not np.all(steps == steps[0]) and not np.allclose(steps.astype(float), float(steps[0])):
-                raise ValueError(f"the {time_dim!r} coordinate is not evenly spaced; resample it first")
-            if np.issubdtype(tv.dtype, np.datetime64):
-                dt, kind = int(steps[0].astype("timedelta64[ns]").astype(np.int64)), "datetime"
-            elif len(steps):
-                dt = float(steps[0])
-        coder = cls(variables, grid_dims, x.shape[3:], history=history, forcings=forcings,
-                    mean=dict(zip(variables, x.mean(red))), std=dict(zip(variables, x.std(red))),
-                    inc_mean=dict(zip(variables, inc.mean(red))), inc_std=dict(zip(variables, inc.std(red))),
-                    forcing_mean=dict(zip(forcings, f.mean(red))) if f is not None else None,
-                    forcing_std=dict(zip(forcings, f.std(red))) if f is not None else None,
-                    dt=dt, time_kind=kind, time_dim=time_dim,
-                    grid={d: np.asarray(ds[d].values).tolist() for d in grid_dims if d in ds.coords},
-                    attrs={v: dict(ds[v].attrs) for v in variables},
-                    time_attrs=dict(ds[time_dim].attrs) if time_dim in ds.coords else {})
-        for name, s in {**coder.std, **coder.inc_std, **coder.forcing_std}.items():
-            if not s > 0:
-                raise ValueError(f"variable {name!r} is constant (zero standard deviation) in the training data")
-        return coder, x, f
-
-    # ------------------------------------------------------------------ tensors
-    def _vec(self, d: dict, names, x: torch.Tensor) -> torch.Tensor:
-        v = torch.tensor([d[k] for k in names], dtype=x.dtype, device=x.device)
-        return v.reshape(-1, *([1] * len(self.grid_shape)))
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Physical states ``(..., C, *grid)`` -> normalised."""
-        return (x - self._vec(self.mean, self.variables, x)) / self._vec(self.std, self.variables, x)
-
-    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self._vec(self.std, self.variables, z) + self._vec(self.mean, self.variables, z)
-
-    def encode_increment(self, dx: torch.Tensor) -> torch.Tensor:
-        return (dx - self._vec(self.inc_mean, self.variables, dx)) / self._vec(self.inc_std, self.variables, dx)
-
-    def decode_increment(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self._vec(self.inc_std, self.variables, z) + self._vec(self.inc_mean, self.variables, z)
-
-    def normalize_forcing(self, f: torch.Tensor) -> torch.Tensor:
-        return (f - self._vec(self.forcing_mean, self.forcings, f)) / self._vec(self.forcing_std, self.forcings, f)
-
-    def condition(self, hist: torch.Tensor, forcing: torch.Tensor | None) -> torch.Tensor:
-        """``hist (B, history, C, *grid)`` physical, ``forcing (B, F, *grid)`` -> cond ``(B, Cc, *grid)``."""
-        z = self.normalize(hist).flatten(1, 2)
-        if self.forcings:
-            z = torch.cat([z, self.normalize_forcing(forcing.to(z.dtype))], dim=1)
-        return z
-
-    # ------------------------------------------------------------------ xarray checks
-    def check(self, ds: xr.Dataset, role: str = "initial") -> None:
-        """Raise ValueError naming what differs from training (variables, grid dims, sizes, coordinates)."""
-        missing = [v for v in self.variables if v not in ds.data_vars]
-        if missing:
-            raise ValueError(f"the {role} state lacks variable(s) {missing}; the model was trained on {self.variables}")
-        for v in self.variables:
-            for d, n in zip(self.grid_dims, self.grid_shape):
-                if d not in ds[v].dims:
-                    raise ValueError(f"{role} variable {v!r} has no grid dimension {d!r} (dims {ds[v].dims}); "
-                                     f"the model was trained on grid {dict(zip(self.grid_dims, self.grid_shape))}")
-                if ds.sizes[d] != n:
-                    raise ValueError(f"{role} grid dimension {d!r} has size {ds.sizes[d]}, the model was trained on {n}")
-        for d, values in self.grid.items():
-            if d in ds.coords and not np.allclose(np.asarray(ds[d].values, dtype=float), np.asarray(values, dtype=float)):
-                raise ValueError(f"{role} coordinate {d!r} differs from the training grid "
-                                 f"({ds[d].values[:3]}... vs {values[:3]}...)")
-
-    def times(self, t0, n: int) -> np.ndarray:
-        """``t0 + k dt`` for ``k = 0..n-1``."""
-        k = np.arange(n)
-        if self.time_kind == "datetime":
-            return np.datetime64(t0, "ns") + k * np.timedelta64(int(self.dt), "ns")
-        return float(t0) + k * float(self.dt)
-
-    def forcing_at(self, forcings: xr.Dataset | None, times: np.ndarray) -> np.ndarray | None:
-        """Forcing fields ``(len(times), F, *grid)`` at ``times`` (a field without a time dim is static);
-        ValueError naming the variable and the missing range."""
-        if not self.forcings:
-            return None
-        if forcings is None:
-            raise ValueError(f"this model is driven by forcing(s) {self.forcings}; pass forcings= covering "
-                             f"{self.time_dim} {times[0]}..{times[-1]}")
-        out = []
-        for v in self.forcings:
-            if v not in forcings.data_vars:
-                raise ValueError(f"forcings lack variable {v!r}; the model was trained with {self.forcings}")
-            fv = forcings[v]
-            if self.time_dim not in fv.dims:  # a static field (orography, a forcing pattern): the same at every time
-                fv = fv.expand_dims({self.time_dim: len(times)}).assign_coords({self.time_dim: times})
-            elif self.time_dim not in fv.coords:
-                raise ValueError(f"forcing {v!r} has no {self.time_dim!r} coordinate")
-            tv = fv[self.time_dim].values
-            if self.time_kind == "datetime":
-                idx = np.searchsorted(tv, times)
-                ok = (idx < len(tv)) & (tv[np.minimum(idx, len(tv) - 1)] == times)
-            else:
-                tol = 1e-6 * abs(float(self.dt))
-                idx = np.clip(np.searchsorted(tv, times - tol), 0, len(tv) - 1)
-                ok = np.abs(tv[idx] - times) <= tol
-            if not ok.all():
-                miss = times[~ok]
-                raise ValueError(f"forcing {v!r} does not cover the rollout: it has {self.time_dim} {tv[0]}..{tv[-1]} "
-                                 f"but the rollout needs {times[0]}..{times[-1]}; missing {miss[0]}..{miss[-1]} "
-                                 f"({len(miss)} time(s))")
-            sel = fv.isel({self.time_dim: idx})
-            grid = [d for d in self.grid_dims if d in sel.dims]
-            arr = sel.transpose(self.time_dim, *grid).values.astype(np.float64)
-            out.append(np.broadcast_to(arr.reshape(len(times), *[sel.sizes[d] if d in grid else 1 for d in self.grid_dims]),
-                                       (len(times), *self.grid_shape)))
-        return np.stack(out, axis=1)
 
 
 class RolloutStore:
@@ -311,14 +128,13 @@ def _sha(arr) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:16] if arr is not None else ""
 
 
-class RolloutModel:
+class RolloutModel(Emulator):
     """The rollout loop. Subclasses set ``self.coder``, ``self.sampler`` and implement
     ``_advance(hist, k, forcing, generators, settings) -> list of next states`` (one for an
     autoregressive step, up to ``unit`` for DYffusion) on physical tensors ``(M, C, *grid)``."""
 
     unit = 1
     emulator = "sciffusion.emulators.RolloutModel"
-    checkpoint = checkpoint_sha256 = None
 
     def _initial(self, initial, n_members: int) -> tuple[np.ndarray, Any]:
         """``(M or 1, history, C, *grid)`` physical states and the time of the last one."""
@@ -393,7 +209,9 @@ class RolloutModel:
         forcing = c.forcing_at(forcings, times[:-1])
         settings = {**self.sampler, **{k: v for k, v in {"steps": steps, "method": method}.items() if v is not None},
                     **sampler_options}
-        prov = self._provenance(settings, seed, n_members, n_steps, x0, forcing)
+        prov = self.provenance(f"rollout(n_steps={n_steps}, n_members={n_members}, seed={seed})",
+                               sampler=json.dumps(settings, sort_keys=True), seed=int(seed), n_members=n_members,
+                               n_steps=n_steps, dt=str(c.dt), initial_sha256=_sha(x0), forcings_sha256=_sha(forcing))
         dims = ["member", c.time_dim, *c.grid_dims]
         coords = {c.time_dim: xr.Variable(c.time_dim, times, c.time_attrs), "member": np.arange(n_members),
                   **{d: v for d, v in c.grid.items()}}
@@ -458,13 +276,3 @@ class RolloutModel:
         from sciffusion.diffusion import member_generators
 
         return member_generators(seed, n_members, torch.device(device or "cpu"), key=(k,))
-
-    def _provenance(self, settings, seed, n_members, n_steps, x0, forcing) -> dict[str, Any]:
-        from sciffusion import __version__
-
-        return {"sciffusion_version": __version__, "emulator": self.emulator, "checkpoint": str(self.checkpoint or ""),
-                "checkpoint_sha256": str(self.checkpoint_sha256 or ""), "sampler": json.dumps(settings, sort_keys=True),
-                "seed": int(seed), "n_members": int(n_members), "n_steps": int(n_steps), "dt": str(self.coder.dt),
-                "initial_sha256": _sha(x0), "forcings_sha256": _sha(forcing),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "history": f"{self.emulator}.rollout(n_steps={n_steps}, n_members={n_members}, seed={seed})"}
