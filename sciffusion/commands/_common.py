@@ -56,3 +56,15 @@ def refuse_overlap(out, flag: str, inputs) -> None:
     from sciffusion.data.io import refuse_overlap as check
 
     check(out, flag, inputs)
+
+
+def add_ensemble_output_arguments(parser) -> None:
+    """The options of a command that writes a member-blocked ensemble store: seed, batch size,
+    member chunk, device and ``--resume``/``--overwrite``."""
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--member-chunk", type=int, default=8, help="members per zarr chunk and per resumable block")
+    parser.add_argument("--device", help="torch device (default: cpu)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping member blocks already written")
+    group.add_argument("--overwrite", action="store_true", help="replace an existing output store")

@@ -7,7 +7,8 @@ directory to write (resumes if interrupted) and FINE the fine-grid training data
 ``docs/downscaling.md``.
 """
 
-from sciffusion.commands._common import UserError, refuse_overlap, require_min, write_mode
+from sciffusion.commands._common import (UserError, add_ensemble_output_arguments, refuse_overlap, require_min,
+                                         write_mode)
 
 NAME = "downscale"
 HELP = "downscale coarse fields to a fine-grid ensemble with a trained Downscaler (or train one with --train)"
@@ -20,13 +21,7 @@ def add_arguments(parser):
     parser.add_argument("--members", type=int, default=16, help="ensemble size (default 16)")
     parser.add_argument("--steps", type=int, help="DDIM steps (default: the checkpoint's calibrated sampler)")
     parser.add_argument("--eta", type=float, help="DDIM eta (default: the checkpoint's calibrated sampler)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--member-chunk", type=int, default=8, help="members per zarr chunk and per resumable block")
-    parser.add_argument("--device", help="torch device (default: cpu)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping member blocks already written")
-    group.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    add_ensemble_output_arguments(parser)
     train = parser.add_argument_group("training (--train)")
     train.add_argument("--train", metavar="FINE", help="train on the fine fields in FINE (zarr/netCDF) and write CHECKPOINT")
     train.add_argument("--factor", type=int, help="coarsening factor (with --train)")

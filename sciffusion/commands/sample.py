@@ -5,8 +5,8 @@ on a running dask cluster (workers need the checkpoint and the output path on a 
 filesystem); the ensemble is the same as without them. See ``docs/scale.md``.
 """
 
-from sciffusion.commands._common import (SAMPLER_METHODS, UserError, refuse_overlap, require_min,
-                                         sampler_options, write_mode)
+from sciffusion.commands._common import (SAMPLER_METHODS, UserError, add_ensemble_output_arguments, refuse_overlap,
+                                         require_min, sampler_options, write_mode)
 
 NAME = "sample"
 HELP = "generate an ensemble from a checkpoint for the conditions in a zarr/netCDF dataset"
@@ -22,13 +22,7 @@ def add_arguments(parser):
     parser.add_argument("--method", default="heun", choices=SAMPLER_METHODS, help="sampler (default heun)")
     parser.add_argument("--churn", type=float, help="EDM churn, with --method stochastic only (default 30)")
     parser.add_argument("--eta", type=float, help="DDIM eta, with --method ddim only (default 1)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--member-chunk", type=int, default=8, help="members per zarr chunk and per resumable block")
-    parser.add_argument("--device", help="torch device (default: cpu)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping member blocks already written")
-    group.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    add_ensemble_output_arguments(parser)
     parser.add_argument("--no-progress", action="store_true")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="generate on the dask cluster at ADDRESS (e.g. tcp://host:8786)")
