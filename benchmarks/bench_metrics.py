@@ -24,9 +24,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +34,7 @@ import numpy as np
 import xarray as xr
 
 import sciffusion.metrics as sm
+from _run_meta import run_meta
 
 CASES = ("none", "obs 5%", "land 30%", "members 1%")
 DIMS = ("time", "lat", "lon")
@@ -218,25 +216,13 @@ def warm_up():
 
 
 def machine():
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=root).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "sciffusion", "benchmarks"],
-                                    capture_output=True, text=True, cwd=root).stdout.strip())
-    except OSError:
-        commit, dirty = "unknown", None
     import numba
     import properscoring
     import scores
     import scoringrules
     import xskillscore
 
-    return {"git_commit": commit, "git_dirty": dirty, "command": " ".join([sys.executable, *sys.argv]),
-            "platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-            "load_average_at_start": os.getloadavg(),
-            "blas_thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                               "MKL_NUM_THREADS")},
+    return {**run_meta(),
             "versions": {"numpy": np.__version__, "xarray": xr.__version__, "numba": numba.__version__,
                          "properscoring": getattr(properscoring, "__version__", "0.1"),
                          "scores": scores.__version__, "scoringrules": scoringrules.__version__,

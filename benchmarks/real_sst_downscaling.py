@@ -65,6 +65,7 @@ from sciffusion.data import open_dataset
 from sciffusion.emulators import Downscaler, coarsen, upsample
 from sciffusion.emulators.downscale_data import stack
 from sciffusion.emulators.skill import _flatness
+from _run_meta import run_meta
 
 RESULTS = Path(__file__).parent / "results"
 VAR = "surface_temperature"
@@ -268,6 +269,7 @@ def main(argv=None):
                    help="steps of further training on 2006-2009 after the calibration (0: score the 2006-2008 model)")
     p.add_argument("--tag", default="", help="suffix of the result files (ablations)")
     a = p.parse_args(argv)
+    meta, t_start = run_meta(), time.perf_counter()
     torch.set_num_threads(1)
     steps = 10 if a.quick else a.steps
     members = 4 if a.quick else a.members
@@ -344,7 +346,7 @@ def main(argv=None):
                "rmse_beats_bicubic": d["rmse"] < rows["bicubic"]["rmse"],
                "ssr_in_0.8_1.2": 0.8 <= d["ssr"] <= 1.2, "land_all_nan": land_nan == 1.0}
     print("targets:", targets)
-    result = {"setup": {"data": "OSTIA monthly SST (iris-sample-data ostia_monthly.nc)", "variable": VAR,
+    result = {"meta": {**meta, "wall_seconds": time.perf_counter() - t_start}, "setup": {"data": "OSTIA monthly SST (iris-sample-data ostia_monthly.nc)", "variable": VAR,
                         "fine": [18, 432], "coarse": [6, 144], "factor": FACTOR, "fit": "2006-04..2008-12",
                         "calibrate": "2009", "train": "2006-04..2009-12" if refit_steps else "2006-04..2008-12",
                         "refit_steps": refit_steps,
