@@ -131,7 +131,7 @@ def evaluate(prior, x_test, mean, std, residual, task, method, args):
         t0 = time.perf_counter()
         gen = torch.Generator(device=args.eval_device).manual_seed(case)
         x = sample(prior, sensors, y, noise_std=args.noise_std, method="projected" if method == "solve" else method,
-                   num_samples=m, steps=args.steps,
+                   n_members=m, steps=args.steps,
                    sampler=args.sampler, sigma_max=args.sigma_max, event_shape=(2, n, n), generator=gen,
                    device=args.eval_device, **opts).cpu()
         wall += time.perf_counter() - t0

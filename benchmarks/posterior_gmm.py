@@ -78,7 +78,7 @@ def run_cell(d: int, d_y: int, rep: int, args) -> list[dict]:
         if args.methods and not any(label.lower().startswith(m.lower()) for m in args.methods):
             continue
         t0 = time.perf_counter()
-        x = sample(prior, Linear(a), y, noise_std=noise_std, method=method, num_samples=n, steps=steps,
+        x = sample(prior, Linear(a), y, noise_std=noise_std, method=method, n_members=n, steps=steps,
                    sigma_max=args.sigma_max, dtype=torch.float64, generator=torch.Generator().manual_seed(5 + rep),
                    **opts)
         wall = time.perf_counter() - t0

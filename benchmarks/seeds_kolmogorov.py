@@ -43,7 +43,7 @@ def kolmogorov_ensembles(n_init: int, seed: int, members: int | None = None) -> 
     """Physics ensembles of the imperfect model with the truth: vorticity (init_time, lead_time, member, y, x)."""
     s = SETUP
     truth, model = KolmogorovFlow(n=s["n"], **s["truth"]), KolmogorovFlow(n=s["n"], **s["forecast"])
-    ds = simulate(truth, forecast_system=model, members=members or s["members"], n_init=n_init, n_leads=s["n_leads"],
+    ds = simulate(truth, forecast_system=model, n_members=members or s["members"], n_init=n_init, n_leads=s["n_leads"],
                   lead_interval=s["lead_interval"], perturbation=s["perturbation"], spinup=s["spinup"], seed=seed)
     return ds.isel(lead_time=slice(1, None)).drop_vars("chunk_done", errors="ignore").load()
 

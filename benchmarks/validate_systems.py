@@ -256,13 +256,13 @@ KILL_SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
 from sciffusion.systems import KolmogorovFlow, simulate
-simulate(KolmogorovFlow(n=32), members=4, n_init=8, n_leads=5, lead_interval=0.2, spinup=1.0, seed=3,
-         store=sys.argv[1], on_chunk=lambda c: print(c, flush=True))
+simulate(KolmogorovFlow(n=32), n_members=4, n_init=8, n_leads=5, lead_interval=0.2, spinup=1.0, seed=3,
+         out=sys.argv[1], on_chunk=lambda c: print(c, flush=True))
 """
 
 
 def validate_zarr_resume():
-    kw = {"members": 4, "n_init": 8, "n_leads": 5, "lead_interval": 0.2, "spinup": 1.0, "seed": 3}
+    kw = {"n_members": 4, "n_init": 8, "n_leads": 5, "lead_interval": 0.2, "spinup": 1.0, "seed": 3}
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "kf.zarr")
         proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, store], stdout=subprocess.PIPE, text=True,
@@ -278,7 +278,7 @@ def validate_zarr_resume():
         record = zarr.open_group(store, mode="r").attrs.get("sciffusion_completed_chunks", "[]")
         flagged = len(json.loads(record))  # chunks are written in order
         after = []
-        resumed = simulate(KolmogorovFlow(n=32), store=store, if_exists="resume", on_chunk=after.append, **kw).load()
+        resumed = simulate(KolmogorovFlow(n=32), out=store, mode="resume", on_chunk=after.append, **kw).load()
         full = simulate(KolmogorovFlow(n=32), **kw)
         identical = resumed.identical(full)
         reopened = xr.open_zarr(store, consolidated=False)

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import xarray as xr
 
+from sciffusion._deprecate import renamed_keywords
 from sciffusion.systems.grf import advected_grf as demo_dataset, periodic_grf as grf  # noqa: F401  (re-exported)
 
 
-def run_demo(out: str | Path = "sciffusion_demo", *, n_init: int = 12, members: int = 31, steps: int | None = None,
+@renamed_keywords(members="n_members")
+def run_demo(out: str | Path = "sciffusion_demo", *, n_init: int = 12, n_members: int = 31, steps: int | None = None,
              seed: int = 0, checkpoint: str | Path | None = None, batch_size: int = 512, progress: bool = True,
              overwrite: bool = True) -> dict:
     """Simulate, generate from 2 seeds with the pretrained emulator, score, plot.
@@ -36,17 +38,17 @@ def run_demo(out: str | Path = "sciffusion_demo", *, n_init: int = 12, members: 
     from sciffusion.emulators.pretrain import L96_SETUP, default_checkpoint, lorenz96_ensembles
     import sciffusion.metrics as sm
 
-    out = Path(out)
+    members, out = n_members, Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
     t0 = time.perf_counter()
-    phys = lorenz96_ensembles(n_init, 300 + int(seed), store=out / "physics.zarr")
+    phys = lorenz96_ensembles(n_init, 300 + int(seed), out=out / "physics.zarr")
     timings["simulate_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     emu = EnsembleEmulator.load(checkpoint or default_checkpoint())
     k = emu.coder.n_seeds
     seeds = phys[["x"]].isel(member=list(range(k)))
-    ens = emu.generate(seeds, members, steps=steps, seed=seed, batch_size=batch_size, store=out / "ensemble.zarr",
+    ens = emu.generate(seeds, members, steps=steps, seed=seed, batch_size=batch_size, out=out / "ensemble.zarr",
                        mode="w" if overwrite else "resume", progress=progress)
     timings["generate_s"] = time.perf_counter() - t0
     truth = phys["x_truth"]

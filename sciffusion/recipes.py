@@ -35,6 +35,7 @@ import torch
 import xarray as xr
 
 from sciffusion import __version__
+from sciffusion._deprecate import renamed_keywords
 from sciffusion.data import Normalizer, PairDataset, open_dataset
 from sciffusion.data.provenance import generated_attrs
 from sciffusion.diffusion import Denoiser
@@ -49,6 +50,9 @@ _MODEL_KEYS = ("net", "sigma_data", "kwargs")
 _TRAINER_OWN = ("denoiser", "train_data", "val_data", "config", "progress", "resume", "loss_fn")
 _CHANNEL_KEYS = {"UNet2d": ("in_channels", "cond_channels"), "PeriodicConv1d": ("in_channels", "cond_channels"),
                  "MLP": ("in_features", "cond_features")}
+# `sciffusion sample`: EDM's deterministic Heun with 18 steps (35 denoiser calls), EDM's own setting
+# (Karras et al. 2022, CIFAR-10): a safe budget for a net of unknown quality
+DEFAULT_SAMPLER = {"method": "heun", "steps": 18}
 
 
 def read_config(path: str | os.PathLike) -> dict:
@@ -149,15 +153,16 @@ def _train_from_config(cfg: dict, *, ds: xr.Dataset | None, progress: bool, resu
     return trainer
 
 
+@renamed_keywords(members="n_members")
 def sample_from_checkpoint(
     checkpoint: str | os.PathLike,
     data: str | os.PathLike | xr.Dataset,
     out: str | os.PathLike,
     *,
-    members: int = 16,
+    n_members: int = 16,
     cases: slice | list[int] | None = None,
-    steps: int = 18,
-    method: str = "heun",
+    steps: int = DEFAULT_SAMPLER["steps"],
+    method: str = DEFAULT_SAMPLER["method"],
     seed: int = 0,
     batch_size: int = 64,
     member_chunk: int = 8,
@@ -184,12 +189,13 @@ def sample_from_checkpoint(
     """
     from sciffusion.emulators import EnsembleStore, generate
 
-    sizes = {"members": members, "steps": steps, "batch_size": batch_size, "member_chunk": member_chunk}
+    members = n_members
+    sizes = {"n_members": members, "steps": steps, "batch_size": batch_size, "member_chunk": member_chunk}
     for name, value in sizes.items():
         if int(value) < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     check_sample_options(method, sampler_options)  # a bad option fails before the store is created
-    plan = sampling_plan(checkpoint, data, members=members, cases=cases, steps=steps, method=method, seed=seed,
+    plan = sampling_plan(checkpoint, data, n_members=members, cases=cases, steps=steps, method=method, seed=seed,
                          device=device, **sampler_options)
     scale_out = scheduler is not None or workers is not None
     path = Path(out).resolve() if scale_out else out  # dask workers may run in another directory
@@ -218,11 +224,12 @@ def sample_from_checkpoint(
     return store.open()
 
 
+@renamed_keywords(members="n_members")
 def sampling_plan(
     checkpoint: str | os.PathLike,
     data: str | os.PathLike | xr.Dataset,
     *,
-    members: int,
+    n_members: int,
     cases: slice | list[int] | None,
     steps: int,
     method: str,
@@ -240,6 +247,7 @@ def sampling_plan(
     """
     from sciffusion.checkpoint import load_denoiser, sha256, weights_file
 
+    members = n_members
     den, config = load_denoiser(checkpoint, device=device)
     spec = config.get("data")
     if spec is None:

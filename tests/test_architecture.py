@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sciffusion"
 # one, never from a higher one. The longest matching prefix decides a module's layer.
 LAYERS = {
     # 0 core: the generative core, scores and analytic priors; no I/O, no models
-    "sciffusion": 0, "sciffusion.diffusion": 0, "sciffusion.metrics": 0, "sciffusion.testing": 0,
+    "sciffusion": 0, "sciffusion._deprecate": 0, "sciffusion.diffusion": 0, "sciffusion.metrics": 0, "sciffusion.testing": 0,
     # 1 parts: networks, xarray <-> tensors, reference physics, PDE operators, checkpoints (which
     #   load_denoiser rebuilds a net from its JSON config) and the figures (they import nothing)
     "sciffusion.nets": 1, "sciffusion.data": 1, "sciffusion.systems": 1, "sciffusion.physics": 1,

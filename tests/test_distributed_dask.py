@@ -20,7 +20,7 @@ from sciffusion.recipes import sample_from_checkpoint
 distributed = pytest.importorskip("distributed")
 
 CASES = [0, 1, 2, 3, 5]
-KW = dict(members=6, member_chunk=2, cases=CASES, steps=2, batch_size=3, progress=False)
+KW = dict(n_members=6, member_chunk=2, cases=CASES, steps=2, batch_size=3, progress=False)
 
 
 @pytest.fixture(scope="module")

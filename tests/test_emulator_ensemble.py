@@ -71,14 +71,14 @@ def test_store_resume_computes_only_missing_blocks_and_refuses_other_settings(tm
 
     monkeypatch.setattr(mod, "generate_members", crash_second)
     with pytest.raises(KeyboardInterrupt):
-        emu.generate(seeds, 6, steps=4, store=tmp_path / "e.zarr", member_chunk=2)
+        emu.generate(seeds, 6, steps=4, out=tmp_path / "e.zarr", member_chunk=2)
     calls.clear()
-    out = emu.generate(seeds, 6, steps=4, store=tmp_path / "e.zarr", member_chunk=2)
+    out = emu.generate(seeds, 6, steps=4, out=tmp_path / "e.zarr", member_chunk=2)
     assert calls == [[2, 3], [4, 5]]
     np.testing.assert_array_equal(out["x"].transpose(*straight["x"].dims).values, straight["x"].values)
     assert list(out["member"].values) == list(range(6)) and out["x"].encoding["chunks"][2] == 2
     with pytest.raises(ValueError, match="seed"):
-        emu.generate(seeds, 6, steps=4, seed=1, store=tmp_path / "e.zarr", member_chunk=2)
+        emu.generate(seeds, 6, steps=4, seed=1, out=tmp_path / "e.zarr", member_chunk=2)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -199,9 +199,9 @@ def test_pretrain_command_line_passes_the_forecast_model_error_to_the_training_e
     pretrain.main(["--out", "unused"])
     assert seen["setup"] == {}  # defaults: L96_SETUP's forecast model
 
-    ds = pretrain.lorenz96_ensembles(2, 7, members=3, setup={"forcing_error": 1.0, "noise_std": 0.0})
-    again = pretrain.lorenz96_ensembles(2, 7, members=3, setup={"forcing_error": 1.0, "noise_std": 0.0})
-    default = pretrain.lorenz96_ensembles(2, 7, members=3)
+    ds = pretrain.lorenz96_ensembles(2, 7, n_members=3, setup={"forcing_error": 1.0, "noise_std": 0.0})
+    again = pretrain.lorenz96_ensembles(2, 7, n_members=3, setup={"forcing_error": 1.0, "noise_std": 0.0})
+    default = pretrain.lorenz96_ensembles(2, 7, n_members=3)
     xr.testing.assert_equal(ds["x"], again["x"])  # reproducible from the seed
     xr.testing.assert_equal(ds["x_truth"], default["x_truth"])  # the truth does not depend on the model
     assert not np.allclose(ds["x"].values, default["x"].values)

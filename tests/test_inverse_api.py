@@ -20,7 +20,7 @@ def _field_prior():
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_returns_num_samples_fields_that_fit_the_observations(method):
+def test_every_method_returns_n_members_fields_that_fit_the_observations(method):
     prior = _field_prior()
     op = SparseSensors((4, 4), num=5, seed=0, channels=[1])
     truth = prior.sample(1, torch.Generator().manual_seed(5))
@@ -28,7 +28,7 @@ def test_every_method_returns_num_samples_fields_that_fit_the_observations(metho
     opts = {"projection": Box(-20, 20)} if method == "projected" else {}
     if method == "residual":
         opts = {"residual": lambda x: x[:, 0] - x[:, 1], "zeta_obs": 2.0, "zeta_pde": 0.5}
-    x = sample(prior, op, y, noise_std=0.1, method=method, num_samples=6, steps=15, sigma_max=200.0,
+    x = sample(prior, op, y, noise_std=0.1, method=method, n_members=6, steps=15, sigma_max=200.0,
                generator=torch.Generator().manual_seed(1), dtype=F64, **opts)
     assert x.shape == (6, 2, 4, 4) and torch.isfinite(x).all()
     prior_draws = prior.sample(200, torch.Generator().manual_seed(2))
@@ -39,7 +39,7 @@ def test_every_method_returns_num_samples_fields_that_fit_the_observations(metho
 def test_bad_input_is_named():
     prior = grid_mixture(4)
     op = Linear(torch.randn(2, 4, dtype=F64))
-    kw = dict(num_samples=2, steps=3, dtype=F64)
+    kw = dict(n_members=2, steps=3, dtype=F64)
     with pytest.raises(ValueError, match="y has shape"):
         sample(prior, op, torch.zeros(3), noise_std=0.1, method="mmps", **kw)
     for method in ("dps", "smc", "residual"):
@@ -66,7 +66,7 @@ def test_missing_observations_in_y_are_ignored_by_sample():
     prior = grid_mixture(4)
     a = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
     y = torch.tensor([1.0, float("nan"), -2.0], dtype=F64)
-    kw = dict(noise_std=0.5, method="pigdm", num_samples=50, steps=10, sigma_max=500.0, dtype=F64)
+    kw = dict(noise_std=0.5, method="pigdm", n_members=50, steps=10, sigma_max=500.0, dtype=F64)
     x_nan = sample(prior, Linear(a), y, generator=torch.Generator().manual_seed(0), **kw)
     x_red = sample(prior, Linear(a[[0, 2]]), y[[0, 2]], generator=torch.Generator().manual_seed(0), **kw)
     assert torch.isfinite(x_nan).all()
@@ -87,7 +87,7 @@ def test_darcy_residual_vanishes_on_solver_output_and_guidance_reduces_it():
                             torch.cat([torch.full((n * n,), 1e-8), torch.full((n * n,), 0.05**2)])[None],
                             event_shape=(2, n, n))
     resid = DarcyResidual()
-    kw = dict(num_samples=20, steps=20, sigma_max=50.0, dtype=F64, event_shape=(2, n, n))
+    kw = dict(n_members=20, steps=20, sigma_max=50.0, dtype=F64, event_shape=(2, n, n))
     plain = sample(prior, None, None, noise_std=None, method="residual", residual=resid, zeta_pde=0.0,
                    generator=torch.Generator().manual_seed(0), **kw)
     guided = sample(prior, None, None, noise_std=None, method="residual", residual=resid, zeta_pde=1.0,

@@ -31,7 +31,7 @@ def test_smc_with_many_particles_matches_the_exact_multimodal_posterior_and_evid
     n = 1000
     e1 = post.sample(n, torch.Generator().manual_seed(1))
     floor = sliced_wasserstein(e1, post.sample(n, torch.Generator().manual_seed(2)), 500)
-    x = sample(prior, Linear(a), y, noise_std=s, method="smc", num_samples=n, steps=120, sigma_max=2000.0,
+    x = sample(prior, Linear(a), y, noise_std=s, method="smc", n_members=n, steps=120, sigma_max=2000.0,
                dtype=F64, generator=torch.Generator().manual_seed(0), particles=n)
     assert x.shape == (n, 8)
     assert sliced_wasserstein(x, e1, 500) < 2 * floor
@@ -46,7 +46,7 @@ def test_smc_evidence_error_falls_as_particles_grow():
     exact = _exact_log_evidence(prior, a, y, s)
     errors = []
     for k in (4, 256):
-        x = sample(prior, Linear(a), y, noise_std=s, method="smc", num_samples=1024, steps=40, sigma_max=2000.0,
+        x = sample(prior, Linear(a), y, noise_std=s, method="smc", n_members=1024, steps=40, sigma_max=2000.0,
                    dtype=F64, generator=torch.Generator().manual_seed(0), particles=k)
         errors.append(float((x.info.log_z - exact).abs().mean()))
     assert errors[1] < 0.3 * errors[0] and errors[1] < 0.2

@@ -69,7 +69,7 @@ def test_descending_latitude_passes_through_generation_with_land_left_missing(tm
         "training": {"out_dir": str(tmp_path / "run"), "steps": 3, "batch_size": 4, "checkpoint_every": 3},
     }
     train_from_config(cfg, ds=ds, progress=False)
-    ens = sample_from_checkpoint(tmp_path / "run", ds, tmp_path / "ens.zarr", members=2, cases=[0, 1], steps=2,
+    ens = sample_from_checkpoint(tmp_path / "run", ds, tmp_path / "ens.zarr", n_members=2, cases=[0, 1], steps=2,
                                  progress=False)
     np.testing.assert_array_equal(ens["latitude"].values, ds["latitude"].values)
     assert ens[var].attrs["units"] == ds[var].attrs["units"]

@@ -85,7 +85,7 @@ def checkpoint(tmp_path_factory):
 
 def test_sample_resume_with_another_seed_or_step_count_is_refused(checkpoint, capsys):
     tmp = checkpoint
-    kw = dict(members=2, member_chunk=2, cases=[0, 1], steps=2, batch_size=4, progress=False)
+    kw = dict(n_members=2, member_chunk=2, cases=[0, 1], steps=2, batch_size=4, progress=False)
     first = sample_from_checkpoint(tmp / "run", tmp / "data.zarr", tmp / "ens.zarr", **kw)["u"].values
     with pytest.raises(ValueError, match=r"seed: stored 0, now 7"):
         sample_from_checkpoint(tmp / "run", tmp / "data.zarr", tmp / "ens.zarr", mode="resume", **{**kw, "seed": 7})

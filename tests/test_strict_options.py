@@ -30,7 +30,7 @@ def _same(x, expected):
 
 
 def _posterior(method, **kw):
-    return posterior(GM, Linear(A), Y, noise_std=0.5, method=method, num_samples=2, steps=4,
+    return posterior(GM, Linear(A), Y, noise_std=0.5, method=method, n_members=2, steps=4,
                      generator=torch.Generator().manual_seed(3), dtype=F64, **{**NEEDS.get(method, {}), **kw})
 
 

@@ -12,7 +12,7 @@ from sciffusion.data import open_dataset
 
 from sciffusion.systems import DarcyFlow, KolmogorovFlow, Lorenz96, lorenz96_forecast_model, simulate
 
-L96 = {"members": 3, "n_init": 3, "n_leads": 4, "spinup": 1.0, "seed": 5}
+L96 = {"n_members": 3, "n_init": 3, "n_leads": 4, "spinup": 1.0, "seed": 5}
 
 
 class Killed(Exception):
@@ -47,15 +47,15 @@ def test_truth_continues_across_inits_and_members_start_perturbed_from_it():
 
 def test_member_k_is_the_same_draw_whatever_the_ensemble_size():
     model = lorenz96_forecast_model(forcing_error=0.5, noise_std=0.3)
-    small = simulate(Lorenz96(), forecast_system=model, **{**L96, "members": 2})
-    big = simulate(Lorenz96(), forecast_system=model, **{**L96, "members": 4})
+    small = simulate(Lorenz96(), forecast_system=model, **{**L96, "n_members": 2})
+    big = simulate(Lorenz96(), forecast_system=model, **{**L96, "n_members": 4})
     xr.testing.assert_identical(small.x, big.x.isel(member=slice(0, 2)))
 
 
 def test_zarr_round_trip_keeps_coordinates_attributes_and_values(tmp_path):
-    mem = simulate(KolmogorovFlow(n=16), members=2, n_init=2, n_leads=2, spinup=0.5, lead_interval=0.1)
-    disk = simulate(KolmogorovFlow(n=16), members=2, n_init=2, n_leads=2, spinup=0.5, lead_interval=0.1,
-                    store=tmp_path / "kf.zarr")
+    mem = simulate(KolmogorovFlow(n=16), n_members=2, n_init=2, n_leads=2, spinup=0.5, lead_interval=0.1)
+    disk = simulate(KolmogorovFlow(n=16), n_members=2, n_init=2, n_leads=2, spinup=0.5, lead_interval=0.1,
+                    out=tmp_path / "kf.zarr")
     back = xr.open_zarr(tmp_path / "kf.zarr", consolidated=False)
     xr.testing.assert_identical(disk.load(), mem)
     xr.testing.assert_identical(back.load(), mem)
@@ -75,21 +75,21 @@ def test_killed_run_resumes_without_recomputing_finished_chunks(tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        simulate(Lorenz96(), store=store, on_chunk=die_after_first, **L96)
+        simulate(Lorenz96(), out=store, on_chunk=die_after_first, **L96)
     with pytest.raises(FileExistsError, match="exists"):
-        simulate(Lorenz96(), store=store, **L96)
+        simulate(Lorenz96(), out=store, **L96)
     computed.clear()
-    resumed = simulate(Lorenz96(), store=store, if_exists="resume", on_chunk=computed.append, **L96)
+    resumed = simulate(Lorenz96(), out=store, mode="resume", on_chunk=computed.append, **L96)
     assert computed == [1, 2]  # chunk 0 was not recomputed
     xr.testing.assert_identical(resumed.load(), full)  # bit for bit
 
 
 def test_resume_with_different_settings_is_refused_naming_them(tmp_path):
     store = tmp_path / "l96.zarr"
-    simulate(Lorenz96(), store=store, **L96)
+    simulate(Lorenz96(), out=store, **L96)
     with pytest.raises(ValueError, match=r"members: stored 3, now 4; seed: stored 5, now 6.*--overwrite"):
-        simulate(Lorenz96(), store=store, if_exists="resume", **{**L96, "members": 4, "seed": 6})
-    again = simulate(Lorenz96(), store=store, if_exists="overwrite", **{**L96, "members": 4})
+        simulate(Lorenz96(), out=store, mode="resume", **{**L96, "n_members": 4, "seed": 6})
+    again = simulate(Lorenz96(), out=store, mode="w", **{**L96, "n_members": 4})
     assert again.sizes["member"] == 4
 
 
@@ -103,9 +103,9 @@ def test_darcy_samples_stream_in_member_chunks_and_resume(tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        simulate(DarcyFlow(n=12), members=10, chunk_members=4, store=store, on_chunk=die_after_two)
+        simulate(DarcyFlow(n=12), n_members=10, chunk_members=4, out=store, on_chunk=die_after_two)
     done.clear()
-    ds = simulate(DarcyFlow(n=12), members=10, chunk_members=4, store=store, if_exists="resume", on_chunk=done.append)
+    ds = simulate(DarcyFlow(n=12), n_members=10, chunk_members=4, out=store, mode="resume", on_chunk=done.append)
     assert done == [2]
     a, u = DarcyFlow(n=12).sample(10)
     np.testing.assert_array_equal(ds.a.values, a)
@@ -113,21 +113,21 @@ def test_darcy_samples_stream_in_member_chunks_and_resume(tmp_path):
     assert ds.a.dims == ("member", "y", "x")
 
 
-@pytest.mark.parametrize("kwargs,needle", [({"members": 0}, "members"), ({"lead_interval": 0.07}, "lead_interval"),
-                                           ({"if_exists": "append"}, "if_exists")])
+@pytest.mark.parametrize("kwargs,needle", [({"n_members": 0}, "n_members"), ({"lead_interval": 0.07}, "lead_interval"),
+                                           ({"mode": "append"}, "mode")])
 def test_bad_arguments_raise_errors_naming_them(tmp_path, kwargs, needle):
     with pytest.raises(ValueError, match=needle):
-        simulate(Lorenz96(), **{**L96, "store": tmp_path / "x.zarr", **kwargs})
+        simulate(Lorenz96(), **{**L96, "out": tmp_path / "x.zarr", **kwargs})
 
 
 def test_equal_shaped_fields_are_kept_apart_in_memory_and_on_disk(tmp_path):
     """Two-level L96 with J=1 has x and y of the same shape: each must hold its own values."""
     system = Lorenz96(k=8, j=1, dt=0.005)
-    kw = {"members": 2, "n_leads": 2, "lead_interval": 0.01, "spinup": 0.5}
+    kw = {"n_members": 2, "n_leads": 2, "lead_interval": 0.01, "spinup": 0.5}
     mem = simulate(system, **kw)
     assert not np.allclose(mem.x.values, mem.y.values)
     assert not np.allclose(mem.x_truth.values, mem.y_truth.values)
-    disk = simulate(system, store=tmp_path / "two.zarr", **kw).load()
+    disk = simulate(system, out=tmp_path / "two.zarr", **kw).load()
     xr.testing.assert_identical(disk, mem)
 
 
@@ -135,10 +135,10 @@ def test_completion_record_stays_out_of_the_data_in_memory_on_disk_and_after_a_k
     store = tmp_path / "l96.zarr"
     assert "chunk_done" not in simulate(Lorenz96(), **L96)
     with pytest.raises(Killed):
-        simulate(Lorenz96(), store=store, on_chunk=die, **L96)
+        simulate(Lorenz96(), out=store, on_chunk=die, **L96)
     assert "chunk_done" not in xr.open_zarr(store, consolidated=False)
     assert json.loads(xr.open_zarr(store, consolidated=False).attrs["sciffusion_completed_chunks"]) == [0]
-    done = simulate(Lorenz96(), store=store, if_exists="resume", **L96)
+    done = simulate(Lorenz96(), out=store, mode="resume", **L96)
     for ds in (done, xr.open_zarr(store), open_dataset(store)):
         assert set(ds.data_vars) == {"x", "x_truth"}
         assert "sciffusion_completed_chunks" not in ds.attrs
@@ -149,21 +149,21 @@ def test_store_flagged_by_the_old_chunk_done_variable_resumes_its_missing_chunks
     store = tmp_path / "old.zarr"
     full = simulate(Lorenz96(), **L96)
     with pytest.raises(Killed):
-        simulate(Lorenz96(), store=store, on_chunk=die, **L96)
+        simulate(Lorenz96(), out=store, on_chunk=die, **L96)
     attrs = dict(zarr.open_group(str(store), mode="r").attrs)
     del attrs["sciffusion_completed_chunks"]
     old_flags = xr.Dataset({"chunk_done": ("init_time", np.array([1, 0, 0], "int8"))}, attrs=attrs)
     old_flags.to_zarr(store, mode="a", consolidated=False)
     assert "sciffusion_completed_chunks" not in zarr.open_group(str(store), mode="r").attrs
     computed = []
-    resumed = simulate(Lorenz96(), store=store, if_exists="resume", on_chunk=computed.append, **L96)
+    resumed = simulate(Lorenz96(), out=store, mode="resume", on_chunk=computed.append, **L96)
     assert computed == [1, 2]
     xr.testing.assert_identical(resumed.load(), full)
     assert "chunk_done" not in open_dataset(store)
 
 
 def test_spin_up_initial_states_and_chunks_show_progress_only_when_asked(capsys):
-    kw = {"members": 2, "n_init": 2, "n_leads": 1, "spinup": 0.5, "lead_interval": 0.1}
+    kw = {"n_members": 2, "n_init": 2, "n_leads": 1, "spinup": 0.5, "lead_interval": 0.1}
     simulate(KolmogorovFlow(n=16), progress=True, **kw)
     err = capsys.readouterr().err
     assert "kolmogorov spin-up" in err and "initial states" in err and "kolmogorov ensemble" in err

@@ -68,7 +68,7 @@ def test_missing_torch_harmonics_gives_an_install_hint(monkeypatch):
 def test_shallow_water_ensemble_has_lat_lon_fields_with_si_units():
     from sciffusion.systems import simulate
 
-    ds = simulate(ShallowWater(nlat=12, nlon=24, dt_seconds=3600.0), members=2, n_leads=1, lead_interval=2.0)
+    ds = simulate(ShallowWater(nlat=12, nlon=24, dt_seconds=3600.0), n_members=2, n_leads=1, lead_interval=2.0)
     assert ds.h.dims == ("init_time", "lead_time", "member", "lat", "lon")
     assert ds.h.attrs["units"] == "m" and ds.u.attrs["units"] == "m s-1" and ds.lat.attrs["units"] == "degrees_north"
     assert ds.lead_time.attrs["units"] == "hours"

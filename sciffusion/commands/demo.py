@@ -47,7 +47,7 @@ def run(args) -> int:
     if args.threads is None:  # the demo's own default: few threads beat many on small batches
         torch.set_num_threads(min(torch.get_num_threads(), 2))
     t0 = time.perf_counter()
-    summary = run_demo(args.out, n_init=args.n_init, members=args.members, steps=args.steps, seed=args.seed,
+    summary = run_demo(args.out, n_init=args.n_init, n_members=args.members, steps=args.steps, seed=args.seed,
                        checkpoint=args.checkpoint, progress=not args.no_progress, overwrite=not args.resume)
     print(format_summary(summary))
     print(f"total wall time {time.perf_counter() - t0:.1f} s")

@@ -18,6 +18,7 @@ def add_arguments(parser):
     parser.add_argument("-o", "--out", required=True, help="output zarr store")
     parser.add_argument("--members", type=int, default=16, help="ensemble size (default 16)")
     parser.add_argument("--cases", type=int, nargs="+", help="indices of the condition/target pairs to use (default all)")
+    # the defaults of recipes.DEFAULT_SAMPLER, written out: the parser imports no torch
     parser.add_argument("--steps", type=int, default=18, help="sampler steps (default 18)")
     parser.add_argument("--method", default="heun", choices=SAMPLER_METHODS, help="sampler (default heun)")
     parser.add_argument("--churn", type=float, help="EDM churn, with --method stochastic only (default 30)")
@@ -45,7 +46,7 @@ def run(args) -> int:
 
     try:
         ds = sample_from_checkpoint(
-            args.checkpoint, args.data, args.out, members=args.members, cases=args.cases, steps=args.steps,
+            args.checkpoint, args.data, args.out, n_members=args.members, cases=args.cases, steps=args.steps,
             method=args.method, seed=args.seed, batch_size=args.batch_size, member_chunk=args.member_chunk,
             mode=write_mode(args), progress=not args.no_progress, device=args.device, scheduler=args.scheduler,
             workers=args.workers, batches_per_task=args.batches_per_task, **options,

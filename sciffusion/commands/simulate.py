@@ -85,11 +85,11 @@ def run(args: argparse.Namespace) -> int:
         truth, forecast = build_system(args)
     except ImportError as exc:  # optional dependency (torch-harmonics for shallow-water)
         raise UserError(str(exc)) from exc
-    if_exists = "resume" if args.resume else "overwrite" if args.overwrite else "error"
+    mode = "resume" if args.resume else "w" if args.overwrite else "w-"
     ds = simulate(
-        truth, members=args.members, n_init=args.n_init, n_leads=args.n_leads, lead_interval=args.lead_interval,
+        truth, n_members=args.members, n_init=args.n_init, n_leads=args.n_leads, lead_interval=args.lead_interval,
         init_interval=args.init_interval, spinup=args.spinup, perturbation=args.perturbation,
-        forecast_system=forecast, seed=args.seed, store=args.output, if_exists=if_exists,
+        forecast_system=forecast, seed=args.seed, out=args.output, mode=mode,
         chunk_members=args.chunk_members, progress=not args.no_progress,
     )
     sizes = ", ".join(f"{k}={v}" for k, v in ds.sizes.items())

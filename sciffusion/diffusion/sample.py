@@ -301,7 +301,8 @@ def sample(
             ``-mean * tau / sigma_max`` for a conditional law of width ``tau`` (8% of the mean for
             ``tau = 0.7`` from ``sigma_max = 10``); the centred start removes that.
         callback: called after each step with ``{"i", "x", "sigma", "sigma_next"}``.
-        progress: show a tqdm bar.
+        progress: show a tqdm bar (default off, unlike the long-running entry points - ``fit``,
+            ``generate``, ``rollout``, ``downscale``, ``simulate``: this is their inner loop).
         churn, s_tmin, s_tmax, s_noise: EDM stochastic-sampler options (``method="stochastic"``;
             default 30, 0, inf, 1).
         eta: DDIM stochasticity (``method="ddim"``; default 1): 0 deterministic, 1 DDPM-like.

@@ -85,7 +85,7 @@ def calibrate_spread(emulator, seeds: xr.Dataset, observation: xr.Dataset | xr.D
 
     def ssr_at(value) -> float:
         value = int(round(value)) if knob == "steps" else float(value)
-        ens = emulator.generate(seeds, n_members, seed=seed, **{**generate_kwargs, **extra, knob: value})
+        ens = emulator.generate(seeds, n_members, seed=seed, **{"progress": False, **generate_kwargs, **extra, knob: value})
         return pooled_ssr(ens, obs, emulator.coder.scale, emulator.coder.member_dim)
 
     tried = {float(v): ssr_at(v) for v in values}
@@ -150,7 +150,7 @@ class SamplerCalibration:
         for row in settings:
             kw = {"eta": row["eta"]} if row["method"] == "ddim" else {"s_noise": row["s_noise"]}
             ens = self.downscale(coarse, n_members, steps=row["steps"], method=row["method"], seed=seed,
-                                 batch_size=batch_size, device=device, **kw)
+                                 batch_size=batch_size, device=device, progress=False, **kw)
             y = np.stack([ens[v].values for v in c.variables], axis=2)  # (N, M, C, H, W)
             rows.append({**row, **_scores(y, truth, c)})
         return pd.DataFrame(rows)

@@ -152,7 +152,7 @@ class DYffusion(RolloutModel):
             history: int = 1, forcings=None, horizon: int = 4, net: dict | None = None, steps: int = 2000,
             interpolator_steps: int | None = None, batch_size: int = 64, lr: float = 1e-3, warmup_steps: int = 100,
             ema_decay: float = 0.995, dropout: float = 0.15, seed: int = 0, out_dir: str | os.PathLike | None = None,
-            device=None, progress: bool = False, max_seconds: float | None = None,
+            device=None, progress: bool = True, max_seconds: float | None = None,
             checkpoint_every: int | None = None, threads: int | None = None) -> DYffusion:
         """Train the interpolator (``interpolator_steps``, default ``steps``), then the forecaster (``steps``).
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from sciffusion._deprecate import renamed_keywords
 from sciffusion.diffusion import Denoiser
 from sciffusion.diffusion.sample import (check_sample_options, forward_step, step_function, step_keywords, step_name,
                                          step_options)
@@ -37,6 +38,8 @@ from sciffusion.emulators.seeds_data import MODES, SeedPairs, SeedsCoder, _names
 from sciffusion.emulators.store import EnsembleStore
 
 EOF_MEMORY_LIMIT = 16 * 2**30  # bytes the EOF fit of a latent (EOFMLP) emulator may take
+# Heun 12 (23 denoiser calls): few-step Heun inflates the spread (8 steps: 1.27x, 18: 1.02x with the
+# exact Gaussian denoiser, docs/emulation.md), and the temperature calibrated after training corrects the rest
 DEFAULT_SAMPLER = {"method": "heun", "steps": 12, "temperature": 1.0}
 
 
@@ -140,7 +143,7 @@ class EnsembleEmulator(Emulator):
             member_dim: str = "member", climatology: bool = False, static=None, net: dict | None = None,
             steps: int = 2000, batch_size: int = 128, lr: float = 2e-3, warmup_steps: int = 100,
             ema_decay: float = 0.995, seed: int = 0, pairs_per_sample: int | None = None, eof_samples: int = 8192,
-            out_dir: str | os.PathLike | None = None, device=None, progress: bool = False,
+            out_dir: str | os.PathLike | None = None, device=None, progress: bool = True,
             checkpoint_every: int | None = None, threads: int | None = None) -> EnsembleEmulator:
         """Train on a physics ensemble ``ds`` with ``v (..., lead_time, member, *grid)``.
 
@@ -221,10 +224,11 @@ class EnsembleEmulator(Emulator):
         self.coder.check(seeds.to_dataset() if isinstance(seeds, xr.DataArray) else seeds)
 
     @torch.no_grad()
+    @renamed_keywords(store="out")
     def generate(self, seeds: xr.Dataset | xr.DataArray, n_members: int, *, steps: int | None = None,
                  method: str | None = None, temperature: float | None = None, batch_size: int = 256, seed: int = 0,
-                 store: str | os.PathLike | None = None, member_chunk: int = 32, mode: str = "resume",
-                 progress: bool = False, device=None, **sampler_options) -> xr.Dataset:
+                 out: str | os.PathLike | None = None, member_chunk: int = 32, mode: str = "resume",
+                 progress: bool = True, device=None, **sampler_options) -> xr.Dataset:
         """Draw ``n_members`` members for every seed set in ``seeds``.
 
         Args:
@@ -235,9 +239,10 @@ class EnsembleEmulator(Emulator):
                 ``n_members``, ``batch_size`` or ``member_chunk``.
             steps, method, temperature: sampler settings (default ``self.sampler``); extra
                 ``sampler_options`` (``churn``, ``eta``, ...) go to :func:`sciffusion.diffusion.sample`.
-            store: zarr path: members are written block by block (``member_chunk`` each) and a
-                rerun with ``mode="resume"`` (default) computes only the missing blocks; a store
-                written with other settings is refused. ``mode="w"`` overwrites, ``"w-"`` refuses.
+            out: zarr path: members are written block by block (``member_chunk`` each) and a rerun
+                with ``mode="resume"`` (default) computes only the missing blocks; a store written
+                with other settings is refused. ``mode="w"`` overwrites, ``"w-"`` refuses.
+                ``store=`` is a deprecated alias of ``out=``.
         Returns:
             Dataset ``v (*sample_dims, member, *grid)`` with member ids ``0..n_members-1``, the
             seeds' coordinates and CF attributes, and provenance in ``attrs``.
@@ -286,14 +291,14 @@ class EnsembleEmulator(Emulator):
 
         dims = [*sample_dims, c.member_dim, *c.grid_dims]
         coords = {k: v for k, v in ds.coords.items() if c.member_dim not in v.dims}
-        if store is None:
+        if out is None:
             x = draw(range(int(n_members)))
-            out = xr.Dataset({v: (dims, np.take(x, k, axis=-1 - len(c.grid_dims)), dict(ds[v].attrs))
+            ds_out = xr.Dataset({v: (dims, np.take(x, k, axis=-1 - len(c.grid_dims)), dict(ds[v].attrs))
                               for k, v in enumerate(c.variables)}, coords=coords, attrs={**ds.attrs, **provenance})
-            return out.assign_coords({c.member_dim: np.arange(int(n_members))})
+            return ds_out.assign_coords({c.member_dim: np.arange(int(n_members))})
         template = xr.Dataset({v: ([*sample_dims, *c.grid_dims], np.zeros([*sample_shape, *c.grid_shape], np.float32),
                                    dict(ds[v].attrs)) for v in c.variables}, coords=coords, attrs=dict(ds.attrs))
-        st = EnsembleStore(store, template, int(n_members), member_chunk=member_chunk, member_axis=len(sample_dims),
+        st = EnsembleStore(out, template, int(n_members), member_chunk=member_chunk, member_axis=len(sample_dims),
                            attrs=provenance, mode=mode)
         for block in st.missing():
             x = draw(block)

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 import xarray as xr
 
+from sciffusion._deprecate import renamed_keywords
+
 L96_SETUP = {"members": 31, "n_leads": 6, "lead_interval": 0.25, "forcing_error": 0.5, "noise_std": 0.3}
 TRAIN_SEED, VALIDATION_SEED = 101, 102
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "seeds_lorenz96"
@@ -41,18 +43,21 @@ def l96_setup(forcing_error: float | None = None, noise_std: float | None = None
     return {k: v for k, v in (("forcing_error", forcing_error), ("noise_std", noise_std)) if v is not None}
 
 
-def lorenz96_ensembles(n_init: int, seed: int, *, members: int | None = None, store=None, setup: dict | None = None) -> xr.Dataset:
+@renamed_keywords(members="n_members", store="out")
+def lorenz96_ensembles(n_init: int, seed: int, *, n_members: int | None = None, out=None,
+                       setup: dict | None = None) -> xr.Dataset:
     """Physics ensembles of the imperfect Lorenz-96 forecast model with their truth, lead 0 dropped.
 
-    ``setup`` overrides entries of :data:`L96_SETUP` (e.g. ``{"noise_std": 0.0}``).
+    ``setup`` overrides entries of :data:`L96_SETUP` (e.g. ``{"noise_std": 0.0}``); ``n_members``
+    (default ``L96_SETUP["members"]``) and the zarr path ``out`` go to :func:`~sciffusion.systems.simulate`.
     Returns ``x (init_time, lead_time, member, k)`` and ``x_truth (init_time, lead_time, k)``."""
     from sciffusion.systems import Lorenz96, lorenz96_forecast_model, simulate
 
     s = {**L96_SETUP, **(setup or {})}
     model = lorenz96_forecast_model(forcing_error=s["forcing_error"], noise_std=s["noise_std"])
-    ds = simulate(Lorenz96(), forecast_system=model, members=members or s["members"], n_init=n_init,
-                  n_leads=s["n_leads"], lead_interval=s["lead_interval"], seed=seed, store=store,
-                  if_exists="overwrite")
+    ds = simulate(Lorenz96(), forecast_system=model, n_members=n_members or s["members"], n_init=n_init,
+                  n_leads=s["n_leads"], lead_interval=s["lead_interval"], seed=seed, out=out, mode="w",
+                  progress=False)
     return ds.isel(lead_time=slice(1, None)).drop_vars("chunk_done", errors="ignore").load()
 
 

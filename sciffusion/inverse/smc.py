@@ -23,7 +23,7 @@ the exact posterior of the discretised prior as the number of particles grows (D
 the twist only sets the variance). Particles are resampled (systematic) when the effective
 sample size drops below ``ess_threshold * N``; the product of the mean incremental weights is
 an unbiased estimate of the evidence :math:`p(y)` (its log is reported). Independent runs are
-batched: ``num_samples`` draws come from ``ceil(num_samples / particles)`` runs, each
+batched: ``n_members`` draws come from ``ceil(n_members / particles)`` runs, each
 resampled once more at the end to equally weighted particles.
 """
 
@@ -34,12 +34,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sciffusion._deprecate import renamed_keywords
 from sciffusion.inverse.operators import Observation
 
 
 @dataclass
 class SMCResult:
-    """Equally weighted ``samples (num_samples, *event)``; ``ess (steps + 1, runs)`` effective
+    """Equally weighted ``samples (n_members, *event)``; ``ess (steps + 1, runs)`` effective
     sample size after each reweighting (before resampling; the last row is after the exact
     likelihood of the final step); ``log_z (runs,)`` log-evidence estimates;
     ``resampled`` the step indices where any run resampled; ``nfe`` denoiser calls per particle."""
@@ -62,7 +63,8 @@ def systematic_resample(log_w: torch.Tensor, generator=None) -> torch.Tensor:
     return torch.searchsorted(cdf, pos).clamp_max(n - 1)
 
 
-def twisted_smc(denoiser, observation: Observation, sigmas: torch.Tensor, *, num_samples: int,
+@renamed_keywords(num_samples="n_members")
+def twisted_smc(denoiser, observation: Observation, sigmas: torch.Tensor, *, n_members: int,
                 particles: int | None = None, ess_threshold: float = 0.5, sigma_data: float | None = None,
                 generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32, twist: str = "auto",
                 kernel: str = "ddpm", **cond) -> SMCResult:
@@ -71,8 +73,8 @@ def twisted_smc(denoiser, observation: Observation, sigmas: torch.Tensor, *, num
     Args:
         denoiser: ``denoiser(x, sigma, **cond)`` of the prior.
         observation: the :class:`~sciffusion.inverse.operators.Observation` (noise std > 0).
-        num_samples: equally weighted output samples.
-        particles: particles per run (default ``num_samples``: one run).
+        n_members: equally weighted output samples (``num_samples=``: deprecated alias).
+        particles: particles per run (default ``n_members``: one run).
         ess_threshold: resample when ESS < ``ess_threshold * particles`` (1 = every step).
         sigma_data: prior scale in the twist variance (default the denoiser's, else 1).
         twist: ``"pigdm"`` (isotropic ``r^2`` variance, above), ``"mmps"`` (the moment-matched
@@ -84,8 +86,8 @@ def twisted_smc(denoiser, observation: Observation, sigmas: torch.Tensor, *, num
             of variance ``sigma_data^2`` (and for well-separated mixtures of such components).
             SMC is exact for the chain it runs, so this choice is its discretisation error.
     """
-    n = int(particles or num_samples)
-    runs = math.ceil(num_samples / n)
+    n = int(particles or n_members)
+    runs = math.ceil(n_members / n)
     b = runs * n
     shape = (b, *observation.event_shape)
     sd = float(sigma_data if sigma_data is not None else getattr(denoiser, "sigma_data", 1.0))
@@ -154,7 +156,7 @@ def twisted_smc(denoiser, observation: Observation, sigmas: torch.Tensor, *, num
         log_pq = -c * (z * g).reshape(b, -1).sum(1) - 0.5 * c2 * (g**2).reshape(b, -1).sum(1)
         pending = log_pq.to(torch.float64) - ell
     idx = systematic_resample(log_w, generator)
-    x = gather(x, idx)[:num_samples]
+    x = gather(x, idx)[:n_members]
     return SMCResult(samples=x, ess=torch.stack(ess_trace), log_z=log_z, particles=n, resampled=resampled,
                      nfe=steps)
 

@@ -4,7 +4,7 @@
 
 1. spins a single truth trajectory up from a random state (``spinup`` time units),
 2. takes ``n_init`` initial states along that truth, ``init_interval`` apart,
-3. for each initial state runs ``members`` forecasts from ``truth + perturbation`` (member
+3. for each initial state runs ``n_members`` forecasts from ``truth + perturbation`` (member
    ``m`` of init ``i`` seeded by ``(seed, i, m)``: stable whatever the ensemble size), with the
    truth system or an imperfect ``forecast_system``, and the truth itself, for ``n_leads``
    leads ``lead_interval`` apart,
@@ -13,11 +13,11 @@ and returns a Dataset with, per output field ``v``, ``v (init_time, lead_time, m
 and ``v_truth (init_time, lead_time, ...)``, plus ``valid_time = init_time + lead_time``.
 A stationary system (Darcy) gives ``a, u (member, y, x)`` instead.
 
-With ``store=`` the Dataset is pre-allocated in zarr (coordinates and attributes first),
+With ``out=`` the Dataset is pre-allocated in zarr (coordinates and attributes first),
 then filled one chunk at a time (one init time, or ``chunk_members`` samples, per chunk; the
 ``member`` dimension of a chunk is whole), each chunk recorded in the store's attribute
 ``sciffusion_completed_chunks`` after it is written (the attribute goes once all are); a rerun
-with ``if_exists="resume"`` skips the chunks recorded, after checking the run's settings
+with ``mode="resume"`` skips the chunks recorded, after checking the run's settings
 against the store's (:func:`sciffusion.emulators.store.check_provenance`).
 """
 
@@ -35,9 +35,12 @@ import numpy as np
 import torch
 import xarray as xr
 
+from sciffusion._deprecate import renamed_keywords
 from sciffusion.systems.base import System, check_positive, check_positive_int, member_generator
 
-IF_EXISTS = ("error", "resume", "overwrite")
+MODES = ("w-", "w", "resume")  # refuse an existing store, overwrite it, or resume it
+# the values of the deprecated if_exists= keyword, as mode= values
+IF_EXISTS = {"error": "w-", "overwrite": "w", "resume": "resume"}
 _TRUTH_KEY = 2**32 - 1  # seed key of the truth noise (stochastic truth systems), never a member id
 _DONE = "sciffusion_completed_chunks"  # JSON list of the chunks written; absent once the store is complete
 _OLD_DONE = "chunk_done"  # the per-chunk flag variable of stores written before sciffusion_completed_chunks
@@ -63,16 +66,16 @@ def _global_attrs(system: Any, config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _prepare_store(store: str | os.PathLike, if_exists: str, config: dict[str, Any]) -> bool:
+def _prepare_store(store: str | os.PathLike, mode: str, config: dict[str, Any]) -> bool:
     """Return True when resuming an existing store; raise on a conflict."""
-    if if_exists not in IF_EXISTS:
-        raise ValueError(f"if_exists must be one of {IF_EXISTS}, got {if_exists!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if not os.path.exists(store):
         return False
-    if if_exists == "error":
-        raise FileExistsError(f"output path {os.fspath(store)!r} exists; pass if_exists='resume' (--resume) to "
-                              "continue it or if_exists='overwrite' (--overwrite) to replace it")
-    if if_exists == "overwrite":
+    if mode == "w-":
+        raise FileExistsError(f"output path {os.fspath(store)!r} exists; pass mode='resume' (--resume) to "
+                              "continue it or mode='w' (--overwrite) to replace it")
+    if mode == "w":
         shutil.rmtree(store) if os.path.isdir(store) else os.remove(store)
         return False
     from sciffusion.data.provenance import check_provenance
@@ -81,7 +84,7 @@ def _prepare_store(store: str | os.PathLike, if_exists: str, config: dict[str, A
         old = json.loads(xr.open_zarr(store, consolidated=False).attrs["sciffusion_config"])
     except Exception as exc:  # noqa: BLE001 - any unreadable store is a user error here
         raise ValueError(f"cannot resume {os.fspath(store)!r}: not a sciffusion simulation store ({exc})") from None
-    check_provenance(old, config, store, overwrite="--overwrite (if_exists='overwrite')")
+    check_provenance(old, config, store, overwrite="--overwrite (mode='w')")
     return True
 
 
@@ -157,10 +160,11 @@ def _empty(shape: tuple[int, ...], chunks: tuple[int, ...], dtype=np.float64, fi
     return da.full(shape, fill, chunks=chunks, dtype=dtype)
 
 
+@renamed_keywords(members="n_members", store="out", if_exists=("mode", IF_EXISTS))
 def simulate(
     system: Any,
     *,
-    members: int = 8,
+    n_members: int = 8,
     n_init: int = 1,
     n_leads: int = 10,
     lead_interval: float | None = None,
@@ -169,17 +173,17 @@ def simulate(
     perturbation: float | None = None,
     forecast_system: System | None = None,
     seed: int = 0,
-    store: str | os.PathLike | None = None,
-    if_exists: str = "error",
+    out: str | os.PathLike | None = None,
+    mode: str = "w-",
     chunk_members: int = 64,
-    progress: bool = False,
+    progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
 ) -> xr.Dataset:
     """Truth runs and perturbed ensembles of ``system`` (see the module docstring).
 
     Args:
         system: a :class:`~sciffusion.systems.base.System` or :class:`~sciffusion.systems.DarcyFlow`.
-        members: ensemble size (Darcy: number of (a, u) samples).
+        n_members: ensemble size (Darcy: number of (a, u) samples).
         n_init, n_leads: number of initial times and of leads after lead 0.
         lead_interval, init_interval, spinup: in the system's time units, multiples of
             ``system.dt``; defaults from ``system.default_intervals`` (or ``10 dt``, ``n_leads *
@@ -190,16 +194,18 @@ def simulate(
             imperfect model for forecast-vs-truth experiments. It must use the same state layout
             and output fields as ``system`` (its step ``dt`` may differ).
         seed: master seed; the truth uses ``(seed,)`` and member ``m`` of init ``i`` ``(seed, i, m)``.
-        store: zarr path to stream to; ``None`` keeps everything in memory.
-        if_exists: ``"error"``, ``"resume"`` (skip finished chunks) or ``"overwrite"``.
+        out: zarr path to stream to; ``None`` keeps everything in memory.
+        mode: ``"w-"`` (refuse an existing ``out``), ``"resume"`` (skip finished chunks) or ``"w"``
+            (overwrite). Deprecated aliases, for one release: ``members=`` (``n_members``),
+            ``store=`` (``out``), ``if_exists="error"/"resume"/"overwrite"`` (``mode="w-"/"resume"/"w"``).
         chunk_members: samples per chunk for stationary systems.
         progress: show tqdm progress bars: the truth's spin-up and initial states (in steps), then
             the chunks (with the lead reached within the current one).
         on_chunk: called with the chunk index after each chunk is written.
     """
-    members = check_positive_int(members, "members")
+    members, store = check_positive_int(n_members, "n_members"), out
     if getattr(system, "stationary", False):
-        return _simulate_stationary(system, members, seed, store, if_exists, check_positive_int(chunk_members, "chunk_members"), progress, on_chunk)
+        return _simulate_stationary(system, members, seed, store, mode, check_positive_int(chunk_members, "chunk_members"), progress, on_chunk)
     n_init, n_leads = check_positive_int(n_init, "n_init"), int(n_leads)
     if n_leads < 0:
         raise ValueError(f"n_leads must be >= 0, got {n_leads}")
@@ -220,7 +226,7 @@ def simulate(
               "n_leads": n_leads, "lead_interval": lead_interval, "init_interval": init_interval, "spinup": spinup,
               "perturbation": perturbation, "seed": int(seed),
               "forecast_params": None if forecast_system is None else forecast_system.params()}
-    resume = _prepare_store(store, if_exists, config) if store is not None else False
+    resume = _prepare_store(store, mode, config) if store is not None else False
 
     inits = _truth_states(system, n_init, spin_steps, init_steps, seed, progress)
 
@@ -288,9 +294,9 @@ def _fields(system: Any, traj: torch.Tensor) -> dict[str, torch.Tensor]:
     return {k: v.reshape(b, nl, *v.shape[1:]) for k, v in flat.items()}
 
 
-def _simulate_stationary(system, members, seed, store, if_exists, chunk, progress, on_chunk) -> xr.Dataset:
+def _simulate_stationary(system, members, seed, store, mode, chunk, progress, on_chunk) -> xr.Dataset:
     config = {"system": system.name, "params": system.params(), "members": members, "seed": int(seed), "chunk_members": chunk}
-    resume = _prepare_store(store, if_exists, config) if store is not None else False
+    resume = _prepare_store(store, mode, config) if store is not None else False
     base = system.to_dataset(np.zeros((1, system.n, system.n)), np.zeros((1, system.n, system.n)))
     n = system.n
     data = {k: (v.dims, _empty((members, n, n), (chunk, n, n)), v.attrs) for k, v in base.data_vars.items()}

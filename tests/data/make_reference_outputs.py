@@ -172,7 +172,7 @@ def recipe_config() -> dict[str, np.ndarray]:
                             "seed": 7}}
         trainer = train_from_config(cfg, ds=ds, progress=False)
         assert resolve(Path(tmp) / "run").is_dir()
-        out = sample_from_checkpoint(Path(tmp) / "run", ds, Path(tmp) / "ens.zarr", members=2, cases=[0, 1], steps=2,
+        out = sample_from_checkpoint(Path(tmp) / "run", ds, Path(tmp) / "ens.zarr", n_members=2, cases=[0, 1], steps=2,
                                      seed=1, progress=False)
         values = _f32(out["u"].values)
     return {"output": values, **fingerprint(trainer.ema)}
