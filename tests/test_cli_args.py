@@ -12,25 +12,16 @@ import xarray as xr
 from sciffusion.cli import main
 from sciffusion.data import write_zarr
 from sciffusion.demo import demo_dataset
-
-UNET = {"channels": [8, 16], "blocks_per_level": 1, "padding": "circular", "attention_levels": [], "groups": 4}
-
+from _tiny import tiny_config, train_tiny
 
 def _config(tmp_path, data, **training):
-    return {"data": {"path": str(data), "variables": ["u"], "grid_dims": ["y", "x"], "along": "time", "offset": 1},
-            "model": {"net": "UNet2d", "kwargs": UNET},
-            "training": {"out_dir": str(tmp_path / "run"), "steps": 2, "batch_size": 8, "checkpoint_every": 2,
-                         **training}}
+    return tiny_config(data, tmp_path / "run", **{"steps": 2, "batch_size": 8, "checkpoint_every": 2, **training})
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A periodic U-Net trained 2 steps on 8x8 fields (20 times: 19 condition/target pairs)."""
-    tmp_path = tmp_path_factory.mktemp("trained")
-    write_zarr(demo_dataset(n_time=20, size=8, seed=1), tmp_path / "data.zarr")
-    (tmp_path / "cfg.json").write_text(json.dumps(_config(tmp_path, tmp_path / "data.zarr")))
-    assert main(["train", str(tmp_path / "cfg.json"), "--no-progress"]) == 0
-    return tmp_path
+    return train_tiny(tmp_path_factory.mktemp("trained"), n_time=20, steps=2, batch_size=8)
 
 
 def _sample(trained, out, *extra):

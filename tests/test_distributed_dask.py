@@ -1,7 +1,5 @@
 """Ensemble generation and scoring on a dask LocalCluster (2 workers) give the single-process numbers."""
 
-import json
-
 import dask
 import numpy as np
 import pytest
@@ -11,11 +9,10 @@ import xarray as xr
 import sciffusion.distributed.generate as dgen
 from sciffusion.cli import main
 from sciffusion.commands.score import score_dataset
-from sciffusion.data import write_zarr
-from sciffusion.demo import demo_dataset
 from sciffusion.distributed import SchedulerUnreachable, dask_client
 from sciffusion.emulators import EnsembleStore
 from sciffusion.recipes import sample_from_checkpoint
+from _tiny import train_tiny
 
 distributed = pytest.importorskip("distributed")
 
@@ -27,13 +24,7 @@ KW = dict(n_members=6, member_chunk=2, cases=CASES, steps=2, batch_size=3, progr
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dask")
     torch.set_num_threads(1)
-    write_zarr(demo_dataset(n_time=40, size=8, seed=1), tmp / "data.zarr")
-    cfg = {"data": {"path": str(tmp / "data.zarr"), "variables": ["u"], "grid_dims": ["y", "x"], "along": "time", "offset": 1},
-           "model": {"net": "UNet2d", "kwargs": {"channels": [8, 16], "blocks_per_level": 1, "padding": "circular",
-                                                 "attention_levels": [], "groups": 4}},
-           "training": {"out_dir": str(tmp / "run"), "steps": 3, "batch_size": 8, "checkpoint_every": 3}}
-    (tmp / "cfg.json").write_text(json.dumps(cfg))
-    assert main(["train", str(tmp / "cfg.json"), "--no-progress"]) == 0
+    train_tiny(tmp, n_time=40, channels=[8, 16], steps=3, batch_size=8)
     single = sample_from_checkpoint(tmp / "run", tmp / "data.zarr", tmp / "single.zarr", **KW)
     return tmp, single["u"].values
 

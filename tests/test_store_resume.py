@@ -9,11 +9,10 @@ import torch
 import xarray as xr
 
 from sciffusion.cli import main
-from sciffusion.data import write_zarr
-from sciffusion.demo import demo_dataset
 from sciffusion.emulators import EnsembleStore
 from sciffusion.data.provenance import RUN_SPECIFIC, check_provenance
 from sciffusion.recipes import sample_from_checkpoint
+from _tiny import train_tiny
 
 ATTRS = {"checkpoint_sha256": "a" * 64, "seed": 0, "sampler": json.dumps({"steps": 18}),
          "created": "2026-01-01T00:00:00Z", "history": "sciffusion sample run (members=4)"}
@@ -73,14 +72,7 @@ def test_existing_store_error_names_the_command_line_flags(tmp_path):
 def checkpoint(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
     torch.set_num_threads(1)
-    write_zarr(demo_dataset(n_time=12, size=8, seed=1), tmp / "data.zarr")
-    cfg = {"data": {"path": str(tmp / "data.zarr"), "variables": ["u"], "grid_dims": ["y", "x"], "along": "time", "offset": 1},
-           "model": {"net": "UNet2d", "kwargs": {"channels": [8], "blocks_per_level": 1, "padding": "circular",
-                                                 "attention_levels": [], "groups": 4}},
-           "training": {"out_dir": str(tmp / "run"), "steps": 1, "batch_size": 4, "checkpoint_every": 1}}
-    (tmp / "cfg.json").write_text(json.dumps(cfg))
-    assert main(["train", str(tmp / "cfg.json"), "--no-progress"]) == 0
-    return tmp
+    return train_tiny(tmp, n_time=12, channels=[8], steps=1, batch_size=4)
 
 
 def test_sample_resume_with_another_seed_or_step_count_is_refused(checkpoint, capsys):
