@@ -208,8 +208,7 @@ def sample_from_checkpoint(
         with dask_client(scheduler, workers) as client:
             generate_to_store(client, store, plan, seed=seed, batch_size=batch_size, steps=steps, method=method,
                               batches_per_task=batches_per_task, progress=progress, device=device, **sampler_options)
-        store.finalize()
-        return store.open()
+        return store.finalize()
     den, normalizer, variables, event_shape = plan["denoiser"], plan["normalizer"], plan["variables"], plan["event_shape"]
     for block in store.missing():
         x = generate(den, plan["cond"], block, event_shape=event_shape, seed=seed, batch_size=batch_size, steps=steps,
@@ -220,8 +219,7 @@ def sample_from_checkpoint(
             phys = normalizer.decode(phys, variables)
         phys = phys.reshape(n, b, *event_shape).numpy()
         store.write(block, {v: phys[:, :, k] for k, v in enumerate(variables)}, {v: plan["dims"] for v in variables})
-    store.finalize()
-    return store.open()
+    return store.finalize()
 
 
 @renamed_keywords(members="n_members")

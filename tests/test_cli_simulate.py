@@ -13,7 +13,7 @@ def test_simulate_lorenz96_writes_a_reopenable_zarr_and_resumes(tmp_path, capsys
     assert main(argv) == 0
     ds = xr.open_zarr(out, consolidated=False)
     assert ds.x.dims == ("init_time", "lead_time", "member", "k") and ds.sizes["member"] == 2
-    assert "chunk_done" not in ds and "sciffusion_completed_chunks" not in ds.attrs  # complete: no internal record
+    assert "chunk_done" not in ds and "sciffusion_completed_blocks" not in ds.attrs  # complete: no internal record
     assert main(argv) == 2
     assert "exists" in capsys.readouterr().err
     assert main(argv + ["--resume"]) == 0

@@ -1,5 +1,7 @@
 """Rollout and DYffusion: exact AR(1) statistics, bit-for-bit resume, stable members, bad inputs, save/load."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -73,7 +75,7 @@ def test_resume_after_an_interrupted_write_equals_an_uninterrupted_rollout_bit_f
         killed.rollout(initial(), 10, n_members=3, seed=1, out=store, chunk_steps=3, progress=False)
     import zarr
 
-    assert zarr.open_group(str(store), mode="r").attrs["sciffusion_completed_times"] == 6
+    assert json.loads(zarr.open_group(str(store), mode="r").attrs["sciffusion_completed_blocks"]) == [0, 3]  # times 0-5
     resumed = Rollout(AR1Denoiser(), ar1_coder(), sampler={"steps": 4})
     out = resumed.rollout(initial(), 10, n_members=3, seed=1, out=store, chunk_steps=3, mode="resume", progress=False)
     np.testing.assert_array_equal(out.x.values, full)
@@ -180,7 +182,7 @@ def test_dyffusion_members_differ_through_dropout_and_are_stable_and_resumable(t
     model.rollout(initial(0.5), 8, n_members=3, seed=4, out=store, chunk_steps=2, progress=False)
     import zarr
 
-    zarr.open_group(str(store), mode="r+").attrs["sciffusion_completed_times"] = 4  # as if killed after time 3
+    zarr.open_group(str(store), mode="r+").attrs["sciffusion_completed_blocks"] = "[0, 2]"  # as if killed after time 3
     out = model.rollout(initial(0.5), 8, n_members=3, seed=4, out=store, chunk_steps=2, mode="resume", progress=False)
     np.testing.assert_array_equal(out.x.values, full)  # resumed from the window start at time 3
     loaded = DYffusion.load(model.save(tmp_path / "ckpt"))
@@ -204,7 +206,7 @@ def test_cli_rolls_out_a_checkpoint_to_zarr_with_provenance_and_resumes(tmp_path
     from sciffusion.data import write_zarr
 
     write_zarr(ds, tmp_path / "data.zarr")
-    args = ["rollout", str(ckpt), str(tmp_path / "data.zarr"), "-o", str(tmp_path / "out.zarr"), "--steps", "4",
+    args = ["rollout", str(ckpt), str(tmp_path / "data.zarr"), "-o", str(tmp_path / "out.zarr"), "--n-steps", "4",
             "--members", "2", "--select", "run=1", "time=3", "--sampler-steps", "2", "--no-progress"]
     assert main(args) == 0
     out = xr.open_zarr(tmp_path / "out.zarr")
@@ -212,6 +214,10 @@ def test_cli_rolls_out_a_checkpoint_to_zarr_with_provenance_and_resumes(tmp_path
     np.testing.assert_array_equal(out.x.values[0, 0], ds.x.isel(run=1, time=3).values.astype(np.float32))
     assert main(args) != 0 and "exists" in capsys.readouterr().err  # refuses to overwrite
     assert main(args + ["--resume"]) == 0
+    old = [a if a != "--n-steps" else "--steps" for a in args] + ["--overwrite"]  # the deprecated spelling, one release
+    with pytest.warns(FutureWarning, match="--n-steps"):
+        assert main(old) == 0
+    np.testing.assert_array_equal(xr.open_zarr(tmp_path / "out.zarr").x.values, out.x.values)
 
 
 @pytest.mark.parametrize("cls", [Rollout, DYffusion])

@@ -91,17 +91,36 @@ def test_sample_resume_with_another_seed_or_step_count_is_refused(checkpoint, ca
 
 
 def test_rollout_store_resume_uses_the_same_provenance_check(tmp_path):
-    """The rollout store compares every setting (not a fixed key list): another seed, or another
-    n_steps recorded in the provenance, is refused naming it, and the written times survive."""
-    from sciffusion.emulators.rollout_base import RolloutStore
+    """A store written in blocks of times compares every setting (not a fixed key list): another seed,
+    or another n_steps recorded in the provenance, is refused naming it, and the written times survive."""
+    from sciffusion.data.store import BlockStore
 
     template = xr.Dataset({"u": (("member", "time", "x"), np.zeros((2, 4, 3), np.float32))},
                           coords={"time": np.arange(4.0)})
     attrs = {"seed": 0, "n_steps": 4, "sampler": json.dumps({"steps": 8}), "created": "2026-01-01T00:00:00Z"}
-    store = RolloutStore(tmp_path / "r.zarr", template, chunk_steps=2, attrs=attrs)
-    store.write(0, {"u": np.ones((2, 2, 3), np.float32)})
+    store = BlockStore(tmp_path / "r.zarr", template, dim="time", block=2, attrs=attrs)
+    store.write(range(0, 2), {"u": np.ones((2, 2, 3), np.float32)})
     for key, value in [("seed", 7), ("n_steps", 6)]:
         with pytest.raises(ValueError, match=rf"cannot resume .*{key}: stored {attrs[key]!r}, now {value!r}"):
-            RolloutStore(tmp_path / "r.zarr", template, chunk_steps=2, attrs={**attrs, key: value}, mode="resume")
-    again = RolloutStore(tmp_path / "r.zarr", template, chunk_steps=2, attrs={**attrs, "created": "later"}, mode="resume")
-    assert again.completed() == 2
+            BlockStore(tmp_path / "r.zarr", template, dim="time", block=2, attrs={**attrs, key: value}, mode="resume")
+    again = BlockStore(tmp_path / "r.zarr", template, dim="time", block=2, attrs={**attrs, "created": "later"}, mode="resume")
+    assert again.written() == 2 and [b.start for b in again.missing()] == [2]
+    np.testing.assert_array_equal(again.read([0, 1])["u"], np.ones((2, 2, 3)))
+
+
+@pytest.mark.parametrize("record,value,done", [("sciffusion_completed_members", "[0]", [0]),
+                                               ("sciffusion_completed_chunks", "[1]", [2]),
+                                               ("sciffusion_completed_times", 2, [0])])
+def test_stores_written_by_the_previous_release_resume_their_missing_blocks(tmp_path, record, value, done):
+    """The completion records the three writers kept before the one store still say which blocks are done."""
+    import zarr
+
+    from sciffusion.data.store import RECORD, BlockStore
+
+    template = xr.Dataset({"u": (("member", "x"), np.zeros((4, 3), np.float32))})
+    BlockStore(tmp_path / "old.zarr", template, dim="member", block=2)
+    attrs = zarr.open_group(str(tmp_path / "old.zarr"), mode="r+").attrs
+    del attrs[RECORD]
+    attrs[record] = value
+    again = BlockStore(tmp_path / "old.zarr", template, dim="member", block=2, mode="resume")
+    assert sorted(again.completed()) == done

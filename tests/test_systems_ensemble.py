@@ -137,11 +137,11 @@ def test_completion_record_stays_out_of_the_data_in_memory_on_disk_and_after_a_k
     with pytest.raises(Killed):
         simulate(Lorenz96(), out=store, on_chunk=die, **L96)
     assert "chunk_done" not in xr.open_zarr(store, consolidated=False)
-    assert json.loads(xr.open_zarr(store, consolidated=False).attrs["sciffusion_completed_chunks"]) == [0]
+    assert json.loads(xr.open_zarr(store, consolidated=False).attrs["sciffusion_completed_blocks"]) == [0]
     done = simulate(Lorenz96(), out=store, mode="resume", **L96)
     for ds in (done, xr.open_zarr(store), open_dataset(store)):
         assert set(ds.data_vars) == {"x", "x_truth"}
-        assert "sciffusion_completed_chunks" not in ds.attrs
+        assert "sciffusion_completed_blocks" not in ds.attrs
 
 
 def test_store_flagged_by_the_old_chunk_done_variable_resumes_its_missing_chunks(tmp_path):
@@ -151,10 +151,10 @@ def test_store_flagged_by_the_old_chunk_done_variable_resumes_its_missing_chunks
     with pytest.raises(Killed):
         simulate(Lorenz96(), out=store, on_chunk=die, **L96)
     attrs = dict(zarr.open_group(str(store), mode="r").attrs)
-    del attrs["sciffusion_completed_chunks"]
+    del attrs["sciffusion_completed_blocks"]
     old_flags = xr.Dataset({"chunk_done": ("init_time", np.array([1, 0, 0], "int8"))}, attrs=attrs)
     old_flags.to_zarr(store, mode="a", consolidated=False)
-    assert "sciffusion_completed_chunks" not in zarr.open_group(str(store), mode="r").attrs
+    assert "sciffusion_completed_blocks" not in zarr.open_group(str(store), mode="r").attrs
     computed = []
     resumed = simulate(Lorenz96(), out=store, mode="resume", on_chunk=computed.append, **L96)
     assert computed == [1, 2]

@@ -25,6 +25,15 @@ def _canonical(value) -> str:
     return json.dumps(value, sort_keys=True, default=lambda v: v.item() if hasattr(v, "item") else str(v))
 
 
+def _unpacked(record: Mapping) -> dict:
+    """``record`` with ``systems.simulate``'s JSON settings (``sciffusion_config``) spread into their
+    keys, so that a difference names the setting."""
+    out = dict(record)
+    if isinstance(out.get("sciffusion_config"), str):
+        out.update(json.loads(out.pop("sciffusion_config")))
+    return out
+
+
 def check_provenance(stored: Mapping, new: Mapping, path: str | os.PathLike, *,
                      overwrite: str = "--overwrite (mode='w')") -> None:
     """Refuse to resume ``path`` unless it was written with the settings of this run.
@@ -36,6 +45,8 @@ def check_provenance(stored: Mapping, new: Mapping, path: str | os.PathLike, *,
         ValueError: naming each differing key with its stored and its new value, and ``overwrite``
             (how to replace the store instead).
     """
+    if "sciffusion_config" in new:  # a simulation's settings: compare them one by one
+        stored, new = _unpacked(stored), _unpacked(new)
     diff = [k for k in new if k not in RUN_SPECIFIC and (k not in stored or _canonical(stored[k]) != _canonical(new[k]))]
     if diff:
         details = "; ".join(f"{k}: stored {stored[k]!r}, now {new[k]!r}" if k in stored else f"{k}: not stored, now {new[k]!r}"

@@ -258,8 +258,7 @@ class Downscaler(SamplerCalibration, Emulator):
         for block in store.missing():
             y = draw(block)
             store.write(block, {v: y[:, :, k] for k, v in enumerate(c.variables)}, {v: dims for v in c.variables})
-        store.finalize()
-        return store.open()
+        return store.finalize()
 
 
 def _sampler_options(settings: dict) -> dict[str, float]:

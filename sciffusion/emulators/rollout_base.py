@@ -1,8 +1,6 @@
 """Shared machinery of the rollout emulators (:class:`~sciffusion.emulators.Rollout`, :class:`~sciffusion.emulators.DYffusion`).
 
 - :class:`~sciffusion.emulators.rollout_data.RolloutCoder` (re-exported here): the tensors;
-- :class:`RolloutStore`: a zarr store ``v (member, time, *grid)`` written block by block along
-  ``time`` (``chunk_steps`` each, whole ensemble per chunk) and resumable after a crash;
 - :class:`RolloutModel`: the rollout loop shared by both models (xarray in, xarray out, per
   ``(member, step)`` seeds, forcing look-up, NaN detection, resume).
 """
@@ -11,91 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
-from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import numpy as np
 import torch
 import xarray as xr
-import zarr
 from tqdm.auto import tqdm
 
-from sciffusion.data.provenance import check_provenance
+from sciffusion.data.store import BlockStore
 from sciffusion.emulators.base import Emulator
 from sciffusion.emulators.rollout_data import RolloutCoder, _names  # noqa: F401  (re-exported)
-
-_DONE = "sciffusion_completed_times"
-
-
-class RolloutStore:
-    """Zarr store ``v (member, time, *grid)`` pre-filled with NaN, chunked ``(members, chunk_steps, *grid)``.
-
-    :meth:`write` fills a whole time block and only then records it (attribute
-    ``sciffusion_completed_times`` = number of leading times written), so after a crash the store
-    says exactly where to continue.
-    """
-
-    def __init__(self, path, template: xr.Dataset, *, chunk_steps: int, attrs: dict, mode: str = "w-",
-                 time_dim: str = "time"):
-        self.path, self.chunk, self.time_dim = Path(path), int(chunk_steps), time_dim
-        if mode not in ("w-", "w", "resume"):
-            raise ValueError(f"mode must be 'w-', 'w' or 'resume', got {mode!r}")
-        if self.path.exists() and mode == "resume":
-            self._check(template, attrs)
-            return
-        if self.path.exists():
-            if mode == "w-":
-                raise FileExistsError(f"{self.path} exists; pass mode='resume' (--resume) to continue it "
-                                      "or mode='w' (--overwrite) to overwrite")
-            shutil.rmtree(self.path)
-        data = {}
-        for name, v in template.data_vars.items():
-            chunks = [min(self.chunk, s) if d == self.time_dim else s for d, s in zip(v.dims, v.shape)]
-            data[name] = (v.dims, da.full(v.shape, np.nan, dtype=v.dtype, chunks=chunks), dict(v.attrs))
-        ds = xr.Dataset(data, coords=template.coords, attrs={**template.attrs, **attrs, _DONE: 0})
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-            ds.to_zarr(self.path, mode="w", compute=False, consolidated=False)
-
-    def _check(self, template: xr.Dataset, attrs: dict) -> None:
-        check_provenance(dict(zarr.open_group(str(self.path), mode="r").attrs), attrs, self.path)
-        ds = xr.open_zarr(self.path, consolidated=False)
-        for name, v in template.data_vars.items():
-            if name not in ds or ds[name].shape != v.shape:
-                got = ds[name].shape if name in ds else "missing"
-                raise ValueError(f"cannot resume {os.fspath(self.path)!r}: variable {name!r} is {got}, expected {v.shape} "
-                                 "(other n_members or n_steps?); pass mode='w' (--overwrite) to overwrite")
-        chunks = ds[next(iter(template.data_vars))].encoding.get("chunks")
-        if chunks:
-            self.chunk = int(chunks[1])
-
-    def completed(self) -> int:
-        return int(zarr.open_group(str(self.path), mode="r").attrs.get(_DONE, 0))
-
-    def write(self, start: int, data: dict[str, np.ndarray]) -> None:
-        """Write times ``start .. start + n`` (``data[v]`` is ``(member, n, *grid)``) and mark them done."""
-        n = next(iter(data.values())).shape[1]
-        ds = xr.open_zarr(self.path, consolidated=False)
-        dims = {k: ds[k].dims for k in data}
-        out = xr.Dataset({k: (dims[k], v) for k, v in data.items()})
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-            out.to_zarr(self.path, region={self.time_dim: slice(start, start + n)}, consolidated=False)
-        zarr.open_group(str(self.path), mode="r+", use_consolidated=False).attrs[_DONE] = start + n
-
-    def read(self, times: list[int]) -> dict[str, np.ndarray]:
-        ds = xr.open_zarr(self.path, consolidated=False)
-        return {k: ds[k].isel({self.time_dim: times}).values for k in ds.data_vars}
-
-    def finalize(self) -> xr.Dataset:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-            zarr.consolidate_metadata(str(self.path))
-            return xr.open_zarr(self.path)
-
 
 GROWTH_WARNING = 10.0  # warn when a state's RMS about the training mean exceeds this many times its reference scale
 
@@ -220,12 +144,12 @@ class RolloutModel(Emulator):
         store, done = None, 0
         if out is not None:
             template = xr.Dataset({v: (dims, np.empty(shape, np_dtype), c.attrs.get(v, {})) for v in c.variables}, coords=coords)
-            store = RolloutStore(out, template, chunk_steps=chunk_steps, attrs=prov, mode=mode, time_dim=c.time_dim)
-            done = store.completed()
+            store = BlockStore(out, template, dim=c.time_dim, block=chunk_steps, attrs=prov, mode=mode)
+            done = store.written()
             if done and not np.array_equal(store.read([0])[c.variables[0]][:, 0],
                                            np.broadcast_to(x0[:, -1, 0], (n_members, *c.grid_shape)).astype(np_dtype)):
                 raise ValueError(f"cannot resume {os.fspath(out)!r}: it starts from another initial state")
-            chunk = store.chunk
+            chunk = store.block
         else:
             full = np.empty((n_members, n_steps + 1, c.channels, *c.grid_shape), np_dtype)
         seq = torch.as_tensor(x0, dtype=dtype).expand(n_members, *x0.shape[1:]).clone()  # (M, history, C, *grid)
@@ -260,7 +184,7 @@ class RolloutModel(Emulator):
             while store is not None and buffer and (len(buffer) >= chunk - done % chunk or done + len(buffer) == n_steps + 1):
                 n = min(len(buffer), chunk - done % chunk)
                 block = torch.stack(buffer[:n], 1).numpy()  # (M, n, C, *grid)
-                store.write(done, {v: block[:, :, i] for i, v in enumerate(c.variables)})
+                store.write(range(done, done + n), {v: block[:, :, i] for i, v in enumerate(c.variables)})
                 buffer, done = buffer[n:], done + n
             if store is None and buffer:
                 full[:, done : done + len(buffer)] = torch.stack(buffer, 1).numpy()

@@ -13,12 +13,10 @@ and returns a Dataset with, per output field ``v``, ``v (init_time, lead_time, m
 and ``v_truth (init_time, lead_time, ...)``, plus ``valid_time = init_time + lead_time``.
 A stationary system (Darcy) gives ``a, u (member, y, x)`` instead.
 
-With ``out=`` the Dataset is pre-allocated in zarr (coordinates and attributes first),
-then filled one chunk at a time (one init time, or ``chunk_members`` samples, per chunk; the
-``member`` dimension of a chunk is whole), each chunk recorded in the store's attribute
-``sciffusion_completed_chunks`` after it is written (the attribute goes once all are); a rerun
-with ``mode="resume"`` skips the chunks recorded, after checking the run's settings
-against the store's (:func:`sciffusion.emulators.store.check_provenance`).
+With ``out=`` the Dataset streams to a :class:`~sciffusion.data.store.BlockStore`, one chunk at
+a time (one init time, or ``chunk_members`` samples; the ``member`` dimension of a chunk is whole);
+a rerun with ``mode="resume"`` skips the chunks written, after checking the run's settings
+(``attrs["sciffusion_config"]``) against the store's.
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -38,12 +35,9 @@ import xarray as xr
 from sciffusion._deprecate import renamed_keywords
 from sciffusion.systems.base import System, check_positive, check_positive_int, member_generator
 
-MODES = ("w-", "w", "resume")  # refuse an existing store, overwrite it, or resume it
 # the values of the deprecated if_exists= keyword, as mode= values
 IF_EXISTS = {"error": "w-", "overwrite": "w", "resume": "resume"}
 _TRUTH_KEY = 2**32 - 1  # seed key of the truth noise (stochastic truth systems), never a member id
-_DONE = "sciffusion_completed_chunks"  # JSON list of the chunks written; absent once the store is complete
-_OLD_DONE = "chunk_done"  # the per-chunk flag variable of stores written before sciffusion_completed_chunks
 
 
 def _steps(interval: float, dt: float, name: str) -> int:
@@ -66,94 +60,36 @@ def _global_attrs(system: Any, config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _prepare_store(store: str | os.PathLike, mode: str, config: dict[str, Any]) -> bool:
-    """Return True when resuming an existing store; raise on a conflict."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not os.path.exists(store):
-        return False
-    if mode == "w-":
-        raise FileExistsError(f"output path {os.fspath(store)!r} exists; pass mode='resume' (--resume) to "
-                              "continue it or mode='w' (--overwrite) to replace it")
-    if mode == "w":
-        shutil.rmtree(store) if os.path.isdir(store) else os.remove(store)
-        return False
-    from sciffusion.data.provenance import check_provenance
+def _fill(template: xr.Dataset, dim: str, block: int, compute: Callable[[int, Callable[[str], None]], dict],
+          out, mode: str, progress: bool, on_chunk: Callable[[int], None] | None) -> xr.Dataset:
+    """Fill ``template`` block by block along ``dim``, in memory or streamed to the resumable store ``out``.
 
-    try:
-        old = json.loads(xr.open_zarr(store, consolidated=False).attrs["sciffusion_config"])
-    except Exception as exc:  # noqa: BLE001 - any unreadable store is a user error here
-        raise ValueError(f"cannot resume {os.fspath(store)!r}: not a sciffusion simulation store ({exc})") from None
-    check_provenance(old, config, store, overwrite="--overwrite (mode='w')")
-    return True
-
-
-def _completed(store, n_chunks: int, chunk: int) -> np.ndarray:
-    """Which chunks of an existing ``store`` are written (its record; no record left = all written)."""
-    from sciffusion.data.provenance import read_record
-
-    record = read_record(store, _DONE)
-    ds = xr.open_zarr(store, consolidated=False)
-    if record is None and _OLD_DONE not in ds:
-        return np.ones(n_chunks, dtype=bool)
-    done = np.zeros(n_chunks, dtype=bool)
-    done[record or []] = True
-    if _OLD_DONE in ds:  # written (partly) by an older sciffusion, which flagged chunks in a variable
-        done |= ds[_OLD_DONE].values.astype(bool).reshape(-1)[::chunk][:n_chunks]
-    return done
-
-
-def _write_chunks(template: xr.Dataset, chunk_dim: str, chunk: int, compute: Callable[[int, Callable[[str], None]], dict],
-                  store, resume: bool, progress: bool, on_chunk: Callable[[int], None] | None) -> xr.Dataset:
-    """Fill ``template`` chunk by chunk along ``chunk_dim`` (in memory, or streamed to ``store``).
-
-    ``compute(c, note)`` returns chunk ``c``'s values and may call ``note(text)`` to show where
-    it is within the chunk."""
+    ``compute(c, note)`` returns block ``c``'s values and may call ``note(text)`` to show where it is."""
     from tqdm.auto import tqdm
 
-    from sciffusion.data.provenance import add_to_record
+    from sciffusion.data.store import BlockStore
 
-    size = template.sizes[chunk_dim]
-    n_chunks = -(-size // chunk)
-    done = np.zeros(n_chunks, dtype=bool)
-    if store is not None:
-        if resume:
-            done = _completed(store, n_chunks, chunk)
-        else:
-            template.assign_attrs({_DONE: "[]"}).to_zarr(store, mode="w", compute=False, consolidated=False)
-    else:  # dask may share one buffer between equal-shaped placeholders: give each its own
+    store = None if out is None else BlockStore(out, template, dim=dim, block=block, mode=mode,
+                                                provenance={"sciffusion_config": template.attrs["sciffusion_config"]})
+    if store is None:  # dask may share one buffer between equal-shaped placeholders: give each its own
         template = template.load()
         template = template.assign({k: template[k].copy(deep=True) for k in template.data_vars})
-    bar = tqdm(total=n_chunks, initial=int(done.sum()), desc=f"{template.attrs.get('system', '')} ensemble", unit="chunk",
-               disable=not progress)
-    for c in np.flatnonzero(~done):
-        sl = slice(c * chunk, min(size, (c + 1) * chunk))
-        values = compute(int(c), bar.set_postfix_str)
+    blocks = [range(a, min(a + block, template.sizes[dim])) for a in range(0, template.sizes[dim], block)]
+    todo = blocks if store is None else store.missing()
+    bar = tqdm(total=len(blocks), initial=len(blocks) - len(todo), desc=f"{template.attrs.get('system', '')} ensemble",
+               unit="chunk", disable=not progress)
+    for b in todo:
+        values = compute(b.start // block, bar.set_postfix_str)
         if store is None:
             for k, v in values.items():
-                template[k][{chunk_dim: sl}] = v
+                template[k][{dim: slice(b.start, b.stop)}] = v
         else:
-            dims = {k: template[k].dims for k in values}
-            part = xr.Dataset({k: (dims[k], v) for k, v in values.items()})
-            part.to_zarr(store, region={chunk_dim: sl}, mode="r+", consolidated=False)
-            add_to_record(store, _DONE, int(c))
+            store.write(b, values)
         bar.update(1)
         if on_chunk is not None:
-            on_chunk(int(c))
+            on_chunk(b.start // block)
     bar.close()
-    if store is None:
-        return template
-    import warnings
-
-    import zarr
-
-    group = zarr.open_group(str(store), mode="r+", use_consolidated=False)
-    if _DONE in group.attrs:
-        del group.attrs[_DONE]  # complete: the record has done its job and would only leak into the data
-    with warnings.catch_warnings():  # once complete, consolidate so a plain xr.open_zarr is quiet and fast
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-        zarr.consolidate_metadata(str(store))
-        return xr.open_zarr(store).drop_vars(_OLD_DONE, errors="ignore")
+    return template if store is None else store.finalize()
 
 
 def _empty(shape: tuple[int, ...], chunks: tuple[int, ...], dtype=np.float64, fill=np.nan):
@@ -226,8 +162,8 @@ def simulate(
               "n_leads": n_leads, "lead_interval": lead_interval, "init_interval": init_interval, "spinup": spinup,
               "perturbation": perturbation, "seed": int(seed),
               "forecast_params": None if forecast_system is None else forecast_system.params()}
-    resume = _prepare_store(store, mode, config) if store is not None else False
-
+    if mode not in ("w-", "w", "resume"):
+        raise ValueError(f"mode must be 'w-', 'w' or 'resume', got {mode!r}")
     inits = _truth_states(system, n_init, spin_steps, init_steps, seed, progress)
 
     variables, coords = system.variables(), system.coords()
@@ -267,7 +203,7 @@ def simulate(
             out[f"{name}_truth"] = field.cpu().numpy()  # (1, L, ...)
         return out
 
-    return _write_chunks(template, "init_time", 1, compute, store, resume, progress, on_chunk)
+    return _fill(template, "init_time", 1, compute, store, mode, progress, on_chunk)
 
 
 def _truth_states(system: Any, n_init: int, spin_steps: int, init_steps: int, seed: int, progress: bool) -> list[torch.Tensor]:
@@ -296,7 +232,6 @@ def _fields(system: Any, traj: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def _simulate_stationary(system, members, seed, store, mode, chunk, progress, on_chunk) -> xr.Dataset:
     config = {"system": system.name, "params": system.params(), "members": members, "seed": int(seed), "chunk_members": chunk}
-    resume = _prepare_store(store, mode, config) if store is not None else False
     base = system.to_dataset(np.zeros((1, system.n, system.n)), np.zeros((1, system.n, system.n)))
     n = system.n
     data = {k: (v.dims, _empty((members, n, n), (chunk, n, n)), v.attrs) for k, v in base.data_vars.items()}
@@ -309,4 +244,4 @@ def _simulate_stationary(system, members, seed, store, mode, chunk, progress, on
         a, u = system.sample(min(chunk, members - start), seed=seed, start=start)
         return {"a": a, "u": u}
 
-    return _write_chunks(template, "member", chunk, compute, store, resume, progress, on_chunk)
+    return _fill(template, "member", chunk, compute, store, mode, progress, on_chunk)
