@@ -54,8 +54,8 @@ def test_sample_refuses_an_output_that_is_inside_or_holds_its_input_and_the_inpu
 
 
 @pytest.mark.parametrize("argv", [
-    ["rollout", "ckpt", "{in}", "-o", "{in}", "--steps", "2", "--overwrite"],
-    ["rollout", "ckpt", "init.zarr", "--forcings", "{in}", "-o", "{in}", "--steps", "2", "--overwrite"],
+    ["rollout", "ckpt", "{in}", "-o", "{in}", "--n-steps", "2", "--overwrite"],
+    ["rollout", "ckpt", "init.zarr", "--forcings", "{in}", "-o", "{in}", "--n-steps", "2", "--overwrite"],
     ["downscale", "ckpt", "{in}", "-o", "{in}", "--overwrite"],
     ["downscale", "{in}", "--train", "{in}", "--factor", "2"],
     ["demo", "--out", "{in}", "--checkpoint", "{in}/step", "--overwrite"],
@@ -105,10 +105,10 @@ def test_sample_refuses_cases_out_of_range_naming_how_many_there_are(trained, tm
 
 
 @pytest.mark.parametrize("argv,option", [
-    (["rollout", "ckpt", "init.zarr", "-o", "{out}", "--steps", "-5"], "--steps"),
-    (["rollout", "ckpt", "init.zarr", "-o", "{out}", "--steps", "3", "--sampler-steps", "0"], "--sampler-steps"),
-    (["rollout", "ckpt", "init.zarr", "-o", "{out}", "--steps", "3", "--chunk-steps", "0"], "--chunk-steps"),
-    (["rollout", "ckpt", "init.zarr", "-o", "{out}", "--steps", "3", "--members", "0"], "--members"),
+    (["rollout", "ckpt", "init.zarr", "-o", "{out}", "--n-steps", "-5"], "--n-steps"),
+    (["rollout", "ckpt", "init.zarr", "-o", "{out}", "--n-steps", "3", "--sampler-steps", "0"], "--sampler-steps"),
+    (["rollout", "ckpt", "init.zarr", "-o", "{out}", "--n-steps", "3", "--chunk-steps", "0"], "--chunk-steps"),
+    (["rollout", "ckpt", "init.zarr", "-o", "{out}", "--n-steps", "3", "--members", "0"], "--members"),
     (["downscale", "ckpt", "coarse.zarr", "-o", "{out}", "--steps", "-5"], "--steps"),
     (["downscale", "ckpt", "coarse.zarr", "-o", "{out}", "--batch-size", "0"], "--batch-size"),
     (["downscale", "{out}", "--train", "fine.zarr", "--factor", "2", "--train-steps", "0"], "--train-steps"),
@@ -206,7 +206,7 @@ def test_rollout_with_a_missing_variable_names_it_the_file_and_what_the_file_has
 def test_rollout_select_out_of_range_names_the_dimension_and_its_size(rollout_run, capsys):
     """Used to end in a bare IndexError from isel."""
     data = rollout_run / "data.zarr"
-    assert main(["rollout", str(rollout_run / "ckpt"), str(data), "-o", str(rollout_run / "s.zarr"), "--steps", "2",
+    assert main(["rollout", str(rollout_run / "ckpt"), str(data), "-o", str(rollout_run / "s.zarr"), "--n-steps", "2",
                  "--select", "time=40", "--no-progress"]) == 2
     assert f"--select 'time=40': time has 40 positions in {data}" in capsys.readouterr().err
     assert not (rollout_run / "s.zarr").exists()

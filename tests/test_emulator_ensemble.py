@@ -73,12 +73,14 @@ def test_store_resume_computes_only_missing_blocks_and_refuses_other_settings(tm
     with pytest.raises(KeyboardInterrupt):
         emu.generate(seeds, 6, steps=4, out=tmp_path / "e.zarr", member_chunk=2)
     calls.clear()
-    out = emu.generate(seeds, 6, steps=4, out=tmp_path / "e.zarr", member_chunk=2)
+    with pytest.raises(FileExistsError, match="resume"):  # like every writer, an existing store is not resumed unasked
+        emu.generate(seeds, 6, steps=4, out=tmp_path / "e.zarr", member_chunk=2)
+    out = emu.generate(seeds, 6, steps=4, out=tmp_path / "e.zarr", member_chunk=2, mode="resume")
     assert calls == [[2, 3], [4, 5]]
     np.testing.assert_array_equal(out["x"].transpose(*straight["x"].dims).values, straight["x"].values)
     assert list(out["member"].values) == list(range(6)) and out["x"].encoding["chunks"][2] == 2
     with pytest.raises(ValueError, match="seed"):
-        emu.generate(seeds, 6, steps=4, seed=1, out=tmp_path / "e.zarr", member_chunk=2)
+        emu.generate(seeds, 6, steps=4, seed=1, out=tmp_path / "e.zarr", member_chunk=2, mode="resume")
 
 
 @pytest.mark.parametrize("change, message", [

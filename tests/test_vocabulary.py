@@ -83,7 +83,7 @@ def test_if_exists_values_map_to_modes(tmp_path):
     assert not np.array_equal(other.u.values, first.u.values)
     with pytest.raises(ValueError, match="if_exists must be one of"), pytest.warns(FutureWarning):
         simulate(DarcyFlow(n=8), out=path, if_exists="append")
-    with pytest.raises(ValueError, match="mode must be one of"):
+    with pytest.raises(ValueError, match="mode must be .w-., .w. or .resume."):
         simulate(DarcyFlow(n=8), out=path, mode="append")
 
 
@@ -128,3 +128,25 @@ def test_long_running_entry_points_show_progress_by_default_the_inner_sampler_do
     for f in entry:
         assert inspect.signature(f).parameters["progress"].default is True, f.__qualname__
     assert inspect.signature(diffusion_sample).parameters["progress"].default is False
+
+
+def test_generate_and_member_generators_take_n_members_and_still_the_old_members_keyword(tmp_path):
+    from sciffusion.diffusion import member_generators
+    from sciffusion.emulators import EnsembleStore, generate
+
+    new = [g.initial_seed() for g in member_generators(5, n_members=3)]
+    with pytest.warns(FutureWarning, match="members= is deprecated, use n_members="):
+        assert [g.initial_seed() for g in member_generators(5, members=3)] == new
+    assert [g.initial_seed() for g in member_generators(5, [1, 2])] == new[1:]  # ids: the same streams
+
+    def zero(x, sigma, cond=None):
+        return torch.zeros_like(x)
+
+    kw = dict(event_shape=(2,), n_conditions=1, steps=2, progress=False)
+    with pytest.warns(FutureWarning, match="members= is deprecated"):
+        old = generate(zero, None, members=3, **kw)
+    torch.testing.assert_close(generate(zero, None, n_members=3, **kw), old, rtol=0, atol=0)
+    template = xr.Dataset({"u": (("x",), np.zeros(2, np.float32))})
+    with pytest.warns(FutureWarning, match="members= is deprecated"):
+        store = EnsembleStore(tmp_path / "e.zarr", template, members=2)
+    assert store.members == 2 and store.open().sizes["member"] == 2

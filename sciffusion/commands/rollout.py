@@ -1,4 +1,4 @@
-"""``sciffusion rollout CHECKPOINT INITIAL -o OUT.zarr --steps N``: roll a trained emulator forward.
+"""``sciffusion rollout CHECKPOINT INITIAL -o OUT.zarr --n-steps N``: roll a trained emulator forward.
 
 Works with checkpoints of :class:`~sciffusion.emulators.Rollout` and
 :class:`~sciffusion.emulators.DYffusion` (told apart by their config). The output zarr holds
@@ -17,7 +17,9 @@ def add_arguments(parser):
     parser.add_argument("checkpoint", help="checkpoint directory (or a training run directory)")
     parser.add_argument("initial", help="zarr store or netCDF file holding the initial state")
     parser.add_argument("-o", "--out", required=True, help="output zarr store")
-    parser.add_argument("--steps", type=int, required=True, help="number of time steps to roll out")
+    parser.add_argument("--n-steps", type=int, help="number of time steps to roll out (required)")
+    parser.add_argument("--steps", type=int, dest="old_steps",
+                        help="deprecated spelling of --n-steps, kept for one release (--steps means sampler steps elsewhere)")
     parser.add_argument("--members", type=int, default=1, help="ensemble size (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--select", nargs="+", default=[], metavar="DIM=INDEX",
@@ -47,7 +49,17 @@ def load_emulator(path, device=None):
 
 
 def run(args) -> int:
-    require_min(args, 1, "steps", "members", "sampler_steps", "chunk_steps")
+    if args.old_steps is not None:
+        if args.n_steps is not None:
+            raise UserError("give --n-steps only (--steps is its deprecated spelling)")
+        import warnings
+
+        warnings.warn("sciffusion rollout --steps is deprecated: use --n-steps for the rollout length (in the next "
+                      "release --steps will mean sampler steps, as in sciffusion sample)", FutureWarning, stacklevel=1)
+        args.n_steps = args.old_steps
+    if args.n_steps is None:
+        raise UserError("the following argument is required: --n-steps (the number of time steps to roll out)")
+    require_min(args, 1, "n_steps", "members", "sampler_steps", "chunk_steps")
     require_min(args, 0, "seed")
     refuse_overlap(args.out, "-o", {"INITIAL": args.initial, "--forcings": args.forcings,
                                     "CHECKPOINT": args.checkpoint})
@@ -77,7 +89,7 @@ def run(args) -> int:
     ds = ds.isel(select)[c.variables]
     forcings = open_dataset(args.forcings, chunks=None) if args.forcings else None
     options = {k: v for k, v in {"steps": args.sampler_steps, "method": args.method}.items() if v is not None}
-    out = model.rollout(ds, args.steps, n_members=args.members, forcings=forcings, seed=args.seed, out=args.out,
+    out = model.rollout(ds, args.n_steps, n_members=args.members, forcings=forcings, seed=args.seed, out=args.out,
                         chunk_steps=args.chunk_steps, mode=write_mode(args), progress=not args.no_progress,
                         device=args.device, **options)
     print(f"wrote {dict(out.sizes)} to {args.out}")

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from sciffusion._deprecate import renamed_keywords
 from sciffusion.diffusion.schedules import SIGMA_MAX, karras_sigmas
 
 NoiseFn = Callable[[], torch.Tensor]
@@ -227,19 +228,19 @@ def options_menu(exclude: str | None = None) -> str:
     return "; ".join(parts)
 
 
+@renamed_keywords(members="n_members")
 def member_generators(
-    seed: int, members: Sequence[int] | int, device: str | torch.device = "cpu", *, key: Sequence[int] = ()
+    seed: int, n_members: Sequence[int] | int, device: str | torch.device = "cpu", *, key: Sequence[int] = ()
 ) -> list[torch.Generator]:
     """One RNG per ensemble member, derived from ``(seed, *key, member)`` like JAX's ``fold_in``.
 
     Member ``k`` gets the same random stream whatever the batch it is drawn in or the size of the
     ensemble, so member ``k`` of a 10-member run equals member ``k`` of a 1000-member run.
     ``key`` folds in more indices (e.g. the initial condition) so that streams never repeat.
+    ``n_members`` is the ensemble size or the member ids (``members=``: deprecated spelling).
     """
-    if isinstance(members, int):
-        members = range(members)
     gens = []
-    for m in members:
+    for m in range(n_members) if isinstance(n_members, int) else n_members:
         spawn = tuple(int(k) for k in key) + (int(m),)
         state = np.random.SeedSequence(entropy=int(seed), spawn_key=spawn).generate_state(1, dtype=np.uint64)[0]
         g = torch.Generator(device=device)

@@ -227,7 +227,7 @@ class EnsembleEmulator(Emulator):
     @renamed_keywords(store="out")
     def generate(self, seeds: xr.Dataset | xr.DataArray, n_members: int, *, steps: int | None = None,
                  method: str | None = None, temperature: float | None = None, batch_size: int = 256, seed: int = 0,
-                 out: str | os.PathLike | None = None, member_chunk: int = 32, mode: str = "resume",
+                 out: str | os.PathLike | None = None, member_chunk: int = 32, mode: str = "w-",
                  progress: bool = True, device=None, **sampler_options) -> xr.Dataset:
         """Draw ``n_members`` members for every seed set in ``seeds``.
 
@@ -240,8 +240,8 @@ class EnsembleEmulator(Emulator):
             steps, method, temperature: sampler settings (default ``self.sampler``); extra
                 ``sampler_options`` (``churn``, ``eta``, ...) go to :func:`sciffusion.diffusion.sample`.
             out: zarr path: members are written block by block (``member_chunk`` each) and a rerun
-                with ``mode="resume"`` (default) computes only the missing blocks; a store written
-                with other settings is refused. ``mode="w"`` overwrites, ``"w-"`` refuses.
+                with ``mode="resume"`` computes only the missing blocks; a store written with
+                other settings is refused. ``mode="w"`` overwrites, ``"w-"`` (default) refuses.
                 ``store=`` is a deprecated alias of ``out=``.
         Returns:
             Dataset ``v (*sample_dims, member, *grid)`` with member ids ``0..n_members-1``, the
@@ -304,8 +304,7 @@ class EnsembleEmulator(Emulator):
             x = draw(block)
             st.write(block, {v: np.take(x, k, axis=-1 - len(c.grid_dims)) for k, v in enumerate(c.variables)},
                      {v: dims for v in c.variables})
-        st.finalize()
-        return st.open()
+        return st.finalize()
 
 
 def _lead_per_sample(ds: xr.Dataset, coder: SeedsCoder, sample_dims: list[str]) -> np.ndarray:

@@ -12,14 +12,16 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from sciffusion._deprecate import renamed_keywords
 from sciffusion.diffusion.sample import check_sample_options, member_generators, sample
 
 
 @torch.no_grad()
+@renamed_keywords(members="n_members")
 def generate(
     denoiser,
     cond: torch.Tensor | None,
-    members: int | Sequence[int],
+    n_members: int | Sequence[int],
     *,
     event_shape: Sequence[int],
     n_conditions: int | None = None,
@@ -32,13 +34,14 @@ def generate(
     progress: bool = True,
     **sampler_options,
 ) -> torch.Tensor:
-    """Generate ``(N, M, *event_shape)`` samples for ``N`` conditions and members ``members``.
+    """Generate ``(N, M, *event_shape)`` samples for ``N`` conditions and members ``n_members``.
 
     Args:
         denoiser: ``denoiser(x, sigma, cond=...)``.
         cond: ``(N, *cond_shape)`` conditioning, or None for an unconditional model (then give
             ``n_conditions``, default 1).
-        members: ensemble size M (members ``0..M-1``) or explicit member ids.
+        n_members: ensemble size M (members ``0..M-1``) or explicit member ids (``members=`` is its
+            deprecated spelling, for one release).
         event_shape: shape of one sample, e.g. ``(C, H, W)``.
         seed: base seed; member m of condition i uses the stream ``(seed, i, m)``.
         batch_size: samples per denoiser batch (mixes conditions and members).
@@ -46,7 +49,7 @@ def generate(
             ``method`` does not take raises TypeError before the first draw.
     """
     check_sample_options(method, sampler_options)
-    ids = list(range(members)) if isinstance(members, int) else [int(m) for m in members]
+    ids = list(range(n_members)) if isinstance(n_members, int) else [int(m) for m in n_members]
     n = len(cond) if cond is not None else (n_conditions or 1)
     x = sample_jobs(denoiser, cond, [(i, m) for i in range(n) for m in ids], event_shape=event_shape, seed=seed,
                     batch_size=batch_size, steps=steps, method=method, device=device, dtype=dtype, progress=progress,
