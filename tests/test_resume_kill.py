@@ -1,7 +1,7 @@
 """Every training path checkpoints periodically and, killed at a random step, resumes from its last
 checkpoint with the same losses thereafter and the same final weights as an uninterrupted run:
-``sciffusion train`` (a real SIGKILL of the command's process), Rollout.fit, Downscaler.fit and
-DYffusion.fit (both networks), killed in-process by an exception at the chosen step. Also what
+``sciffusion train`` and DYffusion.fit (either network) by a real SIGKILL of the process;
+EnsembleEmulator.fit, Rollout.fit and Downscaler.fit killed in-process by an exception at the chosen step. Also what
 every emulator fit shares: ``threads=``, the report of an already finished run, and (for the
 ensemble emulator) output attributes that do not claim to be the physics run."""
 
@@ -175,21 +175,49 @@ def test_emulator_fit_killed_at_a_random_step_resumes_with_the_same_losses(tmp_p
     assert_same_state(straight.denoiser, resumed.denoiser)
 
 
+DY_KILLED = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    import xarray as xr
+    from sciffusion.training import Trainer
+    from sciffusion.emulators import DYffusion
+    data, out, network, kill_at, kw = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), json.loads(sys.argv[5])
+    train_step = Trainer.train_step
+    def dying(self):
+        loss = train_step(self)
+        if self.step == kill_at and self.out_dir.name == network:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return loss
+    Trainer.train_step = dying
+    DYffusion.fit(xr.open_zarr(data).load(), out_dir=out, **kw)
+    """
+)
+
+
 @pytest.mark.parametrize("network", ["interpolator", "forecaster"])
-def test_dyffusion_fit_killed_in_either_network_resumes_with_the_same_losses(tmp_path, network):
-    kw = dict(steps=STEPS, warmup_steps=2, seed=5)
-    straight = FITS["DYffusion"](out_dir=tmp_path / "straight", **kw)
-    with killed_at(KILL_AT, run=network), pytest.raises(Killed):
-        FITS["DYffusion"](out_dir=tmp_path / "killed", **kw)
-    resumed = FITS["DYffusion"](out_dir=tmp_path / "killed", **kw)
+def test_dyffusion_fit_killed_with_sigkill_in_either_network_resumes_bit_for_bit(tmp_path, network):
+    """A real SIGKILL of the fitting process in the interpolator's or the forecaster's run: the
+    refit resumes that network from its last checkpoint (the finished interpolator is not retrained)
+    with the uninterrupted run's losses, and ends with the same weights of both networks."""
+    kw = dict(net=NET, horizon=2, batch_size=8, steps=STEPS, warmup_steps=2, seed=5, threads=1, progress=False)
+    write_zarr(trajectories(), tmp_path / "data.zarr")
+    data = xr.open_zarr(tmp_path / "data.zarr").load()
+    straight = DYffusion.fit(data, out_dir=tmp_path / "straight", **kw)
+    died = subprocess.run([sys.executable, "-c", DY_KILLED, str(tmp_path / "data.zarr"), str(tmp_path / "killed"), network,
+                           str(KILL_AT), json.dumps(kw)], capture_output=True, text=True)
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    assert (tmp_path / "killed" / network / "latest").read_text() == f"step_{KILL_AT - KILL_AT % EVERY:08d}"
+    resumed = DYffusion.fit(data, out_dir=tmp_path / "killed", **kw)
     for name in ("interpolator", "forecaster"):
         a, b = getattr(straight, name), getattr(resumed, name)
         if name == network:
             steps = range(STEPS - len(b.losses) + 1, STEPS + 1)
             assert_resumed_with_same_losses(dict(zip(range(1, STEPS + 1), a.losses)), dict(zip(steps, b.losses)))
+        elif name == "interpolator":
+            assert len(b.losses) == 0, "the finished interpolator was trained again"
         assert_same_state(a, b)
     loaded = DYffusion.load(tmp_path / "killed")
-    assert_same_state(loaded.forecaster, resumed.forecaster)
+    assert_same_state(loaded.forecaster, straight.forecaster)
 
 
 def test_train_on_a_finished_run_reports_the_stored_last_loss(tmp_path, capsys):
