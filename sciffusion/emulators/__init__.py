@@ -8,6 +8,8 @@
 - :class:`Downscaler`: coarse fields -> fine-grid ensembles (CorrDiff-style residual diffusion,
   DDIM spread control, NaN masks), with the baselines :func:`coarsen` and :func:`upsample`
   (``docs/downscaling.md``);
+- baselines a generative emulator must beat: :func:`raw_seeds`, :class:`GaussianAroundSeeds` and
+  :class:`EMOS` (non-homogeneous Gaussian regression fitted by minimum CRPS);
 - :class:`Rollout` (autoregressive EDM) and :class:`DYffusion` (interpolator + forecaster): long
   ensemble rollouts streamed to resumable zarr (``docs/rollout.md``).
 """
@@ -21,6 +23,8 @@ from sciffusion.emulators.rollout import Rollout
 from sciffusion.emulators.dyffusion import DYffusion
 from sciffusion.emulators.coarsen import coarsen, upsample
 from sciffusion.emulators.downscaler import Downscaler
+from sciffusion.emulators.baselines import EMOS, GaussianAroundSeeds, fit_ngr, raw_seeds
 
-__all__ = ["Calibration", "DYffusion", "Downscaler", "EnsembleEmulator", "EnsembleStore", "TemperedStep", "calibrate_spread",
-           "coarsen", "ensemble_skill", "format_table", "generate", "upsample", "Rollout"]
+__all__ = ["Calibration", "DYffusion", "Downscaler", "EMOS", "EnsembleEmulator", "EnsembleStore", "GaussianAroundSeeds",
+           "TemperedStep", "calibrate_spread",
+           "coarsen", "ensemble_skill", "fit_ngr", "format_table", "generate", "raw_seeds", "upsample", "Rollout"]

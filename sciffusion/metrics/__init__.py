@@ -9,6 +9,7 @@ are integer axes of the observation. See ``docs/metrics.md``.
 
 from .crps import crps_ensemble, crps_gaussian
 from .ensemble import bias, energy_score, rank_histogram, rmse, spread_skill_ratio
+from .exchangeability import energy_distance, flatness, member_rank_histogram, spread_ratio
 from .probability import brier_score, reliability
 from .quantile import interval_score, interval_score_ensemble, quantile_score
 from .spectra import band_power_ratio, radial_spectrum, zonal_spectrum
@@ -24,16 +25,20 @@ __all__ = [
     "crps_ensemble",
     "crps_gaussian",
     "diebold_mariano",
+    "energy_distance",
     "energy_score",
+    "flatness",
     "interval_score",
     "interval_score_ensemble",
     "latitude_weights",
+    "member_rank_histogram",
     "quantile_score",
     "radial_spectrum",
     "rank_histogram",
     "reliability",
     "skill_score",
     "rmse",
+    "spread_ratio",
     "spread_skill_ratio",
     "twcrps_ensemble",
     "zonal_spectrum",

@@ -1,6 +1,8 @@
 """Built-in reference physics that write xarray (see ``docs/systems.md``).
 
 - :class:`Lorenz96` (one or two levels) and :func:`lorenz96_forecast_model` (model error),
+- :class:`Lorenz96TwoScale` (K=8, J=32, F=20 truth) and :class:`StochasticLorenz96`, its one-scale
+  forecast model with a fitted cubic closure and AR(1) noise (:func:`fit_closure`),
 - :class:`KolmogorovFlow`: 2-D forced Navier-Stokes, pseudo-spectral, ETDRK4,
 - :class:`DarcyFlow`: GRF coefficients and sparse finite-difference solves (:func:`solve_darcy`,
   from :mod:`sciffusion.physics.darcy`, which owns the discretisation),
@@ -17,12 +19,14 @@ from sciffusion.systems.ensemble import simulate
 from sciffusion.systems.grf import advected_grf, darcy_coefficient, gaussian_random_field
 from sciffusion.systems.kolmogorov import KolmogorovFlow
 from sciffusion.systems.lorenz96 import Lorenz96, leading_lyapunov_exponent, lorenz96_forecast_model
+from sciffusion.systems.lorenz96_two_scale import Lorenz96TwoScale, StochasticLorenz96, fit_closure
 from sciffusion.systems.shallow_water import ShallowWater
 
 SYSTEMS = {"lorenz96": Lorenz96, "kolmogorov": KolmogorovFlow, "darcy": DarcyFlow, "shallow-water": ShallowWater}
 
 __all__ = [
-    "SYSTEMS", "DarcyFlow", "KolmogorovFlow", "Lorenz96", "ShallowWater", "System", "advected_grf", "darcy_coefficient",
-    "gaussian_random_field", "leading_lyapunov_exponent", "lorenz96_forecast_model", "member_generator",
+    "SYSTEMS", "DarcyFlow", "KolmogorovFlow", "Lorenz96", "Lorenz96TwoScale", "ShallowWater", "StochasticLorenz96",
+    "System", "advected_grf", "darcy_coefficient",
+    "fit_closure", "gaussian_random_field", "leading_lyapunov_exponent", "lorenz96_forecast_model", "member_generator",
     "simulate", "solve_darcy",
 ]
