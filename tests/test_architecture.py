@@ -23,7 +23,7 @@ LAYERS = {
     "sciffusion.training": 2, "sciffusion.distributed.ddp": 2, "sciffusion.distributed.cluster": 2,
     # 3 tasks: emulators, posterior sampling, the config-driven model, dask generation, the demo
     "sciffusion.emulators": 3, "sciffusion.inverse": 3, "sciffusion.recipes": 3, "sciffusion.demo": 3,
-    "sciffusion.distributed": 3, "sciffusion.assimilate": 3,
+    "sciffusion.distributed": 3, "sciffusion.assimilate": 3, "sciffusion.distill": 3,
     # 4 the sub-commands; 5 the parser that finds them and the `python -m sciffusion` entry point
     "sciffusion.commands": 4,
     "sciffusion.cli": 5, "sciffusion.__main__": 5,

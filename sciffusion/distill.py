@@ -1,0 +1,252 @@
+"""Few-call samplers distilled from a trained denoiser: trajectory distillation (default) and
+progressive distillation (Salimans & Ho 2022), both in the EDM parametrisation.
+
+A student takes ``calls`` deterministic DDIM steps on noise levels ``s_0 > ... > s_calls = 0``;
+one step from ``s`` to ``t`` is ``x_t = D + (t / s) (x_s - D)`` with ``D = D(x_s, s)``, so a step
+lands on a chosen ``x_t`` exactly when ``D = (x_t - r x_s) / (1 - r)``, ``r = t / s``: that is the
+student's regression target.
+
+* ``method="trajectory"`` (knowledge distillation at every level, after Luhman & Luhman 2021): the
+  teacher integrates its probability-flow ODE (Heun, ``teacher_steps`` Karras levels that contain the
+  student's) from ``n_trajectories`` noise draws (per training condition), its states at the
+  student's levels are kept, and the student learns each of its steps from them. One training run.
+* ``method="progressive"``: DDIM on ``teacher_steps`` levels is halved round by round; the student
+  of a round learns one step where its teacher takes two, from noised training data, and teaches
+  the next round.
+
+The result is a :class:`Student`: a plain :class:`~sciffusion.diffusion.Denoiser` plus its noise
+levels; ``sample(student, shape, **student.sampler)`` draws with ``calls`` network calls, and so do
+the emulators given it. Training runs through :class:`~sciffusion.training.Trainer` (EMA,
+checkpoints, exact resume) in ``out_dir``; ``benchmarks/distill_gmm.py`` measures both methods
+against the exact Gaussian-mixture yardstick.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from sciffusion.diffusion import Denoiser, karras_sigmas
+from sciffusion.diffusion.schedules import SIGMA_MAX
+
+METHODS = ("trajectory", "progressive")
+
+
+class Student(nn.Module):
+    """A distilled denoiser with the noise levels it was trained for: ``calls`` DDIM steps.
+
+    Call it like a denoiser; pass ``**student.sampler`` to :func:`sciffusion.diffusion.sample`.
+    """
+
+    def __init__(self, denoiser: Denoiser, sigmas: torch.Tensor):
+        super().__init__()
+        self.denoiser = denoiser
+        self.register_buffer("sigmas", torch.as_tensor(sigmas, dtype=torch.float64))
+
+    @property
+    def calls(self) -> int:
+        return len(self.sigmas) - 1
+
+    @property
+    def sigma_data(self) -> float:
+        return self.denoiser.sigma_data
+
+    @property
+    def sampler(self) -> dict:
+        return {"method": "ddim", "eta": 0.0, "sigmas": self.sigmas.tolist()}
+
+    def forward(self, x, sigma, cond=None, **kwargs):
+        return self.denoiser(x, sigma, cond=cond, **kwargs)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """safetensors weights + JSON (the net's config, ``sigma_data`` and the noise levels)."""
+        from sciffusion.checkpoint import save_checkpoint
+        from sciffusion.nets import net_spec
+
+        config = {"model": {"net": net_spec(self.denoiser.net), "sigma_data": self.sigma_data},
+                  "student": {"sigmas": self.sigmas.tolist()}}
+        return save_checkpoint(path, weights=self.denoiser.state_dict(), config=config)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device=None) -> Student:
+        from sciffusion.checkpoint import load_denoiser
+
+        denoiser, config = load_denoiser(path, device=device)
+        if "student" not in config:
+            raise ValueError(f"{os.fspath(path)!r} holds no distilled student (its config has no 'student' entry)")
+        return cls(denoiser, torch.tensor(config["student"]["sigmas"], dtype=torch.float64))
+
+
+def _view(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v.to(x.dtype).reshape(-1, *[1] * (x.ndim - 1))
+
+
+def _ddim(denoiser, x, s, t, cond):
+    d = denoiser(x, s, cond=cond)
+    return d + _view(t / s, x) * (x - d)
+
+
+def _heun(denoiser, x, s, t, cond):
+    """One Heun step of the probability-flow ODE from ``s`` to ``t`` (Euler when ``t = 0``)."""
+    d = (x - denoiser(x, s, cond=cond)) / _view(s, x)
+    y = x + _view(t - s, x) * d
+    if float(t.max()) == 0:
+        return y
+    return x + _view(t - s, x) * (d + (y - denoiser(y, t, cond=cond)) / _view(t, x)) / 2
+
+
+def _step_loss(model, x0, x1, s0, s1, cond):
+    """EDM-weighted squared error of ``model``'s denoised value at ``(x0, s0)`` against the one whose
+    DDIM step to ``s1`` lands on ``x1``."""
+    target = (x1 - _view(s1 / s0, x0) * x0) / (1 - _view(s1 / s0, x0))
+    sd2 = model.sigma_data ** 2
+    return (_view((s0 ** 2 + sd2) / (s0 ** 2 * sd2), x0) * (model(x0, s0.to(x0.dtype), cond=cond) - target) ** 2).mean()
+
+
+@torch.no_grad()
+def teacher_trajectories(teacher, sigmas: torch.Tensor, every: int, n: int, event_shape, cond=None, *, seed: int = 0,
+                         batch_size: int = 512, dtype=torch.float32, device=None, progress: bool = False) -> torch.Tensor:
+    """The teacher's Heun ODE on ``sigmas`` (decreasing, ending in 0) from ``n`` noise draws (seeded by
+    ``seed``), kept every ``every`` levels: ``(n, (len(sigmas) - 1) // every + 1, *event_shape)``. Row ``j``
+    is conditioned on ``cond[j % len(cond)]``."""
+    g = torch.Generator().manual_seed(int(seed))
+    kept = list(range(0, len(sigmas), every))
+    out = torch.empty((n, len(kept), *event_shape), dtype=dtype)
+    sig = sigmas.to(device=device, dtype=dtype)
+    for a in tqdm(range(0, n, batch_size), disable=not progress, desc="teacher trajectories", leave=False):
+        b = min(n, a + batch_size) - a
+        c = None if cond is None else cond[torch.arange(a, a + b) % len(cond)].to(device=device, dtype=dtype)
+        x = (float(sigmas[0]) * torch.randn((b, *event_shape), generator=g, dtype=torch.float64)).to(device, dtype)
+        out[a : a + b, 0] = x.cpu()
+        for i in range(len(sigmas) - 1):
+            x = _heun(teacher, x, sig[i].expand(b), sig[i + 1].expand(b), c)
+            if (i + 1) % every == 0:
+                out[a : a + b, (i + 1) // every] = x.cpu()
+    return out
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Training rows ``{"x": states[i], "cond": cond[i % len(cond)]}`` for the Trainer."""
+
+    def __init__(self, states, cond):
+        self.states, self.cond = states, cond
+
+    def __len__(self):
+        return len(self.states)
+
+    def batch(self, idx):
+        return {"x": self.states[idx]} if self.cond is None else {"x": self.states[idx], "cond": self.cond[idx % len(self.cond)]}
+
+
+def _trajectory_loss(levels: torch.Tensor):
+    def loss_fn(model, batch, generator):
+        states, cond = batch["x"], batch.get("cond")
+        k = torch.randint(0, len(levels) - 1, (len(states),), generator=generator).to(states.device)
+        rows, lv = torch.arange(len(states), device=states.device), levels.to(states.device)
+        return _step_loss(model, states[rows, k], states[rows, k + 1], lv[k], lv[k + 1], cond)
+
+    return loss_fn
+
+
+def _progressive_loss(teacher, levels: torch.Tensor):
+    """Two DDIM steps of ``teacher`` from noised training data at an even level of ``levels``."""
+
+    def loss_fn(model, batch, generator):
+        x0, cond = batch["x"], batch.get("cond")
+        i = 2 * torch.randint(0, (len(levels) - 1) // 2, (len(x0),), generator=generator)
+        s = levels.to(x0.device)
+        s0, s1, s2 = s[i], s[i + 1], s[i + 2]
+        z = x0 + _view(s0, x0) * torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        with torch.no_grad():
+            x2 = _ddim(teacher, _ddim(teacher, z, s0.to(x0.dtype), s1.to(x0.dtype), cond), s1.to(x0.dtype), s2.to(x0.dtype), cond)
+        return _step_loss(model, z, x2, s0, s2, cond)
+
+    return loss_fn
+
+
+def distill(teacher, train_data, *, calls: int = 2, method: str = "trajectory", teacher_steps: int = 64,
+            n_trajectories: int = 20000, student: Denoiser | None = None, steps: int = 4000, batch_size: int = 256,
+            lr: float = 3e-4, warmup_steps: int = 100, ema_decay: float = 0.99, sigma_min: float = 0.002,
+            sigma_max: float = SIGMA_MAX, rho: float = 7.0, seed: int = 0, out_dir: str | os.PathLike | None = None,
+            device=None, progress: bool = True, threads: int | None = None) -> Student:
+    """Distil ``teacher`` into a ``calls``-call :class:`Student` (see the module docstring).
+
+    Args:
+        teacher: a denoiser ``teacher(x, sigma, cond=None)``: a trained :class:`Denoiser`, or an exact
+            one such as :class:`sciffusion.testing.GaussianMixture` (then pass ``student``).
+        train_data: dataset of ``{"x", "cond"}`` dicts: the teacher's training data ("progressive"
+            noises it; "trajectory" takes only the shape of ``x`` and the conditions ``cond``).
+        calls: network calls per sample; ``teacher_steps / calls`` must be a power of two.
+        method: ``"trajectory"`` or ``"progressive"``.
+        teacher_steps: Karras levels of the teacher's ODE (Heun for "trajectory", DDIM for "progressive").
+        n_trajectories: teacher trajectories to learn from ("trajectory").
+        student: the network to train (default: a copy of ``teacher``, which must then be a Denoiser).
+        steps: training steps ("progressive": per round, log2(teacher_steps / calls) rounds).
+        batch_size, lr, warmup_steps, ema_decay, seed, device, progress, threads: the
+            :class:`~sciffusion.training.Trainer`'s.
+        out_dir: the runs (``out_dir/trajectory`` or ``out_dir/round_k``, resumable), the trajectories
+            (``trajectories.safetensors``) and the student (``out_dir/student``, :meth:`Student.load`).
+    """
+    from sciffusion.data.batches import collate
+    from sciffusion.training import Trainer, seeded
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    rounds = math.log2(teacher_steps / calls) if calls >= 1 and teacher_steps >= calls else -1
+    if rounds < 1 or rounds != int(rounds):
+        raise ValueError(f"teacher_steps / calls must be a power of two >= 2, got teacher_steps={teacher_steps}, calls={calls}")
+    if student is None and not isinstance(teacher, Denoiser):
+        raise ValueError("pass student= (a Denoiser to train) when the teacher is not a Denoiser to copy")
+    with seeded(seed):
+        current = copy.deepcopy(student if student is not None else teacher).requires_grad_(True)
+    sigmas = karras_sigmas(teacher_steps, sigma_min, sigma_max, rho)
+    every = teacher_steps // calls
+    out = None if out_dir is None else Path(out_dir)
+    kw = dict(batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, ema_decay=ema_decay, device=device,
+              progress=progress, mixed_precision=None)
+    if method == "trajectory":
+        first = collate(train_data, torch.arange(min(len(train_data), 1)))
+        cond = collate(train_data, torch.arange(len(train_data))).get("cond") if "cond" in first else None
+        states = _cached(out, lambda: teacher_trajectories(
+            teacher, sigmas, every, n_trajectories, tuple(first["x"].shape[1:]), cond, seed=seed,
+            dtype=first["x"].dtype, device=device, progress=progress))
+        trainer = Trainer(current, _Rows(states, cond), out_dir=None if out is None else out / "trajectory", seed=seed,
+                          loss_fn=_trajectory_loss(sigmas[::every]), **kw)
+        trainer.fit(steps, threads=threads, desc=f"distill {calls} call(s)")
+        result = trainer.ema
+    else:
+        for r in range(int(rounds)):
+            levels = sigmas[:: 2 ** r]
+            trainer = Trainer(current, train_data, out_dir=None if out is None else out / f"round_{r}", seed=seed + r,
+                              loss_fn=_progressive_loss(teacher, levels), **kw)
+            trainer.fit(steps, threads=threads, desc=f"distill round {r + 1}/{int(rounds)} ({(len(levels) - 1) // 2} steps)")
+            teacher = copy.deepcopy(trainer.ema).requires_grad_(False).eval()
+            current = copy.deepcopy(trainer.ema).requires_grad_(True)
+        result = teacher
+    student = Student(copy.deepcopy(result).requires_grad_(False).eval(), sigmas[::every])
+    if out is not None:
+        student.save(out / "student")
+    return student
+
+
+def _cached(out: Path | None, make) -> torch.Tensor:
+    """``make()``, kept in ``out/trajectories.safetensors`` so a resumed run does not integrate again."""
+    if out is None:
+        return make()
+    from safetensors.torch import load_file, save_file
+
+    path = out / "trajectories.safetensors"
+    if path.exists():
+        return load_file(path)["states"]
+    states = make()
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({"states": states.contiguous()}, tmp)
+    os.replace(tmp, path)
+    return states
