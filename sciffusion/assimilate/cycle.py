@@ -1,0 +1,94 @@
+"""The cycled filter: forecast -> analysis, one observation time after another.
+
+Tensors only: ``forecast`` maps an ensemble ``(N, *state)`` to the next observation time (a
+``sciffusion.systems`` model's ``step``, an emulator's rollout...), and each analysis is a call of
+:func:`sciffusion.assimilate.analysis`. Every input is checked before the first cycle runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from sciffusion.assimilate.analysis import analysis
+from sciffusion.inverse import as_operator
+
+
+@dataclass
+class FilterResult:
+    """``analysis`` and ``forecast`` ensembles ``(T, N, *state)``, one per observation time;
+    ``seconds`` the wall time of each analysis ``(T,)``."""
+
+    analysis: torch.Tensor
+    forecast: torch.Tensor
+    seconds: torch.Tensor
+
+
+def check_inputs(ensemble: torch.Tensor, operator, observations: torch.Tensor, noise_std, n_cycles=None):
+    """Raise ValueError naming the offending input: observations whose time axis or shape does not
+    match (``n_cycles``, the operator's output on the state), an operator that fails on the state,
+    a negative or non-finite ``noise_std``, or one that fits neither a scalar, per-entry nor per-time std.
+    Returns ``noise_std`` as a ``(T, *obs)`` tensor."""
+    if ensemble.ndim < 2 or ensemble.shape[0] < 2:
+        raise ValueError(f"ensemble must be (N, *state) with N >= 2 members, got shape {tuple(ensemble.shape)}")
+    state = tuple(ensemble.shape[1:])
+    try:
+        with torch.no_grad():
+            out = as_operator(operator)(ensemble[:1])
+    except Exception as exc:  # the operator's own message says which axis it wanted
+        raise ValueError(f"operator {operator!r} cannot be applied to the state of shape {state}: {exc}") from exc
+    obs_shape = tuple(out.shape[1:])
+    if observations.ndim < 1 or tuple(observations.shape[1:]) != obs_shape:
+        raise ValueError(f"observations have shape {tuple(observations.shape)} (time, *obs) but operator {operator!r} "
+                         f"maps the state {state} to observations of shape {obs_shape}: expected (T, *{obs_shape})")
+    t = observations.shape[0]
+    if n_cycles is not None and t != n_cycles:
+        raise ValueError(f"observations have {t} times on their time axis (first), the run has {n_cycles} cycles")
+    std = torch.as_tensor(noise_std, dtype=torch.float64)
+    if not bool(torch.isfinite(std).all()) or bool((std < 0).any()):
+        raise ValueError(f"noise_std must be finite and non-negative, got min {float(std.min()):g}")
+    try:
+        if std.ndim > len(obs_shape) and std.shape[0] != t:
+            raise RuntimeError
+        return torch.broadcast_to(std, (t, *obs_shape))
+    except RuntimeError:
+        raise ValueError(f"noise_std of shape {tuple(std.shape)} fits neither a scalar, the observation shape "
+                         f"{obs_shape} nor the observations' shape {tuple(observations.shape)}") from None
+
+
+def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tensor, operator,
+          observations: torch.Tensor, *, noise_std, n_cycles: int | None = None,
+          generator: torch.Generator | None = None,
+          callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+          **analysis_options) -> FilterResult:
+    """Run ``T`` cycles: ``x_f = forecast(x_a)``, ``x_a = analysis(x_f, operator, y_t)``.
+
+    Args:
+        forecast: ``(N, *state) -> (N, *state)`` to the next observation time.
+        ensemble: initial analysis members ``(N, *state)`` (the forecast runs first).
+        operator: observation operator (shared by all times).
+        observations: ``(T, *obs)``; NaN marks a missing observation (an all-NaN time is skipped).
+        noise_std: scalar, ``obs``-shaped, or ``(T, *obs)`` per time.
+        n_cycles: expected ``T`` (checked against the observations' time axis).
+        generator: torch generator for every analysis (seeded, never global state).
+        callback: ``callback(t, forecast, analysis)`` after each cycle (e.g. to score or write it).
+        **analysis_options: keywords of :func:`~sciffusion.assimilate.analysis` (``bandwidth``,
+            ``inflation``, ``localization``, ``guidance``, ``steps``, ``start``, ``cg_iters``...).
+    """
+    observations = torch.as_tensor(observations)
+    std = check_inputs(ensemble, operator, observations, noise_std, n_cycles)
+    x = ensemble
+    fcs, ans, secs = [], [], []
+    for t in range(observations.shape[0]):
+        xf = forecast(x)
+        start = time.perf_counter()
+        x = analysis(xf, operator, observations[t], noise_std=std[t], generator=generator, **analysis_options)
+        secs.append(time.perf_counter() - start)
+        fcs.append(xf)
+        ans.append(x)
+        if callback is not None:
+            callback(t, xf, x)
+    return FilterResult(torch.stack(ans), torch.stack(fcs), torch.tensor(secs, dtype=torch.float64))
