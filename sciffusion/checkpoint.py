@@ -32,6 +32,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
+from sciffusion.data.io import fsync_dir
+
 FORMAT = "sciffusion-checkpoint"
 FORMAT_VERSION = 1
 
@@ -49,17 +51,6 @@ def _damaged(path: Path, why: str) -> DamagedCheckpointError:
 
 
 # ----------------------------------------------------------------------------- low-level I/O
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temporary file, fsync, rename, fsync the directory.
 
@@ -71,7 +62,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -180,7 +171,7 @@ def save_checkpoint(
     full.update(format=FORMAT, format_version=FORMAT_VERSION, sciffusion_version=__version__)
     full["sha256"] = {name: sha256(tmp / name) for name in files}
     _write_json(tmp / "config.json", full)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if directory.exists():  # overwrite: move the old one aside first, drop it after the swap
         old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
         os.replace(directory, old)
@@ -188,7 +179,7 @@ def save_checkpoint(
         shutil.rmtree(old)
     else:
         os.replace(tmp, directory)
-    _fsync_dir(directory.parent)
+    fsync_dir(directory.parent)
     return directory
 
 

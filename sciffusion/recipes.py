@@ -189,17 +189,16 @@ def sample_from_checkpoint(
     """
     from sciffusion.emulators import EnsembleStore, generate
 
-    members = n_members
-    sizes = {"n_members": members, "steps": steps, "batch_size": batch_size, "member_chunk": member_chunk}
+    sizes = {"n_members": n_members, "steps": steps, "batch_size": batch_size, "member_chunk": member_chunk}
     for name, value in sizes.items():
         if int(value) < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     check_sample_options(method, sampler_options)  # a bad option fails before the store is created
-    plan = sampling_plan(checkpoint, data, n_members=members, cases=cases, steps=steps, method=method, seed=seed,
+    plan = sampling_plan(checkpoint, data, n_members=n_members, cases=cases, steps=steps, method=method, seed=seed,
                          device=device, **sampler_options)
     scale_out = scheduler is not None or workers is not None
     path = Path(out).resolve() if scale_out else out  # dask workers may run in another directory
-    store = EnsembleStore(path, plan["template"], members, member_chunk=member_chunk, member_axis=1,
+    store = EnsembleStore(path, plan["template"], n_members, member_chunk=member_chunk, member_axis=1,
                           attrs=plan["provenance"], mode=mode, always_missing=plan["always_missing"])
     if scale_out and store.missing():  # (a finished store needs no cluster)
         from sciffusion.distributed.cluster import dask_client
@@ -213,11 +212,7 @@ def sample_from_checkpoint(
     for block in store.missing():
         x = generate(den, plan["cond"], block, event_shape=event_shape, seed=seed, batch_size=batch_size, steps=steps,
                      method=method, progress=progress, device=device, **sampler_options)  # (N, b, C, *grid)
-        n, b = x.shape[:2]
-        phys = x.reshape(n * b, *event_shape)
-        if normalizer is not None:
-            phys = normalizer.decode(phys, variables)
-        phys = phys.reshape(n, b, *event_shape).numpy()
+        phys = (x if normalizer is None else normalizer.decode(x.flatten(0, 1), variables).reshape(x.shape)).numpy()
         store.write(block, {v: phys[:, :, k] for k, v in enumerate(variables)}, {v: plan["dims"] for v in variables})
     return store.finalize()
 
@@ -245,7 +240,6 @@ def sampling_plan(
     """
     from sciffusion.checkpoint import load_denoiser, sha256, weights_file
 
-    members = n_members
     den, config = load_denoiser(checkpoint, device=device)
     spec = config.get("data")
     if spec is None:
@@ -284,11 +278,11 @@ def sampling_plan(
     ckpt_dir = Path(config["checkpoint_dir"])
     digest = sha256(weights_file(ckpt_dir))
     provenance = {
-        **generated_attrs(ds.attrs, f"sciffusion sample ensemble ({members} members per case)", "sciffusion sample"),
+        **generated_attrs(ds.attrs, f"sciffusion sample ensemble ({n_members} members per case)", "sciffusion sample"),
         "sciffusion_version": __version__, "checkpoint": str(ckpt_dir), "checkpoint_sha256": digest,
         "sampler": json.dumps({"method": method, "steps": steps, **sampler_options}), "seed": seed,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "history": f"sciffusion sample {checkpoint} (members={members})",
+        "history": f"sciffusion sample {checkpoint} (members={n_members})",
     }
     return {"denoiser": den, "config": config, "checkpoint_dir": ckpt_dir, "weights_sha256": digest,
             "normalizer": normalizer, "cond": cond, "template": template, "provenance": provenance,

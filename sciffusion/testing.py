@@ -94,21 +94,18 @@ class GaussianMixture:
         return (self.weights[:, None, None] * (self.covs + dev[:, :, None] * dev[:, None, :])).sum(0)
 
     # ---------------------------------------------------------------- internals
-    def _rotate(self, v: torch.Tensor) -> torch.Tensor:
-        """``(B, K, d)`` -> component eigenbasis coordinates ``Q_k^T v``."""
+    def _rotate(self, v: torch.Tensor, back: bool = False) -> torch.Tensor:
+        """``(B, K, d)`` -> component eigenbasis coordinates ``Q_k^T v`` (``back``: ``Q_k v``, the inverse)."""
         if self.diagonal:
             return v
-        return torch.einsum("kji,bkj->bki", self.eigvecs, v)
+        return torch.einsum("kij,bkj->bki" if back else "kji,bkj->bki", self.eigvecs, v)
 
-    def _unrotate(self, z: torch.Tensor) -> torch.Tensor:
-        if self.diagonal:
-            return z
-        return torch.einsum("kij,bkj->bki", self.eigvecs, z)
-
-    def _flat(self, x: torch.Tensor) -> torch.Tensor:
+    def _flat(self, x: torch.Tensor, sigma) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x (B, *event_shape)`` as float64 rows ``(B, d)`` and ``sigma`` as float64 ``(B,)``."""
         if tuple(x.shape[1:]) != self.event_shape:
             raise ValueError(f"x has event shape {tuple(x.shape[1:])}, the mixture expects {self.event_shape}")
-        return x.reshape(x.shape[0], self.d).to(torch.float64)
+        xf = x.reshape(x.shape[0], self.d).to(torch.float64)
+        return xf, torch.as_tensor(sigma, dtype=torch.float64, device=xf.device).expand(xf.shape[0])
 
     def _terms(self, x: torch.Tensor, sigma: torch.Tensor):
         """Per-component log-likelihoods of noisy x and rotated residuals."""
@@ -120,16 +117,12 @@ class GaussianMixture:
     # ---------------------------------------------------------------- public API
     def log_prob(self, x: torch.Tensor, sigma: torch.Tensor | float = 0.0) -> torch.Tensor:
         """``log p_sigma(x)`` for ``x: (B, *event_shape)``; returns ``(B,)`` float64."""
-        xf = self._flat(x)
-        s = torch.as_tensor(sigma, dtype=torch.float64).expand(xf.shape[0])
-        logp, _, _ = self._terms(xf, s)
+        logp, _, _ = self._terms(*self._flat(x, sigma))
         return torch.logsumexp(logp, dim=1)
 
     def responsibilities(self, x: torch.Tensor, sigma: torch.Tensor | float = 0.0) -> torch.Tensor:
         """Posterior component probabilities ``r_k(x)`` under ``p_sigma``: ``(B, K)``."""
-        xf = self._flat(x)
-        s = torch.as_tensor(sigma, dtype=torch.float64).expand(xf.shape[0])
-        logp, _, _ = self._terms(xf, s)
+        logp, _, _ = self._terms(*self._flat(x, sigma))
         return torch.softmax(logp, dim=1)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond) -> torch.Tensor:
@@ -137,13 +130,12 @@ class GaussianMixture:
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         """Exact ``E[x0 | x0 + sigma eps = x]`` of ``x``'s shape and dtype (differentiable)."""
-        xf = self._flat(x)
-        s = torch.as_tensor(sigma, dtype=torch.float64, device=xf.device).expand(xf.shape[0])
+        xf, s = self._flat(x, sigma)
         if self._iso is not None:
             return self._denoise_isotropic(xf, s).reshape(x.shape).to(x.dtype)
         logp, z, var = self._terms(xf, s)
         r = torch.softmax(logp, dim=1)  # (B, K)
-        shrunk = self._unrotate(z * self.eigvals[None] / var)  # S_k (S_k + s^2)^-1 (x - mu_k)
+        shrunk = self._rotate(z * self.eigvals[None] / var, back=True)  # S_k (S_k + s^2)^-1 (x - mu_k)
         out = (r[:, :, None] * (self.means[None] + shrunk)).sum(1)
         return out.reshape(x.shape).to(x.dtype)
 
@@ -160,11 +152,10 @@ class GaussianMixture:
 
     def denoise_cov(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         """Exact ``Cov[x0 | x]``: ``sum_k r_k [V_k + (a_k - D)(a_k - D)^T]``, shape ``(B, d, d)`` float64."""
-        xf = self._flat(x)
-        s = torch.as_tensor(sigma, dtype=torch.float64).expand(xf.shape[0])
+        xf, s = self._flat(x, sigma)
         logp, z, var = self._terms(xf, s)
         r = torch.softmax(logp, dim=1)
-        a = self.means[None] + self._unrotate(z * self.eigvals[None] / var)  # (B, K, d)
+        a = self.means[None] + self._rotate(z * self.eigvals[None] / var, back=True)  # (B, K, d)
         dmean = (r[:, :, None] * a).sum(1)
         vlam = self.eigvals[None] * (s**2)[:, None, None] / var  # eigenvalues of V_k, (B, K, d)
         if self.diagonal:

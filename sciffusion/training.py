@@ -180,16 +180,18 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
         self.noise_gen = torch.Generator(device=self.device).manual_seed(seed)
-        self.step, self.epoch, self.position = 0, 0, 0
+        self.step, self.epoch, self.position, self._logged = 0, 0, 0, 0
         self._perm: torch.Tensor | None = None
         self.history: list[dict] = []
         self.last_record: dict | None = None  # the newest step's record, kept across resumes
-        if resume and self.out_dir is not None and ckpt.step_dirs(self.out_dir):
-            self._resume()
-        self._ddp = None
-        if self.dist.active:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self._ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if resume and self.out_dir is not None and ckpt.step_dirs(self.out_dir):  # the newest usable checkpoint
+            c, damaged = ckpt.load_newest_usable(self.out_dir)
+            if damaged and self.dist.is_main:
+                warnings.warn(f"resuming {self.out_dir} from {c['dir'].name}, skipping damaged checkpoint(s): "
+                              + "; ".join(damaged), stacklevel=2)
+            self._restore(c)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self._ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids) if self.dist.active else None
         self._train_model = self._ddp if self._ddp is not None else self.model
         if speed["compile"]:
             self._train_model = torch.compile(self._train_model)
@@ -275,12 +277,10 @@ class Trainer:
             return None
         self.ema.eval()
         g = torch.Generator(device=self.device).manual_seed(12345)
-        bs, n = self.settings["batch_size"], len(self.val_data)
-        losses = []
-        for b in range(min(self.settings["val_batches"], math.ceil(n / bs))):
-            idx = torch.arange(b * bs, min(n, (b + 1) * bs))
-            losses.append(float(self._loss(self.ema, self._batch(self.val_data, idx), g)) * len(idx))
-        return sum(losses) / min(n, self.settings["val_batches"] * bs)
+        bs, n, nb = self.settings["batch_size"], len(self.val_data), self.settings["val_batches"]
+        batches = [torch.arange(b * bs, min(n, (b + 1) * bs)) for b in range(min(nb, math.ceil(n / bs)))]
+        losses = [float(self._loss(self.ema, self._batch(self.val_data, idx), g)) * len(idx) for idx in batches]
+        return sum(losses) / min(n, nb * bs)
 
     def fit(self, steps: int, callback: Callable[[dict], None] | None = None, *,
             max_seconds: float | None = None, threads: int | None = None, desc: str = "training") -> list[dict]:
@@ -306,13 +306,10 @@ class Trainer:
         while self.step < steps:
             loss = self.train_step()
             out_of_time = max_seconds is not None and time.perf_counter() - t0 >= max_seconds and self.step < steps
-            record = {"step": self.step, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"]}
-            if self.step % val_every == 0 or self.step == steps or out_of_time:
-                val = self.validate()
-                if val is not None:
-                    record["val_loss"] = val
+            val = self.validate() if self.step % val_every == 0 or self.step == steps or out_of_time else None
             rate = (self.step - n0) * s["batch_size"] / max(time.perf_counter() - t0, 1e-9)
-            record["samples_per_s"] = rate
+            record = {"step": self.step, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                      **({} if val is None else {"val_loss": val}), "samples_per_s": rate}
             self.history.append(record)
             self.last_record = record
             bar.update(1)
@@ -336,9 +333,7 @@ class Trainer:
         return {"net": net_spec(self.model)}
 
     def model_config(self) -> dict:
-        config = {"model": self.model_spec(), "training": self.settings}
-        config.update(self.extra_config)
-        return config
+        return {"model": self.model_spec(), "training": self.settings, **self.extra_config}
 
     def save(self) -> Path:
         """Write ``out_dir/step_XXXXXXX`` atomically, point ``latest`` at it, prune old ones."""
@@ -362,31 +357,17 @@ class Trainer:
         )
         ckpt.atomic_write_bytes(self.out_dir / "latest", name.encode())
         with open(self.out_dir / "metrics.jsonl", "a") as f:
-            for rec in self.history:
-                if rec["step"] > self._logged:
-                    f.write(json.dumps(rec) + "\n")
-            self._logged = self.step
+            f.writelines(json.dumps(rec) + "\n" for rec in self.history if rec["step"] > self._logged)
+        self._logged = self.step
         steps = [p for p in ckpt.step_dirs(self.out_dir) if int(p.name[5:]) <= self.step]  # (not a damaged newer one)
         for old in steps[: -self.settings["keep_last"]]:
             shutil.rmtree(old, ignore_errors=True)
         self.dist.barrier()
         return path
 
-    _logged = 0
-
     def _rng_states(self) -> dict[str, torch.Tensor]:
-        out = {"rng.torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            out["rng.cuda"] = torch.cuda.get_rng_state()
-        return out
-
-    def _resume(self) -> None:
-        """Load the newest usable checkpoint of ``out_dir``, warning about the damaged ones skipped."""
-        c, damaged = ckpt.load_newest_usable(self.out_dir)
-        if damaged and self.dist.is_main:
-            warnings.warn(f"resuming {self.out_dir} from {c['dir'].name}, skipping damaged checkpoint(s): "
-                          + "; ".join(damaged), stacklevel=3)
-        self._restore(c)
+        cuda = {"rng.cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {}
+        return {"rng.torch": torch.get_rng_state(), **cuda}
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore model, EMA, optimizer, step, data position and RNG states from a checkpoint."""

@@ -89,7 +89,7 @@ def test_nan_that_is_not_a_common_mask_is_reported_with_its_fraction(land, capsy
 def test_spectrum_of_a_field_with_land_is_finite():
     """The zonal spectrum drawn by `score` covers the latitudes without land; when every latitude
     has land, the gaps are filled with the zonal mean; never all NaN."""
-    from sciffusion.commands.score import _spectra
+    from sciffusion.commands._score_report import _spectra
 
     rng = np.random.default_rng(1)
     coords = {"lat": np.linspace(-60, 60, 4), "lon": np.arange(8) * 45.0}

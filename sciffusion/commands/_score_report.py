@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sciffusion.commands.score import _lat_dim, _masked, _spectra
+from sciffusion.commands.score import _lat_dim, _masked, frame, metrics, reduced_dims
 
 TIME_NAMES = ("init_time", "time", "valid_time", "forecast_reference_time", "date", "day")
 MIN_TIMES = 10
@@ -38,11 +38,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--compare", default=None, metavar="B",
                         help="a second ensemble (zarr/netCDF) to compare FORECAST with: differences, CRPS skill "
                              "of FORECAST relative to B, Diebold-Mariano p-values")
-
-
-def reduced_dims(fc, member_dim, reduce):
-    dims = [d for d in fc.dims if d != member_dim]
-    return dims[1:] if reduce is None else list(reduce)
 
 
 def bootstrap_dim(fc, args):
@@ -66,16 +61,11 @@ def bootstrap_dim(fc, args):
 
 def _per_time(fc, ob, args, bdim, kind):
     """Scores of ``fc`` per value of ``bdim``, averaged over the other reduced dims (lazy)."""
-    import sciffusion.metrics as sm
-
     other = [d for d in reduced_dims(fc, args.member_dim, args.reduce) if d != bdim]
-    lat = _lat_dim(fc)
-    w = sm.latitude_weights(fc[lat], kind=args.weights) if args.weights != "none" and lat in other else None
-    kw = dict(member_dim=args.member_dim, reduce_dims=other or None, weights=w)
-    comp = sm.spread_skill_ratio(fc, ob, components=True, **kw)
-    out = {"crps": sm.crps_ensemble(fc, ob, fair=args.fair, **kw), "mse": comp["skill"] ** 2}
+    crps, comp, bias = metrics(fc, ob, other, member_dim=args.member_dim, fair=args.fair, weights=args.weights)
+    out = {"crps": crps, "mse": comp["skill"] ** 2}
     if kind == "intervals":
-        out.update(bias=sm.bias(fc, ob, **kw), var=comp["spread"] ** 2)
+        out.update(bias=bias, var=comp["spread"] ** 2)
     return out
 
 
@@ -142,14 +132,11 @@ def intervals(done, dims, scores, args):
         kw = dict(dim=d, block_length=length, n_resamples=args.n_resamples, confidence=args.confidence)
         ds = xr.Dataset(attrs={"block_length": length})
         for score, key in INTERVAL_SCORES.items():
-            r = block_bootstrap(s[key], **kw)
-            lo, hi = (np.sqrt(r[k]) if key in ("mse", "var") else r[k] for k in ("lower", "upper"))
-            what = scores[name][score].attrs.get("long_name", score)
-            for end, v in (("lo", lo), ("hi", hi)):
-                attrs = dict(scores[name][score].attrs, long_name=f"{'lower' if end == 'lo' else 'upper'} end of "
-                             f"the {args.confidence:.0%} interval of the {what}")
-                ds[f"{score}_{end}"] = v.copy()
-                ds[f"{score}_{end}"].attrs = attrs
+            r, attrs = block_bootstrap(s[key], **kw), scores[name][score].attrs
+            for end, k in (("lo", "lower"), ("hi", "upper")):
+                ds[f"{score}_{end}"] = (np.sqrt(r[k]) if key in ("mse", "var") else r[k]).copy()
+                ds[f"{score}_{end}"].attrs = dict(attrs, long_name=f"{k} end of the {args.confidence:.0%} interval "
+                                                  f"of the {attrs.get('long_name', score)}")
         out[name] = ds
         notes.append(f"intervals: {args.confidence:.0%} circular block bootstrap of {name!r} along {d!r} "
                      f"({s['crps'].sizes[d]} values, blocks of {length}, {args.n_resamples} resamples)")
@@ -186,15 +173,28 @@ def compare(done, dims, args):
                                 "difference_lo": dif.lower, "difference_hi": dif.upper, "skill": skill.estimate,
                                 "skill_lo": skill.lower, "skill_hi": skill.upper, "dm_statistic": dm.statistic,
                                 "dm_p_value": dm.p_value})
-            df = table.to_dataframe().reset_index() if table.sizes else pd.DataFrame(
-                {k: [float(v)] for k, v in table.data_vars.items()})
-            df.insert(0, "score", score)
-            df.insert(0, "variable", name)
-            frames.append(df)
+            frames.append(frame(table, variable=name, score=score))
         notes.append(f"comparison of {name!r} (A: FORECAST, B: {args.compare}) along {d!r}: {diff.sizes[d]} "
                      f"values, blocks of {length}, {args.confidence:.0%} intervals; skill = 1 - A/B (the CRPSS "
                      f"for crps); dm_p_value: Diebold-Mariano, HLN-corrected, lag floor(n^(1/3))")
     return pd.concat(frames, ignore_index=True), notes
+
+
+def _spectra(fc, ob, lat, lon):
+    """Zonal spectra of truth and forecast (masked by :func:`_masked`) over the latitudes with data
+    at every point (a spectrum of a row with gaps is undefined); when every latitude has gaps, the
+    gaps are filled with their row's zonal mean. Returns the spectra and a note for the title."""
+    import sciffusion.metrics as sm
+
+    valid = ob.notnull()
+    full = valid.all([d for d in ob.dims if d != lat]).values
+    note = "" if full.all() else f" ({int(full.sum())} of {full.size} latitudes: those without gaps)"
+    if full.any():
+        fc, ob = fc.isel({lat: full}), ob.isel({lat: full})
+    else:
+        note = " (gaps filled with the zonal mean)"
+        fc, ob = (x.fillna(x.sum(lon) / x.count(lon).where(lambda n: n > 0)) for x in (fc.where(valid), ob))
+    return {k: sm.zonal_spectrum(x, lon_dim=lon, reduce_dims="all") for k, x in (("truth", ob), ("forecast", fc))}, note
 
 
 def plots(pairs, scores, member_dim, out: Path):

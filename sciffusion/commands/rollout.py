@@ -43,9 +43,7 @@ def load_emulator(path, device=None):
     from sciffusion.emulators import DYffusion, Rollout
 
     config = json.loads((resolve(path) / "config.json").read_text())
-    if "dyffusion" in config:
-        return DYffusion.load(path, device=device)
-    return Rollout.load(path, device=device)
+    return (DYffusion if "dyffusion" in config else Rollout).load(path, device=device)
 
 
 def run(args) -> int:

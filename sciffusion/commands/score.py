@@ -216,28 +216,42 @@ def score_dataset(forecast, truth, *, member_dim="member", reduce=None, fair=Fal
                          reduce=reduce, fair=fair, weights=weights) for name in names}
 
 
-def _score(fc, ob, name, *, member_dim, reduce, fair, weights):
+def reduced_dims(fc, member_dim, reduce) -> list:
+    """The dims ``--reduce`` averages over: all but the first of ``fc``'s (without ``member_dim``) by default."""
+    dims = [d for d in fc.dims if d != member_dim]
+    return dims[1:] if reduce is None else list(reduce)
+
+
+def metrics(fc, ob, rdims, *, member_dim, fair, weights):
+    """CRPS, the spread-skill components (``spread``, ``skill``, ``ratio``) and the bias of ``fc``
+    against ``ob`` averaged over ``rdims``, latitude-weighted (``weights``) when the latitude is averaged."""
     import sciffusion.metrics as sm
 
-    dims = [d for d in fc.dims if d != member_dim]
-    rdims = dims[1:] if reduce is None else list(reduce)
+    lat = _lat_dim(fc)
+    w = sm.latitude_weights(fc[lat], kind=weights) if weights != "none" and lat in rdims else None
+    kw = dict(member_dim=member_dim, reduce_dims=rdims or None, weights=w)
+    crps = sm.crps_ensemble(fc, ob, fair=fair, **kw)
+    return crps, sm.spread_skill_ratio(fc, ob, components=True, **kw), sm.bias(fc, ob, **kw)
+
+
+def _score(fc, ob, name, *, member_dim, reduce, fair, weights):
+    rdims, dims = reduced_dims(fc, member_dim, reduce), [d for d in fc.dims if d != member_dim]
     missing = [d for d in rdims if d not in dims]
     if missing:
         raise ValueError(f"variable {name!r}: --reduce dims {missing} not in its dims {dims}")
-    lat = _lat_dim(fc)
-    w = None
-    if weights != "none" and lat in rdims:
-        w = sm.latitude_weights(fc[lat], kind=weights)
-    kw = dict(member_dim=member_dim, reduce_dims=rdims or None, weights=w)
-    attrs = fc.attrs
-    fc, ob = _masked(fc, ob, member_dim)
-    comp = sm.spread_skill_ratio(fc, ob, components=True, **kw)
-    return _dataset(
-        attrs, name,
-        crps=sm.crps_ensemble(fc, ob, fair=fair, **kw),
-        rmse=comp["skill"], bias=sm.bias(fc, ob, **kw),
-        spread=comp["spread"], spread_skill_ratio=comp["ratio"],
-    )
+    crps, comp, bias = metrics(*_masked(fc, ob, member_dim), rdims, member_dim=member_dim, fair=fair, weights=weights)
+    return _dataset(fc.attrs, name, crps=crps, rmse=comp["skill"], bias=bias, spread=comp["spread"],
+                    spread_skill_ratio=comp["ratio"])
+
+
+def frame(ds, **first):
+    """``ds`` as a DataFrame (one row when it has no dims) with the columns ``first`` in front."""
+    import pandas as pd
+
+    df = ds.to_dataframe().reset_index() if ds.sizes else pd.DataFrame({k: [float(v)] for k, v in ds.data_vars.items()})
+    for k, v in reversed(first.items()):
+        df.insert(0, k, v)
+    return df
 
 
 SCORE_NAMES = {"crps": "continuous ranked probability score", "rmse": "root-mean-square error of the ensemble mean",
@@ -264,23 +278,6 @@ def _dataset(source_attrs, name, **variables):
     return ds
 
 
-def _spectra(fc, ob, lat, lon):
-    """Zonal spectra of truth and forecast (masked by :func:`_masked`) over the latitudes with data
-    at every point (a spectrum of a row with gaps is undefined); when every latitude has gaps, the
-    gaps are filled with their row's zonal mean. Returns the spectra and a note for the title."""
-    import sciffusion.metrics as sm
-
-    valid = ob.notnull()
-    full = valid.all([d for d in ob.dims if d != lat]).values
-    note = "" if full.all() else f" ({int(full.sum())} of {full.size} latitudes: those without gaps)"
-    if full.any():
-        fc, ob = fc.isel({lat: full}), ob.isel({lat: full})
-    else:
-        note = " (gaps filled with the zonal mean)"
-        fc, ob = (x.fillna(x.sum(lon) / x.count(lon).where(lambda n: n > 0)) for x in (fc.where(valid), ob))
-    return {k: sm.zonal_spectrum(x, lon_dim=lon, reduce_dims="all") for k, x in (("truth", ob), ("forecast", fc))}, note
-
-
 def run(args) -> int:
     from sciffusion.commands._common import refuse_overlap
 
@@ -300,13 +297,17 @@ def run(args) -> int:
         raise UserError(str(exc)) from exc
 
 
-def _compute(pairs, args, extra=None):
+def _compute(pairs, args, other=None):
     """Scores (the Dataset written to scores.nc, and per variable), missing-data counts of every
-    variable and the ``extra`` lazy arrays (the per-time series of the intervals), in one pass."""
+    variable and the per-time series of the intervals or of the comparison with ``other``
+    (:func:`~sciffusion.commands._score_report.series`, with its dims and notes), in one pass."""
     import xarray as xr
 
+    from sciffusion.commands._score_report import series
+
+    extra, dims, notes = series(pairs, args, other)
     kw = dict(member_dim=args.member_dim, reduce=args.reduce, fair=args.fair, weights=args.weights)
-    lazy = dict(extra or {})
+    lazy = dict(extra)
     for name, (fc, ob) in pairs.items():
         lazy.update({(name, "score", k): v for k, v in _score(fc, ob, name, **kw).data_vars.items()})
         lazy.update({(name, "count", k): v for k, v in _missing(fc, ob, args.member_dim).data_vars.items()})
@@ -314,7 +315,7 @@ def _compute(pairs, args, extra=None):
     part = {kind: {name: xr.Dataset({key[2]: done[key] for key in lazy if key[:2] == (name, kind)})
                    for name in pairs} for kind in ("score", "count")}
     merged = xr.Dataset({f"{name}_{k}": v for name, ds in part["score"].items() for k, v in ds.data_vars.items()})
-    return merged, part["score"], part["count"], {key: done[key] for key in extra or {}}
+    return merged, part["score"], part["count"], {key: done[key] for key in extra}, dims, notes
 
 
 def _empty_members(pairs, counts, args) -> dict:
@@ -348,8 +349,7 @@ def _run(args) -> int:
     names = _names(forecast, truth, args.member_dim, args.variables)
     pairs = {name: aligned(forecast, truth, name, args.member_dim) for name in names}
     other = report.compare_pairs(args, truth, names) if args.compare else None
-    lazy, dims, notes = report.series(pairs, args, other)
-    merged, scores, counts, done = _compute(pairs, args, lazy)
+    merged, scores, counts, done, dims, notes = _compute(pairs, args, other)
     empty = _empty_members(pairs, counts, args)
     if empty:  # --allow-missing: score again without the empty members
         for name, (keep, labels) in empty.items():
@@ -357,8 +357,7 @@ def _run(args) -> int:
             pairs[name] = (fc.isel({args.member_dim: keep}), ob)
             print(f"sciffusion score: warning: {name!r}: scoring without the {len(labels)} members that are "
                   f"entirely NaN ({args.member_dim} {labels})", file=sys.stderr)
-        lazy, dims, notes = report.series(pairs, args, other)
-        merged, scores, counts, done = _compute(pairs, args, lazy)
+        merged, scores, counts, done, dims, notes = _compute(pairs, args, other)
     for name, (fc, ob) in pairs.items():
         if int(counts[name]["mixed"]):
             frac = int(counts[name]["mixed"]) / ob.size
@@ -372,13 +371,7 @@ def _run(args) -> int:
             merged.update({f"{name}_{k}": v for k, v in iv.data_vars.items()})
     else:
         comparison, more = report.compare(done, dims, args)
-    frames = []
-    for name, ds in scores.items():
-        df = ds.to_dataframe() if ds.sizes else pd.DataFrame({k: [float(v)] for k, v in ds.data_vars.items()})
-        df = df.reset_index() if ds.sizes else df
-        df.insert(0, "variable", name)
-        frames.append(df)
-    table = pd.concat(frames, ignore_index=True)
+    table = pd.concat([frame(ds, variable=name) for name, ds in scores.items()], ignore_index=True)
     with pd.option_context("display.max_rows", 40, "display.width", 160):
         for t in (table, comparison):
             if t is not None:

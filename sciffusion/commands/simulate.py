@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from sciffusion.commands._common import UserError, require_min
+from sciffusion.commands._common import UserError, require_min, write_mode
 
 NAME = "simulate"
 HELP = "run truth trajectories and perturbed-initial-condition ensembles of a built-in system to zarr"
@@ -49,30 +49,21 @@ def build_system(args: argparse.Namespace):
     """The (truth system, forecast system or None) pair described by ``args``."""
     from sciffusion import systems
 
-    kw = {}
+    kw = {} if args.dt is None else {"dt_seconds" if args.system == "shallow-water" else "dt": args.dt}  # (darcy has no dt)
     if args.system == "lorenz96":
-        if args.size is not None:
-            kw["k"] = args.size
-        if args.dt is not None:
-            kw["dt"] = args.dt
+        kw.update({} if args.size is None else {"k": args.size})
         truth = systems.Lorenz96(**kw, device=args.device)
-        forecast = None
-        if args.forecast_forcing_error is not None:
-            forecast = systems.lorenz96_forecast_model(args.forecast_forcing_error, **kw, device=args.device)
-        return truth, forecast
+        if args.forecast_forcing_error is None:
+            return truth, None
+        return truth, systems.lorenz96_forecast_model(args.forecast_forcing_error, **kw, device=args.device)
     if args.forecast_forcing_error is not None:
         raise ValueError("--forecast-forcing-error applies to lorenz96 only")
+    n = 64 if args.size is None else args.size
     if args.system == "kolmogorov":
-        if args.dt is not None:
-            kw["dt"] = args.dt
-        return systems.KolmogorovFlow(n=64 if args.size is None else args.size, reynolds=args.reynolds,
-                                      device=args.device, **kw), None
+        return systems.KolmogorovFlow(n=n, reynolds=args.reynolds, device=args.device, **kw), None
     if args.system == "darcy":
-        return systems.DarcyFlow(n=64 if args.size is None else args.size, kind=args.kind), None
-    nlat = 64 if args.size is None else args.size
-    if args.dt is not None:
-        kw["dt_seconds"] = args.dt
-    return systems.ShallowWater(nlat=nlat, nlon=2 * nlat, device=args.device, **kw), None
+        return systems.DarcyFlow(n=n, kind=args.kind), None
+    return systems.ShallowWater(nlat=n, nlon=2 * n, device=args.device, **kw), None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,11 +76,10 @@ def run(args: argparse.Namespace) -> int:
         truth, forecast = build_system(args)
     except ImportError as exc:  # optional dependency (torch-harmonics for shallow-water)
         raise UserError(str(exc)) from exc
-    mode = "resume" if args.resume else "w" if args.overwrite else "w-"
     ds = simulate(
         truth, n_members=args.members, n_init=args.n_init, n_leads=args.n_leads, lead_interval=args.lead_interval,
         init_interval=args.init_interval, spinup=args.spinup, perturbation=args.perturbation,
-        forecast_system=forecast, seed=args.seed, out=args.output, mode=mode,
+        forecast_system=forecast, seed=args.seed, out=args.output, mode=write_mode(args),
         chunk_members=args.chunk_members, progress=not args.no_progress,
     )
     sizes = ", ".join(f"{k}={v}" for k, v in ds.sizes.items())

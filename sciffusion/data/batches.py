@@ -5,29 +5,32 @@ from __future__ import annotations
 import torch
 
 
-class TensorPairs(torch.utils.data.Dataset):
-    """In-memory dataset of targets ``x: (N, ...)`` and optional conditions ``cond: (N, ...)``;
-    items are dicts ``{"x": ..., "cond": ...}`` like :class:`sciffusion.data.PairDataset`."""
+class BatchDataset(torch.utils.data.Dataset):
+    """A dataset that draws whole batches (``batch(idx)``, what :func:`collate` uses); item ``i`` is
+    row 0 of ``batch([i])``."""
 
-    def __init__(self, x: torch.Tensor, cond: torch.Tensor | None = None):
-        if cond is not None and len(cond) != len(x):
-            raise ValueError(f"x has {len(x)} samples but cond has {len(cond)}")
-        self.x, self.cond = x, cond
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.batch(torch.tensor([i])).items()}
+
+
+class TensorPairs(torch.utils.data.Dataset):
+    """In-memory dataset of targets ``x: (N, ...)``, optional conditions ``cond: (N, ...)`` and loss
+    masks ``mask: (N, ...)``; items are dicts ``{"x": ..., "cond": ...}`` like :class:`sciffusion.data.PairDataset`."""
+
+    def __init__(self, x: torch.Tensor, cond: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        for name, t in (("cond", cond), ("mask", mask)):
+            if t is not None and len(t) != len(x):
+                raise ValueError(f"x has {len(x)} samples but {name} has {len(t)}")
+        self.x, self.cond, self.mask = x, cond, mask
 
     def __len__(self) -> int:
         return len(self.x)
 
     def __getitem__(self, i):
-        item = {"x": self.x[i]}
-        if self.cond is not None:
-            item["cond"] = self.cond[i]
-        return item
+        return {k: v[i] for k, v in (("x", self.x), ("cond", self.cond), ("mask", self.mask)) if v is not None}
 
     def batch(self, idx: torch.Tensor) -> dict:
-        item = {"x": self.x[idx]}
-        if self.cond is not None:
-            item["cond"] = self.cond[idx]
-        return item
+        return self[idx]
 
 
 def collate(dataset, idx: torch.Tensor) -> dict[str, torch.Tensor]:

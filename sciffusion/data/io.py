@@ -70,7 +70,7 @@ def open_dataset(path: str | os.PathLike, chunks: Any = {}, **kwargs: Any) -> xr
     return ds.drop_vars("chunk_done") if "chunk_done" in ds and "sciffusion_config" in ds.attrs else ds
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     """Flush a directory entry (the rename) to disk; a no-op where unsupported."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -142,7 +142,7 @@ def write_zarr(ds: xr.Dataset | xr.DataArray, path: str | os.PathLike, *, mode: 
             os.replace(old, path)
         raise
     shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -185,7 +185,7 @@ def write_netcdf(ds: xr.Dataset | xr.DataArray, path: str | os.PathLike, *, mode
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 

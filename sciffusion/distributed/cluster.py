@@ -46,27 +46,20 @@ def dask_client(
         raise ValueError("give either a scheduler address or a number of local workers, not both")
     if workers is not None and int(workers) < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    if scheduler is not None:
-        address = str(scheduler)
-        try:
-            client = Client(address, timeout=timeout)
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise SchedulerUnreachable(
-                f"cannot reach the dask scheduler at {address!r} within {timeout:g} s "
-                f"(start one with `dask scheduler`, or use --workers N for a local cluster): {exc}") from exc
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=processes,
-                           memory_limit=memory_limit, dashboard_address=":0")
-    client = Client(cluster)
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster.close()
+    with contextlib.ExitStack() as started:  # closed in reverse: the client, then a local cluster
+        if scheduler is not None:
+            try:
+                client = Client(str(scheduler), timeout=timeout)
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise SchedulerUnreachable(
+                    f"cannot reach the dask scheduler at {str(scheduler)!r} within {timeout:g} s "
+                    f"(start one with `dask scheduler`, or use --workers N for a local cluster): {exc}") from exc
+        else:
+            cluster = started.enter_context(contextlib.closing(LocalCluster(
+                n_workers=workers, threads_per_worker=threads_per_worker, processes=processes,
+                memory_limit=memory_limit, dashboard_address=":0")))
+            client = Client(cluster)
+        yield started.enter_context(contextlib.closing(client))
 
 
 def n_workers(client) -> int:

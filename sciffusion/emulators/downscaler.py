@@ -46,33 +46,15 @@ from sciffusion.emulators.store import EnsembleStore
 DEFAULT_SAMPLER = {"method": "ddim", "steps": 16, "eta": 1.0}
 
 
-class _Triples(torch.utils.data.Dataset):
-    """Training items ``{"x": residual, "cond": condition, "mask": valid}`` for the Trainer."""
-
-    def __init__(self, x, cond, mask):
-        self.x, self.cond, self.mask = x, cond, mask
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"x": self.x[i], "cond": self.cond[i], "mask": self.mask[i]}
-
-    def batch(self, idx):
-        return {"x": self.x[idx], "cond": self.cond[idx], "mask": self.mask[idx]}
-
-
 def default_net(coder: DownscaleCoder, net: dict | None = None) -> dict:
     """The backbone spec: a UNet2d, circular along periodic dims, zero-padded otherwise, ``fit_grid="pad"``."""
-    spec = dict(net or {})
-    name = spec.get("name", "UNet2d")
-    if name != "UNet2d":
-        raise ValueError(f"the Downscaler needs a 2-D backbone (UNet2d), got {name!r}")
+    from sciffusion.nets import task_spec
+
     padding = ["circular" if d in coder.periodic else "zeros" for d in coder.grid_dims]
-    kwargs = {"channels": [32, 64, 128], "blocks_per_level": 1, "attention_levels": [], "padding": padding,
-              "fit_grid": "pad", **dict(spec.get("kwargs") or {}),
-              "in_channels": coder.channels, "cond_channels": coder.cond_channels}
-    return {"name": "UNet2d", "kwargs": kwargs}
+    defaults = {"channels": [32, 64, 128], "blocks_per_level": 1, "attention_levels": [], "padding": padding,
+                "fit_grid": "pad"}
+    io = {"in_channels": coder.channels, "cond_channels": coder.cond_channels}
+    return task_spec(net, "UNet2d", {"UNet2d": (defaults, io)}, "the Downscaler", "UNet2d (a 2-D backbone)")
 
 
 def _weights_sha(den) -> str:
@@ -131,7 +113,7 @@ class Downscaler(SamplerCalibration, Emulator):
             threads: torch CPU threads while training (default: leave torch's setting).
         """
         from sciffusion.nets import build_net
-        from sciffusion.training import seeded
+        from sciffusion.training import TensorPairs, seeded
 
         fine = fine.to_dataset() if isinstance(fine, xr.DataArray) else fine
         grid_dims = grid_dims_of(fine, grid_dims)
@@ -157,7 +139,7 @@ class Downscaler(SamplerCalibration, Emulator):
         coder.check(coarse)
         _check_mask_pair(coder, stack(coarse, variables, sample_dim, grid_dims))
         x, mask = coder.target(f, up)
-        data = _Triples(x, coder.condition(up), mask)
+        data = TensorPairs(x, coder.condition(up), mask)
         with seeded(seed):  # the caller's global RNG is left as it was
             den = Denoiser(build_net(default_net(coder, net)), sigma_data=1.0)
             return cls(den, coder)._train_denoiser(data, steps, batch_size=batch_size, threads=threads, out_dir=out_dir,

@@ -39,8 +39,9 @@ import torch.nn.functional as F
 import xarray as xr
 from torch import nn
 
-from sciffusion.emulators.rollout import _split_dims, default_net
-from sciffusion.emulators.rollout_base import RolloutCoder, RolloutModel, _names
+from sciffusion.data.batches import BatchDataset
+from sciffusion.emulators.rollout import default_net, fit_coder
+from sciffusion.emulators.rollout_base import RolloutCoder, RolloutModel
 
 
 class MemberDropout(nn.Module):
@@ -171,22 +172,18 @@ class DYffusion(RolloutModel):
 
         if history != 1:
             raise ValueError("DYffusion conditions on one state: history must be 1")
-        ds = ds.to_dataset() if isinstance(ds, xr.DataArray) else ds
-        forcings = _names(forcings)
-        variables = _names(variables) or [str(v) for v in ds.data_vars if time_dim in ds[v].dims and str(v) not in forcings]
-        grid_dims, sample_dims = _split_dims(ds, variables, grid_dims, time_dim, sample_dims)
-        coder, x, f = RolloutCoder.fit(ds, variables, grid_dims, time_dim, sample_dims, 1, forcings)
+        coder, x, f = fit_coder(ds, variables, grid_dims, time_dim, sample_dims, 1, forcings)
         h = int(horizon)
         if x.shape[1] <= h:
             raise ValueError(f"need more than horizon = {h} times along {time_dim!r}, got {x.shape[1]}")
         device = torch.device(device or "cpu")
         z = coder.normalize(torch.as_tensor(x)).float()
         fz = None if f is None else coder.normalize_forcing(torch.as_tensor(f)).float()
-        dz = (z[:, h:] - z[:, :-h]).transpose(0, 2).reshape(len(variables), -1).std(1)
+        dz = (z[:, h:] - z[:, :-h]).transpose(0, 2).reshape(coder.channels, -1).std(1)
         with seeded(seed):  # init and dropout draw from it; the caller's global RNG is left as it was
             spec = default_net(coder, net)
             ispec = {**spec, "kwargs": {**spec["kwargs"], "dropout": dropout}}
-            model = cls(build_net(ispec), build_net(spec), coder, horizon=h, h_std=dict(zip(variables, dz.tolist())))
+            model = cls(build_net(ispec), build_net(spec), coder, horizon=h, h_std=dict(zip(coder.variables, dz.tolist())))
             windows = _Windows(z, fz, h)
 
             def interp_loss(net, batch, gen):
@@ -250,7 +247,7 @@ class DYffusion(RolloutModel):
                    h_std=spec["h_std"], sampler=spec.get("sampler"))
 
 
-class _Windows(torch.utils.data.Dataset):
+class _Windows(BatchDataset):
     """Training windows ``{"window": z[s, t : t+h+1] (h+1, C, *grid), "forcing": f[s, t]}`` of
     normalised states ``z (S, T, C, *grid)`` (and forcings), one per start ``(s, t)``."""
 
@@ -267,9 +264,6 @@ class _Windows(torch.utils.data.Dataset):
         if self.fz is not None:
             out["forcing"] = self.fz[s, t]
         return out
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: v[0] for k, v in self.batch(torch.tensor([i])).items()}
 
 
 def _train(net: nn.Module, name: str, loss_fn, steps: int, *, windows: _Windows, out_dir, batch_size: int, lr: float,

@@ -28,6 +28,7 @@ import torch
 import xarray as xr
 
 from sciffusion._deprecate import renamed_keywords
+from sciffusion.data.batches import BatchDataset
 from sciffusion.diffusion import Denoiser
 from sciffusion.diffusion.sample import (check_sample_options, forward_step, step_function, step_keywords, step_name,
                                          step_options)
@@ -68,26 +69,17 @@ class TemperedStep:
 
 
 def _default_net(coder: SeedsCoder, net: dict | None) -> dict:
-    from sciffusion.nets import NETS
+    from sciffusion.nets import task_spec
 
-    spec = dict(net or {})
-    rank = len(coder.grid_dims)
-    name = spec.get("name") or ("PeriodicConv1d" if rank == 1 else "UNet2d" if rank == 2 else "MLP")
-    kwargs = dict(spec.get("kwargs") or {})
-    if name not in NETS:
-        raise ValueError(f"unknown net {name!r}; known nets: {sorted(NETS)}")
-    if name == "EOFMLP":  # latent diffusion on EOF coefficients, any grid
-        kwargs = {"rank": 128, "cond_rank": 128, "width": 512, "depth": 4, **kwargs, "in_channels": coder.channels,
-                  "grid_shape": list(coder.grid_shape), "cond_channels": coder.cond_channels}
-    elif name == "PeriodicConv1d":
-        kwargs = {"width": 32, "n_blocks": 4, **kwargs, "in_channels": coder.channels, "cond_channels": coder.cond_channels}
-    elif name == "UNet2d":
-        kwargs = {"channels": [32, 64], "blocks_per_level": 1, "padding": "circular", "attention_levels": [], **kwargs,
-                  "in_channels": coder.channels, "cond_channels": coder.cond_channels}
-    else:
-        raise ValueError(f"{name} does not take gridded conditions; use PeriodicConv1d (1-D grids), UNet2d (2-D) "
-                         "or EOFMLP (any grid, latent)")
-    return {"name": name, "kwargs": kwargs}
+    c_in, c_cond = coder.channels, coder.cond_channels
+    io = {"in_channels": c_in, "cond_channels": c_cond}
+    nets = {"EOFMLP": ({"rank": 128, "cond_rank": 128, "width": 512, "depth": 4},  # latent diffusion on EOFs, any grid
+                       {"in_channels": c_in, "grid_shape": list(coder.grid_shape), "cond_channels": c_cond}),
+            "PeriodicConv1d": ({"width": 32, "n_blocks": 4}, io),
+            "UNet2d": ({"channels": [32, 64], "blocks_per_level": 1, "padding": "circular", "attention_levels": []}, io)}
+    return task_spec(net, {1: "PeriodicConv1d", 2: "UNet2d"}.get(len(coder.grid_dims), "MLP"), nets,
+                     "an EnsembleEmulator (gridded conditions)",
+                     "PeriodicConv1d (1-D grids), UNet2d (2-D) or EOFMLP (any grid, latent)")
 
 
 def latent_net(denoiser):
@@ -99,7 +91,7 @@ def latent_net(denoiser):
     return net if isinstance(net, EOFMLP) else None
 
 
-class LatentPairs(torch.utils.data.Dataset):
+class LatentPairs(BatchDataset):
     """:class:`SeedPairs` with targets and conditions in EOF coefficients (for an EOFMLP denoiser)."""
 
     def __init__(self, pairs: SeedPairs, net):
@@ -112,10 +104,6 @@ class LatentPairs(torch.utils.data.Dataset):
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         b = self.pairs.batch(idx)
         return {"x": self.net.encode(b["x"]), "cond": self.net.encode_cond(b["cond"])}
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        b = self.batch(torch.tensor([i]))
-        return {k: v[0] for k, v in b.items()}
 
 
 class EnsembleEmulator(Emulator):

@@ -43,35 +43,33 @@ def default_net(coder: RolloutCoder, net: dict | None, *, out_channels: int | No
     Default: ``PeriodicConv1d`` on 1-D grids, ``UNet2d`` with circular padding on 2-D grids;
     ``{"name": "SFNO"}`` for lat-lon grids on the sphere.
     """
-    from sciffusion.nets import NETS
+    from sciffusion.nets import task_spec
 
-    spec = dict(net or {})
     rank = len(coder.grid_shape)
-    name = spec.get("name") or ("PeriodicConv1d" if rank == 1 else "UNet2d" if rank == 2 else None)
-    if name is None or name not in NETS:
-        raise ValueError(f"no default backbone for a {rank}-D grid; pass net={{'name': ...}} (known: {sorted(NETS)})")
-    kw = dict(spec.get("kwargs") or {})
     io = {"in_channels": coder.channels, "cond_channels": coder.cond_channels if cond_channels is None else cond_channels}
     if out_channels is not None:
         io["out_channels"] = out_channels
-    if name == "PeriodicConv1d":
-        kw = {"width": 32, "n_blocks": 4, **kw, **io}
-    elif name == "UNet2d":
-        kw = {"channels": [16, 32], "blocks_per_level": 1, "padding": "circular", "attention_levels": [], **kw, **io}
-    elif name == "SFNO":
-        kw = {"width": 32, "n_layers": 4, **kw, **io, "nlat": coder.grid_shape[0], "nlon": coder.grid_shape[1]}
-    else:
-        raise ValueError(f"{name} does not take gridded conditions; use PeriodicConv1d, UNet2d or SFNO")
-    return {"name": name, "kwargs": kw}
+    nets = {"PeriodicConv1d": ({"width": 32, "n_blocks": 4}, io),
+            "UNet2d": ({"channels": [16, 32], "blocks_per_level": 1, "padding": "circular", "attention_levels": []}, io),
+            "SFNO": ({"width": 32, "n_layers": 4}, {**io, **dict(zip(("nlat", "nlon"), coder.grid_shape))})}
+    return task_spec(net, {1: "PeriodicConv1d", 2: "UNet2d"}.get(rank), nets, f"a rollout on a {rank}-D grid",
+                     "PeriodicConv1d (1-D grids), UNet2d (2-D) or SFNO (lat-lon)")
 
 
-def _split_dims(ds: xr.Dataset, variables, grid_dims, time_dim, sample_dims) -> tuple[list[str], list[str]]:
+def fit_coder(ds: xr.Dataset | xr.DataArray, variables, grid_dims, time_dim: str, sample_dims, history: int, forcings):
+    """:meth:`RolloutCoder.fit` on trajectories ``ds`` with the defaults of :meth:`Rollout.fit`: the variables
+    (those with ``time_dim`` that are not forcings), grid dims (after ``time_dim``) and sample dims (the others)."""
+    ds = ds.to_dataset() if isinstance(ds, xr.DataArray) else ds
+    forcings = _names(forcings)
+    variables = _names(variables) or [str(v) for v in ds.data_vars if time_dim in ds[v].dims and str(v) not in forcings]
+    if not variables:
+        raise ValueError(f"no variable of the training data has a {time_dim!r} dimension")
     dims = [str(d) for d in ds[variables[0]].dims]
     if time_dim not in dims:
         raise ValueError(f"variable {variables[0]!r} has no {time_dim!r} dimension (dims {tuple(dims)}); pass time_dim=")
     grid_dims = _names(grid_dims) or dims[dims.index(time_dim) + 1 :]
     sample_dims = [d for d in dims if d not in (time_dim, *grid_dims)] if sample_dims is None else _names(sample_dims)
-    return grid_dims, sample_dims
+    return RolloutCoder.fit(ds, variables, grid_dims, time_dim, sample_dims, history, forcings)
 
 
 def training_pairs(coder: RolloutCoder, x, f) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,13 +126,7 @@ class Rollout(RolloutModel):
         from sciffusion.nets import build_net
         from sciffusion.training import TensorPairs, seeded
 
-        ds = ds.to_dataset() if isinstance(ds, xr.DataArray) else ds
-        forcings = _names(forcings)
-        variables = _names(variables) or [str(v) for v in ds.data_vars if time_dim in ds[v].dims and str(v) not in forcings]
-        if not variables:
-            raise ValueError(f"no variable of the training data has a {time_dim!r} dimension")
-        grid_dims, sample_dims = _split_dims(ds, variables, grid_dims, time_dim, sample_dims)
-        coder, x, f = RolloutCoder.fit(ds, variables, grid_dims, time_dim, sample_dims, history, forcings)
+        coder, x, f = fit_coder(ds, variables, grid_dims, time_dim, sample_dims, history, forcings)
         target, cond = training_pairs(coder, x, f)
         with seeded(seed):  # the caller's global RNG is left as it was
             den = Denoiser(build_net(default_net(coder, net)), sigma_data=1.0)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from sciffusion.data.batches import BatchDataset
 from sciffusion.data.coder import FieldCoder, check_spread, names as _names, numeric_coords
 from sciffusion.data.tensors import CF_ATTRS, dataset_to_tensor
 
@@ -155,7 +156,7 @@ class SeedsCoder(FieldCoder):
         return seeds.mean(1)[:, None] + self._dev(seeds[:, 0], lead)[:, None] * z
 
 
-class SeedPairs(torch.utils.data.Dataset):
+class SeedPairs(BatchDataset):
     """Training pairs ``{"x": z (C, *grid), "cond": (Cc, *grid)}`` drawn from a physics ensemble.
 
     Args:
@@ -204,7 +205,3 @@ class SeedPairs(torch.utils.data.Dataset):
             x = torch.where((tgt < 0).reshape(-1, *(1,) * (x.ndim - 1)), self.truth[s], x)
         lead = self.lead[s]
         return {"x": self.coder.encode(x, seeds, lead), "cond": self.coder.condition(seeds, lead)}
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        b = self.batch(torch.tensor([i]))
-        return {k: v[0] for k, v in b.items()}

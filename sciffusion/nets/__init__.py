@@ -30,7 +30,7 @@ NETS: dict[str, type[nn.Module]] = {
     "EOFMLP": EOFMLP,
 }
 
-__all__ = ["NETS", "EOFMLP", "MLP", "PeriodicConv1d", "SFNO", "UNet2d", "build_net", "net_spec"]
+__all__ = ["NETS", "EOFMLP", "MLP", "PeriodicConv1d", "SFNO", "UNet2d", "build_net", "net_spec", "task_spec"]
 
 
 def _unwrap(net: nn.Module) -> nn.Module:
@@ -60,6 +60,20 @@ def build_net(spec: dict[str, Any]) -> nn.Module:
     if not isinstance(kwargs, dict):
         raise ValueError(f"net spec 'kwargs' must be a dict; got {type(kwargs).__name__}")
     return NETS[name](**kwargs)
+
+
+def task_spec(net: dict | None, default: str | None, nets: dict[str, tuple[dict, dict]], task: str, use: str) -> dict:
+    """A task's backbone spec ``{"name", "kwargs"}``: ``net["name"]`` (else ``default``), its ``kwargs`` over
+    the task's defaults and the task's fixed entries (channel counts) over both, ``nets[name] = (defaults,
+    fixed)``. A net the task cannot use is refused naming ``task`` and those it can (``use``)."""
+    spec = dict(net or {})
+    name = spec.get("name") or default
+    if name not in nets:
+        what = (f"no default backbone for {task}" if name is None else f"unknown net {name!r}" if name not in NETS
+                else f"{task} cannot use the {name} backbone")
+        raise ValueError(f"{what}; use {use} (known nets: {', '.join(sorted(NETS))})")
+    defaults, fixed = nets[name]
+    return {"name": name, "kwargs": {**defaults, **dict(spec.get("kwargs") or {}), **fixed}}
 
 
 def net_spec(net: nn.Module) -> dict[str, Any]:
