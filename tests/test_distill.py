@@ -72,3 +72,46 @@ def test_bad_settings_are_refused_naming_them(kwargs, needle):
     data = TensorPairs(gm.sample(64, torch.Generator().manual_seed(0)).float())
     with pytest.raises(ValueError, match=needle):
         distill(gm, data, **{"student": Denoiser(MLP(2, width=8, depth=1)), "steps": 1, "progress": False, **kwargs})
+
+
+class _Wrapped(torch.nn.Module):
+    """A denoiser module around a plain function, as a distilled network stands in for its teacher."""
+
+    def __init__(self, fn, sigma_data=1.0):
+        super().__init__()
+        self.fn, self.sigma_data = fn, sigma_data
+
+    def forward(self, x, sigma, cond=None, **kw):
+        return self.fn(x, sigma, cond=cond, **kw)
+
+
+def test_emulators_given_a_student_sample_with_its_calls_and_noise_levels():
+    """with_student swaps in the student's network and its schedule: the ensemble equals the same
+    emulator run with DDIM on the student's levels, at the student's number of calls; Rollout too."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_emulator_ensemble import exact_standard_normal, gaussian_emulator, seeds_dataset
+    from test_rollout import AR1Denoiser, ar1_coder, initial
+
+    from sciffusion.emulators import Rollout
+
+    levels = torch.tensor([80.0, 1.5, 0.0], dtype=torch.float64)
+    emu, seeds = gaussian_emulator(), seeds_dataset(n_init=2)
+    counted = CountingDenoiser(_Wrapped(exact_standard_normal))
+    fast = emu.with_student(Student(counted, levels))
+    got = fast.generate(seeds, 8, batch_size=4096, progress=False)
+    assert counted.nfe == 2 and fast.sampler["steps"] == 2 and emu.sampler["steps"] == 18  # the teacher is untouched
+    want = emu.generate(seeds, 8, batch_size=4096, progress=False, method="ddim", steps=2, eta=0.0, sigmas=levels.tolist())
+    torch.testing.assert_close(torch.as_tensor(got.x.values), torch.as_tensor(want.x.values), rtol=0, atol=0)
+    assert got.attrs["checkpoint_sha256"] == ""  # not the teacher's weights
+
+    model = Rollout(AR1Denoiser(), ar1_coder(), sampler={"steps": 6})
+    student = model.with_student(Student(_Wrapped(AR1Denoiser()), levels))
+    a = student.rollout(initial(), 3, n_members=2, seed=1, progress=False).x.values
+    b = model.rollout(initial(), 3, n_members=2, seed=1, progress=False, steps=2, method="ddim", eta=0.0,
+                      sigmas=levels.tolist()).x.values
+    assert (a == b).all()
+    with pytest.raises(ValueError, match="sigma_data"):
+        model.with_student(Student(_Wrapped(AR1Denoiser(), sigma_data=0.5), levels))

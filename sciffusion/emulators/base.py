@@ -111,6 +111,23 @@ class Emulator:
             self._link(trainer.out_dir)
         return self
 
+    def with_student(self, student) -> Emulator:
+        """A copy of this emulator that samples with ``student``, a :class:`~sciffusion.distill.Student`
+        distilled from its denoiser: the student's network and its ``student.calls``-call DDIM schedule
+        replace the denoiser and the default sampler (other sampler settings, such as a calibrated
+        temperature, and the coder stay). ``save`` writes it like any emulator; its provenance names
+        no checkpoint until it is saved."""
+        import copy
+
+        if abs(float(student.sigma_data) - float(getattr(self.denoiser, "sigma_data", student.sigma_data))) > 1e-9:
+            raise ValueError(f"the student's sigma_data {student.sigma_data} is not this emulator's "
+                             f"{self.denoiser.sigma_data}: it was distilled from another model")
+        out = copy.copy(self)
+        out.denoiser = student.denoiser
+        out.sampler = {**self.sampler, **student.sampler, "steps": student.calls}
+        out.checkpoint = out.checkpoint_sha256 = None
+        return out
+
     # ------------------------------------------------------------------ provenance
     def provenance(self, call: str, *, source: Mapping | None = None, title: str | None = None,
                    **fields) -> dict[str, Any]:

@@ -244,7 +244,10 @@ class Downscaler(SamplerCalibration, Emulator):
 
 
 def _sampler_options(settings: dict) -> dict[str, float]:
-    """The keyword options of :func:`sciffusion.diffusion.sample` a sampler setting carries."""
+    """The keyword options of :func:`sciffusion.diffusion.sample` a sampler setting carries (a distilled
+    student's carries its noise levels)."""
+    if "sigmas" in settings:
+        return {"eta": float(settings["eta"]), "sigmas": list(settings["sigmas"])}
     if settings["method"] == "ddim":
         return {"eta": float(settings["eta"])}
     if settings["method"] == "stochastic":
