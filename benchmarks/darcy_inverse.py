@@ -17,7 +17,7 @@ denoiser evaluations per sample (forward + VJP) and seconds per sample.
 
 Settings compared, on the EDM prior and on the PIDM prior (``pidm+...``): ``dps`` (observation
 guidance only), ``residual`` (the same observation guidance plus Darcy residual guidance),
-``mmps`` (covariance-aware observation guidance) and ``solve`` (``method="projected"`` with
+``mmps`` (covariance-aware observation guidance) and ``solve`` (``guidance="projected"`` with
 :class:`~sciffusion.inverse.DarcyProjection` and ``guide_projected=True``: the solution channel is
 the exact PDE solve of the coefficient channel at every step, and DPS differentiates the
 observations through that solve; one sparse LU factorisation per sample and denoiser call).
@@ -121,7 +121,7 @@ def evaluate(prior, x_test, mean, std, residual, task, method, args):
     opts = {"mmps": {"cg_iters": args.cg_iters}, "dps": {"zeta": args.zeta_obs},
             "residual": {"residual": residual, "zeta_obs": args.zeta_obs, "zeta_pde": args.zeta_pde,
                          "pde_sigma": args.pde_sigma},
-            "solve": {"projection": DarcyProjection(mean.tolist(), std.tolist()), "guidance": "dps",
+            "solve": {"projection": DarcyProjection(mean.tolist(), std.tolist()), "inner_guidance": "dps",
                       "guide_projected": True, "zeta": args.zeta_obs}}[method]
     errs, pix, res, spread, skill, wall = [], [], [], [], [], 0.0
     member_errs, member_pix, disagree = [], [], []  # the same scores of single samples, averaged
@@ -130,7 +130,7 @@ def evaluate(prior, x_test, mean, std, residual, task, method, args):
         y = sensors(x_test[case : case + 1])[0]
         t0 = time.perf_counter()
         gen = torch.Generator(device=args.eval_device).manual_seed(case)
-        x = sample(prior, sensors, y, noise_std=args.noise_std, method="projected" if method == "solve" else method,
+        x = sample(prior, sensors, y, noise_std=args.noise_std, guidance="projected" if method == "solve" else method,
                    n_members=m, steps=args.steps,
                    sampler=args.sampler, sigma_max=args.sigma_max, event_shape=(2, n, n), generator=gen,
                    device=args.eval_device, **opts).cpu()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sciffusion.diffusion import edm_loss
-from sciffusion.inverse import METHODS, Box, DarcyResidual, Linear, SparseSensors, sample
+from sciffusion.inverse import METHODS, Box, DarcyResidual, Linear, SparseSensors, data_scale, sample
 from sciffusion.physics import darcy_residual
 from sciffusion.systems.darcy import solve_darcy
 from sciffusion.testing import GaussianMixture, grid_mixture
@@ -28,7 +28,7 @@ def test_every_method_returns_n_members_fields_that_fit_the_observations(method)
     opts = {"projection": Box(-20, 20)} if method == "projected" else {}
     if method == "residual":
         opts = {"residual": lambda x: x[:, 0] - x[:, 1], "zeta_obs": 2.0, "zeta_pde": 0.5}
-    x = sample(prior, op, y, noise_std=0.1, method=method, n_members=6, steps=15, sigma_max=200.0,
+    x = sample(prior, op, y, noise_std=0.1, guidance=method, n_members=6, steps=15, sigma_max=200.0,
                generator=torch.Generator().manual_seed(1), dtype=F64, **opts)
     assert x.shape == (6, 2, 4, 4) and torch.isfinite(x).all()
     prior_draws = prior.sample(200, torch.Generator().manual_seed(2))
@@ -41,24 +41,50 @@ def test_bad_input_is_named():
     op = Linear(torch.randn(2, 4, dtype=F64))
     kw = dict(n_members=2, steps=3, dtype=F64)
     with pytest.raises(ValueError, match="y has shape"):
-        sample(prior, op, torch.zeros(3), noise_std=0.1, method="mmps", **kw)
+        sample(prior, op, torch.zeros(3), noise_std=0.1, guidance="mmps", **kw)
     for method in ("dps", "smc", "residual"):
         with pytest.raises(ValueError, match="noise_std"):
-            sample(prior, op, torch.zeros(2), noise_std=0.0, method=method, residual=lambda x: x, **kw)
+            sample(prior, op, torch.zeros(2), noise_std=0.0, guidance=method, residual=lambda x: x, **kw)
     with pytest.raises(ValueError, match="noise_std"):
-        sample(prior, op, torch.zeros(2), noise_std=-1.0, method="mmps", **kw)
-    sample(prior, op, torch.zeros(2), noise_std=0.0, method="mmps", **kw)  # noiseless is fine for MMPS
+        sample(prior, op, torch.zeros(2), noise_std=-1.0, guidance="mmps", **kw)
+    sample(prior, op, torch.zeros(2), noise_std=0.0, guidance="mmps", **kw)  # noiseless is fine for MMPS
 
     def numpy_model(x):
         return torch.as_tensor(np.asarray(x)[:, :2])
 
     for method in ("dps", "pigdm", "mmps", "smc"):
         with pytest.raises(TypeError, match="operator is not differentiable"):
-            sample(prior, numpy_model, torch.zeros(2), noise_std=0.1, method=method, **kw)
-    with pytest.raises(ValueError, match="unknown method"):
-        sample(prior, op, torch.zeros(2), noise_std=0.1, method="ddrm", **kw)
+            sample(prior, numpy_model, torch.zeros(2), noise_std=0.1, guidance=method, **kw)
+    with pytest.raises(ValueError, match="unknown guidance"):
+        sample(prior, op, torch.zeros(2), noise_std=0.1, guidance="ddrm", **kw)
     with pytest.raises(ValueError, match="event_shape"):
-        sample(lambda x, s: x, op, torch.zeros(2), noise_std=0.1, method="dps", **kw)
+        sample(lambda x, s: x, op, torch.zeros(2), noise_std=0.1, guidance="dps", **kw)
+
+
+def test_method_is_a_deprecated_alias_of_guidance_and_projected_takes_inner_guidance():
+    """``method=`` (and, with it, projected's old ``guidance=``) give the same draws with a FutureWarning."""
+    prior, a, y = grid_mixture(4), torch.eye(4, dtype=F64)[:2], torch.tensor([1.0, -2.0], dtype=F64)
+    kw = dict(noise_std=0.5, n_members=3, steps=5, dtype=F64)
+    new = sample(prior, Linear(a), y, guidance="pigdm", generator=torch.Generator().manual_seed(0), **kw)
+    with pytest.warns(FutureWarning, match="method= is deprecated, use guidance="):
+        old = sample(prior, Linear(a), y, method="pigdm", generator=torch.Generator().manual_seed(0), **kw)
+    torch.testing.assert_close(old, new, rtol=0, atol=0)
+    kw.update(projection=Box(-20, 20), generator=torch.Generator().manual_seed(0))
+    new = sample(prior, Linear(a), y, guidance="projected", inner_guidance="dps", **kw)
+    kw.update(generator=torch.Generator().manual_seed(0))
+    with pytest.warns(FutureWarning, match="use guidance="), pytest.warns(FutureWarning, match="use inner_guidance="):
+        old = sample(prior, Linear(a), y, method="projected", guidance="dps", **kw)
+    torch.testing.assert_close(old, new, rtol=0, atol=0)
+
+
+def test_data_scale_is_the_rms_norm_of_the_prior():
+    """From ``sigma_data`` when the denoiser has one, else measured by Tweedie: sqrt(E|x0|^2) exactly."""
+    prior = grid_mixture(8, seed=3)
+    exact = float((prior.cov().trace() + (prior.mean() ** 2).sum()).sqrt())
+    assert abs(data_scale(prior, (8,), F64) / exact - 1) < 1e-6
+    assert abs(data_scale(prior, (8,), torch.float32) / exact - 1) < 1e-4
+    prior.sigma_data = 2.0
+    assert data_scale(prior, (8,)) == 2.0 * 8**0.5
 
 
 def test_missing_observations_in_y_are_ignored_by_sample():
@@ -66,7 +92,7 @@ def test_missing_observations_in_y_are_ignored_by_sample():
     prior = grid_mixture(4)
     a = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
     y = torch.tensor([1.0, float("nan"), -2.0], dtype=F64)
-    kw = dict(noise_std=0.5, method="pigdm", n_members=50, steps=10, sigma_max=500.0, dtype=F64)
+    kw = dict(noise_std=0.5, guidance="pigdm", n_members=50, steps=10, sigma_max=500.0, dtype=F64)
     x_nan = sample(prior, Linear(a), y, generator=torch.Generator().manual_seed(0), **kw)
     x_red = sample(prior, Linear(a[[0, 2]]), y[[0, 2]], generator=torch.Generator().manual_seed(0), **kw)
     assert torch.isfinite(x_nan).all()
@@ -88,9 +114,9 @@ def test_darcy_residual_vanishes_on_solver_output_and_guidance_reduces_it():
                             event_shape=(2, n, n))
     resid = DarcyResidual()
     kw = dict(n_members=20, steps=20, sigma_max=50.0, dtype=F64, event_shape=(2, n, n))
-    plain = sample(prior, None, None, noise_std=None, method="residual", residual=resid, zeta_pde=0.0,
+    plain = sample(prior, None, None, noise_std=None, guidance="residual", residual=resid, zeta_pde=0.0,
                    generator=torch.Generator().manual_seed(0), **kw)
-    guided = sample(prior, None, None, noise_std=None, method="residual", residual=resid, zeta_pde=1.0,
+    guided = sample(prior, None, None, noise_std=None, guidance="residual", residual=resid, zeta_pde=1.0,
                     generator=torch.Generator().manual_seed(0), **kw)
     assert float(resid(guided).abs().mean()) < 0.5 * float(resid(plain).abs().mean())
 

@@ -81,7 +81,7 @@ def test_guided_samplers_on_cuda_match_the_cpu_run_from_the_same_start(method):
     for device in ("cpu", "cuda"):
         prior = GaussianPrior().to(device)
         op_d = SparseSensors((4, 4), num=6, seed=0, channels=[1])
-        out[device] = sample(prior, op_d, y, noise_std=0.1, method=method, n_members=3, steps=12,
+        out[device] = sample(prior, op_d, y, noise_std=0.1, guidance=method, n_members=3, steps=12,
                              sampler="heun", dtype=F64, x=x0.to(device), **opts)
         assert out[device].device.type == device
         assert op_d.flat_index.device.type == "cpu"  # the caller's operator is copied, not moved
@@ -93,7 +93,7 @@ def test_smc_on_cuda_runs_on_the_device_and_fits_the_observations():
     op, y = _problem()
     prior = GaussianPrior().cuda()
     gen = torch.Generator(device="cuda").manual_seed(0)
-    x = sample(prior, op, y, noise_std=0.1, method="smc", n_members=64, steps=20, particles=64,
+    x = sample(prior, op, y, noise_std=0.1, guidance="smc", n_members=64, steps=20, particles=64,
                generator=gen, dtype=F64)
     assert x.device.type == "cuda" and torch.isfinite(x).all()
     assert x.info.log_z.device.type == "cuda"

@@ -81,7 +81,7 @@ def test_mmps_guided_samplers_reproduce_the_exact_posterior(sampler, steps):
     n = 1000
     e1 = post.sample(n, torch.Generator().manual_seed(1))
     floor = sliced_wasserstein(e1, post.sample(n, torch.Generator().manual_seed(2)), 500)
-    x = sample(prior, Linear(a), y, noise_std=s, method="mmps", n_members=n, steps=steps, sampler=sampler,
+    x = sample(prior, Linear(a), y, noise_std=s, guidance="mmps", n_members=n, steps=steps, sampler=sampler,
                sigma_max=100.0, dtype=F64, generator=torch.Generator().manual_seed(3), cg_iters=3)
     assert sliced_wasserstein(x, e1, 500) < 2 * floor
 

@@ -28,7 +28,7 @@ def test_projected_samples_satisfy_the_constraint_to_solver_precision(projection
     prior = grid_mixture(4, seed=0)
     raw = prior.sample(500, torch.Generator().manual_seed(0))
     assert float(projection.violation(raw).max()) > 1.0
-    x = sample(prior, None, None, noise_std=None, method="projected", projection=projection, n_members=500,
+    x = sample(prior, None, None, noise_std=None, guidance="projected", projection=projection, n_members=500,
                steps=20, sigma_max=2000.0, dtype=F64, generator=torch.Generator().manual_seed(1))
     assert float(projection.violation(x).max()) < 1e-10
 
@@ -50,7 +50,7 @@ def test_affine_constraint_the_prior_satisfies_leaves_the_samples_unchanged(proj
     kw = dict(n_members=400, steps=15, sigma_max=500.0, dtype=F64, sampler="heun")
     plain = diffusion_sample(prior, (400, 3), steps=15, method="heun", sigma_max=500.0, dtype=F64,
                              generator=torch.Generator().manual_seed(2))
-    proj = sample(prior, None, None, noise_std=None, method="projected", projection=FixedTotal(3.0),
+    proj = sample(prior, None, None, noise_std=None, guidance="projected", projection=FixedTotal(3.0),
                   project_iterates=project_iterates, generator=torch.Generator().manual_seed(2), **kw)
     assert float(FixedTotal(3.0).violation(proj).max()) < 1e-10
     if not project_iterates:
@@ -72,7 +72,7 @@ def test_box_the_prior_satisfies_leaves_the_distribution_unchanged():
 
 def test_projection_needs_a_callable():
     with pytest.raises(ValueError, match="projection"):
-        sample(grid_mixture(2), None, None, noise_std=None, method="projected", n_members=2, steps=2)
+        sample(grid_mixture(2), None, None, noise_std=None, guidance="projected", n_members=2, steps=2)
     with pytest.raises(ValueError, match="rank"):
         LinearEquality(torch.ones(2, 3), torch.zeros(2))
 
@@ -127,7 +127,7 @@ def test_guidance_through_the_projection_reaches_the_unobserved_channel(through)
         return torch.stack([x[:, 0], 2 * x[:, 0]], dim=1)
 
     x = sample(prior, Linear(torch.tensor([[0.0, 1.0]], dtype=F64)), torch.tensor([2.0], dtype=F64),
-               noise_std=0.1, method="projected", projection=tie, guidance="dps", guide_projected=through,
+               noise_std=0.1, guidance="projected", projection=tie, inner_guidance="dps", guide_projected=through,
                n_members=400, steps=60, sigma_max=100.0, dtype=F64, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(x[:, 1], 2 * x[:, 0])
     if through:

@@ -29,8 +29,8 @@ def _same(x, expected):
     torch.testing.assert_close(x, torch.tensor(expected, dtype=F64), rtol=1e-12, atol=0)
 
 
-def _posterior(method, **kw):
-    return posterior(GM, Linear(A), Y, noise_std=0.5, method=method, n_members=2, steps=4,
+def _posterior(method, **kw):  # sigma_max as when the references were saved (the default now follows the prior's scale)
+    return posterior(GM, Linear(A), Y, noise_std=0.5, guidance=method, n_members=2, steps=4, sigma_max=80.0,
                      generator=torch.Generator().manual_seed(3), dtype=F64, **{**NEEDS.get(method, {}), **kw})
 
 
@@ -84,7 +84,7 @@ def test_valid_calls_give_the_samples_of_before():
             [[5.374514479117525, 0.2918000772395264], [5.575387615084806, -0.5255574396788742]],
         ("smc", (("kernel", "gaussian"), ("particles", 1))):
             [[2.8369428333665168, -2.2455062588846326], [5.792828235562823, 2.909053589592049]],
-        ("projected", (("cg_iters", 1), ("guidance", "mmps"))):
+        ("projected", (("cg_iters", 1), ("inner_guidance", "mmps"))):
             [[4.165362695652864, -1.963813410864625], [1.5071778709367576, -0.35183596621842295]],
         ("residual", (("eta", 0.5), ("sampler", "ddim"), ("zeta_pde", 0.5))):
             [[-5.15662613358605, -7.2978907601035905], [-1.2034719162712275, -4.723905878556266]],
@@ -128,7 +128,7 @@ def test_inapplicable_guidance_and_sampler_options_are_refused():
     with pytest.raises(TypeError, match="runs its own DDPM-type kernel; it takes no sampler"):
         _posterior("smc", sampler="heun")
     with pytest.raises(TypeError, match="'projected' takes no option 'cg_iters'"):  # dps has no CG solve
-        _posterior("projected", guidance="dps", cg_iters=3)
+        _posterior("projected", inner_guidance="dps", cg_iters=3)
 
 
 @pytest.mark.parametrize("sigma_max", [50.0, 80.0])

@@ -42,7 +42,7 @@ def test_renamed_moves_the_value_warns_naming_the_new_keyword_and_refuses_both()
 
 def test_inverse_sample_num_samples_is_n_members():
     prior, a = grid_mixture(2), torch.eye(2, dtype=torch.float64)[:1]
-    kw = dict(noise_std=0.5, method="pigdm", steps=4, sigma_max=50.0, dtype=torch.float64)
+    kw = dict(noise_std=0.5, guidance="pigdm", steps=4, sigma_max=50.0, dtype=torch.float64)
     y = torch.tensor([0.3], dtype=torch.float64)
     new = sample(prior, Linear(a), y, n_members=3, generator=torch.Generator().manual_seed(0), **kw)
     with pytest.warns(FutureWarning, match="num_samples= is deprecated, use n_members="):

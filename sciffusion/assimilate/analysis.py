@@ -32,18 +32,12 @@ cycled filter with few members collapse without strong inflation (measured: docs
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 from sciffusion.diffusion import heun_step, karras_sigmas
 from sciffusion.inverse import Function, as_operator
 from sciffusion.inverse import sample as posterior_sample
 from sciffusion.testing import GaussianMixture
-
-# the keyword that names the guidance method of inverse.sample (``method=`` before it was renamed)
-_GUIDANCE = "guidance" if "guidance" in inspect.signature(posterior_sample).parameters else "method"
-
 
 def gaspari_cohn(distance: torch.Tensor, radius: float) -> torch.Tensor:
     r"""The compactly supported 5th-order taper of Gaspari & Cohn (1999, eq. 4.10), 0 beyond ``2 * radius``.
@@ -137,5 +131,5 @@ def analysis(ensemble: torch.Tensor, operator, y: torch.Tensor, *, noise_std, ba
         y_op, noise_op = y, noise_std
     z = posterior_sample(prior, op, y_op, noise_std=noise_op, sampler=sampler, n_members=n, sigmas=sigmas,
                          generator=generator, event_shape=state, dtype=torch.float64,
-                         device=ensemble.device, **{_GUIDANCE: guidance}, **options)
+                         device=ensemble.device, guidance=guidance, **options)
     return (mean + scale * z).to(ensemble.dtype)

@@ -1,13 +1,13 @@
 """Inverse problems with a diffusion prior: forward operators and posterior samplers.
 
-``sample(denoiser, operator, y, noise_std=..., method=...)`` draws from ``p(x0 | y)`` for
-``y = A(x0) + n`` with methods ``"dps"``, ``"pigdm"``, ``"mmps"`` (guidance wrappers that work
+``sample(denoiser, operator, y, noise_std=..., guidance=...)`` draws from ``p(x0 | y)`` for
+``y = A(x0) + n`` with guidance methods ``"dps"``, ``"pigdm"``, ``"mmps"`` (guidance wrappers that work
 with every sampler of :mod:`sciffusion.diffusion`), ``"smc"`` (twisted particle ensembles,
 exact as the particles grow), ``"projected"`` (hard constraints) and ``"residual"`` (PDE
 residual guidance). See ``docs/inverse.md``.
 """
 
-from sciffusion.inverse.api import METHODS, guide, sample
+from sciffusion.inverse.api import METHODS, data_scale, guide, sample
 from sciffusion.inverse.guidance import DPS, MMPS, PiGDM, conjugate_gradient
 from sciffusion.inverse.operators import (
     Coarsen,
@@ -29,6 +29,6 @@ __all__ = [
     "METHODS", "DPS", "MMPS", "PiGDM", "Box", "Coarsen", "Compose", "DarcyProjection", "DarcyResidual", "FixedTotal",
     "Function", "Linear", "LinearEquality", "Mask", "NonNegative", "Observation", "Operator",
     "ProjectedDenoiser", "ResidualGuidance", "SMCResult", "SparseSensors", "as_operator",
-    "conjugate_gradient", "guide", "projected_step", "sample", "systematic_resample",
+    "conjugate_gradient", "data_scale", "guide", "projected_step", "sample", "systematic_resample",
     "twisted_smc",
 ]

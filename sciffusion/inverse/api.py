@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
+import math
 from collections.abc import Callable
 
 import torch
 
-from sciffusion._deprecate import renamed_keywords
+from sciffusion._deprecate import renamed
 from sciffusion.diffusion import karras_sigmas
 from sciffusion.diffusion import sample as diffusion_sample
 from sciffusion.diffusion.sample import KEYWORDS, check_options, step_function, step_name, step_options
 from sciffusion.diffusion.sample import OPTIONS as SAMPLER_OPTIONS
-from sciffusion.diffusion.schedules import SIGMA_MAX
 from sciffusion.inverse.guidance import DPS, MMPS, PiGDM
 from sciffusion.inverse.operators import Observation, as_operator, module_device, require_differentiable
 from sciffusion.inverse.projection import ProjectedDenoiser, projected_step
@@ -24,6 +25,9 @@ GUIDANCE = {"dps": DPS, "pigdm": PiGDM, "mmps": MMPS}
 # DDIM with eta = 1 (stochastic): guidance errs most on multimodal posteriors, where an ODE cannot
 # recover (on the MCGdiff mixtures it beat Heun several times over at equal budget; see sample())
 DEFAULT_SAMPLER = "ddim"
+# default sigma_max = this times the prior's rms norm sqrt(E|x0|^2) (data_scale): the noised prior is then
+# Gaussian to KL ~ 1 / (4 SCALE^4); chosen on validation mixtures, benchmarks/results/posterior_gmm_validation.json
+SIGMA_MAX_SCALE = 10.0
 
 
 def _options(fn, skip: tuple[str, ...]) -> tuple[str, ...]:
@@ -37,7 +41,7 @@ def _options(fn, skip: tuple[str, ...]) -> tuple[str, ...]:
 OPTIONS = {
     **{m: _options(cls, ("denoiser", "observation")) for m, cls in GUIDANCE.items()},
     "smc": _options(twisted_smc, ("denoiser", "observation", "sigmas", "n_members", "generator", "dtype")),
-    "projected": ("projection", "guidance", "guide_projected", "project_iterates"),
+    "projected": ("projection", "inner_guidance", "guide_projected", "project_iterates"),
     "residual": _options(ResidualGuidance, ("denoiser", "observation")),
 }
 # keywords of sciffusion.diffusion.sample that pass through (this function sets the others itself)
@@ -60,14 +64,48 @@ def guide(method: str, denoiser, observation: Observation, **options):
     return GUIDANCE[method](denoiser, observation, **options)
 
 
-@renamed_keywords(num_samples="n_members")
+def data_scale(denoiser, event_shape, dtype=torch.float32, device=None, **cond) -> float:
+    r"""The prior's rms norm :math:`\sqrt{E|x_0|^2}`: ``sigma_data * sqrt(d)`` when the denoiser has a
+    ``sigma_data``, else measured by Tweedie at a noise level ``s`` far above any data scale, where
+    :math:`D(0, s) \to E[x_0]` and :math:`s^2 \operatorname{tr} \partial_x D(0, s) \to \operatorname{tr} Cov[x_0]`
+    (exact trace for ``d <= 256``, else 64 Rademacher probes)."""
+    d = math.prod(event_shape)
+    if getattr(denoiser, "sigma_data", None) is not None:
+        return float(denoiser.sigma_data) * math.sqrt(d)
+    s, n = 1e6, d if d <= 256 else 64
+    v = torch.eye(d) if d <= 256 else torch.randint(0, 2, (n, d), generator=torch.Generator().manual_seed(0)) * 2.0 - 1
+    v = v.to(dtype=dtype, device=device).reshape(n, *event_shape)
+    with torch.enable_grad():
+        x = torch.zeros_like(v, requires_grad=True)
+        mean = denoiser(x, torch.full((n,), s, dtype=dtype, device=device), **cond)
+        (jv,) = torch.autograd.grad(mean, x, v)
+    trace = s**2 * float((v * jv).sum()) / (1 if n == d else n)
+    return math.sqrt(max(trace, 0.0) + float((mean[0].detach().double() ** 2).sum()))
+
+
+def _renamed(func):
+    """Deprecated keywords of :func:`sample`: ``num_samples=`` (``n_members=``), ``method=`` (``guidance=``)
+    and, with ``method=``, the old ``guidance=`` of ``"projected"`` (``inner_guidance=``)."""
+
+    @functools.wraps(func)
+    def inner(*args, **kwargs):
+        if "method" in kwargs and "guidance" in kwargs:
+            renamed(kwargs, "guidance", "inner_guidance", "sample")
+        for old, new in (("num_samples", "n_members"), ("method", "guidance")):
+            renamed(kwargs, old, new, "sample")
+        return func(*args, **kwargs)
+
+    return inner
+
+
+@_renamed
 def sample(
     denoiser,
     operator,
     y,
     *,
     noise_std,
-    method: str = "mmps",
+    guidance: str = "mmps",
     n_members: int = 1,
     steps: int = 50,
     generator: torch.Generator | None = None,
@@ -75,7 +113,7 @@ def sample(
     sampler: str | Callable | None = None,
     sigmas: torch.Tensor | None = None,
     sigma_min: float = 0.002,
-    sigma_max: float = SIGMA_MAX,
+    sigma_max: float | None = None,
     rho: float = 7.0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
@@ -89,12 +127,12 @@ def sample(
             may be None for ``"projected"`` and ``"residual"`` without observations.
         y: observations ``obs_shape`` (``A(x)[0].shape``); NaN marks a missing entry.
         noise_std: observation noise std: scalar, per channel (first observation axis) or per entry.
-        method:
+        guidance: the method (``method=``: deprecated alias; ``sampler=`` names the sampler):
             ``"dps"`` (``zeta``: likelihood-score strength, 1 by default; ``sigma_data``),
             ``"pigdm"`` (``cg_iters``, ``sigma_data``), ``"mmps"`` (``cg_iters``, ``sigma_data``),
-            ``"smc"`` (``particles``, ``ess_threshold``, ``sigma_data``, ``twist``, ``kernel``; the samples carry ``.info``,
-            a :class:`~sciffusion.inverse.smc.SMCResult` with the ESS trace and log-evidence),
-            ``"projected"`` (``projection`` callable, ``guidance`` in ``dps``/``pigdm``/``mmps``/None
+            ``"smc"`` (``particles``, ``ess_threshold``, ``sigma_data``, ``twist``, ``kernel``; the samples
+            carry ``.info``, a :class:`~sciffusion.inverse.smc.SMCResult` with the ESS trace and log-evidence),
+            ``"projected"`` (``projection`` callable, ``inner_guidance`` in ``dps``/``pigdm``/``mmps``/None
             used when ``y`` is given, ``project_iterates``, ``guide_projected``: compute the guidance
             on the projected estimate and differentiate through the projection, e.g. through the
             PDE solve of :class:`~sciffusion.inverse.DarcyProjection`),
@@ -110,8 +148,9 @@ def sample(
             where the deterministic ODE cannot recover from them (on the MCGdiff mixture
             problems, DDIM with ``eta = 1`` gave several times lower error than Heun at the
             same budget).
-        sigmas, sigma_min, sigma_max, rho: noise levels (``karras_sigmas`` by default). Choose
-            ``sigma_max`` well above the data scale.
+        sigmas, sigma_min, sigma_max, rho: noise levels (``karras_sigmas`` by default). The default
+            ``sigma_max`` is ``SIGMA_MAX_SCALE = 10`` times the prior's rms norm (:func:`data_scale`:
+            ``sigma_data * sqrt(d)``), where the noised prior is Gaussian to within the sampling floor.
         device: where to sample (default: the device of the denoiser's parameters, CPU for a plain
             function). ``y`` may live anywhere; an operator holding tensors elsewhere is copied there,
             and a ``generator`` must be a generator of that device. Samples are returned on it.
@@ -120,8 +159,9 @@ def sample(
             ``callback``, ``progress``, ``start`` of :func:`sciffusion.diffusion.sample`. Any other
             option, or one the method or sampler does not take, raises TypeError naming the valid ones.
     """
+    method = guidance
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+        raise ValueError(f"unknown guidance {method!r}; choose one of {list(METHODS)}")
     if int(n_members) != n_members or n_members < 1:
         raise ValueError(f"n_members must be a positive integer, got {n_members!r}")
     if event_shape is None:
@@ -129,9 +169,12 @@ def sample(
     if event_shape is None:
         raise ValueError("event_shape is needed: pass event_shape=(...) (the denoiser and operator do not say)")
     event_shape = tuple(int(s) for s in event_shape)
-    if sigmas is None:
-        sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho)
     device = module_device(denoiser) if device is None else torch.device(device)
+    if sigmas is None:
+        if sigma_max is None:
+            cond0 = {} if options.get("cond") is None else {"cond": options["cond"]}
+            sigma_max = SIGMA_MAX_SCALE * data_scale(denoiser, event_shape, dtype, device, **cond0)
+        sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho)
     sigmas = torch.as_tensor(sigmas, dtype=dtype).to(device)
     if float(sigmas[-1]) != 0.0:
         raise ValueError("sigmas must end in 0 so the samples are clean fields")
@@ -165,7 +208,7 @@ def sample(
 
     step = step_function(DEFAULT_SAMPLER if sampler is None else sampler)
     passed = {k: options.pop(k) for k in PASSED if k in options}
-    inner = options.get("guidance", "pigdm") if method == "projected" else None
+    inner = options.get("inner_guidance", "pigdm") if method == "projected" else None
     if inner is not None and inner not in GUIDANCE:
         raise ValueError(f"unknown guidance {inner!r} for method 'projected'; choose one of {sorted(GUIDANCE)} or None")
     own = OPTIONS[method] + (OPTIONS[inner] if inner is not None and obs is not None else ())
@@ -183,7 +226,7 @@ def sample(
         projection = options.pop("projection", None)
         if projection is None or not callable(projection):
             raise ValueError("method 'projected' needs projection=<callable> (e.g. sciffusion.inverse.Box(0, 1))")
-        options.pop("guidance", None)
+        options.pop("inner_guidance", None)
         guide_projected = bool(options.pop("guide_projected", False))
         project_iterates = options.pop("project_iterates", False)
         guided = denoiser

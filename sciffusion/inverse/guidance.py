@@ -56,7 +56,8 @@ def conjugate_gradient(matvec, b: torch.Tensor, iters: int, precond: torch.Tenso
     z = r * inv
     p = z.clone()
     rz = _dot(r, z)
-    b2 = _dot(b, b).clamp_min(1e-300)
+    tiny, tol = torch.finfo(b.dtype).tiny, max(tol, torch.finfo(b.dtype).eps)  # 1e-300 is 0 in float32
+    b2 = _dot(b, b).clamp_min(tiny)
     active = torch.ones(b.shape[0], dtype=torch.bool, device=b.device)
     for _ in range(int(iters)):
         mp = matvec(p)
@@ -65,7 +66,7 @@ def conjugate_gradient(matvec, b: torch.Tensor, iters: int, precond: torch.Tenso
         # first direction where M = R + A V A^T shows V is not positive (its iterate is kept)
         floor = _dot(p, lower * p) * (1 - 1e-6) if lower is not None else torch.zeros_like(curv)
         active = active & (curv > 0) & (curv >= floor) & torch.isfinite(curv)
-        alpha = torch.where(active, rz / curv.clamp_min(1e-300), torch.zeros_like(rz))
+        alpha = torch.where(active, rz / curv.clamp_min(tiny), torch.zeros_like(rz))
         u = u + broadcast_like(alpha, u) * p
         r = r - broadcast_like(alpha, r) * mp
         active = active & (_dot(r, r) > tol**2 * b2)
@@ -73,7 +74,7 @@ def conjugate_gradient(matvec, b: torch.Tensor, iters: int, precond: torch.Tenso
             break
         z = r * inv
         rz_new = _dot(r, z)
-        p = z + broadcast_like(rz_new / rz.clamp_min(1e-300), p) * p
+        p = z + broadcast_like(rz_new / rz.clamp_min(tiny), p) * p
         rz = rz_new
     return u
 

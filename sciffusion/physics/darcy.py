@@ -192,7 +192,7 @@ class DarcyProjection:
     Not a Euclidean projection (the set is a curved manifold), but idempotent, and a joint
     prior's solution channel is replaced by the exact solve of its coefficient channel. The map is
     differentiable (adjoint solve), so guidance computed *through* it
-    (``sample(..., method="projected", guide_projected=True)``) sends observations of ``u``
+    (``sample(..., guidance="projected", guide_projected=True)``) sends observations of ``u``
     to ``a`` through the PDE rather than through the prior's learned correlations.
 
     Args:
