@@ -64,12 +64,13 @@ class Student(nn.Module):
     def forward(self, x, sigma, cond=None, **kwargs):
         return self.denoiser(x, sigma, cond=cond, **kwargs)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """safetensors weights + JSON (the net's config, ``sigma_data`` and the noise levels)."""
+    def save(self, path: str | os.PathLike, config: dict | None = None) -> Path:
+        """safetensors weights + JSON (the net's config, ``sigma_data``, the noise levels and ``config``,
+        e.g. the teacher's data spec and normaliser, so ``sciffusion sample`` reads it like the teacher)."""
         from sciffusion.checkpoint import save_checkpoint
         from sciffusion.nets import net_spec
 
-        config = {"model": {"net": net_spec(self.denoiser.net), "sigma_data": self.sigma_data},
+        config = {**(config or {}), "model": {"net": net_spec(self.denoiser.net), "sigma_data": self.sigma_data},
                   "student": {"sigmas": self.sigmas.tolist()}}
         return save_checkpoint(path, weights=self.denoiser.state_dict(), config=config)
 
@@ -174,7 +175,7 @@ def distill(teacher, train_data, *, calls: int = 2, method: str = "trajectory", 
             n_trajectories: int = 20000, student: Denoiser | None = None, steps: int = 4000, batch_size: int = 256,
             lr: float = 3e-4, warmup_steps: int = 100, ema_decay: float = 0.99, sigma_min: float = 0.002,
             sigma_max: float = SIGMA_MAX, rho: float = 7.0, seed: int = 0, out_dir: str | os.PathLike | None = None,
-            device=None, progress: bool = True, threads: int | None = None) -> Student:
+            device=None, progress: bool = True, threads: int | None = None, config: dict | None = None) -> Student:
     """Distil ``teacher`` into a ``calls``-call :class:`Student` (see the module docstring).
 
     Args:
@@ -191,7 +192,8 @@ def distill(teacher, train_data, *, calls: int = 2, method: str = "trajectory", 
         batch_size, lr, warmup_steps, ema_decay, seed, device, progress, threads: the
             :class:`~sciffusion.training.Trainer`'s.
         out_dir: the runs (``out_dir/trajectory`` or ``out_dir/round_k``, resumable), the trajectories
-            (``trajectories.safetensors``) and the student (``out_dir/student``, :meth:`Student.load`).
+            (``trajectories.safetensors``) and the student (``out_dir/student``, :meth:`Student.load`),
+            whose checkpoint also holds ``config``.
     """
     from sciffusion.data.batches import collate
     from sciffusion.training import Trainer, seeded
@@ -231,7 +233,7 @@ def distill(teacher, train_data, *, calls: int = 2, method: str = "trajectory", 
         result = teacher
     student = Student(copy.deepcopy(result).requires_grad_(False).eval(), sigmas[::every])
     if out is not None:
-        student.save(out / "student")
+        student.save(out / "student", config)
     return student
 
 

@@ -161,8 +161,8 @@ def sample_from_checkpoint(
     *,
     n_members: int = 16,
     cases: slice | list[int] | None = None,
-    steps: int = DEFAULT_SAMPLER["steps"],
-    method: str = DEFAULT_SAMPLER["method"],
+    steps: int | None = None,
+    method: str | None = None,
     seed: int = 0,
     batch_size: int = 64,
     member_chunk: int = 8,
@@ -186,13 +186,25 @@ def sample_from_checkpoint(
     local cluster of that many worker processes) the member blocks, cut into tasks of
     ``batches_per_task`` sampler batches, are generated as dask tasks (see
     :func:`sciffusion.distributed.generate_to_store`); the values are bit-for-bit the same as here.
+
+    ``steps`` and ``method`` default to :data:`DEFAULT_SAMPLER`; a distilled student (``sciffusion
+    distill``) samples with its own few-call DDIM schedule and refuses other sampler settings.
     """
+    from sciffusion.checkpoint import resolve
     from sciffusion.emulators import EnsembleStore, generate
 
     sizes = {"n_members": n_members, "steps": steps, "batch_size": batch_size, "member_chunk": member_chunk}
     for name, value in sizes.items():
-        if int(value) < 1:
+        if value is not None and int(value) < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    student = json.loads((resolve(checkpoint) / "config.json").read_text()).get("student")
+    if student is not None:
+        if steps is not None or method is not None or sampler_options:
+            raise ValueError(f"{os.fspath(checkpoint)!r} is a distilled student: it samples with its own "
+                             f"{len(student['sigmas']) - 1}-call DDIM schedule; give no steps, method or sampler options")
+        steps, method, sampler_options = len(student["sigmas"]) - 1, "ddim", {"eta": 0.0, "sigmas": student["sigmas"]}
+    steps = DEFAULT_SAMPLER["steps"] if steps is None else steps
+    method = DEFAULT_SAMPLER["method"] if method is None else method
     check_sample_options(method, sampler_options)  # a bad option fails before the store is created
     plan = sampling_plan(checkpoint, data, n_members=n_members, cases=cases, steps=steps, method=method, seed=seed,
                          device=device, **sampler_options)

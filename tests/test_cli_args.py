@@ -166,7 +166,7 @@ def test_sample_with_dpmpp2m_records_it_in_the_provenance(trained, tmp_path):
 
 
 @pytest.mark.parametrize("extra,needle", [
-    (["--churn", "10"], "--churn applies to --method stochastic only, not --method heun"),
+    (["--churn", "10"], "--churn applies to --method stochastic only, not the default sampler"),
     (["--method", "stochastic", "--eta", "0.5"], "--eta applies to --method ddim only, not --method stochastic"),
     (["--method", "ddim", "--eta", "-1"], "--eta must be >= 0"),
 ])

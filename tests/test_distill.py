@@ -115,3 +115,36 @@ def test_emulators_given_a_student_sample_with_its_calls_and_noise_levels():
     assert (a == b).all()
     with pytest.raises(ValueError, match="sigma_data"):
         model.with_student(Student(_Wrapped(AR1Denoiser(), sigma_data=0.5), levels))
+
+
+def test_cli_distills_a_trained_run_and_sample_uses_the_students_calls(tmp_path, capsys):
+    """`sciffusion distill RUN -o FAST --calls 1` writes a student that `sciffusion sample` draws with
+    one call per member (its own schedule), refuses other sampler settings for it, and a rerun
+    resumes the finished run instead of training again."""
+    import sys
+    from pathlib import Path
+
+    import xarray as xr
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _tiny import train_tiny
+
+    from sciffusion.cli import main
+
+    tmp = train_tiny(tmp_path, n_time=12, channels=[8], steps=1, batch_size=4)
+    args = ["distill", str(tmp / "run"), "-o", str(tmp / "fast"), "--calls", "1", "--teacher-steps", "4",
+            "--steps", "2", "--trajectories", "8", "--batch-size", "4", "--no-progress"]
+    assert main(args) == 0
+    before = Student.load(tmp / "fast" / "student")
+    assert before.calls == 1
+    assert main(args) == 0  # the finished run resumes: the same student
+    torch.testing.assert_close(Student.load(tmp / "fast" / "student").denoiser.state_dict(), before.denoiser.state_dict(),
+                               rtol=0, atol=0)
+    capsys.readouterr()
+    sample = ["sample", str(tmp / "fast" / "student"), str(tmp / "data.zarr"), "--members", "2", "--cases", "0",
+              "--no-progress"]
+    assert main([*sample, "-o", str(tmp / "a.zarr")]) == 0
+    out = xr.open_zarr(tmp / "a.zarr")
+    assert out["u"].sizes["member"] == 2 and '"sigmas"' in out.attrs["sampler"]
+    assert main([*sample, "-o", str(tmp / "b.zarr"), "--steps", "18"]) == 2
+    assert "distilled student" in capsys.readouterr().err

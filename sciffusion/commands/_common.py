@@ -39,7 +39,8 @@ def sampler_options(args) -> dict:
         if value is None:
             continue
         if args.method != method:
-            raise UserError(f"{option(dest)} applies to --method {method} only, not --method {args.method}")
+            chosen = f"--method {args.method}" if args.method else "the default sampler"
+            raise UserError(f"{option(dest)} applies to --method {method} only, not {chosen}")
         if value < 0:
             raise UserError(f"{option(dest)} must be >= 0, got {value}")
         options[dest] = value

@@ -19,8 +19,8 @@ def add_arguments(parser):
     parser.add_argument("--members", type=int, default=16, help="ensemble size (default 16)")
     parser.add_argument("--cases", type=int, nargs="+", help="indices of the condition/target pairs to use (default all)")
     # the defaults of recipes.DEFAULT_SAMPLER, written out: the parser imports no torch
-    parser.add_argument("--steps", type=int, default=18, help="sampler steps (default 18)")
-    parser.add_argument("--method", default="heun", choices=SAMPLER_METHODS, help="sampler (default heun)")
+    parser.add_argument("--steps", type=int, help="sampler steps (default 18; a distilled student: its own)")
+    parser.add_argument("--method", choices=SAMPLER_METHODS, help="sampler (default heun; a distilled student: its DDIM)")
     parser.add_argument("--churn", type=float, help="EDM churn, with --method stochastic only (default 30)")
     parser.add_argument("--eta", type=float, help="DDIM eta, with --method ddim only (default 1)")
     add_ensemble_output_arguments(parser)

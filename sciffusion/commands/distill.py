@@ -1,0 +1,57 @@
+"""``sciffusion distill RUN -o RUN_FAST --calls 2``: a few-call student of a trained model.
+
+The teacher is the run's model (EMA weights); the student is trained by :func:`sciffusion.distill.distill`
+on the run's own training conditions, resumably in ``RUN_FAST`` (rerun the same command after an
+interruption), and saved to ``RUN_FAST/student`` with the run's data spec, so that
+``sciffusion sample RUN_FAST/student DATA -o OUT.zarr`` draws members with ``--calls`` network calls.
+See ``docs/distillation.md``.
+"""
+
+from sciffusion.commands._common import UserError, refuse_overlap, require_min
+
+NAME = "distill"
+HELP = "distil a trained model into a 1-4 call sampler (resumable)"
+
+
+def add_arguments(parser):
+    parser.add_argument("run", help="the teacher: a training run directory or a step_* checkpoint")
+    parser.add_argument("-o", "--out", required=True, help="the student's run directory")
+    parser.add_argument("--calls", type=int, default=2, help="network calls per member (1, 2, 4...; default 2)")
+    parser.add_argument("--method", default="trajectory", choices=("trajectory", "progressive"),
+                        help="distillation method (default trajectory)")
+    parser.add_argument("--steps", type=int, default=4000, help="training steps (default 4000)")
+    parser.add_argument("--teacher-steps", type=int, default=64, help="Karras levels of the teacher's ODE (default 64)")
+    parser.add_argument("--trajectories", type=int, default=20000, help="teacher trajectories (default 20000)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+    require_min(args, 1, "calls", "steps", "teacher_steps", "trajectories", "batch_size")
+    require_min(args, 0, "seed")
+    refuse_overlap(args.out, "-o", {"RUN": args.run})
+
+    from sciffusion.checkpoint import load_denoiser
+    from sciffusion.data import Normalizer, open_dataset
+    from sciffusion.distill import distill
+    from sciffusion.recipes import pairs_from_spec
+
+    teacher, config = load_denoiser(args.run, device=args.device)
+    if "student" in config:
+        raise UserError(f"RUN {args.run} is already a distilled student; distil its teacher instead")
+    if "data" not in config or "path" not in config["data"]:
+        raise UserError(f"RUN {args.run} has no [data] spec with a path (was it trained by `sciffusion train`?)")
+    normalizer = Normalizer.from_dict(config["normalizer"]) if config.get("normalizer") else None
+    pairs = pairs_from_spec(open_dataset(config["data"]["path"]), config["data"], normalizer)
+    kept = {k: config[k] for k in ("data", "normalizer") if k in config}
+    try:
+        student = distill(teacher, pairs, calls=args.calls, method=args.method, teacher_steps=args.teacher_steps,
+                          n_trajectories=args.trajectories, steps=args.steps, batch_size=min(args.batch_size, len(pairs)),
+                          seed=args.seed, out_dir=args.out, device=args.device, progress=not args.no_progress, config=kept)
+    except ValueError as exc:  # a bad combination of --calls and --teacher-steps
+        raise UserError(str(exc)) from exc
+    print(f"distilled {args.run} into {student.calls} call(s) per member: {args.out}/student "
+          f"(sample it with: sciffusion sample {args.out}/student DATA -o OUT.zarr)")
+    return 0
