@@ -1,0 +1,188 @@
+"""``sciffusion assimilate CONFIG.toml``: a twin experiment (truth, observations, cycled filter) to zarr.
+
+The config names the system, the truth run, the observations and the filter (see
+``docs/assimilation.md`` for a sample). The truth and its observations are simulated with the
+system itself; :func:`sciffusion.assimilate.assimilate` runs the filter and writes the analysis
+ensemble, the forecast mean and spread, the truth and the observations; the per-cycle scores are
+summarised on the terminal (and drawn with ``--figure``).
+
+Examples::
+
+    sciffusion assimilate l96.toml -o l96_da.zarr
+    sciffusion assimilate l96.toml -o l96_da.zarr --resume --figure scores.png
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from sciffusion.commands._common import UserError, write_mode
+
+NAME = "assimilate"
+HELP = "run a cycled data-assimilation twin experiment from a TOML config to zarr"
+
+SYSTEMS = ("lorenz96", "kolmogorov")
+KEYS = {
+    "": ("seed", "system", "truth", "observations", "filter"),
+    "system": ("name", "k", "forcing", "dt", "noise_std", "n", "reynolds"),
+    "truth": ("spinup", "seed"),
+    "observations": ("operator", "every", "fraction", "function", "noise_std", "interval", "cycles", "seed"),
+    "filter": ("members", "perturbation", "bandwidth", "inflation", "localization_radius", "steps", "cg_iters",
+               "guidance", "start", "sigma_max", "cycles_per_block"),
+}
+OPERATORS = ("all", "every", "fraction")
+FUNCTIONS = ("identity", "arctan")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", metavar="CONFIG", help="TOML file: [system], [truth], [observations], [filter], seed")
+    parser.add_argument("-o", "--output", required=True, help="output zarr store (path)")
+    parser.add_argument("--burn", type=int, default=0, help="cycles left out of the printed score means; default 0")
+    parser.add_argument("--figure", help="save the RMSE/spread and rank-histogram figure to this file")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue an interrupted run at its first unwritten cycle")
+    group.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _check_keys(table: dict, name: str) -> None:
+    unknown = sorted(set(table) - set(KEYS[name]))
+    if unknown:
+        where = f"config [{name}]" if name else "config (top level)"
+        raise UserError(f"{where} has unknown key(s) {unknown}; valid keys: {sorted(KEYS[name])}")
+
+
+def read_config(path: str) -> dict:
+    """The config as a dict of tables, every key checked."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            cfg = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML ({exc})") from None
+    _check_keys(cfg, "")
+    for name in KEYS:
+        if name:
+            table = cfg.setdefault(name, {})
+            if not isinstance(table, dict):
+                raise UserError(f"config [{name}] must be a table, got {table!r}")
+            _check_keys(table, name)
+    return cfg
+
+
+def build_system(spec: dict):
+    from sciffusion import systems
+
+    spec = dict(spec)
+    name = spec.pop("name", "lorenz96")
+    if name not in SYSTEMS:
+        raise UserError(f"config [system] name must be one of {list(SYSTEMS)}, got {name!r}")
+    if name == "lorenz96":
+        bad = set(spec) - {"k", "forcing", "dt", "noise_std"}
+        model = systems.Lorenz96
+    else:
+        bad = set(spec) - {"n", "reynolds", "dt"}
+        model = systems.KolmogorovFlow
+    if bad:
+        raise UserError(f"config [system] key(s) {sorted(bad)} do not apply to {name}")
+    return model(**spec)
+
+
+def build_operator(spec: dict, state_shape: tuple[int, ...]):
+    """A ``Mask`` over the flattened state (every k-th entry, a random fraction, or all), optionally
+    followed by ``arctan``: ``(B, *state) -> (B, n_observed)``."""
+    import torch
+
+    from sciffusion.inverse import Mask
+
+    kind, size = spec.get("operator", "all"), int(torch.Size(state_shape).numel())
+    if kind not in OPERATORS:
+        raise UserError(f"config [observations] operator must be one of {list(OPERATORS)}, got {kind!r}")
+    for key, needed in (("every", "every"), ("fraction", "fraction")):
+        if key in spec and kind != needed:
+            raise UserError(f"config [observations] {key} applies to operator = {needed!r} only, not {kind!r}")
+    mask = torch.zeros(size, dtype=torch.bool)
+    if kind == "all":
+        mask[:] = True
+    elif kind == "every":
+        every = spec.get("every", 2)
+        if not isinstance(every, int) or every < 1:
+            raise UserError(f"config [observations] every must be an integer >= 1, got {every!r}")
+        mask[::every] = True
+    else:
+        fraction = float(spec.get("fraction", 0.5))
+        if not 0 < fraction <= 1:
+            raise UserError(f"config [observations] fraction must be in (0, 1], got {fraction}")
+        g = torch.Generator().manual_seed(int(spec.get("seed", 0)))
+        mask[torch.randperm(size, generator=g)[: max(1, round(fraction * size))]] = True
+    mask = Mask(mask.reshape(state_shape))
+    function = spec.get("function", "identity")
+    if function not in FUNCTIONS:
+        raise UserError(f"config [observations] function must be one of {list(FUNCTIONS)}, got {function!r}")
+    if function == "identity":
+        return mask
+
+    def arctan(x):
+        return torch.atan(mask(x))
+
+    return arctan
+
+
+def localization(model, radius):
+    """Gaspari-Cohn taper on Lorenz-96's periodic ring."""
+    import torch
+
+    from sciffusion.assimilate import gaspari_cohn
+
+    if model.name != "lorenz96" or getattr(model, "j", 0):
+        raise UserError("config [filter] localization_radius applies to the one-level lorenz96 system only")
+    d = torch.arange(model.k, dtype=torch.float64)
+    dist = (d[:, None] - d[None]).abs()
+    return gaspari_cohn(torch.minimum(dist, model.k - dist), float(radius))
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = read_config(args.config)
+    if args.burn < 0:
+        raise UserError(f"--burn must be >= 0, got {args.burn}")
+
+    import torch
+
+    from sciffusion.assimilate import assimilate, cycle_scores, plot_cycle_scores, summary, truth_and_observations
+
+    model = build_system(cfg["system"])
+    obs_cfg, filt = cfg["observations"], dict(cfg["filter"])
+    seed = int(cfg.get("seed", 0))
+    shape = tuple(model.initial_state(1, torch.Generator().manual_seed(0)).shape[1:])
+    op = build_operator(obs_cfg, shape)
+    for key in ("noise_std", "interval", "cycles"):
+        if key not in obs_cfg:
+            raise UserError(f"config [observations] needs {key!r}")
+    cycles, noise = obs_cfg["cycles"], float(obs_cfg["noise_std"])
+    if not isinstance(cycles, int) or cycles < 1:
+        raise UserError(f"config [observations] cycles must be an integer >= 1, got {cycles!r}")
+    initial, obs, truth = truth_and_observations(model, op, n_cycles=cycles, interval=float(obs_cfg["interval"]),
+                                                 noise_std=noise, spinup=float(cfg["truth"].get("spinup", 10.0)),
+                                                 seed=int(cfg["truth"].get("seed", seed)))
+    members = filt.pop("members", 20)
+    perturbation = float(filt.pop("perturbation", 1.0))
+    block = filt.pop("cycles_per_block", 10)
+    radius = filt.pop("localization_radius", None)
+    if radius is not None:
+        filt["localization"] = localization(model, radius)
+    ds = assimilate(model, initial, obs, operator=op, noise_std=noise, n_members=members, perturbation=perturbation,
+                    seed=seed, truth=truth, out=args.output, mode=write_mode(args), cycles_per_block=block,
+                    progress=not args.no_progress, **filt)
+    names = list(model.variables())
+    scores = cycle_scores(ds[f"{names[0]}_analysis"], ds[f"{names[0]}_truth"])
+    means = summary(scores, burn=min(args.burn, cycles - 1))
+    sizes = ", ".join(f"{k}={v}" for k, v in ds.sizes.items())
+    print(f"wrote {model.name} assimilation to {args.output} ({sizes})")
+    print(f"{names[0]} analysis after {min(args.burn, cycles - 1)} burn-in cycles: "
+          + ", ".join(f"{k} {v:.4g}" for k, v in means.items())
+          + f"; analysis {float(ds.analysis_seconds.mean()):.3g} s/cycle")
+    if args.figure:
+        plot_cycle_scores(scores, title=f"{model.name}: analysis RMSE and spread").savefig(args.figure, dpi=100)
+        print(f"figure: {args.figure}")
+    return 0

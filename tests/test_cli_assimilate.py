@@ -1,0 +1,96 @@
+"""``sciffusion assimilate CONFIG``: the sample config of docs/assimilation.md at tiny size writes a store
+with the expected dims, resumes, refuses clobbering and names unknown config keys."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from sciffusion.cli import main
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "assimilation.md"
+
+
+def _toml(cfg: dict) -> str:
+    """A TOML text of a dict of top-level scalars and tables of scalars."""
+    top = [f"{k} = {v!r}" for k, v in cfg.items() if not isinstance(v, dict)]
+    tables = [f"[{k}]\n" + "\n".join(f'{kk} = {vv!r}'.replace("'", '"') for kk, vv in v.items())
+              for k, v in cfg.items() if isinstance(v, dict)]
+    return "\n".join(top) + "\n\n" + "\n\n".join(tables) + "\n"
+
+
+def tiny_config(tmp_path, **changes) -> Path:
+    """The docs' sample config with 8 variables, 6 members, 4 cycles, 4 sampler steps."""
+    cfg = tomllib.loads(re.search(r"```toml\n(.*?)```", DOC.read_text(), flags=re.S).group(1))
+    cfg["system"]["k"] = 8
+    cfg["truth"]["spinup"] = 1.0
+    cfg["observations"]["cycles"] = 4
+    cfg["filter"].update(members=6, steps=4, cg_iters=2, localization_radius=2.0, cycles_per_block=2)
+    for key, value in changes.items():
+        table, _, name = key.rpartition("__")
+        (cfg[table] if table else cfg)[name] = value
+    path = tmp_path / "tiny.toml"
+    path.write_text(_toml(cfg))
+    return path
+
+
+def test_the_docs_config_at_tiny_size_writes_a_store_and_resumes(tmp_path, capsys):
+    out = tmp_path / "da.zarr"
+    argv = ["assimilate", str(tiny_config(tmp_path)), "-o", str(out), "--no-progress", "--figure", str(tmp_path / "s.png")]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "x analysis after 0 burn-in cycles: rmse" in text and (tmp_path / "s.png").exists()
+    ds = xr.open_zarr(out)
+    assert ds.x_analysis.dims == ("time", "member", "k") and dict(ds.x_analysis.sizes) == {"time": 4, "member": 6, "k": 8}
+    assert ds.x_truth.dims == ("time", "k") and ds.observations.dims == ("time", "location")
+    assert ds.sizes["location"] == 4  # every second variable
+    assert "sciffusion_completed_blocks" not in ds.attrs and np.isfinite(ds.x_analysis).all()
+    first = ds.x_analysis.values
+    assert main(argv) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(argv + ["--resume"]) == 0  # complete: nothing to redo, same values
+    np.testing.assert_array_equal(xr.open_zarr(out).x_analysis.values, first)
+    assert main(["assimilate", str(tiny_config(tmp_path, seed=5)), "-o", str(out), "--no-progress", "--resume"]) == 2
+    assert "seed: stored 0, now 5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"filter__member": 4}, "config [filter] has unknown key(s) ['member']; valid keys: ['bandwidth'"),
+    ({"observations__operator": "every_other"}, "operator must be one of ['all', 'every', 'fraction']"),
+    ({"observations__fraction": 0.5}, "fraction applies to operator = 'fraction' only"),
+    ({"system__name": "burgers"}, "name must be one of ['lorenz96', 'kolmogorov']"),
+    ({"observations__noise_std": -1.0}, "noise_std must be finite and non-negative"),
+    ({"observations__interval": 0.07}, "interval=0.07 must be a non-negative multiple of the model step dt=0.05"),
+])
+def test_bad_configs_are_refused_naming_the_key(tmp_path, capsys, change, needle):
+    assert main(["assimilate", str(tiny_config(tmp_path, **change)), "-o", str(tmp_path / "o.zarr"), "--no-progress"]) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_a_killed_cli_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    """The analysis dies at the third cycle (blocks of 2 cycles: the first block is written); --resume
+    continues at cycle 2 and the store equals that of an uninterrupted run bit for bit."""
+    from sciffusion.assimilate import run as run_module
+
+    config, whole, killed = tiny_config(tmp_path), tmp_path / "whole.zarr", tmp_path / "killed.zarr"
+    assert main(["assimilate", str(config), "-o", str(whole), "--no-progress"]) == 0
+    real, calls = run_module.analysis, []
+
+    def dying(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "analysis", dying)
+    with pytest.raises(RuntimeError, match="killed"):
+        main(["assimilate", str(config), "-o", str(killed), "--no-progress"])
+    monkeypatch.setattr(run_module, "analysis", real)
+    assert np.isnan(xr.open_zarr(killed, consolidated=False).x_analysis.isel(time=2)).all()
+    assert main(["assimilate", str(config), "-o", str(killed), "--no-progress", "--resume"]) == 0
+    for name in ("x_analysis", "x_forecast_mean", "x_truth", "observations"):
+        np.testing.assert_array_equal(xr.open_zarr(killed)[name].values, xr.open_zarr(whole)[name].values)
