@@ -47,6 +47,14 @@ def sampler_options(args) -> dict:
     return options
 
 
+def add_checkpoint_arguments(parser, inputs: str, inputs_help: str, checkpoint_help: str) -> None:
+    """The positional ``checkpoint`` and input file and the required ``-o/--out`` zarr store of a
+    command that runs a trained model on a file."""
+    parser.add_argument("checkpoint", help=checkpoint_help)
+    parser.add_argument(inputs, help=inputs_help)
+    parser.add_argument("-o", "--out", required=True, help="output zarr store")
+
+
 def write_mode(args) -> str:
     """The store mode of ``--resume`` / ``--overwrite`` / neither: ``"resume"``, ``"w"`` or ``"w-"``."""
     return "resume" if args.resume else "w" if args.overwrite else "w-"

@@ -7,16 +7,16 @@ its attributes; ``--resume`` continues an interrupted run from the last written 
 equals an uninterrupted run). See ``docs/rollout.md``.
 """
 
-from sciffusion.commands._common import SAMPLER_METHODS, UserError, refuse_overlap, require_min, write_mode
+from sciffusion.commands._common import (SAMPLER_METHODS, UserError, add_checkpoint_arguments, refuse_overlap, require_min,
+                                         write_mode)
 
 NAME = "rollout"
 HELP = "roll a Rollout or DYffusion emulator forward from an initial state, streaming to zarr"
 
 
 def add_arguments(parser):
-    parser.add_argument("checkpoint", help="checkpoint directory (or a training run directory)")
-    parser.add_argument("initial", help="zarr store or netCDF file holding the initial state")
-    parser.add_argument("-o", "--out", required=True, help="output zarr store")
+    add_checkpoint_arguments(parser, "initial", "zarr store or netCDF file holding the initial state",
+                             "checkpoint directory (or a training run directory)")
     parser.add_argument("--n-steps", type=int, help="number of time steps to roll out (required)")
     parser.add_argument("--steps", type=int, dest="old_steps",
                         help="deprecated spelling of --n-steps, kept for one release (--steps means sampler steps elsewhere)")

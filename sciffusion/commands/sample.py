@@ -5,17 +5,16 @@ on a running dask cluster (workers need the checkpoint and the output path on a 
 filesystem); the ensemble is the same as without them. See ``docs/scale.md``.
 """
 
-from sciffusion.commands._common import (SAMPLER_METHODS, UserError, add_ensemble_output_arguments, refuse_overlap,
-                                         require_min, sampler_options, write_mode)
+from sciffusion.commands._common import (SAMPLER_METHODS, UserError, add_checkpoint_arguments, add_ensemble_output_arguments,
+                                         refuse_overlap, require_min, sampler_options, write_mode)
 
 NAME = "sample"
 HELP = "generate an ensemble from a checkpoint for the conditions in a zarr/netCDF dataset"
 
 
 def add_arguments(parser):
-    parser.add_argument("checkpoint", help="run directory (uses its latest checkpoint) or a step_* directory")
-    parser.add_argument("data", help="zarr store or netCDF file holding the conditioning states")
-    parser.add_argument("-o", "--out", required=True, help="output zarr store")
+    add_checkpoint_arguments(parser, "data", "zarr store or netCDF file holding the conditioning states",
+                             "run directory (uses its latest checkpoint) or a step_* directory")
     parser.add_argument("--members", type=int, default=16, help="ensemble size (default 16)")
     parser.add_argument("--cases", type=int, nargs="+", help="indices of the condition/target pairs to use (default all)")
     # the defaults of recipes.DEFAULT_SAMPLER, written out: the parser imports no torch

@@ -82,10 +82,10 @@ def conjugate_gradient(matvec, b: torch.Tensor, iters: int, precond: torch.Tenso
 class _Guided:
     """Shared plumbing: evaluate ``D`` with autograd, add ``sigma^2 * grad log p(y | x)``."""
 
-    def __init__(self, denoiser, observation: Observation):
+    def __init__(self, denoiser, observation: Observation, sigma_data: float | None = None):
         self.denoiser = denoiser
         self.obs = observation
-        self.sigma_data = float(getattr(denoiser, "sigma_data", 1.0))
+        self.sigma_data = float(getattr(denoiser, "sigma_data", 1.0) if sigma_data is None else sigma_data)
 
     def __getattr__(self, name):  # expose event_shape, sigma_data... of the wrapped denoiser
         if name == "denoiser":
@@ -150,9 +150,7 @@ class DPS(_Guided):
     """
 
     def __init__(self, denoiser, observation: Observation, zeta: float = 1.0, sigma_data: float | None = None):
-        super().__init__(denoiser, observation)
-        if sigma_data is not None:
-            self.sigma_data = float(sigma_data)
+        super().__init__(denoiser, observation, sigma_data)
         self.zeta = float(zeta)
         self._gram_diag = observation.gram_diag()  # ones for a nonlinear operator
 
@@ -180,9 +178,7 @@ class PiGDM(_Guided):
     """
 
     def __init__(self, denoiser, observation: Observation, cg_iters: int = 10, sigma_data: float | None = None):
-        super().__init__(denoiser, observation)
-        if sigma_data is not None:
-            self.sigma_data = float(sigma_data)
+        super().__init__(denoiser, observation, sigma_data)
         self.cg_iters = int(cg_iters)
         op = observation.operator
         self._diag_gram = getattr(op, "diagonal_gram", False)
@@ -239,9 +235,7 @@ class MMPS(_Guided):
     """
 
     def __init__(self, denoiser, observation: Observation, cg_iters: int = 5, sigma_data: float | None = None):
-        super().__init__(denoiser, observation)
-        if sigma_data is not None:
-            self.sigma_data = float(sigma_data)
+        super().__init__(denoiser, observation, sigma_data)
         self.cg_iters = int(cg_iters)
         op = observation.operator
         self._gram_diag = observation.gram_diag() if op.linear else None

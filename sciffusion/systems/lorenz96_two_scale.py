@@ -35,7 +35,20 @@ from sciffusion.systems.lorenz96 import Lorenz96, l96_tendency, rk4_step
 ARNOLD_2013: dict[str, Any] = {"coefficients": (0.341, 1.30, -0.0136, -0.00235), "phi": 0.986, "sigma": 1.99}
 
 
-class Lorenz96TwoScale(Lorenz96):
+class _SlowX:
+    """The output of both models: the slow variables ``x (k)`` (the first ``k`` entries of the state)."""
+
+    def fields(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"x": x[..., : self.k]}
+
+    def variables(self) -> dict[str, Variable]:
+        return {"x": Variable(("k",), {"long_name": "Lorenz-96 slow variable X_k", "units": "1"})}
+
+    def coords(self) -> dict[str, Coordinate]:
+        return {"k": Coordinate(np.arange(self.k), {"long_name": "site index on the periodic ring", "units": "1"})}
+
+
+class Lorenz96TwoScale(_SlowX, Lorenz96):
     """The two-scale truth (state ``(B, K + K J)``, X then Y); outputs only ``x (k)``.
 
     Defaults are the Arnold et al. (2013) / Wilks (2005) setting (module docstring). Perturbations
@@ -58,22 +71,13 @@ class Lorenz96TwoScale(Lorenz96):
         noise[..., : self.k] = torch.randn(*x.shape[:-1], self.k, generator=generator, dtype=x.dtype).to(x.device)
         return x + scale * noise
 
-    def fields(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"x": x[..., : self.k]}
-
-    def variables(self) -> dict[str, Variable]:
-        return {"x": Variable(("k",), {"long_name": "Lorenz-96 slow variable X_k", "units": "1"})}
-
-    def coords(self) -> dict[str, Coordinate]:
-        return {"k": Coordinate(np.arange(self.k), {"long_name": "site index on the periodic ring", "units": "1"})}
-
     def subgrid_tendency(self, x: torch.Tensor) -> torch.Tensor:
         """The instantaneous coupling ``(h c / b) sum_j Y_{j,k}`` ``(B, K)`` of a state ``(B, K + K J)``."""
         y = x[..., self.k :].reshape(*x.shape[:-1], self.k, self.j)
         return self.h * self.c / self.b * y.sum(-1)
 
 
-class StochasticLorenz96(System):
+class StochasticLorenz96(_SlowX, System):
     """One-scale forecast model with a cubic closure and additive AR(1) noise (module docstring).
 
     The state is ``(B, 2 K)``: X, then the AR(1) noise e. :meth:`perturb` also accepts a truth
@@ -139,15 +143,6 @@ class StochasticLorenz96(System):
     def initial_state(self, n: int, generator: torch.Generator) -> torch.Tensor:
         x = self.forcing + 0.01 * torch.randn(n, self.k, generator=generator, dtype=self.dtype)
         return torch.cat([x, torch.zeros_like(x)], dim=-1).to(self.device)
-
-    def fields(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"x": x[..., : self.k]}
-
-    def variables(self) -> dict[str, Variable]:
-        return {"x": Variable(("k",), {"long_name": "Lorenz-96 slow variable X_k", "units": "1"})}
-
-    def coords(self) -> dict[str, Coordinate]:
-        return {"k": Coordinate(np.arange(self.k), {"long_name": "site index on the periodic ring", "units": "1"})}
 
     @classmethod
     def fit(cls, truth: Lorenz96TwoScale, dt: float = 0.005, **kwargs: Any) -> StochasticLorenz96:
