@@ -190,7 +190,7 @@ def distill(teacher, train_data, *, calls: int = 2, method: str = "trajectory", 
         student: the network to train (default: a copy of ``teacher``, which must then be a Denoiser).
         steps: training steps ("progressive": per round, log2(teacher_steps / calls) rounds).
         batch_size, lr, warmup_steps, ema_decay, seed, device, progress, threads: the
-            :class:`~sciffusion.training.Trainer`'s.
+            :class:`~sciffusion.training.Trainer`'s (``batch_size`` at most the number of rows).
         out_dir: the runs (``out_dir/trajectory`` or ``out_dir/round_k``, resumable), the trajectories
             (``trajectories.safetensors``) and the student (``out_dir/student``, :meth:`Student.load`),
             whose checkpoint also holds ``config``.
@@ -219,14 +219,14 @@ def distill(teacher, train_data, *, calls: int = 2, method: str = "trajectory", 
             teacher, sigmas, every, n_trajectories, tuple(first["x"].shape[1:]), cond, seed=seed,
             dtype=first["x"].dtype, device=device, progress=progress))
         trainer = Trainer(current, _Rows(states, cond), out_dir=None if out is None else out / "trajectory", seed=seed,
-                          loss_fn=_trajectory_loss(sigmas[::every]), **kw)
+                          loss_fn=_trajectory_loss(sigmas[::every]), **{**kw, "batch_size": min(batch_size, len(states))})
         trainer.fit(steps, threads=threads, desc=f"distill {calls} call(s)")
         result = trainer.ema
     else:
         for r in range(int(rounds)):
             levels = sigmas[:: 2 ** r]
             trainer = Trainer(current, train_data, out_dir=None if out is None else out / f"round_{r}", seed=seed + r,
-                              loss_fn=_progressive_loss(teacher, levels), **kw)
+                              loss_fn=_progressive_loss(teacher, levels), **{**kw, "batch_size": min(batch_size, len(train_data))})
             trainer.fit(steps, threads=threads, desc=f"distill round {r + 1}/{int(rounds)} ({(len(levels) - 1) // 2} steps)")
             teacher = copy.deepcopy(trainer.ema).requires_grad_(False).eval()
             current = copy.deepcopy(trainer.ema).requires_grad_(True)

@@ -48,7 +48,7 @@ def run(args) -> int:
     kept = {k: config[k] for k in ("data", "normalizer") if k in config}
     try:
         student = distill(teacher, pairs, calls=args.calls, method=args.method, teacher_steps=args.teacher_steps,
-                          n_trajectories=args.trajectories, steps=args.steps, batch_size=min(args.batch_size, len(pairs)),
+                          n_trajectories=args.trajectories, steps=args.steps, batch_size=args.batch_size,
                           seed=args.seed, out_dir=args.out, device=args.device, progress=not args.no_progress, config=kept)
     except ValueError as exc:  # a bad combination of --calls and --teacher-steps
         raise UserError(str(exc)) from exc
