@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sciffusion.diffusion import Denoiser, karras_sigmas
+from sciffusion.diffusion import Denoiser, heun_step, karras_sigmas
 from sciffusion.diffusion.schedules import SIGMA_MAX
 
 METHODS = ("trajectory", "progressive")
@@ -93,15 +93,6 @@ def _ddim(denoiser, x, s, t, cond):
     return d + _view(t / s, x) * (x - d)
 
 
-def _heun(denoiser, x, s, t, cond):
-    """One Heun step of the probability-flow ODE from ``s`` to ``t`` (Euler when ``t = 0``)."""
-    d = (x - denoiser(x, s, cond=cond)) / _view(s, x)
-    y = x + _view(t - s, x) * d
-    if float(t.max()) == 0:
-        return y
-    return x + _view(t - s, x) * (d + (y - denoiser(y, t, cond=cond)) / _view(t, x)) / 2
-
-
 def _step_loss(model, x0, x1, s0, s1, cond):
     """EDM-weighted squared error of ``model``'s denoised value at ``(x0, s0)`` against the one whose
     DDIM step to ``s1`` lands on ``x1``."""
@@ -126,7 +117,7 @@ def teacher_trajectories(teacher, sigmas: torch.Tensor, every: int, n: int, even
         x = (float(sigmas[0]) * torch.randn((b, *event_shape), generator=g, dtype=torch.float64)).to(device, dtype)
         out[a : a + b, 0] = x.cpu()
         for i in range(len(sigmas) - 1):
-            x = _heun(teacher, x, sig[i].expand(b), sig[i + 1].expand(b), c)
+            x = heun_step(teacher, x, sig[i], sig[i + 1], noise=None, cond={} if c is None else {"cond": c})
             if (i + 1) % every == 0:
                 out[a : a + b, (i + 1) // every] = x.cpu()
     return out
@@ -241,14 +232,14 @@ def _cached(out: Path | None, make) -> torch.Tensor:
     """``make()``, kept in ``out/trajectories.safetensors`` so a resumed run does not integrate again."""
     if out is None:
         return make()
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
+
+    from sciffusion.checkpoint import atomic_write_bytes
 
     path = out / "trajectories.safetensors"
     if path.exists():
         return load_file(path)["states"]
     states = make()
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({"states": states.contiguous()}, tmp)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, save({"states": states.contiguous()}))
     return states

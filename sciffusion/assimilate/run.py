@@ -38,7 +38,7 @@ import xarray as xr
 from sciffusion.assimilate.analysis import analysis
 from sciffusion.assimilate.cycle import check_inputs
 from sciffusion.diffusion import member_generators
-from sciffusion.systems.base import member_generator
+from sciffusion.systems.base import member_generator, steps_in
 
 _INIT_KEY = 2**32 - 2  # seed key of the initial perturbations (cycles use keys 0..T-1)
 _ANALYSIS_KEY = 2**32 - 3  # first seed key of the analysis generators
@@ -268,7 +268,8 @@ def truth_and_observations(model, operator, *, n_cycles: int, interval: float, n
 
     Returns ``(initial, observations, truth)``: the truth at time 0 (its fields, no member dim),
     observations ``(time, location)`` and the truth ``(time, *dims)``."""
-    every, spin = _steps(interval, model.dt, "interval"), _steps(spinup, model.dt, "spinup")
+    every = steps_in(interval, model.dt, "interval", step="model step")
+    spin = steps_in(spinup, model.dt, "spinup", step="model step")
     g = member_generator(seed, 2**32 - 1)
     x = model.advance(model.initial_state(1, member_generator(seed, 0)), spin, generator=g)
     traj = model.integrate(x, n_cycles, every, generator=g)[0]  # (T + 1, *state)
@@ -287,11 +288,3 @@ def truth_and_observations(model, operator, *, n_cycles: int, interval: float, n
                        coords={"time": tcoord["time"], "location": np.arange(y[0].numel())},
                        name="observations", attrs={"long_name": "simulated observations"})
     return initial, obs, truth
-
-
-def _steps(interval: float, dt: float, name: str) -> int:
-    n = float(interval) / dt
-    if interval < 0 or abs(n - round(n)) > 1e-6 * max(1.0, n):
-        raise ValueError(f"{name}={interval} must be a non-negative multiple of the model step dt={dt}")
-    return round(n)
-

@@ -3,7 +3,7 @@
 Every resumable writer (``systems.simulate``, :class:`~sciffusion.emulators.EnsembleStore`,
 rollouts, downscaling, ``sciffusion sample``) records its settings in the store's attributes and
 checks them with :func:`check_provenance` before resuming; blocks written are listed in a JSON
-completion record (:func:`read_record`, :func:`add_to_record`).
+completion record (:func:`add_to_record`).
 """
 
 from __future__ import annotations
@@ -53,12 +53,6 @@ def check_provenance(stored: Mapping, new: Mapping, path: str | os.PathLike, *,
                             for k in diff)
         raise ValueError(f"cannot resume {os.fspath(path)!r}: it was written with other settings ({details}); "
                          f"use {overwrite} or resume with the same settings")
-
-
-def read_record(path: str | os.PathLike, key: str) -> list[int] | None:
-    """The completion record ``key`` (a JSON list of block ids in the store's attributes), or None."""
-    group = zarr.open_group(str(path), mode="r", use_consolidated=False)
-    return json.loads(group.attrs[key]) if key in group.attrs else None
 
 
 def add_to_record(path: str | os.PathLike, key: str, block: int) -> None:

@@ -110,6 +110,14 @@ def pieces(n_steps: int, n_pieces: int = 100) -> list[int]:
     return [min(size, n_steps - a) for a in range(0, int(n_steps), size)]
 
 
+def steps_in(interval: float, dt: float, name: str, step: str = "system step") -> int:
+    """How many steps ``dt`` make ``interval``; ValueError naming ``name`` unless a non-negative multiple."""
+    n = float(interval) / dt
+    if interval < 0 or abs(n - round(n)) > 1e-6 * max(1.0, n):
+        raise ValueError(f"{name}={interval} must be a non-negative multiple of the {step} dt={dt}")
+    return round(n)
+
+
 def check_positive_int(value: Any, name: str) -> int:
     """Return ``value`` as an int, raising ``ValueError`` naming ``name`` if it is not >= 1."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:

@@ -33,18 +33,11 @@ import torch
 import xarray as xr
 
 from sciffusion._deprecate import renamed_keywords
-from sciffusion.systems.base import System, check_positive, check_positive_int, member_generator
+from sciffusion.systems.base import System, check_positive, check_positive_int, member_generator, steps_in
 
 # the values of the deprecated if_exists= keyword, as mode= values
 IF_EXISTS = {"error": "w-", "overwrite": "w", "resume": "resume"}
 _TRUTH_KEY = 2**32 - 1  # seed key of the truth noise (stochastic truth systems), never a member id
-
-
-def _steps(interval: float, dt: float, name: str) -> int:
-    n = interval / dt
-    if interval < 0 or abs(n - round(n)) > 1e-6 * max(1.0, n):
-        raise ValueError(f"{name}={interval} must be a non-negative multiple of the system step dt={dt}")
-    return round(n)
 
 
 def _global_attrs(system: Any, config: dict[str, Any]) -> dict[str, Any]:
@@ -152,11 +145,11 @@ def simulate(
     spinup = defaults.get("spinup", 200 * system.dt) if spinup is None else spinup
     perturbation = getattr(system, "default_perturbation", 0.01) if perturbation is None else float(perturbation)
     model = system if forecast_system is None else forecast_system
-    lead_steps = _steps(lead_interval, model.dt, "lead_interval")
-    if not math.isclose(_steps(lead_interval, system.dt, "lead_interval") * system.dt, lead_steps * model.dt):
+    lead_steps = steps_in(lead_interval, model.dt, "lead_interval")
+    if not math.isclose(steps_in(lead_interval, system.dt, "lead_interval") * system.dt, lead_steps * model.dt):
         raise ValueError("lead_interval must be a multiple of both system.dt and forecast_system.dt")
-    init_steps, spin_steps = _steps(init_interval, system.dt, "init_interval"), _steps(spinup, system.dt, "spinup")
-    truth_lead_steps = _steps(lead_interval, system.dt, "lead_interval")
+    init_steps, spin_steps = steps_in(init_interval, system.dt, "init_interval"), steps_in(spinup, system.dt, "spinup")
+    truth_lead_steps = steps_in(lead_interval, system.dt, "lead_interval")
 
     config = {"system": system.name, "params": system.params(), "members": members, "n_init": n_init,
               "n_leads": n_leads, "lead_interval": lead_interval, "init_interval": init_interval, "spinup": spinup,
