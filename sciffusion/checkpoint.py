@@ -88,14 +88,18 @@ def check_safetensors(path: str | os.PathLike) -> None:
     with open(path, "rb") as f:
         head = f.read(9)
     size = path.stat().st_size
-    pickled = head[:1] == b"\x80" or head[:4] == b"PK\x03\x04" or path.suffix in {".pt", ".pth", ".pkl", ".ckpt", ".bin"}
+    # a safetensors file starts with its header length (8 bytes, little endian) then "{"; the low
+    # byte of that length may well be 0x80, the pickle protocol marker, so check the format first
+    well_formed = len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= size - 8
+    pickled = (not well_formed and (head[:1] == b"\x80" or head[:4] == b"PK\x03\x04")) \
+        or path.suffix in {".pt", ".pth", ".pkl", ".ckpt", ".bin"}
     if pickled:
         raise UnsafeCheckpointError(
             f"{path} carries a pickle payload (torch.save / pickle format); sciffusion never unpickles "
             "checkpoints because loading a pickle can run arbitrary code. Convert it to safetensors "
             "in a trusted environment (safetensors.torch.save_file)."
         )
-    if len(head) < 9 or struct.unpack("<Q", head[:8])[0] > size - 8 or head[8:9] != b"{":
+    if not well_formed:
         raise _damaged(path, f"bad safetensors header ({size} bytes)")
 
 

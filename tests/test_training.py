@@ -131,6 +131,26 @@ def test_pickle_bearing_checkpoint_is_refused(tmp_path):
         load_denoiser(tmp_path / "model.pt")
 
 
+def test_a_safetensors_file_whose_header_length_starts_with_0x80_is_read(tmp_path):
+    """The first byte of a safetensors file is the low byte of its header length; 0x80 there is not
+    a pickle marker (a header of 0x..80 bytes was refused as a pickle before)."""
+    from safetensors.torch import save_file
+
+    from sciffusion.checkpoint import check_safetensors
+
+    for pad in range(300):  # metadata of growing length until the header length ends in 0x80
+        path = tmp_path / "w.safetensors"
+        save_file({"w": torch.arange(3.0)}, str(path), metadata={"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    check_safetensors(path)  # no UnsafeCheckpointError
+    bad = tmp_path / "p.safetensors"
+    bad.write_bytes(b"\x80\x04" + b"\x00" * 20)  # a pickle's start is still refused as one
+    with pytest.raises(UnsafeCheckpointError, match="pickle"):
+        check_safetensors(bad)
+
+
 def test_corrupt_weights_are_detected_by_hash(tmp_path):
     run_dir = make_checkpoint(tmp_path)
     f = run_dir / "step_00000004" / "ema.safetensors"
