@@ -45,13 +45,15 @@ class Calibration:
 
 
 def pooled_ssr(ensemble: xr.Dataset, observation: xr.Dataset, scale: dict[str, float] | None = None,
-               member_dim: str = "member") -> float:
-    """Spread-skill ratio pooled over the variables of ``ensemble`` (each divided by ``scale[v]``)."""
+               member_dim: str = "member", weights: xr.DataArray | None = None) -> float:
+    """Spread-skill ratio pooled over the variables of ``ensemble`` (each divided by ``scale[v]``),
+    averaging over points with ``weights`` (a DataArray over grid dims) when given."""
     spread2 = skill2 = 0.0
+    kw = {} if weights is None else {"weights": weights}
     for v in ensemble.data_vars:
         s = (scale or {}).get(str(v), 1.0)
         comp = sm.spread_skill_ratio(ensemble[v].astype(np.float64) / s, observation[v].astype(np.float64) / s,
-                                     member_dim=member_dim, reduce_dims="all", components=True)
+                                     member_dim=member_dim, reduce_dims="all", components=True, **kw)
         spread2 += float(comp["spread"]) ** 2
         skill2 += float(comp["skill"]) ** 2
     return float(np.sqrt(spread2 / skill2))
@@ -59,7 +61,7 @@ def pooled_ssr(ensemble: xr.Dataset, observation: xr.Dataset, scale: dict[str, f
 
 def calibrate_spread(emulator, seeds: xr.Dataset, observation: xr.Dataset | xr.DataArray, *, knob: str = "temperature",
                      values=None, n_members: int = 16, target: float = 1.0, refine: bool = True, apply: bool = True,
-                     seed: int = 0, **generate_kwargs) -> Calibration:
+                     seed: int = 0, weights=None, **generate_kwargs) -> Calibration:
     """Choose ``knob`` so that the ensemble generated from ``seeds`` has spread-skill ``target`` against ``observation``.
 
     Tries ``values`` (default :data:`DEFAULT_VALUES`), then (``refine``) interpolates linearly
@@ -71,6 +73,9 @@ def calibrate_spread(emulator, seeds: xr.Dataset, observation: xr.Dataset | xr.D
         seeds: validation seeds (as for ``generate``).
         observation: the verifying values on the seeds' sample and grid dims (no member dim):
             the truth, or a held-out physics member to match the physics ensemble's spread.
+        weights: average the spread and the error over points with these weights: ``"cos"``/``"area"``
+            (latitude weights of the observation), a DataArray over grid dims, or ``"emulator"``
+            (the emulator's own loss weights, ``emulator.weights``). None (default): unweighted.
     """
     if knob not in KNOBS:
         raise ValueError(f"knob must be one of {KNOBS}, got {knob!r}")
@@ -82,11 +87,17 @@ def calibrate_spread(emulator, seeds: xr.Dataset, observation: xr.Dataset | xr.D
     values = sorted(DEFAULT_VALUES[knob] if values is None else values)
     extra = {"method": "stochastic"} if knob == "churn" else {}
     obs = observation[emulator.coder.variables]
+    if isinstance(weights, str) and weights == "emulator":
+        weights = emulator.weights
+    if weights is not None:
+        from sciffusion.emulators.weights import resolve
+
+        weights = resolve(weights, obs, emulator.coder.grid_dims)
 
     def ssr_at(value) -> float:
         value = int(round(value)) if knob == "steps" else float(value)
         ens = emulator.generate(seeds, n_members, seed=seed, **{"progress": False, **generate_kwargs, **extra, knob: value})
-        return pooled_ssr(ens, obs, emulator.coder.scale, emulator.coder.member_dim)
+        return pooled_ssr(ens, obs, emulator.coder.scale, emulator.coder.member_dim, weights)
 
     tried = {float(v): ssr_at(v) for v in values}
     if refine:

@@ -35,7 +35,7 @@ from sciffusion.diffusion.sample import (check_sample_options, forward_step, ste
 from sciffusion.diffusion.schedules import SIGMA_MAX
 from sciffusion.emulators.base import Emulator
 from sciffusion.emulators.members import generate as generate_members
-from sciffusion.emulators.seeds_data import MODES, SeedPairs, SeedsCoder, _names, ensemble_tensor
+from sciffusion.emulators.seeds_data import MODES, SeedPairs, SeedsCoder, _names, check_finite, ensemble_tensor
 from sciffusion.emulators.store import EnsembleStore
 
 EOF_MEMORY_LIMIT = 16 * 2**30  # bytes the EOF fit of a latent (EOFMLP) emulator may take
@@ -132,7 +132,7 @@ class EnsembleEmulator(Emulator):
             steps: int = 2000, batch_size: int = 128, lr: float = 2e-3, warmup_steps: int = 100,
             ema_decay: float = 0.995, seed: int = 0, pairs_per_sample: int | None = None, eof_samples: int = 8192,
             out_dir: str | os.PathLike | None = None, device=None, progress: bool = True,
-            checkpoint_every: int | None = None, threads: int | None = None) -> EnsembleEmulator:
+            checkpoint_every: int | None = None, threads: int | None = None, weights=None) -> EnsembleEmulator:
         """Train on a physics ensemble ``ds`` with ``v (..., lead_time, member, *grid)``.
 
         Args:
@@ -153,6 +153,12 @@ class EnsembleEmulator(Emulator):
             checkpoint_every: steps between checkpoints of a run with ``out_dir`` (default 10% of
                 ``steps``, at most 500); a killed run resumes from the last one, bit for bit.
             threads: torch CPU threads while training (default: leave torch's setting).
+            weights: per-grid-point weights of the loss: ``"cos"`` or ``"area"`` (latitude weights from
+                the ``lat``/``latitude`` grid coordinate) or a DataArray over grid dims; normalised to
+                mean 1 and stored with the emulator (:attr:`weights`). None (default): unweighted.
+                Not with the latent (EOFMLP) backbone. See :mod:`sciffusion.emulators.weights`.
+
+        The training data must be NaN-free (a ValueError names the variable otherwise).
         """
         from sciffusion.nets import build_net
         from sciffusion.training import seeded
@@ -169,9 +175,14 @@ class EnsembleEmulator(Emulator):
         if lead_dim not in ds.coords:
             raise ValueError(f"the training data has no {lead_dim!r} coordinate; pass lead_dim=")
         sample_dims = [str(d) for d in dims if d != member_dim and d not in grid_dims]
+        from sciffusion.emulators import weights as gw
+
+        w = gw.resolve(weights, ds, grid_dims)
         coder = SeedsCoder.fit(ds, variables, grid_dims=grid_dims, n_seeds=n_seeds, lead_dim=lead_dim,
                                member_dim=member_dim, climatology=climatology, static=static)
+        coder.weights = gw.to_spec(w)
         members = ensemble_tensor(ds, variables, sample_dims, grid_dims, member_dim)
+        check_finite(members, variables)
         lead = torch.from_numpy(_lead_per_sample(ds, coder, sample_dims))
         truth_t = None
         if mode == "post-processing":
@@ -183,11 +194,15 @@ class EnsembleEmulator(Emulator):
             tds = xr.Dataset({v: src[n] for v, n in names.items()})
             truth_t = ensemble_tensor(tds.broadcast_like(ds[variables[0]].isel({member_dim: 0}, drop=True)),
                                       variables, sample_dims, grid_dims, None)
+            check_finite(truth_t, variables, "truth", axis=1)
         pairs = SeedPairs(coder, members, lead, truth=truth_t, mode=mode, truth_fraction=truth_fraction,
                           pairs_per_sample=pairs_per_sample, seed=seed)
         with seeded(seed):  # the caller's global RNG is left as it was
             den = Denoiser(build_net(_default_net(coder, net)), sigma_data=1.0)
             latent = latent_net(den)
+            if latent is not None and w is not None:
+                raise ValueError("weights= weights the grid-point loss; the EOFMLP backbone's loss is on EOF "
+                                 "coefficients. Use the UNet2d backbone for a latitude-weighted loss (or no weights)")
             if latent is not None:  # EOFs of the targets and conditions, from a seeded subset of the pairs
                 n_eof = min(int(eof_samples), len(pairs))
                 size = int(np.prod(coder.grid_shape))
@@ -205,6 +220,14 @@ class EnsembleEmulator(Emulator):
             return emu._train_denoiser(pairs, steps, batch_size=batch_size, threads=threads, out_dir=out_dir, lr=lr,
                                        warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed,
                                        checkpoint_every=checkpoint_every, device=device, progress=progress)
+
+    @property
+    def weights(self) -> xr.DataArray | None:
+        """The loss's grid-point weights (mean 1 over the grid; pass them to ``ensemble_skill`` to score
+        the same way), or None for an unweighted emulator."""
+        from sciffusion.emulators.weights import from_spec
+
+        return from_spec(self.coder.weights, self.coder.grid_coords)
 
     # ------------------------------------------------------------------ generation
     def check(self, seeds: xr.Dataset) -> None:

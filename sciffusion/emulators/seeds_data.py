@@ -29,6 +29,17 @@ from sciffusion.data.tensors import CF_ATTRS, dataset_to_tensor
 MODES = ("emulation", "post-processing")
 
 
+def check_finite(t: torch.Tensor, variables: Sequence[str], what: str = "training data", axis: int = 2) -> None:
+    """Raise ValueError naming the first variable (channel ``axis`` of ``t``) with NaN or infinite values."""
+    for i, v in enumerate(variables):
+        bad = int((~torch.isfinite(t.select(axis, i))).sum())
+        if bad:
+            raise ValueError(f"variable {v!r} has {bad} NaN or infinite value(s) of {t.select(axis, i).numel()} in the "
+                             f"{what}; the ensemble emulator needs complete fields: fill them (e.g. ds[{v!r}].fillna(...) "
+                             "with a climatology or neighbouring values), or mask them by filling and passing weights= "
+                             "that are 0 at those grid points")
+
+
 def ensemble_tensor(ds: xr.Dataset, variables: Sequence[str], sample_dims: Sequence[str], grid_dims: Sequence[str],
                     member_dim: str | None = "member") -> torch.Tensor:
     """Stack ``variables`` to ``(S, [M,] C, *grid)`` float32 with the sample dims flattened (C order)."""
@@ -48,13 +59,15 @@ class SeedsCoder(FieldCoder):
         climatology: ``{"mean": {v: grid list}, "std": {...}}`` or None.
         static: ``{name: grid list}`` of normalised static fields (may be empty).
         attrs: per-variable CF attributes of the training data (units are checked on the seeds).
+        weights: grid-point weights of the loss, ``{"dims", "values"}`` (mean 1 over the grid; see
+            :mod:`sciffusion.emulators.weights`), or None (unweighted; not written by :meth:`to_dict`).
     """
 
     KEYS = ("variables", "grid_dims", "grid_sizes", "grid_coords", "n_seeds", "lead_dim", "lead_times", "center",
-            "scale", "dev_scale", "climatology", "static", "member_dim", "attrs")
+            "scale", "dev_scale", "climatology", "static", "member_dim", "attrs", "weights")
 
     def __init__(self, *, variables, grid_dims, grid_sizes, grid_coords, n_seeds, lead_dim, lead_times, center,
-                 scale, dev_scale, climatology=None, static=None, member_dim="member", attrs=None):
+                 scale, dev_scale, climatology=None, static=None, member_dim="member", attrs=None, weights=None):
         self.variables, self.grid_dims = list(variables), list(grid_dims)
         self.grid_sizes, self.grid_coords = dict(grid_sizes), dict(grid_coords)
         self.n_seeds, self.lead_dim, self.member_dim = int(n_seeds), str(lead_dim), str(member_dim)
@@ -62,6 +75,13 @@ class SeedsCoder(FieldCoder):
         self.center, self.scale = dict(center), dict(scale)
         self.dev_scale = {v: [float(x) for x in dev_scale[v]] for v in self.variables}
         self.climatology, self.static, self.attrs = climatology, dict(static or {}), dict(attrs or {})
+        self.weights = None if weights is None else {"dims": list(weights["dims"]), "values": weights["values"]}
+
+    def to_dict(self):
+        d = super().to_dict()
+        if d["weights"] is None:  # unweighted coders (and their checkpoints) stay as they were
+            del d["weights"]
+        return d
 
     @classmethod
     def fit(cls, ds: xr.Dataset, variables, *, grid_dims, n_seeds=2, lead_dim="lead_time", member_dim="member",
@@ -204,4 +224,10 @@ class SeedPairs(BatchDataset):
         if self.truth is not None:
             x = torch.where((tgt < 0).reshape(-1, *(1,) * (x.ndim - 1)), self.truth[s], x)
         lead = self.lead[s]
-        return {"x": self.coder.encode(x, seeds, lead), "cond": self.coder.condition(seeds, lead)}
+        out = {"x": self.coder.encode(x, seeds, lead), "cond": self.coder.condition(seeds, lead)}
+        if self.coder.weights is not None:  # the loss's per-point weights (edm_loss's mask term)
+            from sciffusion.emulators.weights import grid_tensor
+
+            c = self.coder
+            out["mask"] = grid_tensor(c.weights, c.grid_dims, c.grid_sizes).expand(len(idx), 1, *c.grid_shape)
+        return out

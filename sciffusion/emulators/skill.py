@@ -12,6 +12,9 @@ point (and per lead time):
 * ``tail_err_{k}sigma`` - absolute error of the forecast probability of a ``k``-sigma
   event, ``|y - mu| > k sd`` with the truth climatology ``mu, sd``: ``|mean_i p_i - mean_i 1[event_i]|``
   (SEEDS Fig. 4's tail probabilities), next to the observed frequency ``tail_freq_{k}sigma``.
+
+With ``weights`` (``"cos"``/``"area"`` latitude weights, or a DataArray over grid dims such as an
+emulator's ``weights``) every average over points is the weighted one, rank counts included.
 """
 
 from __future__ import annotations
@@ -34,27 +37,36 @@ def _flatness(hist: np.ndarray) -> float:
 
 def ensemble_skill(forecast: xr.DataArray, truth: xr.DataArray, *, clim_mean: float | xr.DataArray = 0.0,
                    clim_std: float | xr.DataArray = 1.0, member_dim: str = "member", lead_dim: str | None = "lead_time",
-                   sigmas=(2, 3)) -> dict:
-    """Scores of one ensemble (see the module docstring); ``per_lead`` repeats CRPS, RMSE and SSR per lead."""
+                   sigmas=(2, 3), weights=None) -> dict:
+    """Scores of one ensemble (see the module docstring); ``per_lead`` repeats CRPS, RMSE and SSR per lead.
+
+    ``weights``: None (every point counts the same), ``"cos"``/``"area"`` (latitude weights of the
+    truth's ``lat``/``latitude`` coordinate) or a DataArray over grid dims of the truth."""
+    from sciffusion.emulators.weights import resolve
+
     fc, obs = forecast.astype(np.float64), truth.astype(np.float64)
+    w = None if weights is None else resolve(weights, obs)
+    kw = {} if w is None else {"weights": w}  # unweighted: the calls exactly as before
     out = {"members": int(fc.sizes[member_dim]),
-           "crps": float(sm.crps_ensemble(fc, obs, member_dim=member_dim, reduce_dims="all")),
-           "crps_fair": float(sm.crps_ensemble(fc, obs, member_dim=member_dim, fair=True, reduce_dims="all"))}
-    comp = sm.spread_skill_ratio(fc, obs, member_dim=member_dim, reduce_dims="all", components=True)
+           "crps": float(sm.crps_ensemble(fc, obs, member_dim=member_dim, reduce_dims="all", **kw)),
+           "crps_fair": float(sm.crps_ensemble(fc, obs, member_dim=member_dim, fair=True, reduce_dims="all", **kw))}
+    comp = sm.spread_skill_ratio(fc, obs, member_dim=member_dim, reduce_dims="all", components=True, **kw)
     out.update(rmse=float(comp["skill"]), spread=float(comp["spread"]), ssr=float(comp["ratio"]))
-    hist = sm.rank_histogram(fc, obs, member_dim=member_dim, reduce_dims="all")
+    hist = sm.rank_histogram(fc, obs, member_dim=member_dim, reduce_dims="all", **kw)
     out["rank_flatness"] = _flatness(np.asarray(hist.values, dtype=float))
     out["rank_histogram"] = np.asarray(hist.values).tolist()
     for k in sigmas:
         p = (np.abs(fc - clim_mean) > k * clim_std).mean(member_dim)
         o = (np.abs(obs - clim_mean) > k * clim_std).astype(float)
+        if w is not None:
+            p, o = p.weighted(w).mean(), o.weighted(w).mean()
         out[f"tail_freq_{k}sigma"] = float(o.mean())
         out[f"tail_prob_{k}sigma"] = float(p.mean())
         out[f"tail_err_{k}sigma"] = abs(float(p.mean()) - float(o.mean()))
     if lead_dim and lead_dim in obs.dims:
         other = [d for d in obs.dims if d != lead_dim]
-        crps = sm.crps_ensemble(fc, obs, member_dim=member_dim, reduce_dims=other)
-        ssr = sm.spread_skill_ratio(fc, obs, member_dim=member_dim, reduce_dims=other, components=True)
+        crps = sm.crps_ensemble(fc, obs, member_dim=member_dim, reduce_dims=other, **kw)
+        ssr = sm.spread_skill_ratio(fc, obs, member_dim=member_dim, reduce_dims=other, components=True, **kw)
         out["per_lead"] = {f"{float(t):g}": {"crps": float(crps.sel({lead_dim: t})), "rmse": float(ssr["skill"].sel({lead_dim: t})),
                                              "ssr": float(ssr["ratio"].sel({lead_dim: t}))} for t in obs[lead_dim].values}
     return out
