@@ -1,0 +1,322 @@
+"""Few-call students of the shipped Kolmogorov rollout emulator against their teacher (issue 21).
+
+Teacher: the autoregressive emulator with the forcing pattern trained on an H100
+(``benchmarks/models/rollout_kolmogorov_ar_pattern_gpu``, U-Net [32, 64, 128]) at its saved default
+sampler (Heun, 6 steps from ``sigma_max = 10``: 11 network calls per rollout step). Students:
+``sciffusion.distill.distill`` of its denoiser (trajectory method, 64 teacher levels, the student
+starts from the teacher's weights) at 2 and 4 calls, sampling through ``Rollout.with_student``.
+
+Data: the four physics runs of ``rollout_kolmogorov.py`` (same seed, same solver, its ``physics``
+cache format): run A is the test run, run B the validation run, runs C and D are the teacher's
+training runs. The distillation conditions are the teacher's own training pairs (``training_pairs``
+of runs C and D, the teacher's coder, the forcing pattern), ``--n-trajectories`` of them evenly
+spaced over the first ``--steps`` + 1 times of C and D; the test run is never used to train.
+
+Scores (the functions of ``rollout_kolmogorov.py``, imported): a ``--steps``-step rollout from run A's
+first state (seed 0; ``--climate-seeds`` more seeds show how much the figures move with the noise), its time-mean and variance bias (RMS over the grid) and energy-spectrum error against
+run A over the same times, next to physics floors (runs B, C, D against A over the same times: how
+much two independent runs of this length differ); fair CRPS and spread-skill over ``--leads`` steps
+(``--n-init`` initial states of run A x ``--members`` members); network calls per step (counted) and
+ms per rollout step (1 member; per member in a batch of 8), best of ``--repeats`` repeats
+interleaved across teacher and students in this process. The same skill on run B (fewer initial
+states and leads) is the validation record, on which the distillation length (300 steps over 150:
+spread-skill nearer the teacher's, CRPS no worse) was chosen.
+
+CPU budget (2 shared cores, 1 thread): the public defaults of ``distill`` (20,000 trajectories of
+127 teacher calls, 4,000 steps of batch 256) would take ~18 h here (~12 ms per teacher call per
+member, ~35 ms per member forward + backward), so this script reduces n_trajectories, steps and
+batch size (flags below, recorded in the JSON), rolls out 1,000 steps instead of
+``rollout_kolmogorov.py``'s 10,000 and scores 4 x 8 members over 20 leads instead of 8 x 8 over 50.
+The 2-call student reuses the 4-call run's teacher trajectories (the same ODE solves from the same
+seed: its levels are every other one of those; written to its ``out_dir`` as ``distill`` would
+have, so ``distill`` finds them cached).
+
+    python benchmarks/distill_rollout_kolmogorov.py                # ~30 min on one idle core, ~70 on a loaded one
+    python benchmarks/distill_rollout_kolmogorov.py --distill-steps 150 --work /tmp/d150   # the shorter run
+    python benchmarks/distill_rollout_kolmogorov.py --quick        # smoke run (nothing written to results/)
+    python benchmarks/distill_rollout_kolmogorov.py --fine-teacher # diagnostic: the teacher at the students' target ODE
+
+Rerunning with the same ``--work`` directory resumes: finished distillations and scores are kept there.
+Writes benchmarks/results/distill_rollout_kolmogorov.json: one entry of ``runs`` per
+(n_trajectories, steps), merged with the entries already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _run_meta import run_meta
+from rollout_kolmogorov import SETUP, _timed, bias, climate, ensemble_skill, init_state, pattern, physics
+from sciffusion.data.batches import TensorPairs
+from sciffusion.diffusion import CountingDenoiser
+from sciffusion.distill import distill
+from sciffusion.emulators import Rollout
+from sciffusion.emulators.rollout import training_pairs
+from sciffusion.systems import KolmogorovFlow
+
+HERE = Path(__file__).parent
+TEACHER = HERE / "models" / "rollout_kolmogorov_ar_pattern_gpu"
+RESULTS = HERE / "results" / "distill_rollout_kolmogorov.json"
+DISTILL_DEFAULTS = {"method": "trajectory", "teacher_steps": 64, "n_trajectories": 20000, "steps": 4000,
+                    "batch_size": 256, "lr": 3e-4, "ema_decay": 0.99, "sigma_max": 80.0}
+
+
+def teacher_pairs(teacher: Rollout, traj: np.ndarray, n: int) -> TensorPairs:
+    """``n`` of the teacher's training pairs (normalised increment, condition), evenly spaced over
+    runs C and D (``traj[2:4]``) with the teacher's coder and the static forcing pattern."""
+    x = traj[2:4, :, None].astype(np.float64)  # (S=2, T, C=1, y, x)
+    f = np.broadcast_to(pattern()["forcing_pattern"].values[None, None, None], x.shape).copy()
+    target, cond = training_pairs(teacher.coder, x, f)
+    idx = torch.from_numpy(np.linspace(0, len(target) - 1, min(n, len(target))).round().astype(np.int64))
+    return TensorPairs(target[idx].contiguous(), cond[idx].contiguous())
+
+
+def reuse_trajectories(src: Path, dst: Path, stride: int) -> None:
+    """The teacher states of ``src`` (distill's ``trajectories.safetensors``) at every ``stride``-th kept
+    level, written where ``distill`` looks for its own (same seed, same ODE solves: the same states)."""
+    from safetensors.torch import load_file, save
+
+    from sciffusion.checkpoint import atomic_write_bytes
+
+    if (dst / "trajectories.safetensors").exists():
+        return
+    states = load_file(src / "trajectories.safetensors")["states"]
+    dst.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(dst / "trajectories.safetensors", save({"states": states[:, ::stride].contiguous()}))
+
+
+def calls_per_step(model: Rollout, traj: np.ndarray, forcings, n: int = 3) -> float:
+    m = copy.copy(model)
+    m.denoiser = CountingDenoiser(model.denoiser)
+    m.rollout(init_state(traj, 0, 0), n, progress=False, forcings=forcings)
+    return m.denoiser.nfe / n
+
+
+def climate_seeds(model: Rollout, traj: np.ndarray, args, kf, res: dict) -> dict:
+    """Add the climate figures of rollouts with seeds ``1 .. --climate-seeds - 1`` (seed 0's are
+    ``res``'s own) to ``res["climate_by_seed"]``: how much the figures move with the noise alone."""
+    keys = ("mean_bias_rms", "var_bias_rms", "spectrum_error", "energy_mean", "energy_std")
+    by_seed = res.setdefault("climate_by_seed", [{"seed": 0, **{k: res.get(k) for k in keys}}])
+    for seed in range(len(by_seed), args.climate_seeds):
+        try:
+            x = model.rollout(init_state(traj, 0, 0), args.steps, n_members=1, seed=seed, progress=False,
+                              forcings=pattern()).vorticity.values[0]
+            by_seed.append({"seed": seed, **bias(climate(x, kf), climate(traj[0], kf))})
+        except FloatingPointError as exc:
+            by_seed.append({"seed": seed, "diverged": str(exc)})
+    return res
+
+
+def score(model: Rollout, traj: np.ndarray, args, kf, log, label: str) -> dict:
+    """Climate of a ``--steps`` rollout against run A, skill on run A (test) and run B (validation)."""
+    forcings = pattern()
+    res = {"calls_per_step": calls_per_step(model, traj, forcings), "sampler": model.sampler}
+    t0 = time.perf_counter()
+    res["validation_skill_run_B"] = ensemble_skill(model, traj[1:2], args.val_n_init, args.members, args.val_leads, forcings)
+    t1 = time.perf_counter()
+    try:
+        x = model.rollout(init_state(traj, 0, 0), args.steps, n_members=1, seed=0, progress=False,
+                          forcings=forcings).vorticity.values[0]
+    except FloatingPointError as exc:
+        x, res["diverged"] = np.full(1, np.nan), str(exc)
+    t2 = time.perf_counter()
+    res.update(rollout_s=t2 - t1, finite=bool(np.isfinite(x).all()))
+    if res["finite"]:
+        res.update(bias(climate(x, kf), climate(traj[0], kf)))
+    res["skill"] = ensemble_skill(model, traj[:1], args.n_init, args.members, args.leads, forcings)
+    res["score_s"] = time.perf_counter() - t0
+    log(f"{label}: {res['calls_per_step']:.0f} calls/step, rollout {res['rollout_s']:.0f} s, scored in {res['score_s']:.0f} s")
+    return res
+
+
+def fine_teacher(teacher: Rollout, traj: np.ndarray, args) -> dict:
+    """Diagnostic: the teacher sampled by the ODE its students learn (Heun on ``--teacher-steps`` Karras
+    levels from ``distill``'s sigma_max = 80: 2 * teacher_steps - 1 calls) next to its default sampler,
+    on the validation run B (``--val-n-init`` initial states, ``--fine-teacher-leads`` leads)."""
+    forcings, out = pattern(), {}
+    fine = {**teacher.sampler, "method": "heun", "steps": args.teacher_steps, "sigma_min": 0.002,
+            "sigma_max": DISTILL_DEFAULTS["sigma_max"], "start": "noise"}
+    for label, sampler in (("default", teacher.sampler), ("distillation ODE", fine)):
+        m = copy.copy(teacher)
+        m.sampler = sampler
+        out[label] = {"sampler": sampler, "calls_per_step": calls_per_step(m, traj, forcings, n=1),
+                      "validation_skill_run_B": ensemble_skill(m, traj[1:2], args.val_n_init, args.members,
+                                                               args.fine_teacher_leads, forcings)}
+    return out
+
+
+def cost(models: dict, traj: np.ndarray, repeats: int, n: int = 10) -> dict:
+    """Seconds per rollout step (1 member; per member of 8), best of ``repeats``, interleaved across models."""
+    forcings, kf = pattern(), KolmogorovFlow(n=SETUP["n"])
+    x0 = torch.as_tensor(traj[0, 0:1], dtype=torch.float64)
+    best = {k: [np.inf, np.inf] for k in (*models, "solver")}
+    for _ in range(repeats):
+        best["solver"][0] = min(best["solver"][0], _timed(lambda: kf.step(x0, SETUP["every"] * n)) / n)
+        for label, m in models.items():
+            best[label][0] = min(best[label][0], _timed(lambda: m.rollout(init_state(traj, 0, 0), n, progress=False,
+                                                                          forcings=forcings)) / n)
+            best[label][1] = min(best[label][1], _timed(lambda: m.rollout(init_state(traj, 0, 0), n, n_members=8,
+                                                                          progress=False, forcings=forcings)) / n / 8)
+    return {k: {"s_per_step": v[0], "s_per_step_per_member_batch8": v[1] if np.isfinite(v[1]) else None}
+            for k, v in best.items()}
+
+
+def table(rows: dict, floors: dict) -> str:
+    t = rows["teacher"]
+    last = len(t["skill"]["crps"])
+    head = ("", "calls", "ms/step", "x teacher", "mean bias", "/t", "var bias", "/t", "spec err", "/t",
+            "CRPS@1", "CRPS@10", f"CRPS@{last}", "/t@10", "SSR@10", f"SSR@{last}", "dSSR@10")
+    out = [head]
+    for label, f in floors.items():
+        out.append((label, "", "", "", f"{f['mean_bias_rms']:.3f}", "", f"{f['var_bias_rms']:.3f}", "",
+                    f"{f['spectrum_error']:.3f}", "", "", "", "", "", "", "", ""))
+
+    def at(r, key, lead):
+        return r["skill"][key][min(lead, len(r["skill"][key])) - 1]
+
+    for label, r in rows.items():
+        ratio = lambda k: f"{r[k] / t[k]:.2f}" if r.get("finite") and t.get("finite") else "-"  # noqa: E731
+        fig = lambda k: f"{r[k]:.3f}" if r.get("finite") else "diverged"  # noqa: E731
+        out.append((label, f"{r['calls_per_step']:.0f}", f"{1e3 * r['cost']['s_per_step']:.1f}",
+                    f"{r['cost']['s_per_step'] / t['cost']['s_per_step']:.2f}",
+                    fig("mean_bias_rms"), ratio("mean_bias_rms"), fig("var_bias_rms"), ratio("var_bias_rms"),
+                    fig("spectrum_error"), ratio("spectrum_error"),
+                    *[f"{at(r, 'crps', k):.3f}" for k in (1, 10, last)], f"{at(r, 'crps', 10) / at(t, 'crps', 10):.3f}",
+                    *[f"{at(r, 'spread_skill', k):.2f}" for k in (10, last)],
+                    f"{at(r, 'spread_skill', 10) - at(t, 'spread_skill', 10):+.2f}"))
+    w = [max(len(row[i]) for row in out) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(row)) for row in out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--calls", type=int, nargs="+", default=[4, 2], help="student calls (the largest is distilled first)")
+    p.add_argument("--steps", type=int, default=1000, help="rollout length (emulator steps of dt = 0.5)")
+    p.add_argument("--n-trajectories", type=int, default=192, help="distill's n_trajectories (public default 20000)")
+    p.add_argument("--distill-steps", type=int, default=300, help="distill's training steps (public default 4000)")
+    p.add_argument("--batch-size", type=int, default=32, help="distill's batch size (public default 256)")
+    p.add_argument("--teacher-steps", type=int, default=64, help="distill's teacher_steps (public default 64)")
+    p.add_argument("--n-init", type=int, default=4, help="test initial states (rollout_kolmogorov.py: 8)")
+    p.add_argument("--members", type=int, default=8)
+    p.add_argument("--leads", type=int, default=20, help="scored leads (rollout_kolmogorov.py: 50)")
+    p.add_argument("--val-n-init", type=int, default=2, help="validation (run B) initial states")
+    p.add_argument("--val-leads", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats")
+    p.add_argument("--climate-seeds", type=int, default=2, help="rollouts (seeds 0..) whose climate figures are kept")
+    p.add_argument("--cache", default="/tmp/rollout_kolmogorov_physics.npy", help="physics cache (rollout_kolmogorov.py's)")
+    p.add_argument("--work", default="/tmp/distill_rollout_kolmogorov", help="students and finished scores (resume)")
+    p.add_argument("--fine-teacher", action="store_true",
+                   help="only the diagnostic: the teacher's skill on run B sampled by the students' target ODE "
+                        "(Heun, teacher_steps levels from sigma_max 80) and by its default; merged into the results")
+    p.add_argument("--fine-teacher-leads", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, results not written")
+    args = p.parse_args()
+    if args.quick:
+        args.steps, args.n_trajectories, args.distill_steps, args.batch_size = 30, 8, 3, 4
+        args.n_init, args.members, args.leads, args.val_n_init, args.val_leads, args.repeats = 2, 2, 5, 2, 3, 1
+        args.work = args.work + "_quick"
+    torch.set_num_threads(1)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    t_start, work = time.time(), Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    settings = {k: getattr(args, k) for k in ("steps", "n_trajectories", "distill_steps", "batch_size", "teacher_steps",
+                                              "n_init", "members", "leads", "val_n_init", "val_leads", "repeats")}
+    prev = work / "settings.json"
+    if prev.exists() and json.loads(prev.read_text()) != settings:
+        p.error(f"{work} holds a run with other settings ({prev}); pass another --work")
+    prev.write_text(json.dumps(settings))
+
+    traj = physics(args.steps, Path(args.cache) if args.cache else None)
+    log(f"physics: 4 runs x {traj.shape[1]} times ready in {time.time() - t_start:.0f} s")
+    if args.fine_teacher:
+        diag = {"meta": {**run_meta(), "wall_s": None}, **fine_teacher(Rollout.load(TEACHER), traj, args)}
+        diag["meta"]["wall_s"] = time.time() - t_start
+        for label in ("default", "distillation ODE"):
+            sk = diag[label]["validation_skill_run_B"]
+            log(f"teacher, {label}: {diag[label]['calls_per_step']:.0f} calls, run B CRPS "
+                f"{' / '.join(f'{v:.3f}' for v in sk['crps'])}, spread-skill {' / '.join(f'{v:.2f}' for v in sk['spread_skill'])}")
+        if not args.quick:
+            runs = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+            runs["diagnostic_teacher_ode"] = diag
+            RESULTS.write_text(json.dumps(runs, indent=1, default=str))
+        return
+    kf = KolmogorovFlow(n=SETUP["n"])
+    ref = climate(traj[0], kf)
+    floors = {f"physics floor ({r} vs A)": bias(climate(traj[i], kf), ref) for i, r in ((1, "B"), (2, "C"), (3, "D"))}
+
+    teacher = Rollout.load(TEACHER)
+    models, rows, distill_rec = {"teacher": teacher}, {}, {}
+    pairs = teacher_pairs(teacher, traj, args.n_trajectories)
+
+    def scored(label: str, model: Rollout) -> dict:
+        path = work / f"score_{label.replace(' ', '_').replace(',', '')}.json"
+        res = json.loads(path.read_text()) if path.exists() else score(model, traj, args, kf, log, label)
+        if args.climate_seeds > 1:
+            res = climate_seeds(model, traj, args, kf, res)
+        path.write_text(json.dumps(res))
+        return res
+
+    rows["teacher"] = scored("teacher", teacher)
+    first = None
+    for calls in sorted(args.calls, reverse=True):
+        out = work / f"student_{calls}"
+        if first is not None and first[1] % calls == 0:  # its levels are every (first / calls)-th of the first's
+            reuse_trajectories(first[0], out, first[1] // calls)
+        latest = out / "trajectory" / "latest"
+        resumed = latest.read_text().strip() if latest.exists() else None  # a longer run continues a shorter one
+        t0 = time.time()
+        student = distill(teacher.denoiser, pairs, calls=calls, teacher_steps=args.teacher_steps,
+                          n_trajectories=args.n_trajectories, steps=args.distill_steps, batch_size=args.batch_size,
+                          out_dir=out, progress=False, threads=1)
+        rec_path = out / f"distill_time_{args.distill_steps}.json"
+        if not rec_path.exists():  # the wall time of the call that trained it (from `resumed` if set)
+            rec_path.write_text(json.dumps({"distill_s": time.time() - t0, "resumed_from": resumed}))
+        reused = first[1] if first is not None and first[1] % calls == 0 else None
+        distill_rec[calls] = {**json.loads(rec_path.read_text()), "reused_trajectories_of_calls": reused}
+        log(f"student {calls}: distilled ({distill_rec[calls]['distill_s']:.0f} s)")
+        first = first or (out, calls)
+        label = f"student, {calls} calls"
+        models[label] = teacher.with_student(student)
+        rows[label] = scored(label, models[label])
+        rows[label]["distill"] = distill_rec[calls]
+
+    costs = cost(models, traj, args.repeats)
+    for label in rows:
+        rows[label]["cost"] = costs[label]
+    t = rows["teacher"]
+
+    def at(r, key, lead):
+        return r["skill"][key][min(lead, len(r["skill"][key])) - 1]
+
+    for label, r in rows.items():
+        r["ratio_to_teacher"] = {k: r[k] / t[k] for k in ("mean_bias_rms", "var_bias_rms", "spectrum_error")
+                                 if r.get("finite") and t.get("finite")}
+        r["ratio_to_teacher"]["s_per_step"] = r["cost"]["s_per_step"] / t["cost"]["s_per_step"]
+        r["crps_ratio_to_teacher"] = [a / b for a, b in zip(r["skill"]["crps"], t["skill"]["crps"])]
+        r["ssr_minus_teacher"] = [a - b for a, b in zip(r["skill"]["spread_skill"], t["skill"]["spread_skill"])]
+        r["val_crps_ratio_to_teacher"] = [a / b for a, b in zip(r["validation_skill_run_B"]["crps"],
+                                                                t["validation_skill_run_B"]["crps"])]
+    print(table(rows, floors))
+    result = {"meta": {**run_meta(), "wall_s": time.time() - t_start}, "setup": {**SETUP, "emulator_dt": 0.5, "threads": 1},
+              "teacher": str(TEACHER.relative_to(HERE.parent)), "settings": settings, "distill_public_defaults": DISTILL_DEFAULTS,
+              "deviations": {"n_trajectories": args.n_trajectories, "steps": args.distill_steps, "batch_size": args.batch_size,
+                             "rollout_steps": args.steps, "reason": "CPU time (1 thread on a shared 2-core machine)"},
+              "solver_s_per_step": costs["solver"]["s_per_step"], "floors": floors, "rows": rows}
+    if args.quick:
+        print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1, default=str)[:2000])
+        return
+    runs = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    runs.setdefault("runs", {})[f"n_trajectories={args.n_trajectories}, steps={args.distill_steps}"] = result
+    RESULTS.write_text(json.dumps(runs, indent=1, default=str))
+    log(f"wrote {RESULTS} ({time.time() - t_start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
