@@ -148,3 +148,39 @@ def test_cli_distills_a_trained_run_and_sample_uses_the_students_calls(tmp_path,
     assert out["u"].sizes["member"] == 2 and '"sigmas"' in out.attrs["sampler"]
     assert main([*sample, "-o", str(tmp / "b.zarr"), "--steps", "18"]) == 2
     assert "distilled student" in capsys.readouterr().err
+
+
+def test_a_student_keeps_its_teachers_temperature_until_calibrated_and_calibrating_it_leaves_the_teacher():
+    """with_student keeps the temperature calibrated for the teacher's sampler, though the student's
+    spread differs: DDIM with the exact N(0, 1) denoiser on levels [80, 1.5, 0] draws members with
+    std 0.4653 x temperature (x_1 = 121/6401 x_80, x_0 = x_1 / 3.25), where the 18-step Heun teacher
+    draws std 1 x temperature. Against a truth of spread 1.5 the teacher calibrates to ~1.5; the
+    student at that temperature is under-dispersed (spread-skill ~0.47), and calibrate_spread on the
+    student copy finds its own ~1.5 / 0.4653 = 3.22, without touching the teacher's sampler."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    import xarray as xr
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_emulator_ensemble import DEV, LEADS, exact_standard_normal, gaussian_emulator, seeds_dataset
+
+    from sciffusion.emulators import calibrate_spread
+
+    emu, seeds = gaussian_emulator(), seeds_dataset(n_init=60)
+    rng = np.random.default_rng(3)
+    d = xr.DataArray(DEV, dims="lead_time", coords={"lead_time": LEADS})
+    truth = (seeds["x"].mean("member") + 1.5 * d * xr.DataArray(rng.normal(size=(60, 2, 8)),
+                                                               dims=("init_time", "lead_time", "k"))).to_dataset(name="x")
+    kw = dict(n_members=16, batch_size=4096)
+    teacher = calibrate_spread(emu, seeds, truth, **kw)
+    assert abs(teacher.value - 1.5) < 0.15 and abs(teacher.ssr - 1) < 0.05
+    fast = emu.with_student(Student(_Wrapped(exact_standard_normal), torch.tensor([80.0, 1.5, 0.0], dtype=torch.float64)))
+    assert fast.sampler["temperature"] == teacher.value  # kept, as documented
+    with pytest.warns(UserWarning, match="edge of the grid"):  # one value: only its ratio is wanted
+        kept = calibrate_spread(fast, seeds, truth, values=(teacher.value,), refine=False, apply=False, **kw)
+    assert abs(kept.ssr - 0.4653) < 0.05, kept.ssr  # the teacher's temperature is wrong for the student
+    own = calibrate_spread(fast, seeds, truth, values=(1.0, 2.0, 3.0, 4.0, 5.0), **kw)
+    assert abs(own.value - 1.5 / 0.4653) < 0.3 and abs(own.ssr - 1) < 0.05, own
+    assert fast.sampler["temperature"] == own.value and emu.sampler["temperature"] == teacher.value

@@ -114,9 +114,15 @@ class Emulator:
     def with_student(self, student) -> Emulator:
         """A copy of this emulator that samples with ``student``, a :class:`~sciffusion.distill.Student`
         distilled from its denoiser: the student's network and its ``student.calls``-call DDIM schedule
-        replace the denoiser and the default sampler (other sampler settings, such as a calibrated
-        temperature, and the coder stay). ``save`` writes it like any emulator; its provenance names
-        no checkpoint until it is saved."""
+        replace the denoiser and the default sampler (other sampler settings and the coder stay).
+        ``save`` writes it like any emulator; its provenance names no checkpoint until it is saved.
+
+        A calibrated temperature stays too, but it was calibrated for this emulator's own sampler,
+        and the student's spread differs (the shipped Lorenz-96 model's 2-call student: spread-skill
+        0.96 at its teacher's temperature 0.86, 1.22 at its own 1.06, the teacher 1.20;
+        docs/distillation.md). Calibrate the copy again on the same validation data,
+        ``calibrate_spread(emulator.with_student(student), seeds, obs)``, which sets the copy's
+        temperature, not this emulator's."""
         import copy
 
         if abs(float(student.sigma_data) - float(getattr(self.denoiser, "sigma_data", student.sigma_data))) > 1e-9:
