@@ -4,14 +4,17 @@
 (any callable on ``(N, *state)`` ensembles: a :mod:`sciffusion.systems` model, an emulator) with
 an analysis by a posterior sampler of :mod:`sciffusion.inverse` whose prior is the exact denoiser
 of the forecast ensemble (:func:`ensemble_prior`). :func:`assimilate` runs it on xarray with a
-:mod:`sciffusion.systems` model, resumable to zarr; :func:`cycle_scores` scores each cycle.
+:mod:`sciffusion.systems` model, resumable to zarr; :func:`cycle_scores` scores each cycle;
+:func:`local_analysis` is the domain-localised (LETKF-style) analysis for large states.
 See ``docs/assimilation.md``.
 """
 
 from sciffusion.assimilate.analysis import analysis, ensemble_prior, gaspari_cohn
 from sciffusion.assimilate.cycle import FilterResult, check_inputs, cycle
+from sciffusion.assimilate.local import Domains, LocalPrior, local_analysis, periodic_domains
 from sciffusion.assimilate.run import assimilate, truth_and_observations
 from sciffusion.assimilate.scores import cycle_scores, plot_cycle_scores, summary
 
-__all__ = ["FilterResult", "analysis", "assimilate", "check_inputs", "cycle", "cycle_scores", "ensemble_prior",
-           "gaspari_cohn", "plot_cycle_scores", "summary", "truth_and_observations"]
+__all__ = ["Domains", "FilterResult", "LocalPrior", "analysis", "assimilate", "check_inputs", "cycle",
+           "cycle_scores", "ensemble_prior", "gaspari_cohn", "local_analysis", "periodic_domains",
+           "plot_cycle_scores", "summary", "truth_and_observations"]
