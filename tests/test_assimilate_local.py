@@ -154,3 +154,30 @@ def test_bad_inputs_name_the_culprit():
         local_analysis(ens, y, domains=dom, noise_std=-1.0)
     with pytest.raises(ValueError, match="Domains.obs holds indices outside the 9 observations"):
         local_analysis(ens, y[:9], domains=dom, noise_std=1.0)
+
+
+def test_cycle_with_domains_runs_the_local_analysis_each_cycle_and_checks_the_operator():
+    """``cycle(..., domains=, function=)`` is the loop forecast -> ``local_analysis`` (same generator
+    draws, bit for bit), and an operator that observes other entries than the domains read is
+    refused before any cycle runs."""
+    from sciffusion.assimilate import cycle
+
+    ens, _ = _ensemble(n=6, seed=4)
+    g = torch.Generator().manual_seed(5)
+    obs = torch.atan(torch.randn(3, D, generator=g, dtype=torch.float64)[:, JJ])
+    domains = periodic_domains(D, JJ, radius=4, block=2, obs_radius=3.0)
+    op = lambda x: torch.atan(x[:, JJ])  # noqa: E731 (the same pointwise observation as the domains)
+    forecast = lambda x: 0.9 * x.roll(1, dims=1)  # noqa: E731
+    kw = {"steps": 6, "cg_iters": 2}
+    out = cycle(forecast, ens, op, obs, noise_std=0.5, domains=domains, function=torch.atan,
+                generator=torch.Generator().manual_seed(9), **kw)
+    x, gen = ens, torch.Generator().manual_seed(9)
+    for t in range(3):
+        x = local_analysis(forecast(x), obs[t], domains=domains, noise_std=0.5, function=torch.atan, generator=gen, **kw)
+        assert torch.equal(out.analysis[t], x)
+    assert not torch.equal(out.analysis[0], forecast(ens))  # the observations did something
+    other = lambda x: torch.atan(x[:, JJ + 1])  # noqa: E731
+    with pytest.raises(ValueError, match="pointwise observation"):
+        cycle(forecast, ens, other, obs, noise_std=0.5, domains=domains, function=torch.atan)
+    with pytest.raises(TypeError, match="goes with domains="):
+        cycle(forecast, ens, op, obs, noise_std=0.5, function=torch.atan)

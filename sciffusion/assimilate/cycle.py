@@ -2,7 +2,8 @@
 
 Tensors only: ``forecast`` maps an ensemble ``(N, *state)`` to the next observation time (a
 ``sciffusion.systems`` model's ``step``, an emulator's rollout...), and each analysis is a call of
-:func:`sciffusion.assimilate.analysis`. Every input is checked before the first cycle runs.
+:func:`sciffusion.assimilate.analysis`, or of :func:`~sciffusion.assimilate.local_analysis` when
+``domains`` are given (large states). Every input is checked before the first cycle runs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from sciffusion.assimilate.analysis import analysis
+from sciffusion.assimilate.local import Domains, local_analysis
 from sciffusion.inverse import as_operator
 
 
@@ -59,10 +61,27 @@ def check_inputs(ensemble: torch.Tensor, operator, observations: torch.Tensor, n
                          f"{obs_shape} nor the observations' shape {tuple(observations.shape)}") from None
 
 
+def check_domains(ensemble: torch.Tensor, operator, domains: Domains, function=None) -> None:
+    """Raise ValueError unless ``operator`` on ``ensemble`` gives, in every used observation slot of
+    ``domains``, ``function`` of the state entry the slot reads (the local analysis sees only that)."""
+    x = ensemble.reshape(ensemble.shape[0], -1).to(torch.float64)
+    with torch.no_grad():
+        y = as_operator(operator)(ensemble).reshape(ensemble.shape[0], -1).to(torch.float64)
+    domains.check(x.shape[1], y.shape[1])
+    used = domains.weight > 0
+    read = x[:, domains.windows.gather(1, domains.obs_pos)[used]]
+    local = read if function is None else function(read)
+    if not torch.allclose(local, y[:, domains.obs[used]], rtol=1e-5, atol=1e-6 * float(y.abs().max().clamp_min(1))):
+        raise ValueError(f"operator {operator!r} does not equal the domains' pointwise observation "
+                         f"{getattr(function, '__name__', function)!r}(x[obs_index]) on the initial ensemble: "
+                         "the local analysis would assimilate other observations than the operator describes")
+
+
 def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tensor, operator,
           observations: torch.Tensor, *, noise_std, n_cycles: int | None = None,
           generator: torch.Generator | None = None,
           callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+          domains: Domains | None = None, function: Callable[[torch.Tensor], torch.Tensor] | None = None,
           **analysis_options) -> FilterResult:
     """Run ``T`` cycles: ``x_f = forecast(x_a)``, ``x_a = analysis(x_f, operator, y_t)``.
 
@@ -75,17 +94,31 @@ def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tens
         n_cycles: expected ``T`` (checked against the observations' time axis).
         generator: torch generator for every analysis (seeded, never global state).
         callback: ``callback(t, forecast, analysis)`` after each cycle (e.g. to score or write it).
+        domains, function: analyse by :func:`~sciffusion.assimilate.local_analysis` with these
+            domains and the elementwise observation function (None: identity); ``operator`` must then
+            be the same pointwise observation, ``function(x[..., obs_index])``, which is checked on the
+            initial ensemble before the first cycle. None (default): the global ``analysis``.
         **analysis_options: keywords of :func:`~sciffusion.assimilate.analysis` (``bandwidth``,
             ``inflation``, ``localization``, ``guidance``, ``steps``, ``start``, ``cg_iters``...).
     """
     observations = torch.as_tensor(observations)
     std = check_inputs(ensemble, operator, observations, noise_std, n_cycles)
+    if domains is not None:
+        check_domains(ensemble, operator, domains, function)
+    elif function is not None:
+        raise TypeError("function= is the local analysis' observation function; it goes with domains=")
     x = ensemble
     fcs, ans, secs = [], [], []
     for t in range(observations.shape[0]):
         xf = forecast(x)
         start = time.perf_counter()
-        x = analysis(xf, operator, observations[t], noise_std=std[t], generator=generator, **analysis_options)
+        if domains is None:
+            x = analysis(xf, operator, observations[t], noise_std=std[t], generator=generator, **analysis_options)
+        else:
+            s = std[t].reshape(-1)  # one std for all: a scalar, as local_analysis then need not whiten rows
+            x = local_analysis(xf, observations[t].reshape(-1), domains=domains,
+                               noise_std=float(s[0]) if bool((s == s[0]).all()) else s,
+                               function=function, generator=generator, **analysis_options)
         secs.append(time.perf_counter() - start)
         fcs.append(xf)
         ans.append(x)
