@@ -146,3 +146,29 @@ def test_cycle_scores_against_a_hand_computed_case():
     assert s.rank_histogram.values.tolist() == [1.0, 1.0, 0.0]
     fig = plot_cycle_scores({"a": s, "b": s})
     assert len(fig.axes) == 2
+
+
+def test_assimilate_with_domains_one_domain_is_the_global_run_and_other_domains_do_not_resume(tmp_path):
+    """``assimilate(domains=)`` analyses by ``local_analysis``: one domain over the whole ring is the
+    global run (to round-off); a store written with some domains does not resume with others, and
+    an operator that is not the domains' pointwise observation is refused before any cycle."""
+    from sciffusion.assimilate import periodic_domains
+
+    problem = _problem(every=2)
+    jj = torch.arange(0, K, 2)
+    whole = _run(problem)
+    local = _run(problem, domains=periodic_domains(K, jj, radius=K, block=K))
+    np.testing.assert_allclose(local.x_analysis.values, whole.x_analysis.values, rtol=0, atol=1e-8)
+    assert float(np.abs(whole.x_analysis.values - whole.x_forecast_mean.values[:, None]).max()) > 0.1
+    out = tmp_path / "run.zarr"
+
+    def kill(t, forecast, analysis):
+        if t == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(problem, out=out, cycles_per_block=1, callback=kill, domains=periodic_domains(K, jj, radius=2, block=2))
+    with pytest.raises(ValueError, match="cannot resume .*domains"):
+        _run(problem, out=out, mode="resume", cycles_per_block=1, domains=periodic_domains(K, jj, radius=3, block=2))
+    with pytest.raises(ValueError, match="pointwise observation"):
+        _run(problem, domains=periodic_domains(K, jj + 1, radius=2, block=2))

@@ -78,7 +78,7 @@ def test_a_killed_cli_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypa
 
     config, whole, killed = tiny_config(tmp_path), tmp_path / "whole.zarr", tmp_path / "killed.zarr"
     assert main(["assimilate", str(config), "-o", str(whole), "--no-progress"]) == 0
-    real, calls = run_module.analysis, []
+    real, calls = run_module.analyse, []
 
     def dying(*args, **kwargs):
         calls.append(1)
@@ -86,10 +86,10 @@ def test_a_killed_cli_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypa
             raise RuntimeError("killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(run_module, "analysis", dying)
+    monkeypatch.setattr(run_module, "analyse", dying)
     with pytest.raises(RuntimeError, match="killed"):
         main(["assimilate", str(config), "-o", str(killed), "--no-progress"])
-    monkeypatch.setattr(run_module, "analysis", real)
+    monkeypatch.setattr(run_module, "analyse", real)
     assert np.isnan(xr.open_zarr(killed, consolidated=False).x_analysis.isel(time=2)).all()
     assert main(["assimilate", str(config), "-o", str(killed), "--no-progress", "--resume"]) == 0
     for name in ("x_analysis", "x_forecast_mean", "x_truth", "observations"):

@@ -61,9 +61,14 @@ def check_inputs(ensemble: torch.Tensor, operator, observations: torch.Tensor, n
                          f"{obs_shape} nor the observations' shape {tuple(observations.shape)}") from None
 
 
-def check_domains(ensemble: torch.Tensor, operator, domains: Domains, function=None) -> None:
+def check_domains(ensemble: torch.Tensor, operator, domains: Domains | None, function=None) -> None:
     """Raise ValueError unless ``operator`` on ``ensemble`` gives, in every used observation slot of
-    ``domains``, ``function`` of the state entry the slot reads (the local analysis sees only that)."""
+    ``domains``, ``function`` of the state entry the slot reads (the local analysis sees only that);
+    TypeError for a ``function`` without ``domains``."""
+    if domains is None:
+        if function is not None:
+            raise TypeError("function= is the local analysis' observation function; it goes with domains=")
+        return
     x = ensemble.reshape(ensemble.shape[0], -1).to(torch.float64)
     with torch.no_grad():
         y = as_operator(operator)(ensemble).reshape(ensemble.shape[0], -1).to(torch.float64)
@@ -75,6 +80,17 @@ def check_domains(ensemble: torch.Tensor, operator, domains: Domains, function=N
         raise ValueError(f"operator {operator!r} does not equal the domains' pointwise observation "
                          f"{getattr(function, '__name__', function)!r}(x[obs_index]) on the initial ensemble: "
                          "the local analysis would assimilate other observations than the operator describes")
+
+
+def analyse(xf: torch.Tensor, operator, y: torch.Tensor, std: torch.Tensor, domains: Domains | None, function,
+            generator, options: dict) -> torch.Tensor:
+    """One analysis: :func:`analysis`, or :func:`local_analysis` with ``domains`` (a constant ``std``
+    passed as a scalar, so that the local rows need no whitening)."""
+    if domains is None:
+        return analysis(xf, operator, y, noise_std=std, generator=generator, **options)
+    s = std.reshape(-1)
+    return local_analysis(xf, y.reshape(-1), domains=domains, noise_std=float(s[0]) if bool((s == s[0]).all()) else s,
+                          function=function, generator=generator, **options)
 
 
 def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tensor, operator,
@@ -103,22 +119,13 @@ def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tens
     """
     observations = torch.as_tensor(observations)
     std = check_inputs(ensemble, operator, observations, noise_std, n_cycles)
-    if domains is not None:
-        check_domains(ensemble, operator, domains, function)
-    elif function is not None:
-        raise TypeError("function= is the local analysis' observation function; it goes with domains=")
+    check_domains(ensemble, operator, domains, function)
     x = ensemble
     fcs, ans, secs = [], [], []
     for t in range(observations.shape[0]):
         xf = forecast(x)
         start = time.perf_counter()
-        if domains is None:
-            x = analysis(xf, operator, observations[t], noise_std=std[t], generator=generator, **analysis_options)
-        else:
-            s = std[t].reshape(-1)  # one std for all: a scalar, as local_analysis then need not whiten rows
-            x = local_analysis(xf, observations[t].reshape(-1), domains=domains,
-                               noise_std=float(s[0]) if bool((s == s[0]).all()) else s,
-                               function=function, generator=generator, **analysis_options)
+        x = analyse(xf, operator, observations[t], std[t], domains, function, generator, analysis_options)
         secs.append(time.perf_counter() - start)
         fcs.append(xf)
         ans.append(x)

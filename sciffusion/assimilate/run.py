@@ -35,8 +35,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from sciffusion.assimilate.analysis import analysis
-from sciffusion.assimilate.cycle import check_inputs
+from sciffusion.assimilate.cycle import analyse, check_domains, check_inputs
+from sciffusion.assimilate.local import Domains
 from sciffusion.diffusion import member_generators
 from sciffusion.systems.base import member_generator, steps_in
 
@@ -146,6 +146,7 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
                truth: xr.Dataset | None = None, out: str | os.PathLike | None = None, mode: str = "w-",
                cycles_per_block: int = 10, progress: bool = True,
                callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+               domains: Domains | None = None, function: Callable[[torch.Tensor], torch.Tensor] | None = None,
                **analysis_options) -> xr.Dataset:
     """Assimilate ``observations`` cycle by cycle into ensemble forecasts of ``model``; see the module docstring.
 
@@ -166,6 +167,9 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
             ``"resume"``: after checking the store was written with these settings and inputs).
         progress: a tqdm bar, one step per cycle.
         callback: ``callback(t, forecast, analysis)`` after each cycle (tensors ``(N, *state)``).
+        domains, function: analyse each cycle by :func:`~sciffusion.assimilate.local_analysis` (large
+            states), as in :func:`~sciffusion.assimilate.cycle`; ``operator`` must be the same pointwise
+            observation (checked before the first cycle).
         **analysis_options: keywords of :func:`~sciffusion.assimilate.analysis`.
 
     Returns the Dataset of the module docstring (opened from the store with ``out=``), with the
@@ -201,6 +205,7 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
     std = np.asarray(noise_std.transpose(*[d for d in observations.dims if d in noise_std.dims]).values
                      if isinstance(noise_std, xr.DataArray) else noise_std, dtype=np.float64)
     std = check_inputs(x0, operator, y, torch.as_tensor(std), len(steps))
+    check_domains(x0, operator, domains, function)
     if truth is not None:
         truth = truth.transpose("time", ...)
         if truth.sizes.get("time") != len(steps):
@@ -212,6 +217,12 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
                     np.nan_to_num(obs_values, nan=-9.9e99)), "observation_times": _fingerprint(
                     observations["time"].values), "noise_std": _fingerprint(std), "operator": _describe(operator, x0),
                 **{f"analysis_{k}": _fingerprint(v) for k, v in sorted(analysis_options.items())}}
+    if domains is not None:  # a store written with other domains or another function does not resume
+        settings["domains"] = _fingerprint(torch.cat([domains.windows.flatten().double(), domains.keep.flatten().double(),
+                                                      domains.obs.flatten().double(), domains.obs_pos.flatten().double(),
+                                                      domains.weight.flatten().double()]
+                                                     + ([] if domains.taper is None else [domains.taper.flatten().double()])))
+        settings["function"] = getattr(function, "__qualname__", repr(function))
     attrs = {"title": f"sciffusion {model.name} assimilation", "Conventions": "CF-1.8",
              "source": f"sciffusion {__version__} sciffusion.assimilate.assimilate", "sciffusion_version": __version__,
              **{k: v if v is not None else "None" for k, v in settings.items()}}
@@ -233,8 +244,8 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
     for t in range(done, len(steps)):
         xf = model.step(x, int(steps[t]), generator=[member_generator(seed, t, m) for m in range(n)])
         start = _time.perf_counter()
-        x = analysis(xf, operator, y[t], noise_std=std[t], generator=member_generators(seed, 1, key=(_ANALYSIS_KEY, t))[0],
-                     **analysis_options)
+        x = analyse(xf, operator, y[t], std[t], domains, function, member_generators(seed, 1, key=(_ANALYSIS_KEY, t))[0],
+                    analysis_options)
         seconds = _time.perf_counter() - start
         if callback is not None:
             callback(t, xf, x)
