@@ -84,13 +84,11 @@ def check_domains(ensemble: torch.Tensor, operator, domains: Domains | None, fun
 
 def analyse(xf: torch.Tensor, operator, y: torch.Tensor, std: torch.Tensor, domains: Domains | None, function,
             generator, options: dict) -> torch.Tensor:
-    """One analysis: :func:`analysis`, or :func:`local_analysis` with ``domains`` (a constant ``std``
-    passed as a scalar, so that the local rows need no whitening)."""
+    """One analysis: :func:`analysis`, or :func:`local_analysis` with ``domains``."""
     if domains is None:
         return analysis(xf, operator, y, noise_std=std, generator=generator, **options)
-    s = std.reshape(-1)
-    return local_analysis(xf, y.reshape(-1), domains=domains, noise_std=float(s[0]) if bool((s == s[0]).all()) else s,
-                          function=function, generator=generator, **options)
+    return local_analysis(xf, y.reshape(-1), domains=domains, noise_std=std.reshape(-1), function=function,
+                          generator=generator, **options)
 
 
 def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tensor, operator,

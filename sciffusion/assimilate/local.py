@@ -222,6 +222,8 @@ def local_analysis(ensemble: torch.Tensor, y, *, domains: Domains, noise_std, fu
                          f"got shape {tuple(std.shape)}")
     if not bool(torch.isfinite(std).all()) or bool((std <= 0).any()):
         raise ValueError(f"noise_std must be finite and positive, got min {float(std.min()):g}")
+    if std.ndim and bool((std == std.reshape(-1)[0]).all()):  # one std for all: no rows to whiten
+        std = std.reshape(-1)[0]
     k, w = domains.windows.shape
     y_loc = y[domains.obs]
     weight = torch.where(torch.isnan(y_loc), 0.0, domains.weight.to(y_loc))

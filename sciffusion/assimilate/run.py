@@ -25,6 +25,7 @@ continues: the result equals the uninterrupted run bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -218,10 +219,8 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
                     observations["time"].values), "noise_std": _fingerprint(std), "operator": _describe(operator, x0),
                 **{f"analysis_{k}": _fingerprint(v) for k, v in sorted(analysis_options.items())}}
     if domains is not None:  # a store written with other domains or another function does not resume
-        settings["domains"] = _fingerprint(torch.cat([domains.windows.flatten().double(), domains.keep.flatten().double(),
-                                                      domains.obs.flatten().double(), domains.obs_pos.flatten().double(),
-                                                      domains.weight.flatten().double()]
-                                                     + ([] if domains.taper is None else [domains.taper.flatten().double()])))
+        fields = [getattr(domains, f.name) for f in dataclasses.fields(domains)]
+        settings["domains"] = _fingerprint(torch.cat([v.flatten().double() for v in fields if v is not None]))
         settings["function"] = getattr(function, "__qualname__", repr(function))
     attrs = {"title": f"sciffusion {model.name} assimilation", "Conventions": "CF-1.8",
              "source": f"sciffusion {__version__} sciffusion.assimilate.assimilate", "sciffusion_version": __version__,

@@ -212,6 +212,11 @@ class SeedPairs(BatchDataset):
             target[rng.random(s * p) < truth_fraction] = -1
         self.target = torch.from_numpy(target)
         self.sample_t = torch.from_numpy(self.sample)
+        self.mask = None  # the loss's per-point weights (edm_loss's mask term), built once
+        if coder.weights is not None:
+            from sciffusion.emulators.weights import grid_tensor
+
+            self.mask = grid_tensor(coder.weights, coder.grid_dims, coder.grid_sizes)
 
     def __len__(self) -> int:
         return len(self.sample)
@@ -225,9 +230,6 @@ class SeedPairs(BatchDataset):
             x = torch.where((tgt < 0).reshape(-1, *(1,) * (x.ndim - 1)), self.truth[s], x)
         lead = self.lead[s]
         out = {"x": self.coder.encode(x, seeds, lead), "cond": self.coder.condition(seeds, lead)}
-        if self.coder.weights is not None:  # the loss's per-point weights (edm_loss's mask term)
-            from sciffusion.emulators.weights import grid_tensor
-
-            c = self.coder
-            out["mask"] = grid_tensor(c.weights, c.grid_dims, c.grid_sizes).expand(len(idx), 1, *c.grid_shape)
+        if self.mask is not None:
+            out["mask"] = self.mask.expand(len(idx), 1, *self.coder.grid_shape)
         return out
