@@ -94,3 +94,49 @@ def test_a_killed_cli_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypa
     assert main(["assimilate", str(config), "-o", str(killed), "--no-progress", "--resume"]) == 0
     for name in ("x_analysis", "x_forecast_mean", "x_truth", "observations"):
         np.testing.assert_array_equal(xr.open_zarr(killed)[name].values, xr.open_zarr(whole)[name].values)
+
+
+def test_a_domains_table_runs_the_local_analysis_and_one_domain_over_the_ring_is_the_global_run(tmp_path):
+    """[domains] with a halo that covers the 8-variable ring is one domain holding the whole state, so
+    the local analysis must give the global run's analysis (same draws, to float rounding); a
+    smaller halo runs real local domains (a different, finite analysis)."""
+    base = {"filter__localization_radius": None}
+    whole, local, ring = tmp_path / "whole.zarr", tmp_path / "local.zarr", tmp_path / "ring.zarr"
+
+    def config(name, **changes):
+        path = tiny_config(tmp_path, **changes)
+        text = path.read_text().replace("localization_radius = None\n", "")
+        (tmp_path / name).write_text(text)
+        return str(tmp_path / name)
+
+    assert main(["assimilate", config("g.toml", **base), "-o", str(whole), "--no-progress"]) == 0
+    one = config("one.toml", **base)
+    Path(one).write_text(Path(one).read_text() + "\n[domains]\nradius = 4\nblock = 8\n")
+    assert main(["assimilate", one, "-o", str(ring), "--no-progress"]) == 0
+    np.testing.assert_allclose(xr.open_zarr(ring).x_analysis.values, xr.open_zarr(whole).x_analysis.values,
+                               rtol=1e-6, atol=1e-8)
+    small = config("small.toml", **base)
+    Path(small).write_text(Path(small).read_text() + "\n[domains]\nradius = 1\nobs_radius = 1.0\n")
+    assert main(["assimilate", small, "-o", str(local), "--no-progress"]) == 0
+    a = xr.open_zarr(local).x_analysis.values
+    assert np.isfinite(a).all() and not np.allclose(a, xr.open_zarr(whole).x_analysis.values)
+
+
+@pytest.mark.parametrize("table, needle", [
+    ("[domains]\nblock = 2\n", "config [domains] needs 'radius'"),
+    ("[domains]\nradius = 2\nblock = 3\n", "config [domains]: block must be a positive integer dividing the grid size 8"),
+    ("[domains]\nradius = 2\nhalo = 3\n", "config [domains] has unknown key(s) ['halo']"),
+])
+def test_bad_domains_tables_are_refused_naming_the_key(tmp_path, capsys, table, needle):
+    path = tiny_config(tmp_path, filter__localization_radius=None)
+    path.write_text(path.read_text().replace("localization_radius = None\n", "") + "\n" + table)
+    assert main(["assimilate", str(path), "-o", str(tmp_path / "o.zarr"), "--no-progress"]) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_domains_and_a_localization_radius_exclude_each_other(tmp_path, capsys):
+    path = tiny_config(tmp_path)
+    path.write_text(path.read_text() + "\n[domains]\nradius = 2\n")
+    assert main(["assimilate", str(path), "-o", str(tmp_path / "o.zarr"), "--no-progress"]) == 2
+    assert "localization_radius and [domains] exclude each other" in capsys.readouterr().err

@@ -23,19 +23,21 @@ HELP = "run a cycled data-assimilation twin experiment from a TOML config to zar
 
 SYSTEMS = ("lorenz96", "kolmogorov")
 KEYS = {
-    "": ("seed", "system", "truth", "observations", "filter"),
+    "": ("seed", "system", "truth", "observations", "filter", "domains"),
     "system": ("name", "k", "forcing", "dt", "noise_std", "n", "reynolds"),
     "truth": ("spinup", "seed"),
     "observations": ("operator", "every", "fraction", "function", "noise_std", "interval", "cycles", "seed"),
     "filter": ("members", "perturbation", "bandwidth", "inflation", "localization_radius", "steps", "cg_iters",
                "guidance", "start", "sigma_max", "cycles_per_block"),
+    "domains": ("radius", "block", "obs_radius", "taper_radius"),
 }
 OPERATORS = ("all", "every", "fraction")
 FUNCTIONS = ("identity", "arctan")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", metavar="CONFIG", help="TOML file: [system], [truth], [observations], [filter], seed")
+    parser.add_argument("config", metavar="CONFIG",
+                        help="TOML file: [system], [truth], [observations], [filter], optional [domains], seed")
     parser.add_argument("-o", "--output", required=True, help="output zarr store (path)")
     parser.add_argument("--burn", type=int, default=0, help="cycles left out of the printed score means; default 0")
     parser.add_argument("--figure", help="save the RMSE/spread and rank-histogram figure to this file")
@@ -53,7 +55,7 @@ def _check_keys(table: dict, name: str) -> None:
 
 
 def read_config(path: str) -> dict:
-    """The config as a dict of tables, every key checked."""
+    """The config as a dict of tables, every key checked (``[domains]`` stays absent when not given)."""
     import tomllib
 
     try:
@@ -63,7 +65,7 @@ def read_config(path: str) -> dict:
         raise UserError(f"{path}: not valid TOML ({exc})") from None
     _check_keys(cfg, "")
     for name in KEYS:
-        if name:
+        if name and (name != "domains" or name in cfg):
             table = cfg.setdefault(name, {})
             if not isinstance(table, dict):
                 raise UserError(f"config [{name}] must be a table, got {table!r}")
@@ -126,7 +128,34 @@ def build_operator(spec: dict, state_shape: tuple[int, ...]):
     def arctan(x):
         return torch.atan(mask(x))
 
+    arctan.mask_operator = mask  # the observed entries, for [domains]
     return arctan
+
+
+def observed_index(operator) -> torch.Tensor:
+    """Flat state index of each observation of an operator made by :func:`build_operator`."""
+    mask = getattr(operator, "mask_operator", operator)
+    return mask.mask.reshape(-1).nonzero().flatten()
+
+
+def ring_only(model, key: str) -> None:
+    if model.name != "lorenz96" or getattr(model, "j", 0):
+        raise UserError(f"config {key} applies to the one-level lorenz96 system only")
+
+
+def build_domains(spec: dict, model, operator):
+    """:func:`~sciffusion.assimilate.periodic_domains` on Lorenz-96's ring from the ``[domains]`` table
+    and the observed entries of ``operator``; with it the filter runs ``local_analysis``."""
+    from sciffusion.assimilate import periodic_domains
+
+    ring_only(model, "[domains]")
+    if "radius" not in spec:
+        raise UserError("config [domains] needs 'radius' (halo points on each side of a block)")
+    try:
+        return periodic_domains(model.k, observed_index(operator), radius=spec["radius"], block=spec.get("block", 1),
+                                obs_radius=spec.get("obs_radius"), taper_radius=spec.get("taper_radius"))
+    except ValueError as exc:
+        raise UserError(f"config [domains]: {exc}") from None
 
 
 def localization(model, radius):
@@ -135,8 +164,7 @@ def localization(model, radius):
 
     from sciffusion.assimilate import gaspari_cohn
 
-    if model.name != "lorenz96" or getattr(model, "j", 0):
-        raise UserError("config [filter] localization_radius applies to the one-level lorenz96 system only")
+    ring_only(model, "[filter] localization_radius")
     d = torch.arange(model.k, dtype=torch.float64)
     dist = (d[:, None] - d[None]).abs()
     return gaspari_cohn(torch.minimum(dist, model.k - dist), float(radius))
@@ -170,7 +198,13 @@ def run(args: argparse.Namespace) -> int:
     block = filt.pop("cycles_per_block", 10)
     radius = filt.pop("localization_radius", None)
     if radius is not None:
+        if "domains" in cfg:
+            raise UserError("config [filter] localization_radius and [domains] exclude each other: the domains "
+                            "localise by their windows (use [domains] taper_radius for a taper within them)")
         filt["localization"] = localization(model, radius)
+    if "domains" in cfg:
+        filt["domains"] = build_domains(cfg["domains"], model, op)
+        filt["function"] = torch.atan if obs_cfg.get("function", "identity") == "arctan" else None
     ds = assimilate(model, initial, obs, operator=op, noise_std=noise, n_members=members, perturbation=perturbation,
                     seed=seed, truth=truth, out=args.output, mode=write_mode(args), cycles_per_block=block,
                     progress=not args.no_progress, **filt)
