@@ -196,7 +196,7 @@ def validate(args):
     return out
 
 
-def full(args):
+def full(args, save=lambda out: None):
     chosen = json.loads(args.chosen.read_text())["chosen"]
     out = {"cycles": args.cycles, "burn": args.burn, "seeds": args.seeds, "chosen": chosen, "runs": {},
            "chosen_from": str(args.chosen)}
@@ -209,6 +209,7 @@ def full(args):
                      else run_dapper(dapper_method(name, **kw), model, xx, yy, truth, args.burn, seed + 2000))
                 rows.setdefault(name, []).append({"seed": seed, **r})
                 print(kind, seed, name, {k: round(v, 4) for k, v in r.items() if isinstance(v, float)}, flush=True)
+            save({**out, "partial": f"{kind} through seed {seed}"})  # a stopped run keeps its finished seeds
     out["table"] = {kind: {name: {k: float(np.mean([r[k] for r in runs])) for k in
                                   ("rmse", "spread", "spread_skill", "crps", "sec_per_cycle") if k in runs[0]}
                            for name, runs in rows.items()} for kind, rows in out["runs"].items()}
@@ -240,11 +241,15 @@ def main():
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    start = time.time()
-    out = validate(args) if args.validate else full(args)
-    out = {**run_meta(), "dapper_version": dpr.__version__, "wall_seconds": time.time() - start, **out}
+    start, meta = time.time(), run_meta()  # the load at the start of the run
     path = args.out or (VALIDATION if args.validate else RESULTS / "assimilate_lorenz96.json")
-    path.write_text(json.dumps(out, indent=1, default=float))
+
+    def save(out):
+        out = {**meta, "dapper_version": dpr.__version__, "wall_seconds": time.time() - start, **out}
+        path.write_text(json.dumps(out, indent=1, default=float))
+        return out
+
+    out = save(validate(args) if args.validate else full(args, save))
     if not args.validate:
         print(markdown(out))
     print("wrote", path)

@@ -227,7 +227,7 @@ def main(argv=None) -> int:
     from sciffusion.emulators.ensemble import LatentPairs, _lead_per_sample, latent_net
     from sciffusion.emulators.seeds_data import SeedPairs, ensemble_tensor
 
-    t_start = time.time()
+    t_start, meta = time.time(), run_meta()  # the load at the start of the run
     train, val, test = (cached(args.cache, name, *spec[name]) for name in ("train", "val", "test"))
     record = {"data": {k: {"n_init": v[0], "seed": v[1], "members": v[2]} for k, v in spec.items()}}
     run_dir = None if args.cache is None else Path(args.cache) / "runs"
@@ -330,7 +330,7 @@ def main(argv=None) -> int:
     print("targets:", json.dumps(checks, indent=1))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": {**run_meta(), "wall_s": time.time() - t_start},
+    out.write_text(json.dumps({"meta": {**meta, "wall_s": time.time() - t_start},
                                "setup": {**SETUP, "tuned": TUNED, "quick": args.quick, "repeats": args.repeats},
                                "validation": {k: record[k] for k in record if k not in ("data", "start_check_max_abs_diff")},
                                "data": record["data"], "start_check_max_abs_diff": record["start_check_max_abs_diff"],

@@ -224,7 +224,7 @@ def main() -> None:
         args.work = args.work + "_quick"
     torch.set_num_threads(1)
     log = lambda s: print(s, flush=True)  # noqa: E731
-    t_start, work = time.time(), Path(args.work)
+    t_start, work, meta = time.time(), Path(args.work), run_meta()  # the load at the start of the run
     work.mkdir(parents=True, exist_ok=True)
     settings = {k: getattr(args, k) for k in ("steps", "n_trajectories", "distill_steps", "batch_size", "teacher_steps",
                                               "n_init", "members", "leads", "val_n_init", "val_leads", "repeats")}
@@ -236,7 +236,7 @@ def main() -> None:
     traj = physics(args.steps, Path(args.cache) if args.cache else None)
     log(f"physics: 4 runs x {traj.shape[1]} times ready in {time.time() - t_start:.0f} s")
     if args.fine_teacher:
-        diag = {"meta": {**run_meta(), "wall_s": None}, **fine_teacher(Rollout.load(TEACHER), traj, args)}
+        diag = {"meta": {**meta, "wall_s": None}, **fine_teacher(Rollout.load(TEACHER), traj, args)}
         diag["meta"]["wall_s"] = time.time() - t_start
         for label in ("default", "distillation ODE"):
             sk = diag[label]["validation_skill_run_B"]
@@ -304,7 +304,7 @@ def main() -> None:
         r["val_crps_ratio_to_teacher"] = [a / b for a, b in zip(r["validation_skill_run_B"]["crps"],
                                                                 t["validation_skill_run_B"]["crps"])]
     print(table(rows, floors))
-    result = {"meta": {**run_meta(), "wall_s": time.time() - t_start}, "setup": {**SETUP, "emulator_dt": 0.5, "threads": 1},
+    result = {"meta": {**meta, "wall_s": time.time() - t_start}, "setup": {**SETUP, "emulator_dt": 0.5, "threads": 1},
               "teacher": str(TEACHER.relative_to(HERE.parent)), "settings": settings, "distill_public_defaults": DISTILL_DEFAULTS,
               "deviations": {"n_trajectories": args.n_trajectories, "steps": args.distill_steps, "batch_size": args.batch_size,
                              "rollout_steps": args.steps, "reason": "CPU time (1 thread on a shared 2-core machine)"},
