@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import struct
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from sciffusion.data.io import fsync_dir
+from sciffusion.data.io import atomic_path, atomic_write_bytes, fsync_dir  # noqa: F401  (atomic_write_bytes: public here)
 
 FORMAT = "sciffusion-checkpoint"
 FORMAT_VERSION = 1
@@ -51,20 +50,6 @@ def _damaged(path: Path, why: str) -> DamagedCheckpointError:
 
 
 # ----------------------------------------------------------------------------- low-level I/O
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temporary file, fsync, rename, fsync the directory.
-
-    The file gets the mode a plain ``open(path, "w")`` gives (``0o666`` less the umask)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def _write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode())
 
@@ -75,11 +60,8 @@ def _write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[
 
 
 def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def check_safetensors(path: str | os.PathLike) -> None:
@@ -158,32 +140,22 @@ def save_checkpoint(
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     files = {"weights.safetensors": weights}
     if ema is not None:
         files["ema.safetensors"] = ema
     if trainer_tensors is not None:
         files["trainer.safetensors"] = trainer_tensors
-    for name, tensors in files.items():
-        _write_tensors(tmp / name, tensors)
-    if trainer_meta is not None:
-        _write_json(tmp / "trainer.json", trainer_meta)
-    full = dict(config)
-    full.update(format=FORMAT, format_version=FORMAT_VERSION, sciffusion_version=__version__)
-    full["sha256"] = {name: sha256(tmp / name) for name in files}
-    _write_json(tmp / "config.json", full)
-    fsync_dir(tmp)
-    if directory.exists():  # overwrite: move the old one aside first, drop it after the swap
-        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, directory)
-    fsync_dir(directory.parent)
+    with atomic_path(directory, directory=True) as tmp:  # an existing checkpoint is replaced after the swap
+        tmp.mkdir()
+        for name, tensors in files.items():
+            _write_tensors(tmp / name, tensors)
+        if trainer_meta is not None:
+            _write_json(tmp / "trainer.json", trainer_meta)
+        full = dict(config)
+        full.update(format=FORMAT, format_version=FORMAT_VERSION, sciffusion_version=__version__)
+        full["sha256"] = {name: sha256(tmp / name) for name in files}
+        _write_json(tmp / "config.json", full)
+        fsync_dir(tmp)
     return directory
 
 

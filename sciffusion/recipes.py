@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -34,10 +33,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from sciffusion import __version__
 from sciffusion._deprecate import renamed_keywords
 from sciffusion.data import Normalizer, PairDataset, open_dataset
-from sciffusion.data.provenance import generated_attrs
+from sciffusion.data.provenance import generated_attrs, run_attrs
 from sciffusion.diffusion import Denoiser
 from sciffusion.diffusion.sample import check_sample_options
 from sciffusion.nets import build_net
@@ -291,10 +289,9 @@ def sampling_plan(
     digest = sha256(weights_file(ckpt_dir))
     provenance = {
         **generated_attrs(ds.attrs, f"sciffusion sample ensemble ({n_members} members per case)", "sciffusion sample"),
-        "sciffusion_version": __version__, "checkpoint": str(ckpt_dir), "checkpoint_sha256": digest,
-        "sampler": json.dumps({"method": method, "steps": steps, **sampler_options}), "seed": seed,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "history": f"sciffusion sample {checkpoint} (members={n_members})",
+        **run_attrs(f"sciffusion sample {checkpoint} (members={n_members})", checkpoint=str(ckpt_dir),
+                    checkpoint_sha256=digest, sampler=json.dumps({"method": method, "steps": steps, **sampler_options}),
+                    seed=seed),
     }
     return {"denoiser": den, "config": config, "checkpoint_dir": ckpt_dir, "weights_sha256": digest,
             "normalizer": normalizer, "cond": cond, "template": template, "provenance": provenance,

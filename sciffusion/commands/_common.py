@@ -55,6 +55,13 @@ def add_checkpoint_arguments(parser, inputs: str, inputs_help: str, checkpoint_h
     parser.add_argument("-o", "--out", required=True, help="output zarr store")
 
 
+def add_resume_arguments(parser, resume_help: str, overwrite_help: str = "replace an existing output store") -> None:
+    """``--resume`` and ``--overwrite``, at most one of them (:func:`write_mode` reads them)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help=resume_help)
+    group.add_argument("--overwrite", action="store_true", help=overwrite_help)
+
+
 def write_mode(args) -> str:
     """The store mode of ``--resume`` / ``--overwrite`` / neither: ``"resume"``, ``"w"`` or ``"w-"``."""
     return "resume" if args.resume else "w" if args.overwrite else "w-"
@@ -74,6 +81,4 @@ def add_ensemble_output_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--member-chunk", type=int, default=8, help="members per zarr chunk and per resumable block")
     parser.add_argument("--device", help="torch device (default: cpu)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping member blocks already written")
-    group.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    add_resume_arguments(parser, "continue an interrupted run, skipping member blocks already written")

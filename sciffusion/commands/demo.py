@@ -7,7 +7,7 @@ Without ``--threads`` it uses at most 2 torch threads.
 
 from pathlib import Path
 
-from sciffusion.commands._common import UserError, refuse_overlap, require_min
+from sciffusion.commands._common import UserError, add_resume_arguments, refuse_overlap, require_min
 
 NAME = "demo"
 HELP = ("run the end-to-end demo: simulate Lorenz-96 physics ensembles, generate members from 2 seeds with the "
@@ -21,9 +21,8 @@ def add_arguments(parser):
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
     parser.add_argument("--checkpoint", default=None, help="emulator checkpoint (default: the one shipped in the package)")
     parser.add_argument("--seed", type=int, default=0)
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true", help="continue an interrupted ensemble.zarr in --out")
-    group.add_argument("--overwrite", action="store_true", help="replace the files of an earlier demo in --out")
+    add_resume_arguments(parser, "continue an interrupted ensemble.zarr in --out",
+                         "replace the files of an earlier demo in --out")
     parser.add_argument("--no-progress", action="store_true")
 
 

@@ -7,8 +7,8 @@ its attributes; ``--resume`` continues an interrupted run from the last written 
 equals an uninterrupted run). See ``docs/rollout.md``.
 """
 
-from sciffusion.commands._common import (SAMPLER_METHODS, UserError, add_checkpoint_arguments, refuse_overlap, require_min,
-                                         write_mode)
+from sciffusion.commands._common import (SAMPLER_METHODS, UserError, add_checkpoint_arguments, add_resume_arguments,
+                                         refuse_overlap, require_min, write_mode)
 
 NAME = "rollout"
 HELP = "roll a Rollout or DYffusion emulator forward from an initial state, streaming to zarr"
@@ -29,9 +29,7 @@ def add_arguments(parser):
     parser.add_argument("--method", choices=SAMPLER_METHODS, help="sampler (autoregressive model)")
     parser.add_argument("--chunk-steps", type=int, default=100, help="times per zarr chunk and per resumable block")
     parser.add_argument("--device", help="torch device (default: cpu)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true", help="continue an interrupted rollout")
-    group.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    add_resume_arguments(parser, "continue an interrupted rollout")
     parser.add_argument("--no-progress", action="store_true")
 
 

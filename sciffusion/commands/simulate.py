@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from sciffusion.commands._common import UserError, require_min, write_mode
+from sciffusion.commands._common import UserError, add_resume_arguments, require_min, write_mode
 
 NAME = "simulate"
 HELP = "run truth trajectories and perturbed-initial-condition ensembles of a built-in system to zarr"
@@ -39,9 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lorenz96: run members with the imperfect forecast model (F + this error, stochastic forcing)")
     parser.add_argument("--chunk-members", type=int, default=64, help="darcy: samples per zarr chunk; default 64")
     parser.add_argument("--device", default="cpu", help="torch device for the time-dependent systems (cpu, cuda)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping finished chunks")
-    group.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    add_resume_arguments(parser, "continue an interrupted run, skipping finished chunks")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 

@@ -76,6 +76,16 @@ class FieldCoder:
         return z * self._vec(std, names, z) + self._vec(mean, names, z)
 
     # ------------------------------------------------------------------ checks
+    def dataset(self, obj: xr.Dataset | xr.DataArray, role: str | None = None) -> xr.Dataset:
+        """``obj`` as a Dataset (a DataArray is its one variable, named after it or else after the first trained
+        variable); with ``role``, a ValueError names the trained variables it lacks (``the {role} lacks ...``)."""
+        if isinstance(obj, xr.DataArray):
+            obj = obj.to_dataset(name=obj.name if obj.name is not None else self.variables[0])
+        missing = [v for v in self.variables if v not in obj.data_vars]
+        if role is not None and missing:
+            raise ValueError(f"the {role} lacks variable(s) {missing}")
+        return obj
+
     def input_grid(self) -> tuple[dict[str, int], dict[str, Any]]:
         """The sizes and coordinates an input must have (default: the training grid)."""
         return self.grid_sizes, self.grid_coords

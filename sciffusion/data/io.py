@@ -28,9 +28,10 @@ _CONSOLIDATED_WARNING = "Consolidated metadata is currently not part in the Zarr
 
 
 @contextlib.contextmanager
-def _quiet_consolidated():
+def quiet_consolidated(message: str = _CONSOLIDATED_WARNING):
+    """Run the block with zarr's warnings about consolidated metadata (those matching ``message``) silenced."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_CONSOLIDATED_WARNING)
+        warnings.filterwarnings("ignore", message=message)
         yield
 
 
@@ -64,7 +65,7 @@ def open_dataset(path: str | os.PathLike, chunks: Any = {}, **kwargs: Any) -> xr
         raise FileNotFoundError(f"no dataset at {str(path)!r} (resolved: {path.resolve()})")
     if _format_of(path) == "netcdf":
         return xr.open_dataset(path, engine="netcdf4", chunks=chunks, **kwargs)
-    with _quiet_consolidated():
+    with quiet_consolidated():
         ds = xr.open_zarr(path, chunks=chunks, **kwargs)
     # simulation stores of older sciffusion releases flagged their finished chunks in a variable: not data
     return ds.drop_vars("chunk_done") if "chunk_done" in ds and "sciffusion_config" in ds.attrs else ds
@@ -82,6 +83,44 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, directory: bool = False):
+    """Yield a hidden temporary path beside ``path`` to write a new file (or, with ``directory``, a new
+    directory tree) to. When the block ends the file is fsync'd and renamed over ``path`` (a directory
+    already there is moved aside first and dropped after the swap, or put back if the swap fails) and the
+    rename is flushed; when the block fails the temporary is removed. Readers see the old or the new, never
+    a partial one."""
+    tmp, old = (path.with_name(f".{path.name}.{what}-{os.getpid()}") for what in ("tmp", "old"))
+    if directory:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
+    try:
+        yield tmp
+        if not directory:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        elif path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        if directory:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        if old.exists() and not path.exists():
+            os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_path`).
+
+    The file gets the mode a plain ``open(path, "w")`` gives (``0o666`` less the umask)."""
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_bytes(data)
 
 
 def _as_dataset(ds: xr.Dataset | xr.DataArray) -> xr.Dataset:
@@ -105,7 +144,7 @@ def write_zarr(ds: xr.Dataset | xr.DataArray, path: str | os.PathLike, *, mode: 
 
     Args:
         mode: ``"w-"`` (default) refuses an existing store, ``"w"`` replaces it; a new store
-            is written to ``<path>.tmp-<pid>`` and renamed into place, so ``path`` never holds
+            is written to a hidden ``.<name>.tmp-<pid>`` beside it and renamed into place (:func:`atomic_path`), so ``path`` never holds
             a partial store. ``"a"`` / ``"r+"`` (and any ``append_dim`` or ``region``) write
             into the existing store directly, as :meth:`xarray.Dataset.to_zarr` does.
         encoding: per-variable zarr encoding (compressors, chunks, ...).
@@ -121,28 +160,14 @@ def write_zarr(ds: xr.Dataset | xr.DataArray, path: str | os.PathLike, *, mode: 
             for key in ("chunks", "preferred_chunks", "shards"):
                 var.encoding.pop(key, None)
     if append_dim is not None or region is not None or mode in ("a", "a-", "r+"):
-        with _quiet_consolidated():
+        with quiet_consolidated():
             ds.to_zarr(path, mode=mode if mode not in ("w", "w-") else "a", encoding=encoding,
                        append_dim=append_dim, region=region, consolidated=consolidated,
                        **kwargs)
         return path
     _check_mode(path, mode)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    old = path.with_name(f"{path.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        with _quiet_consolidated():
-            ds.to_zarr(tmp, mode="w", encoding=encoding, consolidated=consolidated, **kwargs)
-        if path.exists():  # mode == "w": move the old store aside, then swap
-            os.replace(path, old)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not path.exists():
-            os.replace(old, path)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    fsync_dir(path.parent)
+    with atomic_path(path, directory=True) as tmp, quiet_consolidated():
+        ds.to_zarr(tmp, mode="w", encoding=encoding, consolidated=consolidated, **kwargs)
     return path
 
 
@@ -176,16 +201,8 @@ def write_netcdf(ds: xr.Dataset | xr.DataArray, path: str | os.PathLike, *, mode
     ds.attrs = {k: _netcdf_attr(v) for k, v in ds.attrs.items()}
     for var in ds.variables.values():
         var.attrs = {k: _netcdf_attr(v) for k, v in var.attrs.items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, mode="w", engine="netcdf4", encoding=encoding, **kwargs)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
     return path
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping
 
 import zarr
@@ -59,6 +60,15 @@ def add_to_record(path: str | os.PathLike, key: str, block: int) -> None:
     """Record ``block`` as written in the completion record ``key`` (call after the data is written)."""
     group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
     group.attrs[key] = json.dumps(sorted(set(json.loads(group.attrs.get(key, "[]"))) | {int(block)}))
+
+
+def run_attrs(history: str, **fields) -> dict:
+    """The attributes that say what made a dataset: ``sciffusion_version``, ``fields`` (checkpoint, its
+    weights' hash, sampler, seed...), ``created`` (UTC) and ``history`` (the call)."""
+    from sciffusion import __version__
+
+    return {"sciffusion_version": __version__, **fields, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "history": history}
 
 
 def generated_attrs(source: Mapping, title: str, producer: str) -> dict[str, str]:

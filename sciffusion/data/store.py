@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from sciffusion.data.io import quiet_consolidated
 from sciffusion.data.provenance import add_to_record, check_provenance
 
 RECORD = "sciffusion_completed_blocks"  # JSON list of the first index of every block written
@@ -71,8 +71,7 @@ class BlockStore:
             dtype = v.dtype if v.dtype.kind == "f" else np.float32
             data[name] = (v.dims, da.full(v.shape, np.nan, dtype=dtype, chunks=chunks), dict(v.attrs))
         ds = xr.Dataset(data, coords=template.coords, attrs={**template.attrs, **(attrs or {}), RECORD: "[]"})
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_QUIET)
+        with quiet_consolidated(_QUIET):
             ds.to_zarr(self.path, mode="w", compute=False, consolidated=False)
 
     def _check(self, template: xr.Dataset, provenance: Mapping | None) -> None:
@@ -132,8 +131,7 @@ class BlockStore:
             if k in self.always_missing and self.always_missing[k].any():
                 v = np.where(self.always_missing[k], np.nan, v).astype(v.dtype)
             arrays[k] = ((dims or self.dims)[k], v)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_QUIET)
+        with quiet_consolidated(_QUIET):
             xr.Dataset(arrays).to_zarr(self.path, region={self.dim: slice(block.start, block.stop)}, consolidated=False)
         add_to_record(self.path, RECORD, block.start)
 
@@ -155,8 +153,7 @@ class BlockStore:
         return self.open(consolidate=True)
 
     def open(self, consolidate: bool = False) -> xr.Dataset:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_QUIET)
+        with quiet_consolidated(_QUIET):
             if consolidate:
                 zarr.consolidate_metadata(str(self.path))
             return xr.open_zarr(self.path, consolidated=consolidate or None)

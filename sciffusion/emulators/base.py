@@ -6,7 +6,6 @@ provenance common to everything an emulator generates, which a resumed store is 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -140,11 +139,9 @@ class Emulator:
         """Attributes of a generated dataset: what made it (version, emulator, checkpoint, weights hash),
         ``fields`` (sampler, seed...), when, ``history`` (``"<class>.<call>"``); with ``title`` also a title
         and source replacing those of the input's attributes ``source`` (:func:`~sciffusion.data.provenance.generated_attrs`)."""
-        from sciffusion import __version__
-        from sciffusion.data.provenance import generated_attrs
+        from sciffusion.data.provenance import generated_attrs, run_attrs
 
         described = {} if title is None else generated_attrs(source or {}, title, self.emulator)
-        return {**described, "sciffusion_version": __version__, "emulator": self.emulator,
-                "checkpoint": str(self.checkpoint or ""), "checkpoint_sha256": str(self.checkpoint_sha256 or ""),
-                **fields, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "history": f"{type(self).__name__}.{call}"}
+        return {**described, **run_attrs(f"{type(self).__name__}.{call}", emulator=self.emulator,
+                                         checkpoint=str(self.checkpoint or ""),
+                                         checkpoint_sha256=str(self.checkpoint_sha256 or ""), **fields)}

@@ -79,11 +79,7 @@ def calibrate_spread(emulator, seeds: xr.Dataset, observation: xr.Dataset | xr.D
     """
     if knob not in KNOBS:
         raise ValueError(f"knob must be one of {KNOBS}, got {knob!r}")
-    if isinstance(observation, xr.DataArray):
-        observation = observation.to_dataset(name=emulator.coder.variables[0]) if observation.name is None else observation.to_dataset()
-    missing = [v for v in emulator.coder.variables if v not in observation.data_vars]
-    if missing:
-        raise ValueError(f"the observation lacks variable(s) {missing}")
+    observation = emulator.coder.dataset(observation, "observation")
     values = sorted(DEFAULT_VALUES[knob] if values is None else values)
     extra = {"method": "stochastic"} if knob == "churn" else {}
     obs = observation[emulator.coder.variables]
@@ -124,7 +120,7 @@ def calibrate_spread(emulator, seeds: xr.Dataset, observation: xr.Dataset | xr.D
 
 class SamplerCalibration:
     """Spread control by a table of sampler settings (mixed into :class:`~sciffusion.emulators.Downscaler`,
-    which supplies ``coder``, ``sampler``, ``_dataset`` and ``downscale``)."""
+    which supplies ``coder``, ``sampler`` and ``downscale``)."""
 
     calibration = None  # the table of the last calibrate()
 
@@ -148,10 +144,7 @@ class SamplerCalibration:
         c = self.coder
         truth = None
         if fine is not None:
-            fine = self._dataset(fine)
-            missing = [v for v in c.variables if v not in fine.data_vars]
-            if missing:
-                raise ValueError(f"the fine validation data lacks variable(s) {missing}")
+            fine = c.dataset(fine, "fine validation data")
             truth = stack(fine, c.variables, c.sample_dim, c.grid_dims)
         settings = [{"method": "ddim", "steps": int(s), "eta": float(e), "s_noise": float("nan")}
                     for s in steps for e in etas]

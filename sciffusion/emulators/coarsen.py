@@ -83,14 +83,19 @@ def coarsen(fine: xr.Dataset | xr.DataArray, factor: int | Sequence[int] | Mappi
         if fine.sizes[d] % k:
             raise ValueError(f"cannot coarsen by {k}: dimension {d!r} has size {fine.sizes[d]}, which is not "
                              f"divisible by {k}; crop or pad the grid to a multiple of {k}")
-    if isinstance(fine, xr.DataArray):
-        return _coarsen_array(fine, factors)
-    out = {}
-    for name, v in fine.data_vars.items():
-        out[name] = _coarsen_array(v, factors) if any(d in v.dims for d in factors) else v
-    ds = xr.Dataset(out, attrs=dict(fine.attrs))
-    for name, c in fine.coords.items():  # coordinates not on the grid (e.g. time) as they were
-        if not any(d in c.dims for d in factors) and name not in ds.coords:
+    return _per_variable(fine, grid_dims, lambda name, v: _coarsen_array(v, factors),
+                         lambda v: any(d in v.dims for d in grid_dims))
+
+
+def _per_variable(obj, grid_dims, fn, gridded):
+    """``fn(name, da)`` of a DataArray, or of each variable of a Dataset for which ``gridded(da)`` holds (the
+    others pass through), keeping the dataset's attributes and its coordinates not on the grid (e.g. time)."""
+    if isinstance(obj, xr.DataArray):
+        return fn(obj.name, obj)
+    ds = xr.Dataset({name: fn(name, v) if gridded(v) else v for name, v in obj.data_vars.items()},
+                    attrs=dict(obj.attrs))
+    for name, c in obj.coords.items():
+        if not any(d in c.dims for d in grid_dims) and name not in ds.coords:
             ds = ds.assign_coords({name: c})
     return ds
 
@@ -245,16 +250,9 @@ def upsample(coarse: xr.Dataset | xr.DataArray, factor: int | Sequence[int], *, 
     f = _factors(factor, grid_dims)
     per = periodic_dims(coarse, grid_dims, periodic)
     flags = (grid_dims[0] in per, grid_dims[1] in per)
-    if isinstance(coarse, xr.DataArray):
-        return _upsample_array(coarse, f, method, grid_dims, flags, coords, mask)
-    out = {name: _upsample_array(v, f, method, grid_dims, flags, coords,
-                                 mask[name] if isinstance(mask, xr.Dataset) else mask)
-           if all(d in v.dims for d in grid_dims) else v for name, v in coarse.data_vars.items()}
-    ds = xr.Dataset(out, attrs=dict(coarse.attrs))
-    for name, c in coarse.coords.items():
-        if not any(d in c.dims for d in grid_dims) and name not in ds.coords:
-            ds = ds.assign_coords({name: c})
-    return ds
+    return _per_variable(coarse, grid_dims, lambda name, v: _upsample_array(
+        v, f, method, grid_dims, flags, coords, mask[name] if isinstance(mask, xr.Dataset) else mask),
+        lambda v: all(d in v.dims for d in grid_dims))
 
 
 def _upsample_array(da, f, method, grid_dims, flags, coords, mask) -> xr.DataArray:

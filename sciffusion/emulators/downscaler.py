@@ -39,7 +39,7 @@ from sciffusion.emulators.calibrate import STOCHASTIC_CHURN, SamplerCalibration
 from sciffusion.emulators.coarsen import coarsen, grid_dims_of, periodic_dims
 from sciffusion.emulators.downscale_data import DownscaleCoder, _names, stack
 from sciffusion.emulators.members import generate as generate_members
-from sciffusion.emulators.store import EnsembleStore
+from sciffusion.emulators.store import ensemble_output
 
 # DDIM 16 with eta = 1 (fully stochastic): the spread is set by DDIM's steps and eta (Merizzi et al.
 # 2025), and calibrate() replaces this with the setting whose spread-skill ratio is closest to 1
@@ -149,15 +149,9 @@ class Downscaler(SamplerCalibration, Emulator):
     # ------------------------------------------------------------------ generation
     def check(self, coarse: xr.Dataset | xr.DataArray) -> None:
         """Raise ValueError naming what differs (variables, grid, factor, units, NaN mask) from training."""
-        ds = self._dataset(coarse)
+        ds = self.coder.dataset(coarse)
         self.coder.check(ds)
         self.coder.check_mask(stack(ds, self.coder.variables, self.coder.sample_dim, self.coder.grid_dims))
-
-    def _dataset(self, coarse) -> xr.Dataset:
-        if isinstance(coarse, xr.DataArray):
-            name = coarse.name if coarse.name is not None else self.coder.variables[0]
-            return coarse.to_dataset(name=name)
-        return coarse
 
     def _draw(self, cond, up, block, settings, options, seed, batch_size, progress, device) -> np.ndarray:
         """Members ``block`` for every condition: fine fields ``(N, len(block), C, H, W)`` (NaN where missing)."""
@@ -193,7 +187,7 @@ class Downscaler(SamplerCalibration, Emulator):
             training data, NaN where the training data had none, and provenance in ``attrs``.
         """
         c = self.coder
-        ds = self._dataset(coarse)
+        ds = c.dataset(coarse)
         c.check(ds)
         if int(n_members) < 1:
             raise ValueError(f"n_members must be >= 1, got {n_members}")
@@ -220,27 +214,16 @@ class Downscaler(SamplerCalibration, Emulator):
         for d in c.grid_dims:
             if c.fine_coords.get(d) is not None:
                 coords[d] = xr.Variable(d, np.asarray(c.fine_coords[d]), c.coord_attrs.get(d, {}))
-        dims = [c.sample_dim, "member", *c.grid_dims]
         attrs = {k: v for k, v in ds.attrs.items() if k not in provenance}
 
         def draw(block):
             return self._draw(cond, up, block, settings, options, seed, batch_size, progress, device)
 
-        if out is None:
-            y = draw(range(int(n_members)))
-            result = xr.Dataset({v: (dims, y[:, :, k], dict(c.attrs[v])) for k, v in enumerate(c.variables)},
-                                coords=coords, attrs={**attrs, **provenance})
-            result = result.assign_coords(member=np.arange(int(n_members)))
-            result["member"].attrs.update(long_name="ensemble member")
-            return result
         template = xr.Dataset({v: ([c.sample_dim, *c.grid_dims], np.zeros((n, *c.grid_shape), np.float32), dict(c.attrs[v]))
                                for v in c.variables}, coords=coords, attrs=attrs)
-        store = EnsembleStore(out, template, int(n_members), member_chunk=member_chunk, member_axis=1,
-                              attrs=provenance, mode=mode, always_missing={v: ~c.valid(v) for v in c.masked})
-        for block in store.missing():
-            y = draw(block)
-            store.write(block, {v: y[:, :, k] for k, v in enumerate(c.variables)}, {v: dims for v in c.variables})
-        return store.finalize()
+        return ensemble_output(out, template, int(n_members), draw, member_axis=1, attrs=provenance,
+                               member_attrs={"long_name": "ensemble member"}, member_chunk=member_chunk, mode=mode,
+                               always_missing={v: ~c.valid(v) for v in c.masked})
 
 
 def _sampler_options(settings: dict) -> dict[str, float]:

@@ -36,7 +36,7 @@ from sciffusion.diffusion.schedules import SIGMA_MAX
 from sciffusion.emulators.base import Emulator
 from sciffusion.emulators.members import generate as generate_members
 from sciffusion.emulators.seeds_data import MODES, SeedPairs, SeedsCoder, _names, check_finite, ensemble_tensor
-from sciffusion.emulators.store import EnsembleStore
+from sciffusion.emulators.store import ensemble_output
 
 EOF_MEMORY_LIMIT = 16 * 2**30  # bytes the EOF fit of a latent (EOFMLP) emulator may take
 # Heun 12 (23 denoiser calls): few-step Heun inflates the spread (8 steps: 1.27x, 18: 1.02x with the
@@ -300,22 +300,11 @@ class EnsembleEmulator(Emulator):
             x = c.decode(z, seeds_t, lead).numpy()  # (N, b, C, *grid)
             return x.reshape(*sample_shape, x.shape[1], *event)
 
-        dims = [*sample_dims, c.member_dim, *c.grid_dims]
         coords = {k: v for k, v in ds.coords.items() if c.member_dim not in v.dims}
-        if out is None:
-            x = draw(range(int(n_members)))
-            ds_out = xr.Dataset({v: (dims, np.take(x, k, axis=-1 - len(c.grid_dims)), dict(ds[v].attrs))
-                              for k, v in enumerate(c.variables)}, coords=coords, attrs={**ds.attrs, **provenance})
-            return ds_out.assign_coords({c.member_dim: np.arange(int(n_members))})
         template = xr.Dataset({v: ([*sample_dims, *c.grid_dims], np.zeros([*sample_shape, *c.grid_shape], np.float32),
                                    dict(ds[v].attrs)) for v in c.variables}, coords=coords, attrs=dict(ds.attrs))
-        st = EnsembleStore(out, template, int(n_members), member_chunk=member_chunk, member_axis=len(sample_dims),
-                           attrs=provenance, mode=mode)
-        for block in st.missing():
-            x = draw(block)
-            st.write(block, {v: np.take(x, k, axis=-1 - len(c.grid_dims)) for k, v in enumerate(c.variables)},
-                     {v: dims for v in c.variables})
-        return st.finalize()
+        return ensemble_output(out, template, int(n_members), draw, member_axis=len(sample_dims), attrs=provenance,
+                               member_dim=c.member_dim, member_chunk=member_chunk, mode=mode)
 
 
 def _lead_per_sample(ds: xr.Dataset, coder: SeedsCoder, sample_dims: list[str]) -> np.ndarray:

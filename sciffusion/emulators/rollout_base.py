@@ -18,6 +18,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from sciffusion.data.store import BlockStore
+from sciffusion.diffusion.sample import member_generators
 from sciffusion.emulators.base import Emulator
 from sciffusion.emulators.rollout_data import RolloutCoder, _names  # noqa: F401  (re-exported)
 
@@ -165,7 +166,7 @@ class RolloutModel(Emulator):
         scale = torch.tensor([c.std[v] for v in c.variables]).maximum(_rms(c, torch.as_tensor(x0[:, -1])).float())
         warned = False
         while k < n_steps:
-            gens = self._generators(seed, k, n_members, device)
+            gens = member_generators(seed, n_members, torch.device(device or "cpu"), key=(k,))
             f = None if forcing is None else torch.as_tensor(forcing[k], dtype=dtype).expand(n_members, *forcing.shape[1:])
             new = self._advance(seq.to(device), k, None if f is None else f.to(device), gens, settings)
             for j, x in enumerate(new[: n_steps - k]):
@@ -194,9 +195,3 @@ class RolloutModel(Emulator):
             return store.finalize()
         return xr.Dataset({v: (dims, full[:, :, i], c.attrs.get(v, {})) for i, v in enumerate(c.variables)},
                           coords=coords, attrs=prov)
-
-    @staticmethod
-    def _generators(seed: int, k: int, n_members: int, device=None) -> list[torch.Generator]:
-        from sciffusion.diffusion import member_generators
-
-        return member_generators(seed, n_members, torch.device(device or "cpu"), key=(k,))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 
 import numpy as np
 import xarray as xr
@@ -45,3 +45,26 @@ class EnsembleStore(BlockStore):
     @property
     def member_chunk(self) -> int:
         return self.block
+
+
+def ensemble_output(out: str | os.PathLike | None, template: xr.Dataset, n_members: int,
+                    draw: Callable[[range], np.ndarray], *, member_axis: int, attrs: Mapping,
+                    member_dim: str = "member", member_attrs: Mapping | None = None, **store_options) -> xr.Dataset:
+    """Members ``0..n_members-1`` of ``template``'s variables (its dims, attributes, coordinates and global
+    attributes, with ``attrs`` added and ``member_dim`` inserted at ``member_axis``) drawn by ``draw(members)``:
+    an array with the members at ``member_axis`` and the variables, in ``template``'s order, on the next axis.
+    With ``out`` None all members are drawn at once and returned in memory; otherwise they are written block
+    by block to the :class:`EnsembleStore` at ``out`` (``store_options``: ``member_chunk``, ``mode``,
+    ``always_missing``), which a rerun with ``mode="resume"`` completes."""
+    names = list(template.data_vars)
+    dims = {v: (*template[v].dims[:member_axis], member_dim, *template[v].dims[member_axis:]) for v in names}
+    if out is not None:
+        store = EnsembleStore(out, template, n_members, member_axis=member_axis, attrs=attrs, **store_options)
+        for block in store.missing():
+            x = draw(block)
+            store.write(block, {v: np.take(x, k, axis=member_axis + 1) for k, v in enumerate(names)}, dims)
+        return store.finalize()
+    x = draw(range(n_members))
+    ds = xr.Dataset({v: (dims[v], np.take(x, k, axis=member_axis + 1), template[v].attrs) for k, v in enumerate(names)},
+                    coords=template.coords, attrs={**template.attrs, **attrs})
+    return ds.assign_coords({member_dim: xr.Variable(member_dim, np.arange(n_members), member_attrs or {})})

@@ -103,6 +103,21 @@ class _Guided:
     def correction(self, x, d, sigma) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _r2(self, sigma, d: torch.Tensor) -> torch.Tensor:
+        """``r^2 = sigma^2 sigma_d^2 / (sigma^2 + sigma_d^2)`` (the posterior variance of a Gaussian prior of
+        variance ``sigma_d^2``), shaped to broadcast against the observations."""
+        s2 = broadcast_like(sigma, self.obs.y[None]).to(d.dtype) ** 2
+        return s2 * self.sigma_data**2 / (s2 + self.sigma_data**2)
+
+    def _point_score(self, x, d, sigma, zeta: float, gram: torch.Tensor, retain_graph: bool = False) -> torch.Tensor:
+        """``zeta sigma^2`` times the gradient in ``x`` of the likelihood of the point estimate ``d`` with the
+        diagonal effective variance ``var + r^2 gram`` (DPS, see :class:`DPS`)."""
+        veff = self.obs.var.to(d.dtype) + self._r2(sigma, d) * gram
+        r = self.obs.residual(d)
+        loglik = -0.5 * (r**2 / veff).reshape(r.shape[0], -1).sum(1)
+        (g,) = torch.autograd.grad(loglik.sum(), x, retain_graph=retain_graph)
+        return zeta * broadcast_like(sigma, x).to(d.dtype) ** 2 * g
+
     # linear(ised) operator products at the Tweedie estimate d
     def _operator_maps(self, d: torch.Tensor):
         op = self.obs.operator
@@ -155,13 +170,7 @@ class DPS(_Guided):
         self._gram_diag = observation.gram_diag()  # ones for a nonlinear operator
 
     def correction(self, x, d, sigma):
-        s2 = broadcast_like(sigma, self.obs.y[None]).to(d.dtype) ** 2
-        r2 = s2 * self.sigma_data**2 / (s2 + self.sigma_data**2)
-        veff = self.obs.var.to(d.dtype) + r2 * self._gram_diag.to(d.dtype)
-        r = self.obs.residual(d)
-        loglik = -0.5 * (r**2 / veff).reshape(r.shape[0], -1).sum(1)
-        (g,) = torch.autograd.grad(loglik.sum(), x)
-        return self.zeta * broadcast_like(sigma, x).to(d.dtype) ** 2 * g
+        return self._point_score(x, d, sigma, self.zeta, self._gram_diag.to(d.dtype))
 
 
 class PiGDM(_Guided):
@@ -191,8 +200,7 @@ class PiGDM(_Guided):
 
     def correction(self, x, d, sigma):
         obs = self.obs
-        s2 = broadcast_like(sigma, obs.y[None]).to(d.dtype) ** 2
-        r2 = s2 * self.sigma_data**2 / (s2 + self.sigma_data**2)
+        r2 = self._r2(sigma, d)
         res = obs.residual(d)
         var = obs.var.to(d.dtype)
         if self._gram is not None:
@@ -243,7 +251,6 @@ class MMPS(_Guided):
     def correction(self, x, d, sigma):
         obs = self.obs
         s2x = broadcast_like(sigma, x).to(d.dtype) ** 2
-        s2y = broadcast_like(sigma, obs.y[None]).to(d.dtype) ** 2
         var = obs.var.to(d.dtype)
         forward, adjoint = self._operator_maps(d)
 
@@ -251,7 +258,7 @@ class MMPS(_Guided):
             (g,) = torch.autograd.grad(d, x, w, retain_graph=True)
             return s2x * g
 
-        r2 = s2y * self.sigma_data**2 / (s2y + self.sigma_data**2)
+        r2 = self._r2(sigma, d)
         pre = var + r2 * (self._gram_diag.to(d.dtype) if self._gram_diag is not None else 1.0)
         u = conjugate_gradient(lambda v: _masked(obs, var * v + forward(cov(adjoint(v))), v),
                                obs.residual(d), self.cg_iters, precond=pre,

@@ -81,20 +81,20 @@ class FixedTotal:
         return tuple(range(1, x.ndim)) if self.dims is None else tuple(d + 1 for d in self.dims)
 
     def _sum(self, x):
+        """``(w^T x, |w|^2, w, total)``, the sums kept as axes and ``total`` shaped to broadcast against them."""
         w = x.new_ones(()) if self.weights is None else self.weights.to(x)
         axes = self._axes(x)
-        return (w * x).sum(axes, keepdim=True), (w * w * torch.ones_like(x)).sum(axes, keepdim=True), w
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        s, w2, w = self._sum(x)
+        s = (w * x).sum(axes, keepdim=True)
         total = self.total.to(x)
         total = total.reshape(total.shape + (1,) * (s.ndim - 1 - total.ndim)) if total.ndim else total
+        return s, (w * w * torch.ones_like(x)).sum(axes, keepdim=True), w, total
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        s, w2, w, total = self._sum(x)
         return x + w * (total - s) / w2
 
     def violation(self, x: torch.Tensor) -> torch.Tensor:
-        s, _, _ = self._sum(x)
-        total = self.total.to(x)
-        total = total.reshape(total.shape + (1,) * (s.ndim - 1 - total.ndim)) if total.ndim else total
+        s, _, _, total = self._sum(x)
         return (s - total).abs().reshape(x.shape[0], -1).amax(1)
 
 

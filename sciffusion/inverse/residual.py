@@ -58,12 +58,7 @@ class ResidualGuidance(_Guided):
     def correction(self, x, d, sigma):
         corr = torch.zeros_like(d)
         if self.obs is not None and self.zeta_obs:
-            s2 = broadcast_like(sigma, self.obs.y[None]).to(d.dtype) ** 2
-            veff = self.obs.var.to(d.dtype) + s2 * self.sigma_data**2 / (s2 + self.sigma_data**2) * self._gram
-            r = self.obs.residual(d)
-            loglik = -0.5 * (r**2 / veff).reshape(r.shape[0], -1).sum(1)
-            (g,) = torch.autograd.grad(loglik.sum(), x, retain_graph=True)
-            corr = corr + self.zeta_obs * broadcast_like(sigma, x).to(d.dtype) ** 2 * g
+            corr = corr + self._point_score(x, d, sigma, self.zeta_obs, self._gram, retain_graph=True)
         if self.zeta_pde:
             on = torch.ones_like(sigma) if self.pde_sigma is None else (sigma <= self.pde_sigma).to(sigma.dtype)
             if bool(on.any()):

@@ -181,8 +181,10 @@ def reduce(score: xr.DataArray, reduce_dims: Any, weights: Any, how: str = "mean
     """Average (or sum, ``how="sum"``) ``score`` over ``reduce_dims`` with optional ``weights``.
 
     NaN points are skipped; with weights, the weights of NaN points are left out of the
-    normalisation (xarray's ``weighted`` semantics).
+    normalisation (xarray's ``weighted`` semantics). A Dataset is reduced variable by variable.
     """
+    if isinstance(score, xr.Dataset):
+        return score.map(lambda v: reduce(v, reduce_dims, weights, how))
     dims = resolve_dims(reduce_dims, score)
     if weights is not None:
         if not dims:

@@ -247,9 +247,7 @@ def crps_gaussian(mu, sigma, observation, *, reduce_dims=None, weights=None):
 
     if any(isinstance(a, (xr.DataArray, xr.Dataset)) for a in (mu, sigma, observation)):
         score = xr.apply_ufunc(_crps_gaussian_values, mu, sigma, observation, dask="allowed")
-        if isinstance(score, xr.Dataset):
-            return score.map(lambda v: reduce(v, reduce_dims, weights))
-        return reduce(score.rename("crps"), reduce_dims, weights)
+        return reduce(score if isinstance(score, xr.Dataset) else score.rename("crps"), reduce_dims, weights)
     if wants_torch(mu, sigma, observation):  # gradients / GPU: score in torch, tensor out
         from .torch_scores import crps_gaussian as _torch_crps_gaussian
 

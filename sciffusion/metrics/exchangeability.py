@@ -25,7 +25,7 @@ import functools
 import numpy as np
 import xarray as xr
 
-from ._core import reduce, resolve_dims
+from ._core import _per_variable, reduce, resolve_dims
 from .ensemble import rank_histogram
 
 _PERM = "_permutation"
@@ -37,13 +37,9 @@ def _two_ensembles(func):
 
     @functools.wraps(func)
     def wrapper(emulated, physics, *args, **kwargs):
-        if not isinstance(emulated, xr.Dataset):
-            return func(emulated, physics, *args, **kwargs)
-        out = {}
-        for name in emulated.data_vars:
-            res = func(emulated[name], physics[name], *args, **kwargs)
-            out.update({f"{name}_{k}": v for k, v in res.data_vars.items()} if isinstance(res, xr.Dataset) else {name: res})
-        return xr.Dataset(out)
+        if isinstance(emulated, xr.Dataset):
+            return _per_variable(func, emulated, physics, *args, **kwargs)
+        return func(emulated, physics, *args, **kwargs)
 
     return wrapper
 

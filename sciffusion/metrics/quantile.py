@@ -136,12 +136,6 @@ def _check_alpha(alpha) -> float:
     return float(a)
 
 
-def _reduce(score, reduce_dims, weights):
-    if isinstance(score, xr.Dataset):
-        return score.map(lambda v: reduce(v, reduce_dims, weights))
-    return reduce(score, reduce_dims, weights)
-
-
 def interval_score(lower, upper, observation, *, alpha, reduce_dims=None, weights=None,
                    components=False):
     """Interval score of the central (1 - alpha) prediction interval [lower, upper]
@@ -179,7 +173,7 @@ def interval_score(lower, upper, observation, *, alpha, reduce_dims=None, weight
     check_aligned(lo, y, ("lower", "observation"))
     check_order(lo, hi)
     score = _interval(lo, hi, y, a, components)
-    return conv.back(_reduce(score, conv.dims(reduce_dims), conv.weights(weights)))
+    return conv.back(reduce(score, conv.dims(reduce_dims), conv.weights(weights)))
 
 
 @metric
@@ -189,7 +183,7 @@ def _is_ensemble(forecast, observation, alpha, *, member_dim, reduce_dims, weigh
     q = ensemble_quantiles(forecast, np.array([alpha / 2, 1 - alpha / 2]), member_dim, method, skipna, dt)
     lo, hi = (q.isel({QUANTILE: i}, drop=True) for i in (0, 1))
     score = _interval(lo, hi, observation.astype(dt), alpha, components)
-    return _reduce(score, reduce_dims, weights)
+    return reduce(score, reduce_dims, weights)
 
 
 def interval_score_ensemble(forecast, observation, *, alpha, member_dim="member", method="linear",

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from sciffusion.nets.unet import NoiseEmbedding, broadcast_noise
+from sciffusion.nets.unet import NoiseEmbedding, _concat_cond, broadcast_noise
 
 
 class MLP(nn.Module):
@@ -43,13 +42,7 @@ class MLP(nn.Module):
     def forward(self, x: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
         if x.ndim != 2:
             raise ValueError(f"MLP expects x of shape (B, D), got {tuple(x.shape)}")
-        if self.cond_features:
-            if cond is None or cond.shape != (x.shape[0], self.cond_features):
-                got = None if cond is None else tuple(cond.shape)
-                raise ValueError(f"MLP expects cond of shape ({x.shape[0]}, {self.cond_features}), got {got}")
-            x = torch.cat([x, cond.to(x.dtype)], dim=1)
-        elif cond is not None:
-            raise ValueError("MLP was built with cond_features=0 but received cond")
+        x = _concat_cond(x, cond, self.cond_features, "MLP", "cond_features")
         c = broadcast_noise(c_noise, x.shape[0], x)
         if c.numel() > 1 and bool((c == c[0]).all()):  # one noise level for the batch (sampling): embed it once
             c = c[:1]

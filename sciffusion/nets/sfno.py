@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sciffusion.nets.unet import NoiseEmbedding, _norm, broadcast_noise
+from sciffusion.nets.unet import NoiseEmbedding, _concat_cond, _norm, broadcast_noise
 
 INSTALL_HINT = "pip install --no-deps torch-harmonics==0.9.3"
 
@@ -105,13 +105,7 @@ class SFNO(nn.Module):
         c = self.config
         if x.ndim != 4 or tuple(x.shape[-2:]) != (c["nlat"], c["nlon"]):
             raise ValueError(f"SFNO expects x of shape (B, C, {c['nlat']}, {c['nlon']}); got {tuple(x.shape)}")
-        if c["cond_channels"]:
-            if cond is None or cond.shape[1] != c["cond_channels"]:
-                got = None if cond is None else tuple(cond.shape)
-                raise ValueError(f"SFNO expects cond with {c['cond_channels']} channels; got {got}")
-            x = torch.cat([x, cond.to(x.dtype)], dim=1)
-        elif cond is not None:
-            raise ValueError("SFNO was built with cond_channels=0 but received cond")
+        x = _concat_cond(x, cond, c["cond_channels"], "SFNO")
         emb = F.silu(self.embed(broadcast_noise(c_noise, x.shape[0], x)).to(x.dtype))
         h = self.lift(x)
         for norm, film, spec, point, mlp in zip(self.norms, self.films, self.spectral, self.pointwise, self.mlps):

@@ -346,16 +346,17 @@ class UNet2d(nn.Module):
         return x
 
 
-def _concat_cond(x: Tensor, cond: Tensor | None, cond_channels: int, who: str) -> Tensor:
-    """Concatenate cond (B, Cc, *spatial) to x (B, C, *spatial) along channels, with checks."""
+def _concat_cond(x: Tensor, cond: Tensor | None, cond_channels: int, who: str, what: str = "cond_channels") -> Tensor:
+    """Concatenate cond (B, Cc, *spatial) to x (B, C, *spatial) along channels, with checks naming the
+    constructor argument ``what`` that set Cc."""
     if cond_channels == 0:
         if cond is not None:
-            raise ValueError(f"{who} was built with cond_channels=0 but received cond of "
+            raise ValueError(f"{who} was built with {what}=0 but received cond of "
                              f"shape {tuple(cond.shape)}")
         return x
     if cond is None:
-        raise ValueError(f"{who} was built with cond_channels={cond_channels} but cond is None")
+        raise ValueError(f"{who} was built with {what}={cond_channels} but cond is None")
     if cond.shape[0] != x.shape[0] or cond.shape[1] != cond_channels or cond.shape[2:] != x.shape[2:]:
         raise ValueError(f"{who}: cond has shape {tuple(cond.shape)}; expected "
-                         f"({x.shape[0]}, {cond_channels}, {', '.join(map(str, x.shape[2:]))})")
+                         f"{(x.shape[0], cond_channels, *x.shape[2:])}")
     return torch.cat([x, cond.to(x.dtype)], dim=1)

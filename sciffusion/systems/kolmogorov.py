@@ -53,17 +53,9 @@ class KolmogorovFlow(System):
     default_intervals: ClassVar[dict[str, float]] = {"lead_interval": 0.5, "spinup": 50.0}
     default_perturbation = 0.01
 
-    def __init__(
-        self,
-        n: int = 64,
-        reynolds: float = 100.0,
-        drag: float = 0.1,
-        k_forcing: int = 4,
-        amplitude: float = 1.0,
-        dt: float = 0.01,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float64,
-    ):
+    def __init__(self, n: int = 64, reynolds: float = 100.0, drag: float = 0.1, k_forcing: int = 4,
+                 amplitude: float = 1.0, dt: float = 0.01, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float64):
         super().__init__(device, dtype)
         self.n = check_positive_int(n, "n")
         if self.n < 8 or self.n % 2:

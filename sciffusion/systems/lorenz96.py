@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from sciffusion.diffusion.sample import randn
 from sciffusion.systems.base import Coordinate, System, Variable, check_positive, check_positive_int
 
 
@@ -120,13 +121,9 @@ class Lorenz96(System):
 
     @staticmethod
     def _noise(x: torch.Tensor, generator) -> torch.Tensor:
-        """N(0, I) like ``x``; ``generator`` may be one generator or a list, one per member (row)."""
-        if isinstance(generator, (list, tuple)):
-            if len(generator) != x.shape[0]:
-                raise ValueError(f"got {len(generator)} generators for {x.shape[0]} members")
-            rows = [torch.randn(x.shape[1:], generator=g, dtype=x.dtype) for g in generator]
-            return torch.stack(rows).to(x.device)
-        return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        """N(0, I) like ``x``, drawn on the CPU; ``generator`` may be one generator or a list, one per member
+        (row), as :func:`sciffusion.diffusion.sample.randn` draws."""
+        return randn(x.shape, generator, dtype=x.dtype).to(x.device)
 
     def initial_state(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``F`` plus small Gaussian noise (spin up before use: the attractor is reached in ~10 time units)."""

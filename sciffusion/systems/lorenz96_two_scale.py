@@ -36,7 +36,12 @@ ARNOLD_2013: dict[str, Any] = {"coefficients": (0.341, 1.30, -0.0136, -0.00235),
 
 
 class _SlowX:
-    """The output of both models: the slow variables ``x (k)`` (the first ``k`` entries of the state)."""
+    """What both models share: the output, the slow variables ``x (k)`` (the first ``k`` entries of the
+    state), and the defaults of :func:`~sciffusion.systems.simulate`."""
+
+    time_units = "model time units"
+    default_intervals: ClassVar[dict[str, float]] = {"lead_interval": 0.05, "spinup": 5.0}
+    default_perturbation = 0.1
 
     def fields(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"x": x[..., : self.k]}
@@ -57,8 +62,6 @@ class Lorenz96TwoScale(_SlowX, Lorenz96):
 
     name = "lorenz96-two-scale"
     time_note = "1 model time unit = 5 days (Lorenz 1996); truth dt = 0.001"
-    default_intervals: ClassVar[dict[str, float]] = {"lead_interval": 0.05, "spinup": 5.0}
-    default_perturbation = 0.1
 
     def __init__(self, k: int = 8, j: int = 32, forcing: float = 20.0, dt: float = 0.001, h: float = 1.0,
                  b: float = 10.0, c: float = 10.0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64):
@@ -93,10 +96,7 @@ class StochasticLorenz96(_SlowX, System):
     """
 
     name = "lorenz96-stochastic"
-    time_units = "model time units"
     time_note = "1 model time unit = 5 days; dt = 0.005"
-    default_intervals: ClassVar[dict[str, float]] = {"lead_interval": 0.05, "spinup": 5.0}
-    default_perturbation = 0.1
 
     def __init__(self, k: int = 8, forcing: float = 20.0, dt: float = 0.005,
                  coefficients=ARNOLD_2013["coefficients"], phi: float = ARNOLD_2013["phi"],
