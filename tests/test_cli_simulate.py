@@ -56,3 +56,23 @@ def test_simulate_shallow_water_writes_lat_lon_fields(tmp_path):
     assert main(argv) == 0
     ds = xr.open_zarr(out, consolidated=False)
     assert ds.h.dims == ("init_time", "lead_time", "member", "lat", "lon") and ds.sizes["lon"] == 24
+
+
+@pytest.mark.parametrize("system, k", [("poisson", 0.0), ("helmholtz", 1.0)])
+def test_simulate_writes_diffusionpde_pairs_that_solve_their_pde(tmp_path, system, k):
+    """Each stored (a, u) pair satisfies lap(u) + k^2 u = a on the interior to round-off."""
+    import torch
+
+    from sciffusion.physics import helmholtz_residual
+
+    out = tmp_path / f"{system}.zarr"
+    assert main(["simulate", system, "--members", "3", "--size", "16", "--no-progress", "-o", str(out)]) == 0
+    ds = xr.open_zarr(out, consolidated=False)
+    assert ds.u.dims[-2:] == ("y", "x") and ds.sizes["member"] == 3
+    r = helmholtz_residual(torch.tensor(ds.a.values), torch.tensor(ds.u.values), k=k)
+    assert float(r.abs().max()) < 1e-9 * float(abs(ds.a).max())
+
+
+def test_dt_is_refused_for_a_stationary_pde(tmp_path, capsys):
+    assert main(["simulate", "poisson", "--dt", "0.1", "--no-progress", "-o", str(tmp_path / "o.zarr")]) == 2
+    assert "--dt does not apply to poisson" in capsys.readouterr().err

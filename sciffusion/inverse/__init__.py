@@ -23,12 +23,14 @@ from sciffusion.inverse.operators import (
 from sciffusion.inverse.projection import Box, FixedTotal, LinearEquality, NonNegative, ProjectedDenoiser, projected_step
 from sciffusion.inverse.residual import ResidualGuidance
 from sciffusion.inverse.smc import SMCResult, systematic_resample, twisted_smc
-from sciffusion.physics.darcy import DarcyProjection, DarcyResidual  # the Darcy wrappers live with the solve
+from sciffusion.physics.darcy import DarcyProjection, DarcyResidual  # the PDE wrappers live with their solves
+from sciffusion.physics.navier_stokes import NavierStokesProjection, NavierStokesResidual
+from sciffusion.physics.poisson import HelmholtzProjection, HelmholtzResidual
 
 __all__ = [
     "METHODS", "DPS", "MMPS", "PiGDM", "Box", "Coarsen", "Compose", "DarcyProjection", "DarcyResidual", "FixedTotal",
     "Function", "Linear", "LinearEquality", "Mask", "NonNegative", "Observation", "Operator",
     "ProjectedDenoiser", "ResidualGuidance", "SMCResult", "SparseSensors", "as_operator",
     "conjugate_gradient", "data_scale", "guide", "projected_step", "sample", "systematic_resample",
-    "twisted_smc",
+    "twisted_smc", "HelmholtzProjection", "HelmholtzResidual", "NavierStokesProjection", "NavierStokesResidual",
 ]

@@ -27,7 +27,6 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import dask.array as da
 import numpy as np
 import torch
 import xarray as xr
@@ -86,6 +85,8 @@ def _fill(template: xr.Dataset, dim: str, block: int, compute: Callable[[int, Ca
 
 
 def _empty(shape: tuple[int, ...], chunks: tuple[int, ...], dtype=np.float64, fill=np.nan):
+    import dask.array as da  # lazily: only the store-backed templates need dask
+
     return da.full(shape, fill, chunks=chunks, dtype=dtype)
 
 
