@@ -61,7 +61,7 @@ from sciffusion.metrics import spread_skill_ratio  # noqa: E402
 from sciffusion.nets import UNet2d  # noqa: E402
 from sciffusion.physics import (DarcyResidual, HelmholtzProjection, HelmholtzResidual,  # noqa: E402
                                 NavierStokesProjection, NavierStokesResidual)
-from sciffusion.systems import DarcyFlow, Helmholtz, NavierStokes, Poisson, observation_points  # noqa: E402
+from sciffusion.systems import DarcyFlow, Helmholtz, NavierStokes, Poisson  # noqa: E402
 from sciffusion.systems.navier_stokes import NavierStokesFlow  # noqa: E402
 from sciffusion.training import TensorPairs, Trainer, seeded  # noqa: E402
 
@@ -273,12 +273,8 @@ def observations(system, x_phys: np.ndarray, task: str, noise_phys: float, part:
 
 
 def system_task(system, x_phys: np.ndarray, task: str) -> dict:
-    """``system.observation_task`` (noiseless); DarcyFlow has none, so its nodes come from the same draw."""
-    if hasattr(system, "observation_task"):
-        return system.observation_task(x_phys[:, 0], x_phys[:, 1], task, noise=0.0)
-    observed = TASKS[task][0]
-    points = observation_points(system.n, "au"[observed])
-    return {"points": points, "y": x_phys[:, observed][:, points[:, 0], points[:, 1]]}
+    """``system.observation_task`` (noiseless): DiffusionPDE's nodes of the observed channel."""
+    return system.observation_task(x_phys[:, 0], x_phys[:, 1], task, noise=0.0)
 
 
 # ----------------------------------------------------------------------------- records and tables

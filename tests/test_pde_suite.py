@@ -259,3 +259,20 @@ def test_observations_are_exact_or_noisy_at_the_stated_level():
 def test_bad_input_raises_a_value_error_naming_the_argument(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_darcy_has_the_same_observation_tasks_as_the_rest_of_the_suite():
+    """DarcyFlow.observation_task observes DiffusionPDE's nodes of the named channel and returns the
+    other field as the target, exactly as the Poisson/Helmholtz systems do."""
+    from sciffusion.systems import DarcyFlow, observation_points
+
+    darcy = DarcyFlow(n=16)
+    a, u = darcy.sample(2, seed=3)
+    task = darcy.observation_task(a, u, "inverse")
+    pts = observation_points(16, "u")
+    np.testing.assert_array_equal(task["points"], pts)
+    np.testing.assert_array_equal(task["y"], u[:, pts[:, 0], pts[:, 1]])
+    np.testing.assert_array_equal(task["truth"], a)
+    assert task["observed"] == "u" and task["target"] == "a" and not task["noise_std"].any()
+    forward = darcy.observation_task(a, u, "forward", noise=0.1)
+    assert forward["observed"] == "a" and np.allclose(forward["noise_std"], 0.1 * np.sqrt((a**2).mean(axis=(1, 2))))

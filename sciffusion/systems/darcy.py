@@ -15,6 +15,7 @@ import xarray as xr
 from sciffusion.physics.darcy import darcy_matrix, solve_darcy  # noqa: F401  (darcy_matrix: public here too)
 from sciffusion.systems.base import check_positive_int
 from sciffusion.systems.grf import COEFFICIENT_KINDS, darcy_coefficient
+from sciffusion.systems.poisson import PairSystem
 
 
 class DarcyFlow:
@@ -47,6 +48,8 @@ class DarcyFlow:
         a = darcy_coefficient(self.n, n_samples, kind=self.kind, alpha=self.alpha, tau=self.tau,
                               values=self.values, seed=seed, start=start)
         return a, solve_darcy(a, self.forcing)
+
+    observation_task = PairSystem.observation_task  # DiffusionPDE's sparse forward/inverse tasks, same nodes
 
     def coords(self) -> dict[str, tuple]:
         v = np.linspace(0.0, 1.0, self.n)
