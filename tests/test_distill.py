@@ -184,3 +184,34 @@ def test_a_student_keeps_its_teachers_temperature_until_calibrated_and_calibrati
     own = calibrate_spread(fast, seeds, truth, values=(1.0, 2.0, 3.0, 4.0, 5.0), **kw)
     assert abs(own.value - 1.5 / 0.4653) < 0.3 and abs(own.ssr - 1) < 0.05, own
     assert fast.sampler["temperature"] == own.value and emu.sampler["temperature"] == teacher.value
+
+
+def test_calibrating_a_downscaler_student_keeps_its_noise_levels_and_refuses_other_step_counts():
+    """Downscaler.calibrate on a with_student copy chooses eta among the student's own levels: the
+    applied sampler keeps them (before the fix it fell back to karras_sigmas(2) = [80, 0.002, 0], a
+    schedule the student never saw), so its members differ from the 2-step DDIM ones on the
+    teacher's Karras levels; step counts or EDM-stochastic rows the student cannot run are refused
+    before any sampling."""
+    import numpy as np
+    import xarray as xr
+
+    from sciffusion.emulators import Downscaler, coarsen
+
+    rng = np.random.default_rng(0)
+    fine = xr.Dataset({"w": (("time", "y", "x"), rng.normal(size=(12, 8, 8)).astype("float32"), {"units": "1"})},
+                      coords={"time": np.arange(12), "y": np.arange(8.0), "x": np.arange(8.0)})
+    model = Downscaler.fit(fine.isel(time=slice(0, 8)), factor=2, steps=1, batch_size=4, progress=False,
+                           net={"kwargs": {"channels": [8, 8], "groups": 4}})
+    levels = [80.0, 1.5, 0.0]
+    fast = model.with_student(Student(model.denoiser, torch.tensor(levels, dtype=torch.float64)))
+    val = fine.isel(time=slice(8, None))
+    table = fast.calibrate(coarsen(val, 2), val, steps=(2,), etas=(0.0, 1.0), n_members=2)
+    assert fast.sampler["sigmas"] == levels and fast.sampler["steps"] == 2
+    eta = float(table.loc[table.chosen, "eta"].iloc[0])
+    got = fast.downscale(coarsen(val, 2), 2, seed=1, progress=False).w.values
+    want = model.downscale(coarsen(val, 2), 2, seed=1, progress=False, method="ddim", steps=2, eta=eta).w.values
+    assert fast.sampler["eta"] == eta and not np.array_equal(got, want)  # model's own karras levels differ
+    with pytest.raises(ValueError, match=r"its own 2-call noise levels: calibrate it with steps=\(2,\)"):
+        fast.calibrate(coarsen(val, 2), val, steps=(2, 4))
+    with pytest.raises(ValueError, match="DDIM etas only"):
+        fast.calibrate(coarsen(val, 2), val, steps=(2,), s_noises=(1.0,))

@@ -177,6 +177,7 @@ class SamplerCalibration:
         """
         if criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {CRITERIA}; got {criterion!r}")
+        self._check_student_rows(steps, s_noises)
         table = self.variance_curve(coarse_val, fine_val, steps=steps, etas=etas, s_noises=s_noises,
                                     n_members=n_members, seed=seed, batch_size=batch_size, device=device)
         best = choose_setting(table, criterion, target=target, spectrum_tol=spectrum_tol)
@@ -187,14 +188,31 @@ class SamplerCalibration:
         return table
 
     def apply_setting(self, row) -> dict:
-        """Make a calibration-table row (``method``, ``steps`` and ``eta`` or ``s_noise``) the default sampler."""
+        """Make a calibration-table row (``method``, ``steps`` and ``eta`` or ``s_noise``) the default sampler;
+        a distilled student's noise levels (:meth:`~sciffusion.emulators.base.Emulator.with_student`) stay."""
         sampler = {"method": str(row["method"]), "steps": int(row["steps"])}
+        self._check_student_rows([sampler["steps"]], [] if sampler["method"] == "ddim" else [row["s_noise"]])
         if sampler["method"] == "ddim":
             sampler["eta"] = float(row["eta"])
         else:
             sampler.update(s_noise=float(row["s_noise"]), churn=STOCHASTIC_CHURN)
+        levels = (self.sampler or {}).get("sigmas")
+        if levels is not None:
+            sampler["sigmas"] = list(levels)
         self.sampler = sampler
         return sampler
+
+    def _check_student_rows(self, steps, s_noises) -> None:
+        """A student samples on its own ``calls + 1`` noise levels with DDIM: refuse other step counts
+        and EDM-stochastic rows (they would sample on levels it was not distilled for)."""
+        levels = (self.sampler or {}).get("sigmas")
+        if levels is None:
+            return
+        calls = len(levels) - 1
+        if any(int(k) != calls for k in steps) or len(s_noises):
+            raise ValueError(f"this emulator samples with a distilled student on its own {calls}-call noise levels: "
+                             f"calibrate it with steps=({calls},) and DDIM etas only (no s_noises), got steps="
+                             f"{tuple(int(k) for k in steps)}, s_noises={tuple(s_noises)}")
 
 
 def choose_setting(table, criterion: str = "ssr", *, target: float = 1.0, spectrum_tol: float = 0.1) -> int:
