@@ -43,6 +43,7 @@ import torch
 import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _distill_run import timed_distill  # noqa: E402
 from _run_meta import run_meta  # noqa: E402
 from downscale_kolmogorov import FACTOR, NET, _json_default, scores, snapshots  # noqa: E402
 
@@ -50,7 +51,7 @@ import sciffusion.metrics as sm  # noqa: E402
 from sciffusion.data.batches import TensorPairs  # noqa: E402
 from sciffusion.diffusion import CountingDenoiser, karras_sigmas  # noqa: E402
 from sciffusion.diffusion.schedules import SIGMA_MAX  # noqa: E402
-from sciffusion.distill import distill, teacher_trajectories  # noqa: E402
+from sciffusion.distill import teacher_trajectories  # noqa: E402
 from sciffusion.emulators import Downscaler, coarsen  # noqa: E402
 from sciffusion.emulators.calibrate import choose_setting  # noqa: E402
 from sciffusion.emulators.downscale_data import stack  # noqa: E402
@@ -115,24 +116,10 @@ def shared_trajectories(model, pairs, calls_list, work: Path, n: int, seed: int 
 
 def distil_student(model, pairs, calls, work: Path, a):
     """``distill`` into ``work/calls<N>`` (resumes; reuses a finished student) and its wall/CPU seconds."""
-    run = work / f"calls{calls}"
-    rec_path = run / "distill_s.json"
-    rec = json.loads(rec_path.read_text()) if rec_path.exists() else {"wall_s": 0.0, "cpu_s": 0.0, "finished": False}
-    reused = rec["finished"]
-    t0, c0 = time.time(), time.process_time()
-    try:
-        student = distill(model.denoiser, pairs, calls=calls, teacher_steps=TEACHER_STEPS,
-                          n_trajectories=a.n_trajectories, steps=a.distill_steps, batch_size=a.distill_batch,
-                          out_dir=run, progress=False, threads=1,
-                          config={"benchmark": "distill_downscale_kolmogorov", "teacher": str(a.model_dir)})
-        rec["finished"] = True
-    finally:
-        if not reused:
-            run.mkdir(parents=True, exist_ok=True)
-            rec["wall_s"] += time.time() - t0
-            rec["cpu_s"] += time.process_time() - c0
-            rec_path.write_text(json.dumps(rec))
-    return student, rec, reused
+    return timed_distill(work / f"calls{calls}", teacher=model.denoiser, train_data=pairs, calls=calls,
+                         teacher_steps=TEACHER_STEPS, n_trajectories=a.n_trajectories, steps=a.distill_steps,
+                         batch_size=a.distill_batch, progress=False, threads=1,
+                         config={"benchmark": "distill_downscale_kolmogorov", "teacher": str(a.model_dir)})
 
 
 def teacher_calibration(model, cval, val, a, earlier=None):

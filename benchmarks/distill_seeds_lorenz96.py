@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _distill_run import timed_distill
 from _run_meta import run_meta
 from sciffusion.diffusion import CountingDenoiser
-from sciffusion.distill import distill
 from sciffusion.emulators import EnsembleEmulator, ensemble_skill
 from sciffusion.emulators.calibrate import DEFAULT_VALUES, calibrate_spread
 from sciffusion.emulators.ensemble import _lead_per_sample
@@ -50,25 +50,6 @@ from sciffusion.emulators.seeds_data import SeedPairs, ensemble_tensor
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = "teacher (default sampler)"
 PHYSICS = "physics ensemble (all 31 members, reference)"
-
-
-def timed_distill(run: Path, **kwargs):
-    """``distill(out_dir=run, ...)``, its wall and CPU seconds (summed over interrupted calls, kept in
-    ``run/distill_s.json``, so a reused student reports its training) and whether it was reused."""
-    path = run / "distill_s.json"
-    record = json.loads(path.read_text()) if path.exists() else {"wall_s": 0.0, "cpu_s": 0.0, "finished": False}
-    reused = record["finished"]
-    t0, c0 = time.time(), time.process_time()
-    try:
-        student = distill(out_dir=run, **kwargs)
-        record["finished"] = True
-    finally:
-        if not reused:
-            run.mkdir(parents=True, exist_ok=True)
-            record["wall_s"] += time.time() - t0
-            record["cpu_s"] += time.process_time() - c0
-            path.write_text(json.dumps(record))
-    return student, record, reused
 
 
 def student_run(args, calls, teacher, pairs):
