@@ -54,11 +54,6 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode())
 
 
-def _write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    # serialised in memory and written with open(): safetensors' save_file creates files mode 0600
-    atomic_write_bytes(path, safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata))
-
-
 def sha256(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -147,8 +142,8 @@ def save_checkpoint(
         files["trainer.safetensors"] = trainer_tensors
     with atomic_path(directory, directory=True) as tmp:  # an existing checkpoint is replaced after the swap
         tmp.mkdir()
-        for name, tensors in files.items():
-            _write_tensors(tmp / name, tensors)
+        for name, tensors in files.items():  # serialised in memory: safetensors' save_file creates files mode 0600
+            atomic_write_bytes(tmp / name, safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
         if trainer_meta is not None:
             _write_json(tmp / "trainer.json", trainer_meta)
         full = dict(config)

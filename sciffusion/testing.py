@@ -120,11 +120,6 @@ class GaussianMixture:
         logp, _, _ = self._terms(*self._flat(x, sigma))
         return torch.logsumexp(logp, dim=1)
 
-    def responsibilities(self, x: torch.Tensor, sigma: torch.Tensor | float = 0.0) -> torch.Tensor:
-        """Posterior component probabilities ``r_k(x)`` under ``p_sigma``: ``(B, K)``."""
-        logp, _, _ = self._terms(*self._flat(x, sigma))
-        return torch.softmax(logp, dim=1)
-
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond) -> torch.Tensor:
         return self.denoise(x, sigma)
 
@@ -158,10 +153,7 @@ class GaussianMixture:
         a = self.means[None] + self._rotate(z * self.eigvals[None] / var, back=True)  # (B, K, d)
         dmean = (r[:, :, None] * a).sum(1)
         vlam = self.eigvals[None] * (s**2)[:, None, None] / var  # eigenvalues of V_k, (B, K, d)
-        if self.diagonal:
-            v = torch.diag_embed(vlam)
-        else:
-            v = torch.einsum("kij,bkj,klj->bkil", self.eigvecs, vlam, self.eigvecs)
+        v = torch.diag_embed(vlam) if self.diagonal else torch.einsum("kij,bkj,klj->bkil", self.eigvecs, vlam, self.eigvecs)
         dev = a - dmean[:, None]
         return (r[:, :, None, None] * (v + dev[..., :, None] * dev[..., None, :])).sum(1)
 
@@ -192,10 +184,7 @@ class GaussianMixture:
         if A.shape != (m, self.d) or y.shape != (m,):
             raise ValueError(f"A must be (m, {self.d}) and y (m,), got A {tuple(A.shape)} and y {tuple(y.shape)}")
         ns = torch.as_tensor(noise_std, dtype=torch.float64)
-        if ns.ndim == 2:
-            R = ns
-        else:
-            R = torch.diag_embed((ns.expand(m)) ** 2)
+        R = ns if ns.ndim == 2 else torch.diag_embed(ns.expand(m) ** 2)
         S = self.covs
         AS = A[None] @ S  # (K, m, d)
         C = AS @ A.T[None] + R[None]  # (K, m, m)

@@ -26,7 +26,6 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -332,9 +331,6 @@ class Trainer:
             return {"net": net_spec(self.model.net), "sigma_data": self.model.sigma_data}
         return {"net": net_spec(self.model)}
 
-    def model_config(self) -> dict:
-        return {"model": self.model_spec(), "training": self.settings, **self.extra_config}
-
     def save(self) -> Path:
         """Write ``out_dir/step_XXXXXXX`` atomically, point ``latest`` at it, prune old ones."""
         if self.out_dir is None:
@@ -352,8 +348,8 @@ class Trainer:
         meta = {"step": self.step, "epoch": self.epoch, "position": self.position, "optimizer": opt_meta,
                 "last": {k: v for k, v in (self.last_record or {}).items() if k != "samples_per_s"} or None}
         path = ckpt.save_checkpoint(
-            self.out_dir / name, weights=self.model.state_dict(), ema=self.ema.state_dict(),
-            config=self.model_config(), trainer_tensors={**opt_tensors, **rng}, trainer_meta=meta,
+            self.out_dir / name, weights=self.model.state_dict(), ema=self.ema.state_dict(), trainer_meta=meta,
+            config={"model": self.model_spec(), "training": self.settings, **self.extra_config}, trainer_tensors={**opt_tensors, **rng},
         )
         ckpt.atomic_write_bytes(self.out_dir / "latest", name.encode())
         with open(self.out_dir / "metrics.jsonl", "a") as f:
@@ -394,6 +390,3 @@ class Trainer:
         if metrics.exists() and self.dist.is_main:  # drop records written after this checkpoint by a killed run
             keep = [ln for ln in metrics.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
             ckpt.atomic_write_bytes(metrics, ("\n".join(keep) + "\n" if keep else "").encode())
-
-    def state(self) -> dict[str, Any]:
-        return {"step": self.step, "epoch": self.epoch, "position": self.position}

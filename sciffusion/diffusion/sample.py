@@ -207,10 +207,8 @@ def check_options(owner: str, given: Iterable[str], valid: Sequence[str] | None,
     unknown = [k for k in given if k not in valid]
     if not unknown:
         return
-    named = []
-    for k in unknown:
-        close = difflib.get_close_matches(k, [*valid, *hints], n=1, cutoff=0.6)
-        named.append(f"{k!r} (did you mean {close[0]!r}?)" if close else repr(k))
+    close = {k: difflib.get_close_matches(k, [*valid, *hints], n=1, cutoff=0.6) for k in unknown}
+    named = [f"{k!r} (did you mean {c[0]!r}?)" if c else repr(k) for k, c in close.items()]
     plural = "s" if len(unknown) > 1 else ""
     note = note() if callable(note) else note
     tail = f" ({note})" if note else ""
@@ -220,12 +218,8 @@ def check_options(owner: str, given: Iterable[str], valid: Sequence[str] | None,
 
 def options_menu(exclude: str | None = None) -> str:
     """``"'stochastic': churn, s_tmin, s_tmax, s_noise; 'ddim': eta"``: the built-in samplers with options."""
-    parts = []
-    for name in METHODS:
-        opts = step_options(step_function(name))
-        if opts and name != exclude:
-            parts.append(f"{name!r}: {', '.join(opts)}")
-    return "; ".join(parts)
+    options = {name: step_options(step_function(name)) for name in METHODS if name != exclude}
+    return "; ".join(f"{name!r}: {', '.join(opts)}" for name, opts in options.items() if opts)
 
 
 @renamed_keywords(members="n_members")
@@ -239,14 +233,9 @@ def member_generators(
     ``key`` folds in more indices (e.g. the initial condition) so that streams never repeat.
     ``n_members`` is the ensemble size or the member ids (``members=``: deprecated spelling).
     """
-    gens = []
-    for m in range(n_members) if isinstance(n_members, int) else n_members:
-        spawn = tuple(int(k) for k in key) + (int(m),)
-        state = np.random.SeedSequence(entropy=int(seed), spawn_key=spawn).generate_state(1, dtype=np.uint64)[0]
-        g = torch.Generator(device=device)
-        g.manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
-        gens.append(g)
-    return gens
+    spawn = [(*map(int, key), int(m)) for m in (range(n_members) if isinstance(n_members, int) else n_members)]
+    states = [np.random.SeedSequence(entropy=int(seed), spawn_key=s).generate_state(1, dtype=np.uint64)[0] for s in spawn]
+    return [torch.Generator(device=device).manual_seed(int(s) & 0x7FFF_FFFF_FFFF_FFFF) for s in states]
 
 
 def randn(shape, generator=None, *, dtype=None, device=None) -> torch.Tensor:

@@ -39,10 +39,7 @@ def karras_sigmas(
         raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     if rho <= 0:
         raise ValueError(f"rho must be positive, got {rho}")
-    if steps == 1:
-        ramp = torch.zeros(1, dtype=torch.float64)
-    else:
-        ramp = torch.linspace(0, 1, int(steps), dtype=torch.float64)
+    ramp = torch.zeros(1, dtype=torch.float64) if steps == 1 else torch.linspace(0, 1, int(steps), dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     sigmas = (hi + ramp * (lo - hi)) ** rho
     sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])

@@ -66,10 +66,6 @@ class DistributedContext:
         return box[0]
 
 
-def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
-
-
 def init_from_env(backend: str | None = None) -> tuple[DistributedContext, bool]:
     """Join the process group described by the torchrun environment, if there is one.
 
@@ -79,7 +75,7 @@ def init_from_env(backend: str | None = None) -> tuple[DistributedContext, bool]
     """
     if dist.is_available() and dist.is_initialized():
         return DistributedContext.current(), False
-    if not launched_by_torchrun():
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "RANK" not in os.environ:  # not launched by torchrun
         return DistributedContext(), False
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
