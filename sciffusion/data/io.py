@@ -78,9 +78,8 @@ def fsync_dir(path: Path) -> None:
     except OSError:  # pragma: no cover - e.g. Windows
         return
     try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -65,11 +65,9 @@ class BlockStore:
                 raise FileExistsError(f"{self.path} exists; pass mode='w' (--overwrite) to replace it "
                                       "or mode='resume' (--resume) to continue it")
             shutil.rmtree(self.path) if self.path.is_dir() else self.path.unlink()
-        data = {}
-        for name, v in template.data_vars.items():
-            chunks = [self.block if d == dim else s for d, s in zip(v.dims, v.shape)]
-            dtype = v.dtype if v.dtype.kind == "f" else np.float32
-            data[name] = (v.dims, da.full(v.shape, np.nan, dtype=dtype, chunks=chunks), dict(v.attrs))
+        data = {name: (v.dims, da.full(v.shape, np.nan, dtype=v.dtype if v.dtype.kind == "f" else np.float32,
+                                       chunks=[self.block if d == dim else s for d, s in zip(v.dims, v.shape)]), dict(v.attrs))
+                for name, v in template.data_vars.items()}
         ds = xr.Dataset(data, coords=template.coords, attrs={**template.attrs, **(attrs or {}), RECORD: "[]"})
         with quiet_consolidated(_QUIET):
             ds.to_zarr(self.path, mode="w", compute=False, consolidated=False)

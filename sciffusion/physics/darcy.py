@@ -92,14 +92,9 @@ def darcy_residual(a: torch.Tensor, u: torch.Tensor, f: float | torch.Tensor = 1
     div = (fx[..., 1:-1, 1:] - fx[..., 1:-1, :-1]) + (fy[..., 1:, 1:-1] - fy[..., :-1, 1:-1])
     f_t = torch.as_tensor(f, dtype=u.dtype, device=u.device)
     f_int = f_t.expand(u.shape)[..., 1:-1, 1:-1] if f_t.ndim else f_t
-    interior = -div * inv_h2 - f_int
-    return torch.nn.functional.pad(interior, (1, 1, 1, 1)) + _boundary(u)
-
-
-def _boundary(u: torch.Tensor) -> torch.Tensor:
-    mask = torch.ones(u.shape[-2:], dtype=u.dtype, device=u.device)
-    mask[1:-1, 1:-1] = 0
-    return u * mask
+    boundary = torch.ones(u.shape[-2:], dtype=u.dtype, device=u.device)
+    boundary[1:-1, 1:-1] = 0
+    return torch.nn.functional.pad(-div * inv_h2 - f_int, (1, 1, 1, 1)) + u * boundary
 
 
 def _interior_solve(factors, rhs: torch.Tensor) -> torch.Tensor:

@@ -190,12 +190,8 @@ def simulate(
                                callback=lambda k: note(f"members lead {k}/{n_leads}"))  # (M, L, *state)
         truth = system.integrate(inits[i], n_leads, truth_lead_steps, generator=member_generator(seed, i, _TRUTH_KEY),
                                  callback=lambda k: note(f"truth lead {k}/{n_leads}"))
-        out = {}
-        for name, field in _fields(model, traj).items():
-            out[name] = field.transpose(0, 1).unsqueeze(0).cpu().numpy()  # (1, L, M, ...)
-        for name, field in _fields(system, truth).items():
-            out[f"{name}_truth"] = field.cpu().numpy()  # (1, L, ...)
-        return out
+        out = {name: field.transpose(0, 1).unsqueeze(0).cpu().numpy() for name, field in _fields(model, traj).items()}
+        return out | {f"{name}_truth": field.cpu().numpy() for name, field in _fields(system, truth).items()}  # (1, L, [M,] ...)
 
     return _fill(template, "init_time", 1, compute, store, mode, progress, on_chunk)
 

@@ -78,8 +78,7 @@ def periodic_grf(shape, n, *, length_scale=4.0, generator=None) -> torch.Tensor:
     amp = (1 + k2 * length_scale**2) ** -1.0
     amp = amp / amp.pow(2).sum().sqrt()
     white = torch.randn(n, *shape, generator=generator, dtype=torch.float64)
-    field = torch.fft.ifft2(torch.fft.fft2(white) * amp).real * np.sqrt(shape[0] * shape[1])
-    return field
+    return torch.fft.ifft2(torch.fft.fft2(white) * amp).real * np.sqrt(shape[0] * shape[1])
 
 
 def advected_grf(n_time: int = 1500, size: int = 32, a: float = 0.9, shift: int = 1, seed: int = 0) -> xr.Dataset:

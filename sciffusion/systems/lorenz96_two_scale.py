@@ -74,11 +74,6 @@ class Lorenz96TwoScale(_SlowX, Lorenz96):
         noise[..., : self.k] = torch.randn(*x.shape[:-1], self.k, generator=generator, dtype=x.dtype).to(x.device)
         return x + scale * noise
 
-    def subgrid_tendency(self, x: torch.Tensor) -> torch.Tensor:
-        """The instantaneous coupling ``(h c / b) sum_j Y_{j,k}`` ``(B, K)`` of a state ``(B, K + K J)``."""
-        y = x[..., self.k :].reshape(*x.shape[:-1], self.k, self.j)
-        return self.h * self.c / self.b * y.sum(-1)
-
 
 class StochasticLorenz96(_SlowX, System):
     """One-scale forecast model with a cubic closure and additive AR(1) noise (module docstring).
