@@ -26,8 +26,7 @@ def _as_dataarray(x, name: str) -> xr.DataArray:
 def _panels(items: Mapping, size=(4.5, 3.5)):
     n = max(1, len(items))
     fig = Figure(figsize=(size[0] * n, size[1]), layout="constrained")
-    axes = fig.subplots(1, n, squeeze=False)[0]
-    return fig, axes
+    return fig, fig.subplots(1, n, squeeze=False)[0]
 
 
 def rank_histogram(hist, *, title: str | None = None) -> Figure:
@@ -166,12 +165,7 @@ def crps_map(crps, *, lat_dim: str = "lat", lon_dim: str = "lon", title: str | N
              cmap: str = "viridis") -> Figure:
     """Map of a pointwise score over (lat, lon); other dims are averaged. A Dataset or dict gives
     one panel per variable."""
-    if isinstance(crps, xr.Dataset):
-        items = {k: v for k, v in crps.data_vars.items()}
-    elif isinstance(crps, Mapping):
-        items = dict(crps)
-    else:
-        items = {title or "CRPS": crps}
+    items = dict(crps) if isinstance(crps, Mapping) else {title or "CRPS": crps}  # (a Dataset: its variables)
     fig, axes = _panels(items, size=(5.5, 3.5))
     for ax, (label, c) in zip(axes, items.items()):
         c = _as_dataarray(c, "crps")

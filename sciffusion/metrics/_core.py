@@ -47,8 +47,11 @@ class Converted:
         self.device = device
         self.ndim = ndim  # number of observation axes (numpy/torch only)
 
-    def dims(self, reduce_dims: Any) -> Any:
-        """Translate integer axes (numpy/torch inputs) into the dims of the wrapped DataArray."""
+    def dims(self, reduce_dims: Any, every: list | None = None) -> Any:
+        """Translate integer axes (numpy/torch inputs) into the dims of the wrapped DataArray; with
+        ``every`` (the input's dims, not those a metric adds), ``"all"`` becomes those."""
+        if every is not None and isinstance(reduce_dims, str) and reduce_dims == "all":
+            return list(every)
         if self.kind == "xarray" or reduce_dims is None or isinstance(reduce_dims, str):
             return reduce_dims
         items = [reduce_dims] if isinstance(reduce_dims, (int, np.integer)) else list(reduce_dims)
@@ -117,10 +120,6 @@ def as_dataarray(x: Any, name: str, member_dim: Any = None) -> tuple[xr.DataArra
     dims = [f"dim_{i}" for i in range(arr.ndim - 1)]
     dims.insert(axis, MEMBER)
     return xr.DataArray(arr, dims=dims), Converted(kind, device, arr.ndim - 1)
-
-
-def member_name(member_dim: Any, conv: Converted) -> Hashable:
-    return MEMBER if conv.kind != "xarray" else member_dim
 
 
 def check_member(fc: xr.DataArray, member_dim: Hashable, name: str = "forecast") -> xr.DataArray:
@@ -240,14 +239,12 @@ def metric(func):
                     f"without the member axis"
                 )
             obs = xr.DataArray(obs, dims=[d for d in fc.dims if d != MEMBER])
-        mdim = member_name(member_dim, conv)
+        mdim = MEMBER if conv.kind != "xarray" else member_dim
         fc = check_member(fc, mdim)
         if mdim in obs.dims:
             raise ValueError(f"observation has the member dimension {mdim!r}; it should not")
         check_aligned(fc, obs)
-        rdims = conv.dims(reduce_dims)
-        if isinstance(rdims, str) and rdims == "all":  # every input dim, not the ones a metric adds
-            rdims = [d for d in fc.dims if d != mdim] + [d for d in obs.dims if d not in fc.dims]
+        rdims = conv.dims(reduce_dims, [d for d in fc.dims if d != mdim] + [d for d in obs.dims if d not in fc.dims])
         out = func(fc, obs, *args, member_dim=mdim, reduce_dims=rdims,
                    weights=conv.weights(weights), **kwargs)
         return conv.back(out)

@@ -99,14 +99,10 @@ def spread_skill_ratio(forecast, observation, *, member_dim="member", reduce_dim
     )
     both = reduce(both, reduce_dims, weights)
     if not components:  # one call on the (small) reduced array: xarray's per-operation cost shows
-        return xr.apply_ufunc(_ratio, both, input_core_dims=[["_spread_skill"]],
+        return xr.apply_ufunc(lambda b: np.sqrt(b[..., 0]) / np.sqrt(b[..., 1]), both, input_core_dims=[["_spread_skill"]],
                               dask="allowed").rename("spread_skill_ratio")
     spread, skill = np.sqrt(both[..., 0]), np.sqrt(both[..., 1])
     return xr.Dataset({"spread": spread, "skill": skill, "ratio": spread / skill})
-
-
-def _ratio(both):
-    return np.sqrt(both[..., 0]) / np.sqrt(both[..., 1])
 
 
 def _rank_dtype(m):

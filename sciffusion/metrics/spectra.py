@@ -65,10 +65,7 @@ def radial_spectrum(field, *, dims=("y", "x"), spacing=(1.0, 1.0), reduce_dims=N
         dask_gufunc_kwargs={"output_sizes": {"wavenumber": nbins}, "allow_rechunk": True},
         kwargs={"index": index, "nbins": nbins},
     ).assign_coords(wavenumber=np.arange(nbins) / lref)
-    rdims = conv.dims(reduce_dims)
-    if isinstance(rdims, str) and rdims == "all":
-        rdims = [d for d in da.dims if d not in dims]
-    out = reduce(spec.rename("power"), rdims, conv.weights(weights))
+    out = reduce(spec.rename("power"), conv.dims(reduce_dims, [d for d in da.dims if d not in dims]), conv.weights(weights))
     return conv.back(out.transpose(..., "wavenumber"))
 
 
@@ -138,8 +135,5 @@ def zonal_spectrum(field, *, lon_dim="lon", lat_dim="lat", density=False, radius
         if lat_dim not in da.coords:
             raise ValueError(f"density=True needs a latitude coordinate {lat_dim!r}")
         spec = spec * (2 * math.pi * radius * np.cos(np.deg2rad(da[lat_dim])))
-    rdims = conv.dims(reduce_dims)
-    if isinstance(rdims, str) and rdims == "all":
-        rdims = [d for d in da.dims if d != lon_dim]
-    out = reduce(spec.rename("power"), rdims, conv.weights(weights))
+    out = reduce(spec.rename("power"), conv.dims(reduce_dims, [d for d in da.dims if d != lon_dim]), conv.weights(weights))
     return conv.back(out.transpose(..., "wavenumber"))

@@ -192,15 +192,11 @@ def _series(score, reference, dim, reduce_dims, weights, names=("score", "refere
     """``([score, reference?] as DataArrays averaged over reduce_dims, one chunk along dim), the input
     converter, the dim resampled``; errors name the argument and the dimension."""
     s, conv = as_dataarray(score, names[0])
-    if conv.kind == "xarray":
-        d = dim
-    else:
-        d = conv.dims([dim if isinstance(dim, (int, np.integer)) else 0])[0] if s.ndim else dim
+    d = conv.dims([dim if isinstance(dim, (int, np.integer)) else 0])[0] if conv.kind != "xarray" and s.ndim else dim
     if d not in s.dims:
         raise ValueError(f"{names[0]} has no dimension {d!r} to resample along; its dims are "
                          f"{tuple(map(str, s.dims))}. Pass dim=...")
-    rd = conv.dims(reduce_dims)
-    rd = [x for x in s.dims if x != d] if isinstance(rd, str) and rd == "all" else rd
+    rd = conv.dims(reduce_dims, [x for x in s.dims if x != d])
     if rd is not None and d in (rd if isinstance(rd, list) else [rd]):
         raise ValueError(f"dimension {d!r} is the one resampled; it cannot also be in reduce_dims")
     w = conv.weights(weights)
