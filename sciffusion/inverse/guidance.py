@@ -120,26 +120,20 @@ class _Guided:
 
     # linear(ised) operator products at the Tweedie estimate d
     def _operator_maps(self, d: torch.Tensor):
-        op = self.obs.operator
-        obs = self.obs.observed
+        op, obs = self.obs.operator, self.obs.observed
+        probe = (torch.zeros_like(d) if op.linear else d.detach()).requires_grad_(True)
+        out = op(probe)
         if op.linear:
-            probe = torch.zeros_like(d).requires_grad_(True)
-            out = op(probe)
             forward = op
         else:
-            probe = d.detach().requires_grad_(True)
-            out = op(probe)
             dummy = torch.zeros_like(out, requires_grad=True)
             (vjp_graph,) = torch.autograd.grad(out, probe, dummy, create_graph=True)
 
             def forward(w):  # JVP by the double-VJP trick
-                (jw,) = torch.autograd.grad(vjp_graph, dummy, w, retain_graph=True)
-                return jw
+                return torch.autograd.grad(vjp_graph, dummy, w, retain_graph=True)[0]
 
         def adjoint(v):
-            (g,) = torch.autograd.grad(out, probe, torch.where(obs, v, 0.0),
-                                       retain_graph=True)
-            return g
+            return torch.autograd.grad(out, probe, torch.where(obs, v, 0.0), retain_graph=True)[0]
 
         return forward, adjoint
 

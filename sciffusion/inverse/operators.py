@@ -62,11 +62,8 @@ class Operator(nn.Module):
         diag = torch.empty(m, dtype=dtype, device=device)
         for start in range(0, m, 1024):
             stop = min(m, start + 1024)
-            rows = []
-            for j in range(start, stop):
-                (g,) = torch.autograd.grad(out.reshape(-1)[j], x, retain_graph=True)
-                rows.append((g**2).sum())
-            diag[start:stop] = torch.stack(rows)
+            grads = (torch.autograd.grad(out.reshape(-1)[j], x, retain_graph=True)[0] for j in range(start, stop))
+            diag[start:stop] = torch.stack([(g**2).sum() for g in grads])
         return diag.reshape(out.shape)
 
     def __matmul__(self, other: "Operator") -> "Compose":
@@ -255,11 +252,7 @@ def as_operator(op) -> Operator:
     """An :class:`Operator` from an operator, an ``nn.Module`` or any callable."""
     if isinstance(op, Operator):
         return op
-    if isinstance(op, nn.Module):
-        wrapped = Function(op)
-        wrapped.linear = bool(getattr(op, "linear", False))
-        return wrapped
-    return Function(op)
+    return Function(op, linear=isinstance(op, nn.Module) and bool(getattr(op, "linear", False)))
 
 
 class Observation:

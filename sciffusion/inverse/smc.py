@@ -190,10 +190,8 @@ def _moment_twist(observation: Observation, rows: torch.Tensor, x, d, sigma):
     the exact denoiser)."""
     b, m = x.shape[0], rows.shape[0]
     flat_rows = rows.reshape(m, -1)
-    cols = []
-    for j in range(m):
-        (vj,) = torch.autograd.grad(d, x, rows[j].expand_as(d), retain_graph=True)
-        cols.append(vj.reshape(b, -1) @ flat_rows.T)  # A (J^T A^T e_j): (B, m)
+    vjps = (torch.autograd.grad(d, x, rows[j].expand_as(d), retain_graph=True)[0] for j in range(m))
+    cols = [vj.reshape(b, -1) @ flat_rows.T for vj in vjps]  # A (J^T A^T e_j): (B, m)
     sel = observation.observed.reshape(-1)
     var = observation.var.reshape(-1)[sel].to(d.dtype)
     cov = sigma**2 * torch.stack(cols, dim=2)
