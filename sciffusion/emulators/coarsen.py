@@ -153,12 +153,7 @@ def _pad(x: torch.Tensor, p: int, periodic: tuple[bool, bool], mode: str) -> tor
     """Pad the last two axes of ``x (N, 1, H, W)`` by ``p``: circular on periodic axes, else ``mode``."""
     for axis, per in ((-1, periodic[1]), (-2, periodic[0])):
         pad = [p, p, 0, 0] if axis == -1 else [0, 0, p, p]
-        if per:
-            x = F.pad(x, pad, mode="circular")
-        elif mode == "constant":
-            x = F.pad(x, pad, mode="constant", value=0.0)
-        else:
-            x = F.pad(x, pad, mode=mode)
+        x = F.pad(x, pad, mode="circular" if per else mode)  # ("constant": zeros)
     return x
 
 

@@ -82,13 +82,8 @@ class RolloutModel(Emulator):
         extra = [d for d in ds[c.variables[0]].dims if d not in (*c.grid_dims, c.time_dim, *lead)]
         if extra:
             raise ValueError(f"the initial state has extra dimension(s) {extra}; select one state (e.g. .isel({extra[0]}=0))")
-        arrs = []
-        for v in c.variables:
-            a = ds[v]
-            if c.time_dim not in a.dims:
-                a = a.expand_dims(c.time_dim)
-            arrs.append(a.transpose(*lead, c.time_dim, *c.grid_dims).values)
-        x = np.stack(arrs, axis=len(lead) + 1)
+        arrs = [ds[v] if c.time_dim in ds[v].dims else ds[v].expand_dims(c.time_dim) for v in c.variables]
+        x = np.stack([a.transpose(*lead, c.time_dim, *c.grid_dims).values for a in arrs], axis=len(lead) + 1)
         if not lead:
             x = x[None]
         elif x.shape[0] != n_members:
@@ -139,7 +134,7 @@ class RolloutModel(Emulator):
                                n_steps=n_steps, dt=str(c.dt), initial_sha256=_sha(x0), forcings_sha256=_sha(forcing))
         dims = ["member", c.time_dim, *c.grid_dims]
         coords = {c.time_dim: xr.Variable(c.time_dim, times, c.time_attrs), "member": np.arange(n_members),
-                  **{d: v for d, v in c.grid.items()}}
+                  **c.grid}
         np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
         shape = (n_members, n_steps + 1, *c.grid_shape)
         store, done = None, 0

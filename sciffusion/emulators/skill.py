@@ -29,12 +29,6 @@ import sciffusion.metrics as sm
 COLUMNS = ("crps", "rmse", "spread", "ssr", "rank_flatness", "tail_err_2sigma", "tail_err_3sigma")
 
 
-def _flatness(hist: np.ndarray) -> float:
-    f = np.cumsum(hist) / hist.sum()
-    m1 = len(hist)
-    return float(np.abs(f - np.arange(1, m1 + 1) / m1).max())
-
-
 def ensemble_skill(forecast: xr.DataArray, truth: xr.DataArray, *, clim_mean: float | xr.DataArray = 0.0,
                    clim_std: float | xr.DataArray = 1.0, member_dim: str = "member", lead_dim: str | None = "lead_time",
                    sigmas=(2, 3), weights=None) -> dict:
@@ -53,7 +47,7 @@ def ensemble_skill(forecast: xr.DataArray, truth: xr.DataArray, *, clim_mean: fl
     comp = sm.spread_skill_ratio(fc, obs, member_dim=member_dim, reduce_dims="all", components=True, **kw)
     out.update(rmse=float(comp["skill"]), spread=float(comp["spread"]), ssr=float(comp["ratio"]))
     hist = sm.rank_histogram(fc, obs, member_dim=member_dim, reduce_dims="all", **kw)
-    out["rank_flatness"] = _flatness(np.asarray(hist.values, dtype=float))
+    out["rank_flatness"] = float(sm.flatness(hist))
     out["rank_histogram"] = np.asarray(hist.values).tolist()
     for k in sigmas:
         p = (np.abs(fc - clim_mean) > k * clim_std).mean(member_dim)
@@ -75,16 +69,12 @@ def ensemble_skill(forecast: xr.DataArray, truth: xr.DataArray, *, clim_mean: fl
 def format_table(rows: Mapping[str, dict], columns=COLUMNS) -> str:
     """A plain-text table, one line per ensemble."""
     head = f"{'ensemble':28s} {'M':>4s} " + " ".join(f"{c.replace('tail_err_', 'tail ').replace('rank_', 'rank '):>13s}" for c in columns)
-    lines = [head, "-" * len(head)]
-    for name, r in rows.items():
-        lines.append(f"{name:28s} {r.get('members', 0):4d} " + " ".join(f"{r[c]:13.4f}" for c in columns))
-    return "\n".join(lines)
+    lines = [f"{name:28s} {r.get('members', 0):4d} " + " ".join(f"{r[c]:13.4f}" for c in columns) for name, r in rows.items()]
+    return "\n".join([head, "-" * len(head), *lines])
 
 
 def format_per_lead(rows: Mapping[str, dict], score: str = "crps") -> str:
     """``score`` per lead time, one line per ensemble."""
     leads = list(next(iter(rows.values()))["per_lead"])
-    lines = [f"{score + ' by lead':28s} " + " ".join(f"{t:>8s}" for t in leads)]
-    for name, r in rows.items():
-        lines.append(f"{name:28s} " + " ".join(f"{r['per_lead'][t][score]:8.4f}" for t in leads))
-    return "\n".join(lines)
+    lines = [f"{name:28s} " + " ".join(f"{r['per_lead'][t][score]:8.4f}" for t in leads) for name, r in rows.items()]
+    return "\n".join([f"{score + ' by lead':28s} " + " ".join(f"{t:>8s}" for t in leads), *lines])

@@ -339,10 +339,8 @@ class UNet2d(nn.Module):
             if lo == hi == 0:
                 continue
             pad = [0, 0, lo, hi] if axis == -2 else [lo, hi, 0, 0]
-            if mode == "circular":
-                x = F.pad(x, pad, mode="circular")
-            else:
-                x = F.pad(x, pad, mode="reflect" if max(lo, hi) < x.shape[axis] else "replicate")
+            short = max(lo, hi) >= x.shape[axis]
+            x = F.pad(x, pad, mode="circular" if mode == "circular" else "replicate" if short else "reflect")
         return x
 
 
