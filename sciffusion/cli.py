@@ -9,6 +9,7 @@ with its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import pkgutil
@@ -47,10 +48,8 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
     common = [(("--threads",), dict(type=_positive_int, default=None, metavar="N", help=THREADS_HELP)),
               (("--debug",), dict(action="store_true", help="show the traceback of an error (or SCIFFUSION_DEBUG=1)"))]
     for flags, kwargs in common:
-        try:
+        with contextlib.suppress(argparse.ArgumentError):  # the command has its own
             parser.add_argument(*flags, **kwargs)
-        except argparse.ArgumentError:  # the command has its own
-            pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,10 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
-
-
-def _debug(args) -> bool:
-    return bool(getattr(args, "debug", False)) or os.environ.get("SCIFFUSION_DEBUG", "").strip() not in ("", "0")
 
 
 def _message(exc: BaseException) -> str:
@@ -92,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except USER_ERRORS as exc:
-        if _debug(args):
+        if getattr(args, "debug", False) or os.environ.get("SCIFFUSION_DEBUG", "").strip() not in ("", "0"):
             raise
         print(f"sciffusion {args.command}: error: {_message(exc)}\n  {DEBUG_HINT}", file=sys.stderr)
         return 2

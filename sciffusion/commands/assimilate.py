@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from sciffusion.commands._common import UserError, write_mode
+from sciffusion.commands._common import UserError, add_resume_arguments, write_mode
 
 NAME = "assimilate"
 HELP = "run a cycled data-assimilation twin experiment from a TOML config to zarr"
@@ -41,9 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="output zarr store (path)")
     parser.add_argument("--burn", type=int, default=0, help="cycles left out of the printed score means; default 0")
     parser.add_argument("--figure", help="save the RMSE/spread and rank-histogram figure to this file")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true", help="continue an interrupted run at its first unwritten cycle")
-    group.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    add_resume_arguments(parser, "continue an interrupted run at its first unwritten cycle")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -101,9 +99,9 @@ def build_operator(spec: dict, state_shape: tuple[int, ...]):
     kind, size = spec.get("operator", "all"), int(torch.Size(state_shape).numel())
     if kind not in OPERATORS:
         raise UserError(f"config [observations] operator must be one of {list(OPERATORS)}, got {kind!r}")
-    for key, needed in (("every", "every"), ("fraction", "fraction")):
-        if key in spec and kind != needed:
-            raise UserError(f"config [observations] {key} applies to operator = {needed!r} only, not {kind!r}")
+    for key in ("every", "fraction"):
+        if key in spec and kind != key:
+            raise UserError(f"config [observations] {key} applies to operator = {key!r} only, not {kind!r}")
     mask = torch.zeros(size, dtype=torch.bool)
     if kind == "all":
         mask[:] = True

@@ -46,12 +46,9 @@ def run(args) -> int:
     normalizer = Normalizer.from_dict(config["normalizer"]) if config.get("normalizer") else None
     pairs = pairs_from_spec(open_dataset(config["data"]["path"]), config["data"], normalizer)
     kept = {k: config[k] for k in ("data", "normalizer") if k in config}
-    try:
-        student = distill(teacher, pairs, calls=args.calls, method=args.method, teacher_steps=args.teacher_steps,
-                          n_trajectories=args.trajectories, steps=args.steps, batch_size=args.batch_size,
-                          seed=args.seed, out_dir=args.out, device=args.device, progress=not args.no_progress, config=kept)
-    except ValueError as exc:  # a bad combination of --calls and --teacher-steps
-        raise UserError(str(exc)) from exc
+    student = distill(teacher, pairs, calls=args.calls, method=args.method, teacher_steps=args.teacher_steps,
+                      n_trajectories=args.trajectories, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                      out_dir=args.out, device=args.device, progress=not args.no_progress, config=kept)
     print(f"distilled {args.run} into {student.calls} call(s) per member: {args.out}/student "
           f"(sample it with: sciffusion sample {args.out}/student DATA -o OUT.zarr)")
     return 0

@@ -84,9 +84,8 @@ def run(args) -> int:
         ds = ds.isel({c.time_dim: slice(max(0, stop - c.history), stop)})
     ds = ds.isel(select)[c.variables]
     forcings = open_dataset(args.forcings, chunks=None) if args.forcings else None
-    options = {k: v for k, v in {"steps": args.sampler_steps, "method": args.method}.items() if v is not None}
     out = model.rollout(ds, args.n_steps, n_members=args.members, forcings=forcings, seed=args.seed, out=args.out,
                         chunk_steps=args.chunk_steps, mode=write_mode(args), progress=not args.no_progress,
-                        device=args.device, **options)
+                        device=args.device, steps=args.sampler_steps, method=args.method)
     print(f"wrote {dict(out.sizes)} to {args.out}")
     return 0
