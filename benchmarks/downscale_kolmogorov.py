@@ -65,7 +65,6 @@ from sciffusion.emulators import Downscaler, coarsen, upsample
 from sciffusion.emulators.downscale_data import stack
 from sciffusion.emulators.calibrate import choose_setting
 from sciffusion.emulators.downscaler import default_net
-from sciffusion.emulators.skill import _flatness
 from sciffusion.nets import build_net
 from sciffusion.systems import KolmogorovFlow
 
@@ -186,8 +185,8 @@ def scores(ens: xr.DataArray, truth: xr.DataArray) -> dict:
     if fc.sizes["member"] > 1:
         comp = sm.spread_skill_ratio(fc, obs, reduce_dims="all", components=True)
         out.update(spread=float(comp["spread"]), ssr=float(comp["ratio"]))
-        hist = np.asarray(sm.rank_histogram(fc, obs, reduce_dims="all").values, float)
-        out.update(rank_flatness=_flatness(hist), rank_histogram=hist.tolist())
+        hist = sm.rank_histogram(fc, obs, reduce_dims="all").astype(float)
+        out.update(rank_flatness=float(sm.flatness(hist)), rank_histogram=hist.values.tolist())
     else:  # a deterministic field: no spread; its rank histogram is all at the ends
         out.update(spread=0.0, ssr=0.0, rank_flatness=float("nan"))
     out.update(high_k_error(fc, obs))

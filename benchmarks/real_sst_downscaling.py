@@ -64,7 +64,6 @@ import sciffusion.metrics as sm
 from sciffusion.data import open_dataset
 from sciffusion.emulators import Downscaler, coarsen, upsample
 from sciffusion.emulators.downscale_data import stack
-from sciffusion.emulators.skill import _flatness
 from _run_meta import run_meta
 
 RESULTS = Path(__file__).parent / "results"
@@ -182,9 +181,9 @@ def scores(fc: xr.DataArray, truth: xr.DataArray) -> dict:
            "rmse": float(sm.rmse(fc, obs, reduce_dims="all"))}
     if fc.sizes["member"] > 1:
         comp = sm.spread_skill_ratio(fc, obs, reduce_dims="all", components=True)
-        hist = np.asarray(sm.rank_histogram(fc, obs, reduce_dims="all").values, float)
-        out.update(spread=float(comp["spread"]), ssr=float(comp["ratio"]), rank_flatness=_flatness(hist),
-                   rank_histogram=hist.tolist())
+        hist = sm.rank_histogram(fc, obs, reduce_dims="all").astype(float)
+        out.update(spread=float(comp["spread"]), ssr=float(comp["ratio"]), rank_flatness=float(sm.flatness(hist)),
+                   rank_histogram=hist.values.tolist())
     else:  # deterministic: CRPS = MAE, no spread
         out.update(spread=0.0, ssr=0.0, rank_flatness=float("nan"))
     return out
