@@ -5,7 +5,7 @@ tunes one knob: the noise temperature (default), the EDM churn (``method="stocha
 number of sampler steps (Merizzi et al. 2025 tie DDIM's ensemble variance to the step count).
 :class:`SamplerCalibration` (the :class:`~sciffusion.emulators.Downscaler`'s ``variance_curve`` and
 ``calibrate``) tabulates a grid of DDIM ``(steps, eta)`` and EDM-stochastic ``(steps, s_noise)``
-settings and picks a row by :func:`choose_setting`. The ratio is always
+settings, each at every noise temperature asked for, and picks a row by :func:`choose_setting`. The ratio is always
 :func:`sciffusion.metrics.spread_skill_ratio` (``sqrt((M+1)/M)`` corrected, so its target is 1
 whatever the ensemble size), pooled over all points and variables (each variable scaled by its
 climatological std). Calibrating against the truth makes the ensemble reliable for the truth;
@@ -28,6 +28,18 @@ CRITERIA = ("ssr", "ssr+spectrum", "ssr|spectrum")
 STOCHASTIC_CHURN = 40.0  # EDM's S_churn; with <= 96 steps it is capped at gamma = sqrt(2) - 1 per step
 DEFAULT_VALUES = {"temperature": (0.6, 0.8, 1.0, 1.25, 1.6), "churn": (0.0, 5.0, 10.0, 20.0, 40.0),
                   "steps": (4, 6, 8, 12, 18)}
+
+
+def check_temperature(value, name: str = "temperature") -> float:
+    """``value`` as a float, or TypeError (not a number) / ValueError (not > 0) naming ``name``: a
+    noise temperature scales the sampler's starting draw, so it must be positive."""
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number > 0, got {value!r}") from None
+    if not t > 0:
+        raise ValueError(f"{name} must be > 0 (it scales the sampler's starting noise), got {value!r}")
+    return t
 
 
 @dataclass
@@ -125,23 +137,26 @@ class SamplerCalibration:
     calibration = None  # the table of the last calibrate()
 
     def variance_curve(self, coarse, fine=None, *, steps=(4, 8, 16, 32), etas=(0.0, 0.25, 0.5, 0.75, 1.0),
-                       s_noises=(), n_members: int = 8, seed: int = 0, batch_size: int | None = None, device=None):
+                       s_noises=(), temperatures=(1.0,), n_members: int = 8, seed: int = 0,
+                       batch_size: int | None = None, device=None):
         """Ensemble variance (and, given ``fine``, spread, RMSE, spread-skill ratio, CRPS and the
         high-wavenumber power error) for every DDIM ``(steps, eta)`` and every EDM-stochastic
-        ``(steps, s_noise)``: a :class:`pandas.DataFrame`, one row per setting.
+        ``(steps, s_noise)``, each at every noise temperature of ``temperatures`` (the starting draw
+        scaled by it; 1 is the plain sampler): a :class:`pandas.DataFrame`, one row per setting.
 
         Columns: ``method, steps, eta, s_noise, variance`` (mean ensemble variance over valid points),
         and with ``fine``: ``spread`` (sqrt of the (M+1)/M-corrected variance), ``rmse`` (of the
         ensemble mean), ``ssr = spread / rmse``, ``crps``, and ``high_k_error`` (the members' power
         over the truth's in the top half of wavenumbers, minus 1: :func:`sciffusion.metrics.band_power_ratio`;
-        NaN where the grid has missing points). With one variable these are in its units; with
-        several, each variable is first divided by its training standard deviation.
+        NaN where the grid has missing points), and last ``temperature``. With one variable these are
+        in its units; with several, each variable is first divided by its training standard deviation.
         """
         import pandas as pd
 
         from sciffusion.emulators.downscale_data import stack
 
         c = self.coder
+        temperatures = [check_temperature(t, "every value of temperatures") for t in temperatures]
         truth = None
         if fine is not None:
             fine = c.dataset(fine, "fine validation data")
@@ -153,33 +168,41 @@ class SamplerCalibration:
         rows = []
         for row in settings:
             kw = {"eta": row["eta"]} if row["method"] == "ddim" else {"s_noise": row["s_noise"]}
-            ens = self.downscale(coarse, n_members, steps=row["steps"], method=row["method"], seed=seed,
-                                 batch_size=batch_size, device=device, progress=False, **kw)
-            y = np.stack([ens[v].values for v in c.variables], axis=2)  # (N, M, C, H, W)
-            rows.append({**row, **_scores(y, truth, c)})
+            for t in temperatures:
+                ens = self.downscale(coarse, n_members, steps=row["steps"], method=row["method"], seed=seed,
+                                     batch_size=batch_size, device=device, progress=False, temperature=t, **kw)
+                y = np.stack([ens[v].values for v in c.variables], axis=2)  # (N, M, C, H, W)
+                rows.append({**row, **_scores(y, truth, c), "temperature": t})
         return pd.DataFrame(rows)
 
     def calibrate(self, coarse_val, fine_val, *, steps=(4, 8, 16, 32), etas=(0.0, 0.25, 0.5, 0.75, 1.0),
-                  s_noises=(), criterion: str = "ssr", n_members: int = 8, target: float = 1.0,
+                  s_noises=(), temperatures=(1.0,), criterion: str = "ssr", n_members: int = 8, target: float = 1.0,
                   spectrum_tol: float = 0.1, apply: bool = True, seed: int = 0, batch_size: int | None = None,
                   device=None):
         """Choose the sampler setting that is best calibrated on validation data.
 
         Runs :meth:`variance_curve` with the truth ``fine_val`` over DDIM ``(steps, eta)`` and, when
-        ``s_noises`` are given, EDM-stochastic ``(steps, s_noise)``, and picks the row minimising
+        ``s_noises`` are given, EDM-stochastic ``(steps, s_noise)``, each at every noise temperature of
+        ``temperatures`` (default 1 only, the plain sampler; above 1 widens the ensemble, which is how a
+        distilled student, whose steps are fixed and whose eta only narrows it, is widened), and picks the
+        row minimising
         ``|ssr - target|`` (``criterion="ssr"``), ``|ssr - target| + |high_k_error|``
         (``criterion="ssr+spectrum"``: spread and small-scale power both right), or ``|ssr - target|``
         among the rows whose ``|high_k_error| <= spectrum_tol`` (``criterion="ssr|spectrum"``: the
         spectrum as a constraint; the ``ssr+spectrum`` row when none meets it), see
         :func:`choose_setting`. With ``apply`` the chosen setting becomes the default sampler
-        (``self.sampler``, stored by ``save``).
+        (``self.sampler``, stored by ``save``; a distilled student's noise levels stay). ``target`` need
+        not be 1: a student matches its teacher with ``target=`` the teacher's validation spread-skill.
         Returns the table (also kept as ``self.calibration``), the chosen row flagged in ``chosen``.
         """
         if criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {CRITERIA}; got {criterion!r}")
         self._check_student_rows(steps, s_noises)
+        for t in temperatures:  # before any sampling
+            check_temperature(t, "every value of temperatures")
         table = self.variance_curve(coarse_val, fine_val, steps=steps, etas=etas, s_noises=s_noises,
-                                    n_members=n_members, seed=seed, batch_size=batch_size, device=device)
+                                    temperatures=temperatures, n_members=n_members, seed=seed, batch_size=batch_size,
+                                    device=device)
         best = choose_setting(table, criterion, target=target, spectrum_tol=spectrum_tol)
         table["chosen"] = table.index == best
         if apply:
@@ -188,14 +211,18 @@ class SamplerCalibration:
         return table
 
     def apply_setting(self, row) -> dict:
-        """Make a calibration-table row (``method``, ``steps`` and ``eta`` or ``s_noise``) the default sampler;
-        a distilled student's noise levels (:meth:`~sciffusion.emulators.base.Emulator.with_student`) stay."""
+        """Make a calibration-table row (``method``, ``steps``, ``eta`` or ``s_noise``, and ``temperature``,
+        1 when the row has none) the default sampler; a distilled student's noise levels
+        (:meth:`~sciffusion.emulators.base.Emulator.with_student`) stay."""
         sampler = {"method": str(row["method"]), "steps": int(row["steps"])}
         self._check_student_rows([sampler["steps"]], [] if sampler["method"] == "ddim" else [row["s_noise"]])
         if sampler["method"] == "ddim":
             sampler["eta"] = float(row["eta"])
         else:
             sampler.update(s_noise=float(row["s_noise"]), churn=STOCHASTIC_CHURN)
+        temperature = check_temperature(row.get("temperature", 1.0))
+        if temperature != 1.0:  # the plain sampler's dict stays as it was before the knob existed
+            sampler["temperature"] = temperature
         levels = (self.sampler or {}).get("sigmas")
         if levels is not None:
             sampler["sigmas"] = list(levels)

@@ -15,7 +15,11 @@ small-scale power a young model's members lack. :meth:`Downscaler.variance_curve
 ensemble variance (and, given the truth, spread-skill and the high-wavenumber power error)
 against ``(steps, eta)`` and ``(steps, s_noise)``, and :meth:`Downscaler.calibrate` picks the
 setting closest to a spread-skill ratio of 1 on validation data (optionally also to the truth's
-small-scale power) and makes it the default sampler. See ``docs/downscaling.md``.
+small-scale power) and makes it the default sampler. A third knob, for any sampler, is the noise
+temperature of :class:`~sciffusion.emulators.EnsembleEmulator` (:class:`~sciffusion.emulators.TemperedStep`:
+the starting draw ``T * sigmas[0] * eps``): it is the one knob that widens a distilled student
+(:meth:`~sciffusion.emulators.base.Emulator.with_student`), whose steps are fixed and whose eta only
+narrows it; ``calibrate(temperatures=...)`` chooses it with the rest. See ``docs/downscaling.md``.
 
 Missing points (land in an SST analysis) never enter training (masked EDM loss), are NaN in
 every generated member, and a coarse input whose NaN mask differs from the training mask is
@@ -35,9 +39,10 @@ import xarray as xr
 from sciffusion.diffusion import Denoiser
 from sciffusion.diffusion.schedules import SIGMA_MAX
 from sciffusion.emulators.base import Emulator
-from sciffusion.emulators.calibrate import STOCHASTIC_CHURN, SamplerCalibration
+from sciffusion.emulators.calibrate import STOCHASTIC_CHURN, SamplerCalibration, check_temperature
 from sciffusion.emulators.coarsen import coarsen, grid_dims_of, periodic_dims
 from sciffusion.emulators.downscale_data import DownscaleCoder, _names, stack
+from sciffusion.emulators.ensemble import TemperedStep
 from sciffusion.emulators.members import generate as generate_members
 from sciffusion.emulators.store import ensemble_output
 
@@ -72,8 +77,9 @@ class Downscaler(SamplerCalibration, Emulator):
     """Fine-grid ensembles from coarse fields (see the module docstring).
 
     Build one with :meth:`fit` or :meth:`load`, then call :meth:`downscale`. ``sampler`` holds the
-    default ``method``, ``steps`` and ``eta`` (DDIM) or ``s_noise``/``churn`` (``"stochastic"``), set by
-    :meth:`calibrate` and stored by :meth:`save`.
+    default ``method``, ``steps`` and ``eta`` (DDIM) or ``s_noise``/``churn`` (``"stochastic"``), and a
+    noise ``temperature`` when it is not 1, set by :meth:`calibrate` and stored by :meth:`save` (a
+    checkpoint without one samples at temperature 1).
     """
 
     key, label, emulator, coder_class = "downscaler", "a Downscaler", "sciffusion.emulators.Downscaler", DownscaleCoder
@@ -81,6 +87,7 @@ class Downscaler(SamplerCalibration, Emulator):
     def __init__(self, denoiser, coder: DownscaleCoder, *, sampler: dict | None = None):
         self.denoiser, self.coder = denoiser, coder
         self.sampler = {**DEFAULT_SAMPLER, **(sampler or {})}
+        check_temperature(self.sampler.get("temperature", 1.0), "sampler['temperature']")
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------ training
@@ -156,15 +163,16 @@ class Downscaler(SamplerCalibration, Emulator):
     def _draw(self, cond, up, block, settings, options, seed, batch_size, progress, device) -> np.ndarray:
         """Members ``block`` for every condition: fine fields ``(N, len(block), C, H, W)`` (NaN where missing)."""
         c = self.coder
+        step = TemperedStep(settings["method"], settings.get("temperature", 1.0))  # a fresh step per block
         z = generate_members(self.denoiser, cond, block, event_shape=(c.channels, *c.grid_shape), seed=seed,
-                             batch_size=batch_size, steps=int(settings["steps"]), method=settings["method"],
+                             batch_size=batch_size, steps=int(settings["steps"]), method=step,
                              progress=progress, device=device, sigma_max=SIGMA_MAX, **options)
         return c.decode(z.numpy(), up)
 
     @torch.no_grad()
     def downscale(self, coarse: xr.Dataset | xr.DataArray, n_members: int = 16, *, steps: int | None = None,
                   eta: float | None = None, method: str | None = None, s_noise: float | None = None,
-                  batch_size: int | None = None, seed: int = 0,
+                  temperature: float | None = None, batch_size: int | None = None, seed: int = 0,
                   out: str | os.PathLike | None = None, mode: str = "w-", member_chunk: int = 8,
                   progress: bool = True, device=None) -> xr.Dataset:
         """Draw ``n_members`` fine fields for every coarse field.
@@ -177,6 +185,9 @@ class Downscaler(SamplerCalibration, Emulator):
             steps, eta, method, s_noise: sampler settings (default ``self.sampler``: DDIM, calibrated
                 if :meth:`calibrate` ran); ``eta`` applies to ``method="ddim"``, ``s_noise`` (and the
                 sampler's ``churn``, default 40) to ``method="stochastic"``.
+            temperature: noise temperature (> 0; default the sampler's, 1 when it has none): the sampler
+                starts from ``temperature * sigmas[0] * eps`` (:class:`~sciffusion.emulators.TemperedStep`),
+                on a distilled student's own first level too; above 1 widens the ensemble.
             batch_size: samples per denoiser batch (default 64).
             out: zarr path: members are written in blocks of ``member_chunk`` and with
                 ``mode="resume"`` a rerun computes only the missing blocks (a store written with
@@ -195,13 +206,16 @@ class Downscaler(SamplerCalibration, Emulator):
         c.check_mask(x)
         up = c.upsample(x)
         cond = c.condition(up)
-        given = {"steps": steps, "eta": eta, "method": method, "s_noise": s_noise}
+        given = {"steps": steps, "eta": eta, "method": method, "s_noise": s_noise, "temperature": temperature}
         settings = {**self.sampler, **{k: v for k, v in given.items() if v is not None}}
+        settings["temperature"] = check_temperature(settings.get("temperature", 1.0))
         for name, value, applies in (("eta", eta, "ddim"), ("s_noise", s_noise, "stochastic")):
             if value is not None and settings["method"] != applies:
                 raise TypeError(f"{name} applies to method {applies!r} only, not {settings['method']!r}")
         options = _sampler_options(settings)
         sampler = {"method": settings["method"], "steps": settings["steps"], **options}
+        if settings["temperature"] != 1.0:  # at 1 the record is the one written before the knob existed
+            sampler["temperature"] = settings["temperature"]
         provenance = self.provenance(f"downscale(n_members={n_members}, seed={seed})", source=ds.attrs,
                                      title=f"sciffusion downscaled ensemble ({n_members} members, {c.factor}x finer)",
                                      downscale_factor=c.factor, upsample_method=c.method,
