@@ -14,17 +14,26 @@ levels, the student a copy of the teacher) on the teacher's own training pairs, 
 The teacher's Heun trajectories are integrated once at the levels of the largest student (4 calls, or
 the largest ``--calls``) and sliced for the others (the same states ``distill`` would integrate with the same seed; written to each run's
 ``trajectories.safetensors`` cache). Each student is used through ``Downscaler.with_student`` and calibrated
-by the same procedure on the same validation fields: its steps are fixed by its noise levels, so its knob is
-DDIM eta on those levels (``calibrate(steps=(N,), etas=ETAS)``, criterion ``ssr``, 8 members). No test field
-is used for any knob. Then the teacher (its calibrated default sampler) and the students are scored once on
-the same held-out test fields (16 members): CRPS, spread-skill, RMSE, rank flatness, high-k power error, the
-network calls per member (counted) and ms per member (1 thread, best of ``--repeats`` interleaved repeats),
-and the ratios to the teacher with paired bootstrap 95% intervals for the CRPS ratio (over test snapshots,
-and over test trajectories).
+on the same 16 validation fields (8 members, seed 0, as the teacher). Its steps are fixed by its noise levels,
+so its knobs are DDIM eta on those levels and the noise temperature (the starting draw ``T * sigma_max * eps``),
+chosen jointly: ``calibrate(steps=(N,), etas=STUDENT_ETAS, temperatures=--student-temperatures,
+criterion='ssr', target=<the teacher's validation spread-skill at its chosen sampler>)``. The criterion,
+declared before the test set is scored: a distilled student's aim is to reproduce its teacher, so the student
+takes the (eta, temperature) whose validation spread-skill is closest to the teacher's validation spread-skill
+(not to 1); the validation record also keeps the row that the least validation CRPS would choose. The teacher
+keeps its chosen default (temperature 1). ``--student-temperatures 1`` gives the earlier eta-only procedure
+(target 1). No test field is used for any knob. Then the teacher (its calibrated default sampler) and the
+students are scored once on the same held-out test fields (16 members): CRPS, spread-skill, RMSE, rank flatness,
+high-k power error, the network calls per member (counted) and ms per member (1 thread, best of ``--repeats``
+interleaved repeats), and the ratios to the teacher with paired bootstrap 95% intervals for the CRPS ratio (over
+test snapshots, and over test trajectories). ``--test-seed`` draws the test trajectories from another seed
+(default 3, downscale_kolmogorov.py's; the train and validation fields still come from ``--cache``): a set
+scored before a knob was added is not reused to score it.
 
     python benchmarks/distill_downscale_kolmogorov.py --quick                     # smoke run, ~2 min
     python benchmarks/distill_downscale_kolmogorov.py --cache /tmp/dk.nc --model-dir /tmp/dk_model
     python benchmarks/distill_downscale_kolmogorov.py ... --calls 4 --distill-only  # a student in another process
+    python benchmarks/distill_downscale_kolmogorov.py ... --test-seed 21             # a fresh test set
 
 Writes benchmarks/results/distill_downscale_kolmogorov.json (``--out``; with ``--quick`` only if ``--out``).
 """
@@ -60,10 +69,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "distill_downscale_kolmogorov.json"
 TEACHER_STEPS = 64  # distill's default teacher levels
 STUDENT_ETAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # Downscaler.calibrate's default eta grid
+STUDENT_TEMPERATURES = tuple(round(1.0 + 0.025 * k, 3) for k in range(13))  # 1.00, 1.025, ..., 1.30
 
 
-def load_data(cache, n_train, n_val, val_per_traj, n_test, size=32):
-    """downscale_kolmogorov.py's train/val/test snapshots (seeds 1, 2, 3), from/to its ``--cache`` format."""
+def load_data(cache, n_train, n_val, val_per_traj, n_test, size=32, test_seed=3):
+    """downscale_kolmogorov.py's train/val/test snapshots (seeds 1, 2, ``test_seed``), from/to its ``--cache``
+    format (which holds the seed-3 test set; another ``test_seed`` is simulated, same size)."""
     if cache and Path(cache).exists():
         data = xr.open_dataset(cache).load()
         out = [data[f"vorticity_{k}"].rename({f"time_{k}": "time"}).to_dataset(name="vorticity")
@@ -72,12 +83,14 @@ def load_data(cache, n_train, n_val, val_per_traj, n_test, size=32):
         have = tuple(int(d.sizes["time"]) for d in out)
         if have != want:
             raise ValueError(f"--cache {cache} holds {have} train/val/test fields, not {want}; use another --cache")
-        return out
-    out = [snapshots(n_train, 10, seed=1, size=size), snapshots(n_val, val_per_traj, seed=2, size=size),
-           snapshots(n_test, 8, seed=3, size=size)]
-    if cache:
-        xr.Dataset({f"vorticity_{k}": d["vorticity"].rename(time=f"time_{k}") for k, d in
-                    zip(("train", "val", "test"), out)}).to_netcdf(cache)
+    else:
+        out = [snapshots(n_train, 10, seed=1, size=size), snapshots(n_val, val_per_traj, seed=2, size=size),
+               snapshots(n_test, 8, seed=3, size=size)]
+        if cache:
+            xr.Dataset({f"vorticity_{k}": d["vorticity"].rename(time=f"time_{k}") for k, d in
+                        zip(("train", "val", "test"), out)}).to_netcdf(cache)
+    if test_seed != 3:
+        out[2] = snapshots(n_test, 8, seed=test_seed, size=size)
     return out
 
 
@@ -145,25 +158,41 @@ def teacher_calibration(model, cval, val, a, earlier=None):
     cand = pd.DataFrame({"ssr": [c["val_ssr"] for c in choices], "high_k_error": [c["val_high_k_error"] for c in choices]})
     best = choices[choose_setting(cand, "ssr")]
     model.sampler = {k: v for k, v in best.items() if k in ("method", "steps", "eta", "s_noise", "churn")}
-    return {"procedure": "downscale_kolmogorov.py default: calibrate(steps=%s, etas=%s, criterion='ssr', n_members=8) "
+    return {"chosen_candidate": best,
+            "procedure": "downscale_kolmogorov.py default: calibrate(steps=%s, etas=%s, criterion='ssr', n_members=8) "
                          "+ Heun %s offered to the same choice" % (grid[0], grid[1], heun),
             "reused_from": a.teacher_choose_from, "table": table.to_dict(orient="records"), "candidates": choices,
             "chosen": dict(model.sampler)}
 
 
-def student_calibration(fast, calls, cval, val):
-    """The same procedure for a student: its levels are fixed, so the table is DDIM eta on them, criterion ssr.
-
-    ``calibrate(apply=False)`` and the eta set by hand: ``apply_setting`` would drop the student's noise levels
-    (see the report)."""
-    table = fast.calibrate(cval, val, steps=(calls,), etas=STUDENT_ETAS, criterion="ssr", n_members=8,
-                           batch_size=256, apply=False)
+def student_calibration(fast, calls, cval, val, temperatures, target):
+    """A student's choice on validation: DDIM eta x noise temperature on its own levels (jointly), criterion
+    ``ssr`` with ``target`` (the teacher's validation spread-skill; 1 for the eta-only procedure). The chosen
+    setting keeps the student's levels (``apply_setting``). Also records the row the least CRPS would pick."""
+    table = fast.calibrate(cval, val, steps=(calls,), etas=STUDENT_ETAS, temperatures=temperatures, criterion="ssr",
+                           target=target, n_members=8, batch_size=256)
     row = table.loc[table["chosen"]].iloc[0]
-    fast.sampler = {**fast.sampler, "eta": float(row["eta"])}
-    return {"procedure": f"calibrate(steps=({calls},), etas={STUDENT_ETAS}, criterion='ssr', n_members=8) on the "
-                         "student's own noise levels (DDIM eta is its knob)",
-            "table": table.drop(columns="chosen").to_dict(orient="records"), "chosen_eta": float(row["eta"]),
-            "val_ssr": float(row["ssr"]), "val_crps": float(row["crps"])}
+    by_crps = table.loc[table["crps"].idxmin()]
+    pick = ("eta", "temperature", "ssr", "crps", "high_k_error")
+    return {"procedure": f"calibrate(steps=({calls},), etas={STUDENT_ETAS}, temperatures={tuple(temperatures)}, "
+                         f"criterion='ssr', target={target:.6f}, n_members=8) on the student's own noise levels",
+            "criterion": "validation spread-skill closest to the teacher's validation spread-skill (target)",
+            "target": target, "table": table.drop(columns="chosen").to_dict(orient="records"),
+            "chosen": {k: float(row[k]) for k in pick}, "chosen_eta": float(row["eta"]),
+            "chosen_temperature": float(row["temperature"]), "val_ssr": float(row["ssr"]),
+            "val_ssr_minus_teacher": float(row["ssr"]) - target, "val_crps": float(row["crps"]),
+            "chosen_at_grid_edge": len(temperatures) > 1 and float(row["temperature"]) in (min(temperatures),
+                                                                                         max(temperatures)),
+            "min_val_crps_choice_not_used": {k: float(by_crps[k]) for k in pick}}
+
+
+def teacher_val_ssr(model, cval, val, chosen):
+    """The teacher's validation spread-skill at its chosen sampler, recomputed (8 members, seed 0, as chosen)."""
+    truth = val["vorticity"]
+    v = model.downscale(cval, 8, batch_size=256, progress=False)["vorticity"]
+    r = scores(v.assign_coords(y=truth.y, x=truth.x), truth)
+    return {"ssr": r["ssr"], "crps": r["crps"], "high_k_error": r["high_k_rel_error"],
+            "ssr_recorded_at_choice": chosen.get("val_ssr")}
 
 
 def calls_per_member(model, ctest) -> int:
@@ -207,6 +236,11 @@ def main(argv=None):
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "distill_downscale_kolmogorov"))
     p.add_argument("--distill-only", action="store_true", help="distil the students of --calls and stop")
     p.add_argument("--members", type=int, default=16)
+    p.add_argument("--test-seed", type=int, default=3, help="seed of the 8 test trajectories (default 3, the --cache's "
+                   "test set; another seed is simulated: a fresh test set, same size)")
+    p.add_argument("--student-temperatures", type=float, nargs="+", default=list(STUDENT_TEMPERATURES),
+                   help="noise temperatures offered to each student with every eta (default 1.00 to 1.30 by 0.025; "
+                   "'1' alone: the eta-only procedure, target spread-skill 1)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats (best of)")
     p.add_argument("--out", help="JSON path (default benchmarks/results/distill_downscale_kolmogorov.json)")
     a = p.parse_args(argv)
@@ -223,6 +257,7 @@ def main(argv=None):
     result = {"meta": meta, "setup": {
         "system": "KolmogorovFlow(n=64, Re=100, drag=0.1), block-mean to 32x32; coarse 8x8 (factor 4)",
         "trajectories": {"train": n_train, "val": n_val, "test": n_test}, "quick": a.quick,
+        "seeds": {"train": 1, "val": 2, "test": a.test_seed},
         "teacher": {"model_dir": a.model_dir, "net": NET, "batch_size": 16, "lr": 1e-3, "warmup_steps": 100,
                     "ema_decay": 0.9 if a.quick else 0.999, "steps_if_trained": teacher_steps},
         "distill": {"method": "trajectory", "teacher_steps": TEACHER_STEPS, "n_trajectories": a.n_trajectories,
@@ -242,7 +277,7 @@ def main(argv=None):
             out_path.write_text(json.dumps(result, indent=1, default=_json_default))
 
     t0 = time.time()
-    train, val, test = load_data(a.cache, n_train, n_val, 4, n_test)
+    train, val, test = load_data(a.cache, n_train, n_val, 4, n_test, test_seed=a.test_seed)
     result["seconds"]["data"] = time.time() - t0
     t0 = time.time()
     if a.model_dir and Path(a.model_dir).exists():
@@ -285,12 +320,21 @@ def main(argv=None):
     validation = {"fields": int(val.sizes["time"]), "data": "downscale_kolmogorov.py's validation set (seed 2, "
                   f"{n_val} trajectories x 4 snapshots)", "teacher": teacher_calibration(model, cval, val, a, earlier)}
     print(f"teacher sampler (validation): {model.sampler}", flush=True)
+    temps = sorted(set(a.student_temperatures))
+    if temps == [1.0]:  # the eta-only procedure of before: spread-skill 1 is the target
+        target = 1.0
+    else:  # the declared criterion: the student reproduces its teacher's validation spread-skill
+        validation["teacher_at_choice"] = teacher_val_ssr(model, cval, val, validation["teacher"]["chosen_candidate"])
+        target = float(validation["teacher_at_choice"]["ssr"])
+    validation["student_target_ssr"] = target
+    print(f"teacher validation spread-skill (the students' target): {target:.4f}", flush=True)
     models = {"teacher": model}
     for calls, (student, rec, reused) in students.items():
         fast = model.with_student(student)
-        validation[f"student_{calls}"] = student_calibration(fast, calls, cval, val)
-        print(f"student {calls}: eta {fast.sampler['eta']} (validation ssr {validation[f'student_{calls}']['val_ssr']:.3f})",
-              flush=True)
+        v = validation[f"student_{calls}"] = student_calibration(fast, calls, cval, val, temps, target)
+        print(f"student {calls}: eta {fast.sampler['eta']}, temperature {fast.sampler.get('temperature', 1.0)} "
+              f"(validation ssr {v['val_ssr']:.3f}, target {target:.3f}; least-CRPS row: "
+              f"{v['min_val_crps_choice_not_used']})", flush=True)
         models[f"student_{calls}"] = fast
     result["validation"] = validation
     result["seconds"]["calibrate"] = time.time() - t0
@@ -342,14 +386,16 @@ def main(argv=None):
                         "note": "ms per member = best interleaved repeat / (fields x members), 1 thread"}
     result["per_snapshot_crps"] = {k: v.tolist() for k, v in per_snapshot.items()}
     save()
-    print(f"\n{'sampler':12s} {'calls':>5s} {'CRPS':>7s} {'/teach':>7s} {'95% (snap)':>16s} {'SSR':>6s} {'dSSR':>6s}"
-          f" {'RMSE':>6s} {'high-k':>7s} {'ms/mem':>7s} {'/teach':>6s}")
+    print(f"\n{'sampler':12s} {'calls':>5s} {'eta':>4s} {'T':>6s} {'CRPS':>7s} {'/teach':>7s} {'95% (snap)':>16s} "
+          f"{'SSR':>6s} {'dSSR':>6s} {'RMSE':>6s} {'high-k':>7s} {'ms/mem':>7s} {'/teach':>6s} bar")
     for name, r in rows.items():
         ci = r.get("crps_ratio_ci95_snapshots")
         ci = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
-        print(f"{name:12s} {r['calls_per_member']:5d} {r['crps']:7.4f} {r['crps_ratio']:7.3f} {ci:>16s} {r['ssr']:6.3f} "
-              f"{r['ssr_minus_teacher']:+6.3f} {r['rmse']:6.3f} {r['high_k_rel_error']:+7.3f} {r['ms_per_member']:7.1f}"
-              f" {r['ms_ratio']:6.3f}")
+        eta, temp = r["sampler"].get("eta", float("nan")), r["sampler"].get("temperature", 1.0)
+        bar = "-" if name == "teacher" else ("met" if all(r["meets_bar"].values()) else "missed")
+        print(f"{name:12s} {r['calls_per_member']:5d} {eta:4.2f} {temp:6.3f} {r['crps']:7.4f} {r['crps_ratio']:7.3f} "
+              f"{ci:>16s} {r['ssr']:6.3f} {r['ssr_minus_teacher']:+6.3f} {r['rmse']:6.3f} {r['high_k_rel_error']:+7.3f} "
+              f"{r['ms_per_member']:7.1f} {r['ms_ratio']:6.3f} {bar}")
     if out_path is not None:
         print(f"wrote {out_path}")
     return result
