@@ -179,6 +179,11 @@ def test_the_command_line_writes_a_resumable_store_with_provenance(model, tmp_pa
     assert main([*argv, "--resume"]) == 0
     ens = xr.open_zarr(tmp_path / "ens.zarr")
     assert ens.sizes["member"] == 3 and '"eta": 0.3' in ens.attrs["sampler"] and ens.attrs["checkpoint_sha256"]
+    # --temperature reaches the sampler: 1.5 widens the members around the same DDIM path; 0 is refused, nothing written
+    hot = [*argv[:4], str(tmp_path / "hot.zarr"), *argv[5:], "--temperature", "1.5"]
+    assert main(hot) == 0 and '"temperature": 1.5' in xr.open_zarr(tmp_path / "hot.zarr").attrs["sampler"]
+    assert main([*hot[:4], str(tmp_path / "cold.zarr"), *hot[5:-1], "0"]) == 2
+    assert "temperature" in capsys.readouterr().err and not (tmp_path / "cold.zarr").exists()
     sst().to_zarr(tmp_path / "fine.zarr")
     assert main(["downscale", str(tmp_path / "run"), "--train", str(tmp_path / "fine.zarr"), "--factor", "4",
                  "--train-steps", "1", "--no-progress"]) == 0

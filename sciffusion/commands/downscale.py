@@ -21,6 +21,8 @@ def add_arguments(parser):
     parser.add_argument("--members", type=int, default=16, help="ensemble size (default 16)")
     parser.add_argument("--steps", type=int, help="DDIM steps (default: the checkpoint's calibrated sampler)")
     parser.add_argument("--eta", type=float, help="DDIM eta (default: the checkpoint's calibrated sampler)")
+    parser.add_argument("--temperature", type=float,
+                        help="noise temperature, > 0: scales the starting noise (default: the checkpoint's sampler, else 1)")
     add_ensemble_output_arguments(parser)
     train = parser.add_argument_group("training (--train)")
     train.add_argument("--train", metavar="FINE", help="train on the fine fields in FINE (zarr/netCDF) and write CHECKPOINT")
@@ -56,8 +58,8 @@ def run(args) -> int:
               f"checkpoint in {model.checkpoint}")
         return 0
     model = Downscaler.load(args.checkpoint, device=args.device)
-    ds = model.downscale(open_dataset(args.coarse), args.members, steps=args.steps, eta=args.eta, seed=args.seed,
-                         batch_size=args.batch_size, out=args.out, mode=write_mode(args),
+    ds = model.downscale(open_dataset(args.coarse), args.members, steps=args.steps, eta=args.eta,
+                         temperature=args.temperature, seed=args.seed, batch_size=args.batch_size, out=args.out, mode=write_mode(args),
                          member_chunk=args.member_chunk, progress=not args.no_progress, device=args.device)
     print(f"wrote {dict(ds.sizes)} to {args.out} (sampler {ds.attrs['sampler']})")
     return 0
