@@ -186,7 +186,7 @@ def main() -> None:
             log(f"{label}: loaded {saved}")
             continue
         t0 = time.perf_counter()
-        run_dir = Path(f"/tmp/h4k_runs{'_quick' if q else ''}/{mode}")
+        run_dir = Path(__file__).parent.parent / "runs" / f"seeds_kolmogorov_reliable_emulate{'_quick' if q else ''}" / mode
         emu, steps, rec = train_and_select(mode, train, val, candidates, run_dir, log, **fit_kw)
         lat = emu.denoiser.net
         emus[label] = emu

@@ -239,7 +239,8 @@ def main() -> None:
     emus, val_record = {}, {}
     for label, mode in (("GEE", "emulation"), ("GPP", "post-processing")):
         t0 = time.perf_counter()
-        emu, steps, val_record[label] = train_and_select(mode, train, val, candidates, Path(f"/tmp/h4_runs/{mode}"), log)
+        run_dir = Path(__file__).parent.parent / "runs" / "seeds_lorenz96_two_scale_emulate" / mode
+        emu, steps, val_record[label] = train_and_select(mode, train, val, candidates, run_dir, log)
         emus[label] = emu
         val_record[label] = {"chosen_steps": steps, "candidates": val_record[label], "sampler": dict(emu.sampler)}
         timing[f"{label}_train_select_s"] = time.perf_counter() - t0
