@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from sciffusion.assimilate import Domains, analysis, gaspari_cohn, local_analysis, periodic_domains
+from sciffusion.assimilate.local import periodic_domains_2d
 
 D = 20
 JJ = torch.arange(0, D, 2)
@@ -181,3 +182,80 @@ def test_cycle_with_domains_runs_the_local_analysis_each_cycle_and_checks_the_op
         cycle(forecast, ens, other, obs, noise_std=0.5, domains=domains, function=torch.atan)
     with pytest.raises(TypeError, match="goes with domains="):
         cycle(forecast, ens, op, obs, noise_std=0.5, function=torch.atan)
+
+
+def _brute_force_2d(shape, obs_index, radius, block, obs_radius):
+    """Each domain's window, kept points and observation weights by loops over grid points."""
+    ny, nx = shape
+    per = lambda a, n: min(abs(a) % n, n - abs(a) % n)  # noqa: E731
+    out = []
+    for by in range(0, ny, block):
+        for bx in range(0, nx, block):
+            wy = range(by - radius, by + block + radius) if block + 2 * radius < ny else range(ny)
+            wx = range(bx - radius, bx + block + radius) if block + 2 * radius < nx else range(nx)
+            window = {(y % ny) * nx + x % nx for y in wy for x in wx}
+            kept = {y * nx + x for y in range(by, by + block) for x in range(bx, bx + block)}
+            weights = {}
+            for j, o in enumerate(obs_index.tolist()):
+                if o in window:
+                    dist = min((per(o // nx - y, ny) ** 2 + per(o % nx - x, nx) ** 2) ** 0.5
+                               for y in range(by, by + block) for x in range(bx, bx + block))
+                    weights[j] = (o, float(gaspari_cohn(torch.tensor(dist, dtype=torch.float64), obs_radius)))
+            out.append((window, kept, weights))
+    return out
+
+
+@pytest.mark.parametrize("radius, block", [(1, 2), (2, 3), (0, 1), (5, 3)])
+def test_periodic_domains_2d_equals_a_brute_force_construction(radius, block):
+    """Windows, kept blocks, observation slots (which observation, which window point) and
+    Gaspari-Cohn weights by 2-D periodic distance to the block agree with loops over the grid
+    (6 x 12 grid, so a radius-5 halo wraps the short axis whole; irregular observation points)."""
+    shape = (6, 12)
+    obs_index = torch.tensor([0, 5, 13, 22, 30, 41, 47, 50, 59, 66, 71])
+    dom = periodic_domains_2d(shape, obs_index, radius=radius, block=block, obs_radius=1.5)
+    dom.check(72, len(obs_index))
+    brute = _brute_force_2d(shape, obs_index, radius, block, 1.5)
+    assert dom.windows.shape[0] == len(brute)
+    for k, (window, kept, weights) in enumerate(brute):
+        assert set(dom.windows[k].tolist()) == window
+        assert set(dom.windows[k][dom.keep[k]].tolist()) == kept
+        used = dom.weight[k] > 0
+        got = {int(j): (int(dom.windows[k, p]), float(wt)) for j, p, wt in
+               zip(dom.obs[k][used], dom.obs_pos[k][used], dom.weight[k][used])}
+        want = {j: v for j, v in weights.items() if v[1] > 0}
+        assert got.keys() == want.keys()
+        for j in want:
+            assert got[j][0] == want[j][0]
+            assert got[j][1] == pytest.approx(want[j][1], abs=1e-12)
+
+
+def test_periodic_domains_2d_taper_and_whole_grid_domain_is_the_global_analysis():
+    """One 6 x 6 domain covering a 6 x 6 grid, with the window taper by 2-D periodic distance, is
+    ``analysis`` with that taper as its localisation (arctan of every second point of every
+    second row), to round-off."""
+    shape, n = (6, 6), 8
+    g = torch.Generator().manual_seed(2)
+    ens = 1.0 + 2.0 * torch.randn(n, *shape, generator=g, dtype=torch.float64)
+    obs_index = torch.tensor([y * 6 + x for y in range(0, 6, 2) for x in range(0, 6, 2)])
+    y = torch.atan(torch.randn(len(obs_index), generator=g, dtype=torch.float64))
+    iy, ix = torch.arange(36) // 6, torch.arange(36) % 6
+    per = lambda a: torch.minimum(a.abs(), 6 - a.abs())  # noqa: E731
+    dist = (per(iy[:, None] - iy[None]) ** 2 + per(ix[:, None] - ix[None]) ** 2).double().sqrt()
+    common = {"noise_std": 0.5, "steps": 8, "cg_iters": 3}
+    a = analysis(ens, lambda x: torch.atan(x.reshape(x.shape[0], 36)[:, obs_index]), y,
+                 localization=gaspari_cohn(dist, 2.0), generator=torch.Generator().manual_seed(3), **common)
+    dom = periodic_domains_2d(shape, obs_index, radius=3, block=6, taper_radius=2.0)
+    b = local_analysis(ens, y, domains=dom, function=torch.atan, generator=torch.Generator().manual_seed(3), **common)
+    assert float((a - ens).abs().max()) > 0.1
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-11)
+
+
+def test_periodic_domains_2d_bad_inputs_name_the_culprit():
+    with pytest.raises(ValueError, match="block"):
+        periodic_domains_2d((6, 8), [0], radius=1, block=4)
+    with pytest.raises(ValueError, match="radius"):
+        periodic_domains_2d((6, 6), [0], radius=-1)
+    with pytest.raises(ValueError, match="obs_index"):
+        periodic_domains_2d((6, 6), [36], radius=1)
+    with pytest.raises(ValueError, match="obs_radius"):
+        periodic_domains_2d((6, 6), [0], radius=1, obs_radius=0)

@@ -11,7 +11,7 @@ See ``docs/assimilation.md``.
 
 from sciffusion.assimilate.analysis import analysis, ensemble_prior, gaspari_cohn
 from sciffusion.assimilate.cycle import FilterResult, check_inputs, cycle
-from sciffusion.assimilate.local import Domains, LocalPrior, local_analysis, periodic_domains
+from sciffusion.assimilate.local import Domains, LocalPrior, local_analysis, periodic_domains, periodic_domains_2d
 from sciffusion.assimilate.run import assimilate, truth_and_observations
 from sciffusion.assimilate.scores import cycle_scores, plot_cycle_scores, summary
 from sciffusion.assimilate.smoother import TrajectoryDenoiser, TrajectoryOperator, smooth
@@ -19,5 +19,5 @@ from sciffusion.assimilate.window_prior import WindowDenoiser, WindowPrior, trai
 
 __all__ = ["Domains", "FilterResult", "LocalPrior", "TrajectoryDenoiser", "TrajectoryOperator", "WindowDenoiser",
            "WindowPrior", "analysis", "assimilate", "check_inputs", "cycle", "cycle_scores", "ensemble_prior",
-           "gaspari_cohn", "local_analysis", "periodic_domains", "plot_cycle_scores", "smooth", "summary",
-           "train_window_prior", "truth_and_observations"]
+           "gaspari_cohn", "local_analysis", "periodic_domains", "periodic_domains_2d", "plot_cycle_scores", "smooth",
+           "summary", "train_window_prior", "truth_and_observations"]

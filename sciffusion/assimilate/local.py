@@ -95,6 +95,23 @@ def _periodic(a: torch.Tensor, size: int) -> torch.Tensor:
     return torch.minimum(a, size - a)
 
 
+def _check_layout(sizes: tuple, obs_index, block, radius, obs_radius, taper_radius):
+    """The checked ``(block, radius, obs_index)`` of a periodic domain layout on a grid of ``sizes``."""
+    size = sizes[0] if len(sizes) == 1 else sizes
+    if isinstance(block, bool) or int(block) != block or block < 1 or any(n % int(block) for n in sizes):
+        raise ValueError(f"block must be a positive integer dividing the grid size {size}, got {block!r}")
+    if isinstance(radius, bool) or int(radius) != radius or radius < 0:
+        raise ValueError(f"radius must be a non-negative integer (grid points of halo), got {radius!r}")
+    for name, r in (("obs_radius", obs_radius), ("taper_radius", taper_radius)):
+        if r is not None and not r > 0:
+            raise ValueError(f"{name} must be positive (or None), got {r!r}")
+    loc = torch.as_tensor(obs_index, dtype=torch.long).reshape(-1)
+    total = int(torch.tensor(sizes).prod())
+    if loc.numel() and (int(loc.min()) < 0 or int(loc.max()) >= total):
+        raise ValueError(f"obs_index holds {'flat ' if len(sizes) > 1 else ''}grid points outside 0..{total - 1}")
+    return int(block), int(radius), loc
+
+
 def periodic_domains(size: int, obs_index, *, radius: int, block: int = 1, obs_radius: float | None = None,
                      taper_radius: float | None = None) -> Domains:
     """Contiguous domains on a 1-D periodic grid of ``size`` points (e.g. Lorenz-96).
@@ -110,17 +127,7 @@ def periodic_domains(size: int, obs_index, *, radius: int, block: int = 1, obs_r
             observation at full weight.
         taper_radius: Gaspari-Cohn half-width of a Schur taper of the window covariance; None: none.
     """
-    if isinstance(block, bool) or int(block) != block or block < 1 or size % int(block):
-        raise ValueError(f"block must be a positive integer dividing the grid size {size}, got {block!r}")
-    if isinstance(radius, bool) or int(radius) != radius or radius < 0:
-        raise ValueError(f"radius must be a non-negative integer (grid points of halo), got {radius!r}")
-    for name, r in (("obs_radius", obs_radius), ("taper_radius", taper_radius)):
-        if r is not None and not r > 0:
-            raise ValueError(f"{name} must be positive (or None), got {r!r}")
-    block, radius = int(block), int(radius)
-    loc = torch.as_tensor(obs_index, dtype=torch.long).reshape(-1)
-    if loc.numel() and (int(loc.min()) < 0 or int(loc.max()) >= size):
-        raise ValueError(f"obs_index holds grid points outside 0..{size - 1}")
+    block, radius, loc = _check_layout((size,), obs_index, block, radius, obs_radius, taper_radius)
     w = min(block + 2 * radius, size)
     starts = torch.arange(0, size, block)
     first = torch.zeros_like(starts) if w == size else (starts - radius) % size  # window start
@@ -146,6 +153,62 @@ def periodic_domains(size: int, obs_index, *, radius: int, block: int = 1, obs_r
     if taper_radius is not None:
         i = torch.arange(w)
         taper = gaspari_cohn(_periodic(i[:, None] - i[None], size).to(torch.float64), taper_radius)
+    return Domains(windows, keep, obs, pos, weight, taper)
+
+
+def periodic_domains_2d(shape, obs_index, *, radius: int, block: int = 1, obs_radius: float | None = None,
+                        taper_radius: float | None = None) -> Domains:
+    """Square domains on a 2-D doubly periodic grid ``(ny, nx)`` (e.g. Kolmogorov flow), row-major flat indices.
+
+    Args:
+        shape: ``(ny, nx)`` grid points.
+        obs_index: ``(n_obs,)`` flat grid point ``iy * nx + ix`` each observation reads.
+        radius: halo on each side: the window is ``(block + 2 radius)^2`` points (per axis the whole
+            axis once that reaches its length).
+        block: ``block x block`` points per domain (the analysed centre); must divide ``ny`` and ``nx``.
+        obs_radius: Gaspari-Cohn half-width of the R-localisation weight by the periodic Euclidean
+            distance from the observed point to the nearest point of the block; None: every window
+            observation at full weight.
+        taper_radius: Gaspari-Cohn half-width of a Schur taper of the window covariance by the
+            periodic Euclidean distance between points; None: none.
+    """
+    ny, nx = (int(v) for v in shape)
+    block, radius, loc = _check_layout((ny, nx), obs_index, block, radius, obs_radius, taper_radius)
+    axes = []
+    for n in (ny, nx):  # per axis: block starts, window starts and length
+        w = min(block + 2 * radius, n)
+        starts = torch.arange(0, n, block)
+        axes.append((starts, torch.zeros_like(starts) if w == n else (starts - radius) % n, w, n))
+    (sy, fy, wy, _), (sx, fx, wx, _) = axes
+    # domain k = (ky, kx) row-major; window point p = (py, px) row-major
+    first_y, first_x = fy.repeat_interleave(len(sx)), fx.repeat(len(sy))
+    start_y, start_x = sy.repeat_interleave(len(sx)), sx.repeat(len(sy))
+    rows = (first_y[:, None] + torch.arange(wy)) % ny  # (K, wy)
+    cols = (first_x[:, None] + torch.arange(wx)) % nx  # (K, wx)
+    windows = (rows[:, :, None] * nx + cols[:, None, :]).reshape(len(rows), wy * wx)
+    keep = ((((rows - start_y[:, None]) % ny) < block)[:, :, None]
+            & (((cols - start_x[:, None]) % nx) < block)[:, None, :]).reshape(windows.shape)
+    oy, ox = loc // nx, loc % nx
+    ry, rx = (oy[None] - first_y[:, None]) % ny, (ox[None] - first_x[:, None]) % nx  # (K, n_obs)
+    inside = (ry < wy) & (rx < wx)
+    count = inside.sum(1)
+    m = max(int(count.max()) if count.numel() else 0, 1)
+    order = torch.argsort((~inside).to(torch.int8), dim=1, stable=True)[:, :m] if loc.numel() else \
+        torch.zeros(len(rows), m, dtype=torch.long)
+    valid = torch.arange(m) < count[:, None]
+    obs = torch.where(valid, order, 0) if loc.numel() else order
+    pos = torch.where(valid, (ry * wx + rx).gather(1, order), 0) if loc.numel() else order
+    weight = valid.to(torch.float64)
+    if obs_radius is not None and loc.numel():
+        half = (block - 1) / 2
+        dy = (_periodic(oy[obs].to(torch.float64) - (start_y[:, None] + half), ny) - half).clamp_min(0)
+        dx = (_periodic(ox[obs].to(torch.float64) - (start_x[:, None] + half), nx) - half).clamp_min(0)
+        weight = weight * gaspari_cohn((dy**2 + dx**2).sqrt(), obs_radius)
+    taper = None
+    if taper_radius is not None:
+        py, px = windows[0] // nx, windows[0] % nx  # distances do not depend on the window's place
+        dist = (_periodic(py[:, None] - py[None], ny) ** 2 + _periodic(px[:, None] - px[None], nx) ** 2)
+        taper = gaspari_cohn(dist.to(torch.float64).sqrt(), taper_radius)
     return Domains(windows, keep, obs, pos, weight, taper)
 
 
