@@ -198,8 +198,6 @@ class SamplerCalibration:
         if criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {CRITERIA}; got {criterion!r}")
         self._check_student_rows(steps, s_noises)
-        for t in temperatures:  # before any sampling
-            check_temperature(t, "every value of temperatures")
         table = self.variance_curve(coarse_val, fine_val, steps=steps, etas=etas, s_noises=s_noises,
                                     temperatures=temperatures, n_members=n_members, seed=seed, batch_size=batch_size,
                                     device=device)
