@@ -174,9 +174,13 @@ def distill(teacher, train_data, *, calls: int = 2, method: str = "trajectory", 
             one such as :class:`sciffusion.testing.GaussianMixture` (then pass ``student``).
         train_data: dataset of ``{"x", "cond"}`` dicts: the teacher's training data ("progressive"
             noises it; "trajectory" takes only the shape of ``x`` and the conditions ``cond``).
-        calls: network calls per sample; ``teacher_steps / calls`` must be a power of two.
+        calls: network calls per sample; ``teacher_steps / calls`` must be an integer >= 2 ("trajectory")
+            or a power of two >= 2 ("progressive").
         method: ``"trajectory"`` or ``"progressive"``.
-        teacher_steps: Karras levels of the teacher's ODE (Heun for "trajectory", DDIM for "progressive").
+        teacher_steps: Karras levels of the teacher's ODE (Heun for "trajectory", DDIM for "progressive"),
+            from ``sigma_max`` to ``sigma_min`` with ``rho``. With ``teacher_steps``, ``sigma_min``,
+            ``sigma_max`` and ``rho`` of a model's own Heun sampler, a "trajectory" student learns
+            exactly the map from noise to sample that the model's default sampler computes.
         n_trajectories: teacher trajectories to learn from ("trajectory").
         student: the network to train (default: a copy of ``teacher``, which must then be a Denoiser).
         steps: training steps ("progressive": per round, log2(teacher_steps / calls) rounds).
@@ -192,8 +196,12 @@ def distill(teacher, train_data, *, calls: int = 2, method: str = "trajectory", 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     rounds = math.log2(teacher_steps / calls) if calls >= 1 and teacher_steps >= calls else -1
-    if rounds < 1 or rounds != int(rounds):
-        raise ValueError(f"teacher_steps / calls must be a power of two >= 2, got teacher_steps={teacher_steps}, calls={calls}")
+    if method == "progressive" and (rounds < 1 or rounds != int(rounds)):
+        raise ValueError(f"progressive: teacher_steps / calls must be a power of two >= 2 (one halving per round), "
+                         f"got teacher_steps={teacher_steps}, calls={calls}")
+    if method == "trajectory" and (calls < 1 or teacher_steps % calls or teacher_steps < 2 * calls):
+        raise ValueError(f"trajectory: teacher_steps must be a multiple of calls, at least twice it (the student's "
+                         f"levels are every (teacher_steps / calls)-th of the teacher's), got teacher_steps={teacher_steps}, calls={calls}")
     if student is None and not isinstance(teacher, Denoiser):
         raise ValueError("pass student= (a Denoiser to train) when the teacher is not a Denoiser to copy")
     with seeded(seed):

@@ -65,8 +65,43 @@ def test_student_checkpoint_round_trips_and_a_finished_run_is_not_trained_again(
         torch.testing.assert_close(other.sigmas, first.sigmas, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("kwargs,needle", [({"calls": 3}, "power of two"), ({"method": "consistency"}, "method"),
-                                           ({"student": None}, "student=")])
+def test_trajectories_on_a_models_own_heun_levels_end_where_its_sampler_ends():
+    """A 6-level Heun sampler from sigma_max 10 (a rollout emulator's default: 11 calls) kept every 3rd
+    level (a 2-call student's levels): the last kept state is, to float64 rounding, the sample that
+    ``sample(method="heun", steps=6, sigma_max=10)`` draws from the same start noise, so a student
+    distilled on these levels learns that sampler's own map from noise to sample."""
+    from sciffusion.diffusion import karras_sigmas
+
+    gm = two_modes()
+    sig = karras_sigmas(6, 0.002, 10.0)
+    states = teacher_trajectories(gm, sig, 3, 64, (2,), seed=5, dtype=torch.float64)
+    assert states.shape == (64, 3, 2)
+    direct = sample(gm, (64, 2), method="heun", steps=6, sigma_min=0.002, sigma_max=10.0, x=states[:, 0].clone(),
+                    dtype=torch.float64)
+    torch.testing.assert_close(states[:, -1], direct, rtol=1e-12, atol=1e-12)
+    mid = sample(gm, (64, 2), sigmas=sig[:4], method="heun", x=states[:, 0].clone(), dtype=torch.float64)  # 3 steps
+    torch.testing.assert_close(states[:, 1], mid, rtol=1e-12, atol=1e-12)
+
+
+def test_a_trajectory_student_takes_levels_that_are_not_a_power_of_two_apart():
+    """teacher_steps = 6, calls = 2 (every 3rd level) trains, and the student's noise levels are the
+    teacher's Karras levels 0, 3 and 6; progressive distillation still needs a power of two."""
+    from sciffusion.diffusion import karras_sigmas
+
+    gm = two_modes()
+    data = TensorPairs(gm.sample(64, torch.Generator().manual_seed(0)).float())
+    st = distill(gm, data, student=Denoiser(MLP(2, width=8, depth=1)), calls=2, teacher_steps=6, sigma_max=10.0,
+                 n_trajectories=32, steps=2, batch_size=8, progress=False)
+    torch.testing.assert_close(st.sigmas, karras_sigmas(6, 0.002, 10.0)[::3], rtol=0, atol=0)
+    assert st.calls == 2
+    with pytest.raises(ValueError, match="power of two"):
+        distill(gm, data, student=Denoiser(MLP(2, width=8, depth=1)), calls=2, teacher_steps=6, method="progressive",
+                steps=1, progress=False)
+
+
+@pytest.mark.parametrize("kwargs,needle", [({"calls": 3}, "multiple of calls"), ({"calls": 4, "teacher_steps": 6}, "multiple"),
+                                           ({"calls": 3, "teacher_steps": 3}, "at least twice"),
+                                           ({"method": "consistency"}, "method"), ({"student": None}, "student=")])
 def test_bad_settings_are_refused_naming_them(kwargs, needle):
     gm = two_modes()
     data = TensorPairs(gm.sample(64, torch.Generator().manual_seed(0)).float())

@@ -20,7 +20,12 @@ def add_arguments(parser):
     parser.add_argument("--method", default="trajectory", choices=("trajectory", "progressive"),
                         help="distillation method (default trajectory)")
     parser.add_argument("--steps", type=int, default=4000, help="training steps (default 4000)")
-    parser.add_argument("--teacher-steps", type=int, default=64, help="Karras levels of the teacher's ODE (default 64)")
+    parser.add_argument("--teacher-steps", type=int, default=64,
+                        help="Karras levels of the teacher's ODE (default 64): a multiple of --calls, at least twice it "
+                             "(trajectory) or a power-of-two multiple (progressive)")
+    parser.add_argument("--sigma-max", type=float, default=80.0,
+                        help="the teacher ODE's top noise level (default 80; with --teacher-steps equal to the model's "
+                             "Heun steps and its sigma_max, the student learns that sampler's own map)")
     parser.add_argument("--trajectories", type=int, default=20000, help="teacher trajectories (default 20000)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
@@ -30,6 +35,8 @@ def add_arguments(parser):
 
 def run(args) -> int:
     require_min(args, 1, "calls", "steps", "teacher_steps", "trajectories", "batch_size")
+    if not args.sigma_max > 0:
+        raise UserError(f"--sigma-max must be > 0, got {args.sigma_max}")
     require_min(args, 0, "seed")
     refuse_overlap(args.out, "-o", {"RUN": args.run})
 
@@ -47,6 +54,7 @@ def run(args) -> int:
     pairs = pairs_from_spec(open_dataset(config["data"]["path"]), config["data"], normalizer)
     kept = {k: config[k] for k in ("data", "normalizer") if k in config}
     student = distill(teacher, pairs, calls=args.calls, method=args.method, teacher_steps=args.teacher_steps,
+                      sigma_max=args.sigma_max,
                       n_trajectories=args.trajectories, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                       out_dir=args.out, device=args.device, progress=not args.no_progress, config=kept)
     print(f"distilled {args.run} into {student.calls} call(s) per member: {args.out}/student "
