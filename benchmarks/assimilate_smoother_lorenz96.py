@@ -53,7 +53,7 @@ NX, DT, OBS_EVERY_VAR, OBS_EVERY_STEP, NOISE = 40, 0.05, 4, 2, 1.0
 JJ = np.arange(0, NX, OBS_EVERY_VAR)
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "assimilate_smoother_lorenz96.json"
-PRIORS = Path("/tmp/sda_priors")
+PRIORS = Path(__file__).resolve().parents[1] / "runs" / "sda_priors"
 
 
 # ------------------------------------------------------------------ training

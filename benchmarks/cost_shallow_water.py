@@ -455,7 +455,7 @@ def main(argv=None) -> int:
     print("timing (ms per member per 4-lead forecast, 1 thread):", flush=True)
     cost = time_costs(sw, test, emulators, args.repeats, args.ref_repeats, args.time_batch)
     tuned_ms = cost["tuned solver (dt=600 s float32)"]
-    head = ("ensemble", "ms/member/forecast", "tuned/this", f"CRPS/physics (95% boot.)", "SSR",
+    head = ("ensemble", "ms/member/forecast", "tuned/this", "CRPS/physics (95% boot.)", "SSR",
             "CRPS/physics vs control")
     rows = [head]
     cost_of = {physics: cost.get("reference solver (dt=600 s float64)"), f"tuned solver-{M} (dt=600 s float32)": tuned_ms,

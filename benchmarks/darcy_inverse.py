@@ -190,7 +190,7 @@ def main() -> None:
     p.add_argument("--settings", nargs="+", default=["dps", "residual", "mmps", "pidm+dps", "pidm+residual", "pidm+mmps"],
                    help="[pidm+]{dps,mmps,residual,solve}: prior and guidance (solve: DPS through the exact PDE "
                         "solve of the coefficient channel, DarcyProjection)")
-    p.add_argument("--workdir", default="/tmp/sciffusion_darcy_inverse")
+    p.add_argument("--workdir", default=str(Path(__file__).resolve().parents[1] / "runs" / "darcy_inverse"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "darcy_inverse.json"))
     p.add_argument("--device", default="cpu", help="training device")

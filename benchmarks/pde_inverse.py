@@ -366,7 +366,7 @@ def parse(argv=None):
     p.add_argument("--data-workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="smoke: 16 x 16, 64 training pairs, few steps and cases")
-    p.add_argument("--work", default="/tmp/sciffusion_pde_inverse")
+    p.add_argument("--work", default=str(Path(__file__).resolve().parents[1] / "runs" / "pde_inverse"))
     p.add_argument("--prior-from", help="a folder with the priors' run folders (EMA weights): load them, train nothing")
     p.add_argument("--out", help="JSON prefix (default benchmarks/results/pde_inverse_<grid>)")
     args = p.parse_args(argv)

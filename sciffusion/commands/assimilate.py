@@ -15,8 +15,12 @@ Examples::
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from sciffusion.commands._common import UserError, add_resume_arguments, write_mode
+
+if TYPE_CHECKING:  # the command imports torch only when it runs
+    import torch
 
 NAME = "assimilate"
 HELP = "run a cycled data-assimilation twin experiment from a TOML config to zarr"
