@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from sciffusion.assimilate.analysis import analysis
+from sciffusion.assimilate.forecast_prior import check_prior, forecast_prior_analysis
 from sciffusion.assimilate.local import Domains, local_analysis
 from sciffusion.inverse import as_operator
 
@@ -96,7 +97,7 @@ def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tens
           generator: torch.Generator | None = None,
           callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
           domains: Domains | None = None, function: Callable[[torch.Tensor], torch.Tensor] | None = None,
-          **analysis_options) -> FilterResult:
+          prior=None, **analysis_options) -> FilterResult:
     """Run ``T`` cycles: ``x_f = forecast(x_a)``, ``x_a = analysis(x_f, operator, y_t)``.
 
     Args:
@@ -112,18 +113,27 @@ def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tens
             domains and the elementwise observation function (None: identity); ``operator`` must then
             be the same pointwise observation, ``function(x[..., obs_index])``, which is checked on the
             initial ensemble before the first cycle. None (default): the global ``analysis``.
+        prior: a trained :class:`~sciffusion.assimilate.ForecastPrior` (or a conditional denoiser
+            ``(x, sigma, cond=x_f)``): analyse by :func:`~sciffusion.assimilate.forecast_prior_analysis`,
+            each member drawn from ``p(x | its forecast, y)``. None (default): the forecast ensemble's prior.
         **analysis_options: keywords of :func:`~sciffusion.assimilate.analysis` (``bandwidth``,
             ``inflation``, ``localization``, ``guidance``, ``steps``, ``start``, ``cg_iters``...).
     """
     observations = torch.as_tensor(observations)
     std = check_inputs(ensemble, operator, observations, noise_std, n_cycles)
     check_domains(ensemble, operator, domains, function)
+    if prior is not None:
+        if domains is not None:
+            raise TypeError("prior= (a trained forecast prior) analyses the whole state; it takes no domains=")
+        check_prior(prior, ensemble)
     x = ensemble
     fcs, ans, secs = [], [], []
     for t in range(observations.shape[0]):
         xf = forecast(x)
         start = time.perf_counter()
-        x = analyse(xf, operator, observations[t], std[t], domains, function, generator, analysis_options)
+        x = (analyse(xf, operator, observations[t], std[t], domains, function, generator, analysis_options)
+             if prior is None else forecast_prior_analysis(prior, xf, operator, observations[t], noise_std=std[t],
+                                                           generator=generator, **analysis_options))
         secs.append(time.perf_counter() - start)
         fcs.append(xf)
         ans.append(x)
