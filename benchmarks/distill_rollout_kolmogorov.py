@@ -121,19 +121,49 @@ def score(model: Rollout, traj: np.ndarray, args, kf, log, label: str) -> dict:
     t0 = time.perf_counter()
     res["validation_skill_run_B"] = ensemble_skill(model, traj[1:2], args.val_n_init, args.members, args.val_leads, forcings)
     t1 = time.perf_counter()
+    m = args.climate_members
     try:
-        x = model.rollout(init_state(traj, 0, 0), args.steps, n_members=1, seed=0, progress=False,
-                          forcings=forcings).vorticity.values[0]
+        x = model.rollout(init_state(traj, 0, 0), args.steps, n_members=m, seed=0, progress=False,
+                          forcings=forcings).vorticity.values
     except FloatingPointError as exc:
         x, res["diverged"] = np.full(1, np.nan), str(exc)
     t2 = time.perf_counter()
     res.update(rollout_s=t2 - t1, finite=bool(np.isfinite(x).all()))
     if res["finite"]:
-        res.update(bias(climate(x, kf), climate(traj[0], kf)))
+        ref = climate(traj[0], kf)
+        res.update(bias(climate(x.reshape(-1, *x.shape[2:]), kf), ref))  # m = 1: the single rollout's figures
+        if m > 1:  # each member's figures: a 1,000-step rollout's expected figure and its spread
+            res["climate_per_member"] = [bias(climate(xi, kf), ref) for xi in x]
+            res["climate_pooled_over_members"] = m
     res["skill"] = ensemble_skill(model, traj[:1], args.n_init, args.members, args.leads, forcings)
     res["score_s"] = time.perf_counter() - t0
     log(f"{label}: {res['calls_per_step']:.0f} calls/step, rollout {res['rollout_s']:.0f} s, scored in {res['score_s']:.0f} s")
     return res
+
+
+def fresh_run(n_steps: int, seed: int) -> np.ndarray:
+    """One physics run ``(1, n_steps + 1, 32, 32)`` set up like ``physics``'s four (same flow, spin-up and
+    output interval) from initial-state seed ``seed``: a test run no model or choice has seen."""
+    kf = KolmogorovFlow(n=SETUP["n"], reynolds=SETUP["reynolds"], drag=SETUP["drag"], k_forcing=SETUP["k_forcing"])
+    x = kf.step(kf.initial_state(1, torch.Generator().manual_seed(seed)), SETUP["spinup_steps"])
+    out = np.empty((1, n_steps + 1, SETUP["n"], SETUP["n"]), np.float32)
+    out[:, 0] = x.numpy()
+    for k in range(1, n_steps + 1):
+        x = kf.step(x, SETUP["every"])
+        out[:, k] = x.numpy()
+    return out
+
+
+def member_ratio(r: dict, t: dict, key: str, n_boot: int = 2000) -> dict:
+    """Mean over members of a student's per-member climate figure over the teacher's, with a 95%
+    bootstrap interval (members resampled independently for each model; the reference run is common)."""
+    a = np.array([c[key] for c in r["climate_per_member"]])
+    b = np.array([c[key] for c in t["climate_per_member"]])
+    g = np.random.default_rng(0)
+    boot = [a[g.integers(0, len(a), len(a))].mean() / b[g.integers(0, len(b), len(b))].mean() for _ in range(n_boot)]
+    return {"ratio": float(a.mean() / b.mean()), "ci95": [float(v) for v in np.percentile(boot, [2.5, 97.5])],
+            "student_mean": float(a.mean()), "teacher_mean": float(b.mean()),
+            "student_sd": float(a.std(ddof=1)), "teacher_sd": float(b.std(ddof=1))}
 
 
 def fine_teacher(teacher: Rollout, traj: np.ndarray, args) -> dict:
@@ -202,7 +232,21 @@ def main() -> None:
     p.add_argument("--n-trajectories", type=int, default=192, help="distill's n_trajectories (public default 20000)")
     p.add_argument("--distill-steps", type=int, default=300, help="distill's training steps (public default 4000)")
     p.add_argument("--batch-size", type=int, default=32, help="distill's batch size (public default 256)")
-    p.add_argument("--teacher-steps", type=int, default=64, help="distill's teacher_steps (public default 64)")
+    p.add_argument("--teacher-steps", type=int, default=64,
+                   help="distill's teacher_steps (public default 64; --teacher-ode default takes the sampler's)")
+    p.add_argument("--teacher-ode", choices=("default", "fine"), default="default",
+                   help="the ODE the students learn: 'default' = the teacher's own saved sampler (Heun, its steps and "
+                        "sigma_min/sigma_max: the map from noise to sample that the teacher computes at its default "
+                        "calls), 'fine' = distill's public default (Heun on --teacher-steps levels from sigma_max 80)")
+    p.add_argument("--test-seed", type=int, default=None,
+                   help="score on a fresh physics run from this seed (spun up like runs A-D) instead of run A")
+    p.add_argument("--climate-members", type=int, default=1,
+                   help="climate figures of this many --steps rollouts (one batch, seed 0) pooled, with per-member "
+                        "figures and bootstrap intervals of the student / teacher ratios")
+    p.add_argument("--stage", choices=("all", "teacher", "distill", "validate"), default="all",
+                   help="'teacher': score the teacher only; 'distill': train the students only (run the two in "
+                        "parallel processes on one --work, then 'all' scores the rest and the cost); 'validate': "
+                        "the students' skill on the validation run B only, beside the teacher's (nothing on the test run)")
     p.add_argument("--n-init", type=int, default=4, help="test initial states (rollout_kolmogorov.py: 8)")
     p.add_argument("--members", type=int, default=8)
     p.add_argument("--leads", type=int, default=20, help="scored leads (rollout_kolmogorov.py: 50)")
@@ -210,8 +254,8 @@ def main() -> None:
     p.add_argument("--val-leads", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats")
     p.add_argument("--climate-seeds", type=int, default=2, help="rollouts (seeds 0..) whose climate figures are kept")
-    p.add_argument("--cache", default="/tmp/rollout_kolmogorov_physics.npy", help="physics cache (rollout_kolmogorov.py's)")
-    p.add_argument("--work", default="/tmp/distill_rollout_kolmogorov", help="students and finished scores (resume)")
+    p.add_argument("--cache", default=str(HERE.parent / "runs" / "rollout_kolmogorov_physics.npy"), help="physics cache (rollout_kolmogorov.py's)")
+    p.add_argument("--work", default=str(HERE.parent / "runs" / "distill_rollout_kolmogorov"), help="students and finished scores (resume)")
     p.add_argument("--fine-teacher", action="store_true",
                    help="only the diagnostic: the teacher's skill on run B sampled by the students' target ODE "
                         "(Heun, teacher_steps levels from sigma_max 80) and by its default; merged into the results")
@@ -226,15 +270,20 @@ def main() -> None:
     log = lambda s: print(s, flush=True)  # noqa: E731
     t_start, work, meta = time.time(), Path(args.work), run_meta()  # the load at the start of the run
     work.mkdir(parents=True, exist_ok=True)
+    if args.teacher_ode == "default":
+        args.teacher_steps = int(Rollout.load(TEACHER).sampler["steps"])
     settings = {k: getattr(args, k) for k in ("steps", "n_trajectories", "distill_steps", "batch_size", "teacher_steps",
                                               "n_init", "members", "leads", "val_n_init", "val_leads", "repeats")}
+    settings.update({k: getattr(args, k) for k in ("teacher_ode", "test_seed", "climate_members") if getattr(args, k) not in ("fine", None, 1)})
     prev = work / "settings.json"
     if prev.exists() and json.loads(prev.read_text()) != settings:
         p.error(f"{work} holds a run with other settings ({prev}); pass another --work")
     prev.write_text(json.dumps(settings))
 
     traj = physics(args.steps, Path(args.cache) if args.cache else None)
-    log(f"physics: 4 runs x {traj.shape[1]} times ready in {time.time() - t_start:.0f} s")
+    if args.test_seed is not None:  # run A is replaced by a fresh run; B (validation) and C, D (training) stay
+        traj = np.concatenate([fresh_run(args.steps, args.test_seed), traj], 0)[[0, 2, 3, 4, 1]]
+    log(f"physics: {len(traj)} runs x {traj.shape[1]} times ready in {time.time() - t_start:.0f} s")
     if args.fine_teacher:
         diag = {"meta": {**meta, "wall_s": None}, **fine_teacher(Rollout.load(TEACHER), traj, args)}
         diag["meta"]["wall_s"] = time.time() - t_start
@@ -249,7 +298,9 @@ def main() -> None:
         return
     kf = KolmogorovFlow(n=SETUP["n"])
     ref = climate(traj[0], kf)
-    floors = {f"physics floor ({r} vs A)": bias(climate(traj[i], kf), ref) for i, r in ((1, "B"), (2, "C"), (3, "D"))}
+    test_name = "A" if args.test_seed is None else f"test seed {args.test_seed}"
+    others = ((1, "B"), (2, "C"), (3, "D")) + (((4, "A"),) if args.test_seed is not None else ())
+    floors = {f"physics floor ({r} vs {test_name})": bias(climate(traj[i], kf), ref) for i, r in others}
 
     teacher = Rollout.load(TEACHER)
     models, rows, distill_rec = {"teacher": teacher}, {}, {}
@@ -263,8 +314,13 @@ def main() -> None:
         path.write_text(json.dumps(res))
         return res
 
-    rows["teacher"] = scored("teacher", teacher)
-    first = None
+    if args.stage != "distill":
+        rows["teacher"] = scored("teacher", teacher)
+    if args.stage == "teacher":
+        return
+    ode = {"sigma_min": teacher.sampler.get("sigma_min", 0.002), "sigma_max": teacher.sampler["sigma_max"],
+           "rho": teacher.sampler.get("rho", 7.0)} if args.teacher_ode == "default" else {"sigma_max": DISTILL_DEFAULTS["sigma_max"]}
+    first, val_rec = None, {}
     for calls in sorted(args.calls, reverse=True):
         out = work / f"student_{calls}"
         if first is not None and first[1] % calls == 0:  # its levels are every (first / calls)-th of the first's
@@ -274,7 +330,7 @@ def main() -> None:
         t0 = time.time()
         student = distill(teacher.denoiser, pairs, calls=calls, teacher_steps=args.teacher_steps,
                           n_trajectories=args.n_trajectories, steps=args.distill_steps, batch_size=args.batch_size,
-                          out_dir=out, progress=False, threads=1)
+                          out_dir=out, progress=False, threads=1, **ode)
         rec_path = out / f"distill_time_{args.distill_steps}.json"
         if not rec_path.exists():  # the wall time of the call that trained it (from `resumed` if set)
             rec_path.write_text(json.dumps({"distill_s": time.time() - t0, "resumed_from": resumed}))
@@ -282,11 +338,39 @@ def main() -> None:
         distill_rec[calls] = {**json.loads(rec_path.read_text()), "reused_trajectories_of_calls": reused}
         log(f"student {calls}: distilled ({distill_rec[calls]['distill_s']:.0f} s)")
         first = first or (out, calls)
+        if args.stage == "distill":
+            first = first or (out, calls)
+            continue
+        if args.stage == "validate":
+            first = first or (out, calls)
+            t_val = json.loads((work / "score_teacher.json").read_text())["validation_skill_run_B"]
+            val = ensemble_skill(teacher.with_student(student), traj[1:2], args.val_n_init, args.members, args.val_leads,
+                                 pattern())
+            (work / f"validation_student_{calls}.json").write_text(json.dumps(val))
+            val_rec.setdefault("students", {})[f"{calls} calls"] = {
+                "skill": val, "crps_ratio_to_teacher": [a / b for a, b in zip(val["crps"], t_val["crps"])],
+                "ssr_minus_teacher": [a - b for a, b in zip(val["spread_skill"], t_val["spread_skill"])],
+                "distill": json.loads((out / f"distill_time_{args.distill_steps}.json").read_text())}
+            val_rec["teacher"] = t_val
+            log(f"student {calls}, run B: CRPS / teacher " + " ".join(f"{a / b:.3f}" for a, b in zip(val["crps"], t_val["crps"]))
+                + "; spread-skill - teacher's " + " ".join(f"{a - b:+.2f}" for a, b in zip(val["spread_skill"], t_val["spread_skill"])))
+            continue
         label = f"student, {calls} calls"
         models[label] = teacher.with_student(student)
         rows[label] = scored(label, models[label])
         rows[label]["distill"] = distill_rec[calls]
 
+    if args.stage == "validate" and not args.quick:  # the validation record, merged per (ODE, length, students)
+        path = HERE / "results" / "distill_rollout_kolmogorov_validation.json"
+        record = json.loads(path.read_text()) if path.exists() else {}
+        key = f"teacher ODE {args.teacher_ode}, n_trajectories={args.n_trajectories}, steps={args.distill_steps}"
+        prev = record.get(key, {}).get("students", {})
+        record[key] = {"meta": {**meta, "wall_s": time.time() - t_start}, "settings": settings,
+                       "validation_run": "B", **val_rec, "students": {**prev, **val_rec.get("students", {})}}
+        path.write_text(json.dumps(record, indent=1))
+        log(f"wrote {path}")
+    if args.stage in ("distill", "validate"):
+        return
     costs = cost(models, traj, args.repeats)
     for label in rows:
         rows[label]["cost"] = costs[label]
@@ -303,6 +387,20 @@ def main() -> None:
         r["ssr_minus_teacher"] = [a - b for a, b in zip(r["skill"]["spread_skill"], t["skill"]["spread_skill"])]
         r["val_crps_ratio_to_teacher"] = [a / b for a, b in zip(r["validation_skill_run_B"]["crps"],
                                                                 t["validation_skill_run_B"]["crps"])]
+        r["val_ssr_minus_teacher"] = [a - b for a, b in zip(r["validation_skill_run_B"]["spread_skill"],
+                                                            t["validation_skill_run_B"]["spread_skill"])]
+        if label != "teacher" and "climate_per_member" in r and "climate_per_member" in t:
+            r["climate_member_ratio_to_teacher"] = {k: member_ratio(r, t, k) for k in ("mean_bias_rms", "var_bias_rms",
+                                                                                        "spectrum_error")}
+        if label != "teacher":  # issue 21: CRPS within 2%, spread-skill within +-0.05, climate figures within 10%
+            cr, ds = np.array(r["crps_ratio_to_teacher"]), np.array(r["ssr_minus_teacher"])
+            clim = r.get("climate_member_ratio_to_teacher", {})
+            r["targets"] = {"crps_ratio_mean_over_leads": float(cr.mean()), "crps_ratio_range": [float(cr.min()), float(cr.max())],
+                            "crps_within_2pct_every_lead": bool((np.abs(cr - 1) <= 0.02).all()),
+                            "crps_within_2pct_mean_over_leads": bool(abs(cr.mean() - 1) <= 0.02),
+                            "ssr_diff_range": [float(ds.min()), float(ds.max())],
+                            "ssr_within_0.05_every_lead": bool((np.abs(ds) <= 0.05).all()),
+                            "climate_within_10pct": {k: bool(abs(v["ratio"] - 1) <= 0.10) for k, v in clim.items()}}
     print(table(rows, floors))
     result = {"meta": {**meta, "wall_s": time.time() - t_start}, "setup": {**SETUP, "emulator_dt": 0.5, "threads": 1},
               "teacher": str(TEACHER.relative_to(HERE.parent)), "settings": settings, "distill_public_defaults": DISTILL_DEFAULTS,
@@ -313,7 +411,10 @@ def main() -> None:
         print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1, default=str)[:2000])
         return
     runs = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    runs.setdefault("runs", {})[f"n_trajectories={args.n_trajectories}, steps={args.distill_steps}"] = result
+    key = f"n_trajectories={args.n_trajectories}, steps={args.distill_steps}"
+    if args.teacher_ode == "default":
+        key += f", teacher ODE = its default sampler, test seed {args.test_seed}, {args.climate_members} climate members"
+    runs.setdefault("runs", {})[key] = result
     RESULTS.write_text(json.dumps(runs, indent=1, default=str))
     log(f"wrote {RESULTS} ({time.time() - t_start:.0f} s)")
 
