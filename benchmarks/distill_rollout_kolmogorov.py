@@ -3,8 +3,11 @@
 Teacher: the autoregressive emulator with the forcing pattern trained on an H100
 (``benchmarks/models/rollout_kolmogorov_ar_pattern_gpu``, U-Net [32, 64, 128]) at its saved default
 sampler (Heun, 6 steps from ``sigma_max = 10``: 11 network calls per rollout step). Students:
-``sciffusion.distill.distill`` of its denoiser (trajectory method, 64 teacher levels, the student
-starts from the teacher's weights) at 2 and 4 calls, sampling through ``Rollout.with_student``.
+``sciffusion.distill.distill`` of its denoiser (trajectory method, the student starts from the
+teacher's weights), sampling through ``Rollout.with_student``. ``--teacher-ode default`` (default)
+distils the teacher's own sampler (its 6 levels: 1, 2 or 3 calls, e.g. ``--calls 3 2``);
+``--teacher-ode fine`` distils ``distill``'s public-default ODE (64 levels from sigma_max 80; 2 and 4
+calls), the setting of the first runs in the results JSON.
 
 Data: the four physics runs of ``rollout_kolmogorov.py`` (same seed, same solver, its ``physics``
 cache format): run A is the test run, run B the validation run, runs C and D are the teacher's
