@@ -230,7 +230,8 @@ def table(rows: dict, floors: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--calls", type=int, nargs="+", default=[4, 2], help="student calls (the largest is distilled first)")
+    p.add_argument("--calls", type=int, nargs="+", default=None,
+                   help="student calls, the largest distilled first (default: 3 2 for --teacher-ode default, 4 2 for fine)")
     p.add_argument("--steps", type=int, default=1000, help="rollout length (emulator steps of dt = 0.5)")
     p.add_argument("--n-trajectories", type=int, default=192, help="distill's n_trajectories (public default 20000)")
     p.add_argument("--distill-steps", type=int, default=300, help="distill's training steps (public default 4000)")
@@ -275,6 +276,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     if args.teacher_ode == "default":
         args.teacher_steps = int(Rollout.load(TEACHER).sampler["steps"])
+    if args.calls is None:
+        args.calls = [3, 2] if args.teacher_ode == "default" else [4, 2]
     settings = {k: getattr(args, k) for k in ("steps", "n_trajectories", "distill_steps", "batch_size", "teacher_steps",
                                               "n_init", "members", "leads", "val_n_init", "val_leads", "repeats")}
     settings.update({k: getattr(args, k) for k in ("teacher_ode", "test_seed", "climate_members") if getattr(args, k) not in ("fine", None, 1)})
