@@ -123,9 +123,7 @@ def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tens
     std = check_inputs(ensemble, operator, observations, noise_std, n_cycles)
     check_domains(ensemble, operator, domains, function)
     if prior is not None:
-        if domains is not None:
-            raise TypeError("prior= (a trained forecast prior) analyses the whole state; it takes no domains=")
-        check_prior(prior, ensemble)
+        check_prior(prior, ensemble, domains)
     x = ensemble
     fcs, ans, secs = [], [], []
     for t in range(observations.shape[0]):

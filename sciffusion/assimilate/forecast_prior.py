@@ -220,9 +220,12 @@ class ForecastStart:
         return forward_step(self.step, denoiser, x, sigma, sigma_next, sigmas=sigmas, cond=cond, **kwargs)
 
 
-def check_prior(prior, ensemble: torch.Tensor):
+def check_prior(prior, ensemble: torch.Tensor, domains=None):
     """The conditional denoiser of ``prior`` (a :class:`ForecastPrior` or any ``(x, sigma, cond=x_f)``
-    denoiser of the state); ValueError if its state shape is not the ensemble's ``(N, *state)``."""
+    denoiser of the state); ValueError if its state shape is not the ensemble's ``(N, *state)``,
+    TypeError if ``domains`` (a localised analysis) is given too."""
+    if domains is not None:
+        raise TypeError("prior= (a trained forecast prior) analyses the whole state; it takes no domains=")
     den = prior.conditional() if isinstance(prior, ForecastPrior) else prior
     if not callable(den):
         raise TypeError(f"prior must be a ForecastPrior or a conditional denoiser, got {type(prior).__name__}")

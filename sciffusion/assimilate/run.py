@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import time as _time
@@ -36,7 +37,9 @@ import numpy as np
 import torch
 import xarray as xr
 
+from sciffusion.assimilate.analysis import analysis
 from sciffusion.assimilate.cycle import analyse, check_domains, check_inputs
+from sciffusion.assimilate.forecast_prior import ForecastPrior, check_prior, forecast_prior_analysis
 from sciffusion.assimilate.local import Domains
 from sciffusion.diffusion import member_generators
 from sciffusion.systems.base import member_generator, steps_in
@@ -61,6 +64,46 @@ def _describe(operator, x0: torch.Tensor) -> str:
     name = getattr(operator, "__qualname__", type(operator).__name__)
     with torch.no_grad():
         return f"{name} {_fingerprint(torch.as_tensor(operator(x0)))}"
+
+
+def _prior(prior, x0: torch.Tensor, domains, options: dict) -> tuple[object, str, str | None]:
+    """``(prior, description, path)``: the prior (a saved one loaded onto the ensemble's device), checked on
+    the initial ensemble as :func:`~sciffusion.assimilate.cycle` checks it, with the description the
+    provenance records: a :class:`ForecastPrior` by a hash of its weights and normalisation (the same
+    prior in memory or saved gives the same record), any other conditional denoiser by its name and a
+    hash of its output on the initial ensemble (as ``_describe`` an operator)."""
+    path = None
+    if isinstance(prior, (str, os.PathLike)):
+        path = os.fspath(prior)
+        prior = ForecastPrior.load(path, device=x0.device)
+    den = check_prior(prior, x0, domains)
+    # options of the ensemble prior's analysis() that the forecast prior's analysis does not take
+    own = set(inspect.signature(analysis).parameters) - set(inspect.signature(forecast_prior_analysis).parameters)
+    if own & set(options):
+        raise TypeError(f"option(s) {sorted(own & set(options))} belong to the ensemble prior's analysis(); "
+                        "with prior= the analysis is forecast_prior_analysis, which does not take them")
+    if isinstance(prior, ForecastPrior):
+        weights = [t.detach().cpu().double().flatten() for t in prior.denoiser.state_dict().values()]
+        tensors = torch.cat([*weights, prior.mean.flatten(), prior.std.flatten(),
+                             torch.tensor([prior.scale], dtype=torch.float64)])
+        return prior, f"ForecastPrior {_fingerprint(tensors)}", path
+    name = getattr(prior, "__qualname__", type(prior).__qualname__)
+    sigma = torch.full((x0.shape[0],), float(getattr(den, "scale", 1.0)), dtype=torch.float64, device=x0.device)
+    with torch.no_grad():
+        return prior, f"{name} {_fingerprint(den(x0.to(torch.float64), sigma, cond=x0.to(torch.float64)))}", path
+
+
+def _refuse_a_stored_prior(out) -> None:
+    """ValueError if the store ``out`` (to be resumed without a prior) was written with ``prior=``."""
+    import zarr
+
+    try:
+        stored = zarr.open_group(os.fspath(out), mode="r", use_consolidated=False).attrs.get("prior")
+    except FileNotFoundError:  # no store there, or no zarr group: the BlockStore says which
+        return
+    if stored is not None and stored != "None":
+        raise ValueError(f"cannot resume {os.fspath(out)!r}: it was written with other settings (prior: stored "
+                         f"{stored!r}, now none); use --overwrite (mode='w') or resume with the same settings")
 
 
 def _state_shape(model) -> tuple[int, ...]:
@@ -148,7 +191,7 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
                cycles_per_block: int = 10, progress: bool = True,
                callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
                domains: Domains | None = None, function: Callable[[torch.Tensor], torch.Tensor] | None = None,
-               **analysis_options) -> xr.Dataset:
+               prior=None, **analysis_options) -> xr.Dataset:
     """Assimilate ``observations`` cycle by cycle into ensemble forecasts of ``model``; see the module docstring.
 
     Args:
@@ -171,7 +214,16 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
         domains, function: analyse each cycle by :func:`~sciffusion.assimilate.local_analysis` (large
             states), as in :func:`~sciffusion.assimilate.cycle`; ``operator`` must be the same pointwise
             observation (checked before the first cycle).
-        **analysis_options: keywords of :func:`~sciffusion.assimilate.analysis`.
+        prior: a trained :class:`~sciffusion.assimilate.ForecastPrior`, the path of one saved with
+            :meth:`~sciffusion.assimilate.ForecastPrior.save`, or any conditional denoiser
+            ``(x, sigma, cond=x_f)`` of the state: analyse each cycle by
+            :func:`~sciffusion.assimilate.forecast_prior_analysis`, as :func:`~sciffusion.assimilate.cycle`
+            does with ``prior=``; its state shape is checked before the first cycle (no ``domains``).
+            Recorded in the attributes as ``prior`` (a hash of its weights; ``prior_path`` when loaded
+            from a path), so a resume with another prior is refused. None (default): the forecast
+            ensemble's prior.
+        **analysis_options: keywords of :func:`~sciffusion.assimilate.analysis` (with ``prior``: of
+            :func:`~sciffusion.assimilate.forecast_prior_analysis`).
 
     Returns the Dataset of the module docstring (opened from the store with ``out=``), with the
     provenance (settings, seed, sciffusion version) in its attributes.
@@ -207,6 +259,9 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
                      if isinstance(noise_std, xr.DataArray) else noise_std, dtype=np.float64)
     std = check_inputs(x0, operator, y, torch.as_tensor(std), len(steps))
     check_domains(x0, operator, domains, function)
+    prior_path = None
+    if prior is not None:
+        prior, prior_description, prior_path = _prior(prior, x0, domains, analysis_options)
     if truth is not None:
         truth = truth.transpose("time", ...)
         if truth.sizes.get("time") != len(steps):
@@ -222,9 +277,14 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
         fields = [getattr(domains, f.name) for f in dataclasses.fields(domains)]
         settings["domains"] = _fingerprint(torch.cat([v.flatten().double() for v in fields if v is not None]))
         settings["function"] = getattr(function, "__qualname__", repr(function))
+    if prior is not None:  # a store written with another prior (or none) does not resume
+        settings["prior"] = prior_description
     attrs = {"title": f"sciffusion {model.name} assimilation", "Conventions": "CF-1.8",
              "source": f"sciffusion {__version__} sciffusion.assimilate.assimilate", "sciffusion_version": __version__,
-             **{k: v if v is not None else "None" for k, v in settings.items()}}
+             **{k: v if v is not None else "None" for k, v in settings.items()},
+             **({} if prior_path is None else {"prior_path": prior_path})}
+    if prior is None and out is not None and mode == "resume":  # a key this run lacks is not compared
+        _refuse_a_stored_prior(out)
     template = _template(model, n, observations, observations["time"].values, truth, lazy=out is not None)
     template.attrs.update(attrs)
     store = None if out is None else BlockStore(out, template, dim="time", block=cycles_per_block, mode=mode,
@@ -243,8 +303,9 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
     for t in range(done, len(steps)):
         xf = model.step(x, int(steps[t]), generator=[member_generator(seed, t, m) for m in range(n)])
         start = _time.perf_counter()
-        x = analyse(xf, operator, y[t], std[t], domains, function, member_generators(seed, 1, key=(_ANALYSIS_KEY, t))[0],
-                    analysis_options)
+        g = member_generators(seed, 1, key=(_ANALYSIS_KEY, t))[0]
+        x = (analyse(xf, operator, y[t], std[t], domains, function, g, analysis_options) if prior is None
+             else forecast_prior_analysis(prior, xf, operator, y[t], noise_std=std[t], generator=g, **analysis_options))
         seconds = _time.perf_counter() - start
         if callback is not None:
             callback(t, xf, x)

@@ -4,7 +4,9 @@ The config names the system, the truth run, the observations and the filter (see
 ``docs/assimilation.md`` for a sample). The truth and its observations are simulated with the
 system itself; :func:`sciffusion.assimilate.assimilate` runs the filter and writes the analysis
 ensemble, the forecast mean and spread, the truth and the observations; the per-cycle scores are
-summarised on the terminal (and drawn with ``--figure``).
+summarised on the terminal (and drawn with ``--figure``). ``[filter] prior = "PATH"`` analyses with a
+trained prior ``x | forecast`` saved by :meth:`sciffusion.assimilate.ForecastPrior.save` (the path as
+given, relative to the working directory) instead of the forecast ensemble's prior.
 
 Examples::
 
@@ -32,7 +34,7 @@ KEYS = {
     "truth": ("spinup", "seed"),
     "observations": ("operator", "every", "fraction", "function", "noise_std", "interval", "cycles", "seed"),
     "filter": ("members", "perturbation", "bandwidth", "inflation", "localization_radius", "steps", "cg_iters",
-               "guidance", "start", "sigma_max", "cycles_per_block"),
+               "guidance", "start", "sigma_max", "cycles_per_block", "prior"),
     "domains": ("radius", "block", "obs_radius", "taper_radius"),
 }
 OPERATORS = ("all", "every", "fraction")
@@ -172,6 +174,27 @@ def localization(model, radius):
     return gaspari_cohn(torch.minimum(dist, model.k - dist), float(radius))
 
 
+def filter_prior(path, filt: dict, cfg: dict, model) -> str:
+    """The path of ``[filter] prior``, after loading it once (UserError naming the key and the path when it
+    cannot be) and refusing the ensemble prior's keys and ``[domains]`` with it."""
+    from sciffusion.assimilate import ForecastPrior
+
+    if not isinstance(path, str) or not path:
+        raise UserError(f"config [filter] prior must be the path of a saved forecast prior, got {path!r}")
+    ensemble_only = sorted({"bandwidth", "inflation", "localization_radius", "start"} & set(filt))
+    if ensemble_only:
+        raise UserError(f"config [filter] {ensemble_only} set the forecast ensemble's prior; "
+                        "leave them out with [filter] prior (a trained prior replaces it)")
+    if "domains" in cfg:
+        raise UserError("config [filter] prior and [domains] exclude each other: the trained prior analyses "
+                        "the whole state")
+    try:
+        ForecastPrior.load(path, device=model.device)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise UserError(f"config [filter] prior = {path!r} cannot be loaded: {exc}") from None
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = read_config(args.config)
     if args.burn < 0:
@@ -198,6 +221,8 @@ def run(args: argparse.Namespace) -> int:
     members = filt.pop("members", 20)
     perturbation = float(filt.pop("perturbation", 1.0))
     block = filt.pop("cycles_per_block", 10)
+    if "prior" in filt:  # checked here for an error naming the key; assimilate loads it and records the path
+        filt["prior"] = filter_prior(filt["prior"], filt, cfg, model)
     radius = filt.pop("localization_radius", None)
     if radius is not None:
         if "domains" in cfg:
