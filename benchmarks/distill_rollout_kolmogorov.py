@@ -169,6 +169,39 @@ def member_ratio(r: dict, t: dict, key: str, n_boot: int = 2000) -> dict:
             "student_sd": float(a.std(ddof=1)), "teacher_sd": float(b.std(ddof=1))}
 
 
+def map_error(teacher: Rollout, student, out: Path, pairs: TensorPairs, traj: np.ndarray, teacher_steps: int,
+              ode: dict, n: int = 64) -> dict:
+    """How closely a student reproduces its teacher's map from noise to sample, in the normalised
+    increment's units: RMS difference of the end states from the same start noise, on ``n`` of its
+    own training trajectories and on ``n`` fresh ones conditioned on validation run B, beside the
+    teacher's conditional spread there (8 conditions x 8 noise draws): the size of the lead-1 ensemble
+    spread that the map error has to be small against."""
+    from safetensors.torch import load_file
+
+    from sciffusion.diffusion import karras_sigmas, sample
+    from sciffusion.distill import teacher_trajectories
+
+    sig = karras_sigmas(teacher_steps, ode.get("sigma_min", 0.002), ode["sigma_max"], ode.get("rho", 7.0))
+    states = load_file(out / "trajectories.safetensors")["states"][:n]
+    x = traj[1:2, :, None].astype(np.float64)
+    f = np.broadcast_to(pattern()["forcing_pattern"].values[None, None, None], x.shape).copy()
+    cond_b = training_pairs(teacher.coder, x, f)[1]
+    cond_b = cond_b[torch.linspace(0, len(cond_b) - 1, n).round().long()].to(states.dtype)
+    fresh = teacher_trajectories(teacher.denoiser, sig, len(sig) - 1, n, tuple(states.shape[2:]), cond_b, seed=123,
+                                 dtype=states.dtype)
+    eight = cond_b[torch.linspace(0, n - 1, 8).round().long()].repeat_interleave(8, 0)
+    spread = teacher_trajectories(teacher.denoiser, sig, len(sig) - 1, 64, tuple(states.shape[2:]), eight, seed=7,
+                                  dtype=states.dtype)[:, -1].reshape(8, 8, -1).std(1).pow(2).mean().sqrt()
+
+    def rms(start, end, cond):
+        got = sample(student, tuple(start.shape), x=start.clone(), cond=cond, **student.sampler)
+        return float((got - end).pow(2).mean().sqrt())
+
+    return {"train": rms(states[:, 0], states[:, -1], pairs.cond[:n].to(states.dtype)),
+            "fresh_run_B": rms(fresh[:, 0], fresh[:, -1], cond_b), "teacher_conditional_spread": float(spread),
+            "sample_std": float(fresh[:, -1].std())}
+
+
 def fine_teacher(teacher: Rollout, traj: np.ndarray, args) -> dict:
     """Diagnostic: the teacher sampled by the ODE its students learn (Heun on ``--teacher-steps`` Karras
     levels from ``distill``'s sigma_max = 80: 2 * teacher_steps - 1 calls) next to its default sampler,
@@ -353,8 +386,11 @@ def main() -> None:
             val = ensemble_skill(teacher.with_student(student), traj[1:2], args.val_n_init, args.members, args.val_leads,
                                  pattern())
             (work / f"validation_student_{calls}.json").write_text(json.dumps(val))
+            err = map_error(teacher, student, out, pairs, traj, args.teacher_steps, ode)
+            log(f"student {calls}: map error (normalised units) train {err['train']:.3f}, fresh {err['fresh_run_B']:.3f}; "
+                f"teacher's conditional spread {err['teacher_conditional_spread']:.3f}")
             val_rec.setdefault("students", {})[f"{calls} calls"] = {
-                "skill": val, "crps_ratio_to_teacher": [a / b for a, b in zip(val["crps"], t_val["crps"])],
+                "skill": val, "map_error": err, "crps_ratio_to_teacher": [a / b for a, b in zip(val["crps"], t_val["crps"])],
                 "ssr_minus_teacher": [a - b for a, b in zip(val["spread_skill"], t_val["spread_skill"])],
                 "distill": json.loads((out / f"distill_time_{args.distill_steps}.json").read_text())}
             val_rec["teacher"] = t_val
