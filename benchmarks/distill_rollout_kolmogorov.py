@@ -71,12 +71,18 @@ DISTILL_DEFAULTS = {"method": "trajectory", "teacher_steps": 64, "n_trajectories
                     "batch_size": 256, "lr": 3e-4, "ema_decay": 0.99, "sigma_max": 80.0}
 
 
+def run_pairs(teacher: Rollout, runs: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (normalised increment, condition) pairs of physics ``runs`` ``(S, T, y, x)`` with the teacher's
+    coder and the static forcing pattern (``training_pairs``)."""
+    x = runs[:, :, None].astype(np.float64)  # (S, T, C=1, y, x)
+    f = np.broadcast_to(pattern()["forcing_pattern"].values[None, None, None], x.shape).copy()
+    return training_pairs(teacher.coder, x, f)
+
+
 def teacher_pairs(teacher: Rollout, traj: np.ndarray, n: int) -> TensorPairs:
     """``n`` of the teacher's training pairs (normalised increment, condition), evenly spaced over
     runs C and D (``traj[2:4]``) with the teacher's coder and the static forcing pattern."""
-    x = traj[2:4, :, None].astype(np.float64)  # (S=2, T, C=1, y, x)
-    f = np.broadcast_to(pattern()["forcing_pattern"].values[None, None, None], x.shape).copy()
-    target, cond = training_pairs(teacher.coder, x, f)
+    target, cond = run_pairs(teacher, traj[2:4])
     idx = torch.from_numpy(np.linspace(0, len(target) - 1, min(n, len(target))).round().astype(np.int64))
     return TensorPairs(target[idx].contiguous(), cond[idx].contiguous())
 
@@ -183,9 +189,7 @@ def map_error(teacher: Rollout, student, out: Path, pairs: TensorPairs, traj: np
 
     sig = karras_sigmas(teacher_steps, ode.get("sigma_min", 0.002), ode["sigma_max"], ode.get("rho", 7.0))
     states = load_file(out / "trajectories.safetensors")["states"][:n]
-    x = traj[1:2, :, None].astype(np.float64)
-    f = np.broadcast_to(pattern()["forcing_pattern"].values[None, None, None], x.shape).copy()
-    cond_b = training_pairs(teacher.coder, x, f)[1]
+    cond_b = run_pairs(teacher, traj[1:2])[1]
     cond_b = cond_b[torch.linspace(0, len(cond_b) - 1, n).round().long()].to(states.dtype)
     fresh = teacher_trajectories(teacher.denoiser, sig, len(sig) - 1, n, tuple(states.shape[2:]), cond_b, seed=123,
                                  dtype=states.dtype)
@@ -378,10 +382,8 @@ def main() -> None:
         log(f"student {calls}: distilled ({distill_rec[calls]['distill_s']:.0f} s)")
         first = first or (out, calls)
         if args.stage == "distill":
-            first = first or (out, calls)
             continue
         if args.stage == "validate":
-            first = first or (out, calls)
             t_val = json.loads((work / "score_teacher.json").read_text())["validation_skill_run_B"]
             val = ensemble_skill(teacher.with_student(student), traj[1:2], args.val_n_init, args.members, args.val_leads,
                                  pattern())
