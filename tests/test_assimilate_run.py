@@ -58,8 +58,10 @@ def test_a_killed_run_resumed_equals_the_uninterrupted_run_bit_for_bit(tmp_path,
 
 
 @pytest.mark.parametrize("change, named", [({"seed": 8}, "seed"), ({"inflation": 1.2}, "analysis_inflation"),
-                                          ({"n_members": N + 1}, "n_members")])
+                                          ({"n_members": N + 1}, "n_members"),
+                                          ({"inflation": None}, "analysis_inflation: stored 1.1, now none")])
 def test_resume_with_other_settings_is_refused_naming_the_setting(tmp_path, change, named):
+    """Another value, or an option left out (it would fall back to its default), is refused."""
     problem, out = _problem(), tmp_path / "run.zarr"
 
     def kill(t, forecast, analysis):
@@ -69,7 +71,8 @@ def test_resume_with_other_settings_is_refused_naming_the_setting(tmp_path, chan
     with pytest.raises(KeyboardInterrupt):
         _run(problem, out=out, cycles_per_block=1, callback=kill, inflation=1.1)
     with pytest.raises(ValueError, match=f"cannot resume .*{named}"):
-        _run(problem, out=out, mode="resume", cycles_per_block=1, **{"inflation": 1.1, **change})
+        kw = {k: v for k, v in {"inflation": 1.1, **change}.items() if v is not None}
+        _run(problem, out=out, mode="resume", cycles_per_block=1, **kw)
     with pytest.raises(FileExistsError):
         _run(problem, out=out, inflation=1.1)
 

@@ -93,17 +93,22 @@ def _prior(prior, x0: torch.Tensor, domains, options: dict) -> tuple[object, str
         return prior, f"{name} {_fingerprint(den(x0.to(torch.float64), sigma, cond=x0.to(torch.float64)))}", path
 
 
-def _refuse_a_stored_prior(out) -> None:
-    """ValueError if the store ``out`` (to be resumed without a prior) was written with ``prior=``."""
+def _refuse_dropped_settings(out, settings: dict) -> None:
+    """ValueError if the store ``out`` was written with an analysis setting this run leaves out (an
+    ``analysis_*`` option, ``prior``, ``domains`` or ``function``): ``check_provenance`` compares the
+    keys a run has, so a dropped option, which falls back to its default, must be caught here."""
     import zarr
 
     try:
-        stored = zarr.open_group(os.fspath(out), mode="r", use_consolidated=False).attrs.get("prior")
+        stored = dict(zarr.open_group(os.fspath(out), mode="r", use_consolidated=False).attrs)
     except FileNotFoundError:  # no store there, or no zarr group: the BlockStore says which
         return
-    if stored is not None and stored != "None":
-        raise ValueError(f"cannot resume {os.fspath(out)!r}: it was written with other settings (prior: stored "
-                         f"{stored!r}, now none); use --overwrite (mode='w') or resume with the same settings")
+    dropped = [k for k, v in stored.items() if (k.startswith("analysis_") or k in ("prior", "domains", "function"))
+               and k not in settings and v != "None"]
+    if dropped:
+        details = "; ".join(f"{k}: stored {stored[k]!r}, now none" for k in dropped)
+        raise ValueError(f"cannot resume {os.fspath(out)!r}: it was written with other settings ({details}); "
+                         "use --overwrite (mode='w') or resume with the same settings")
 
 
 def _state_shape(model) -> tuple[int, ...]:
@@ -283,8 +288,8 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
              "source": f"sciffusion {__version__} sciffusion.assimilate.assimilate", "sciffusion_version": __version__,
              **{k: v if v is not None else "None" for k, v in settings.items()},
              **({} if prior_path is None else {"prior_path": prior_path})}
-    if prior is None and out is not None and mode == "resume":  # a key this run lacks is not compared
-        _refuse_a_stored_prior(out)
+    if out is not None and mode == "resume":  # the keys this run lacks; the BlockStore compares the others
+        _refuse_dropped_settings(out, settings)
     template = _template(model, n, observations, observations["time"].values, truth, lazy=out is not None)
     template.attrs.update(attrs)
     store = None if out is None else BlockStore(out, template, dim="time", block=cycles_per_block, mode=mode,
