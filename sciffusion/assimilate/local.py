@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from sciffusion.assimilate.analysis import gaspari_cohn
+from sciffusion.assimilate.ensemble_space import ensemble_space_analysis
 from sciffusion.diffusion import heun_step, karras_sigmas
 from sciffusion.inverse import Function
 from sciffusion.inverse import sample as posterior_sample
@@ -253,7 +254,8 @@ class LocalPrior:
 def local_analysis(ensemble: torch.Tensor, y, *, domains: Domains, noise_std, function=None,
                    bandwidth: float = 1.0, inflation: float = 1.0, guidance: str = "mmps",
                    sampler: str | None = "heun", steps: int = 16, sigma_max: float = 20.0, sigma_min: float = 0.002,
-                   start: str = "members", generator: torch.Generator | None = None, **options) -> torch.Tensor:
+                   start: str = "members", space: str = "state", generator: torch.Generator | None = None,
+                   **options) -> torch.Tensor:
     """Analysis ensemble ``(N, *state)`` by one analysis per domain (module docstring), batched.
 
     Args:
@@ -266,6 +268,10 @@ def local_analysis(ensemble: torch.Tensor, y, *, domains: Domains, noise_std, fu
         bandwidth, inflation, guidance, sampler, steps, sigma_max, sigma_min, start, generator,
             **options: as in :func:`~sciffusion.assimilate.analysis`, per domain (the noise levels
             in units of each window's RMS spread).
+        space: ``"state"`` (default): each domain's diffusion runs on its window's entries, O(w^2)
+            per row and call; ``"ensemble"``: on the ``N`` weights of the members' span
+            (:mod:`~sciffusion.assimilate.ensemble_space`, the LETKF's space), O(N^2) whatever the
+            window, so a wide localisation costs no more than a narrow one; no covariance taper.
 
     A domain with no observation (all weights 0 or NaN) keeps its forecast.
     """
@@ -276,6 +282,8 @@ def local_analysis(ensemble: torch.Tensor, y, *, domains: Domains, noise_std, fu
         raise ValueError(f"bandwidth must be in [0, 1], got {bandwidth}")
     if start not in ("members", "noise"):
         raise ValueError(f"start must be 'members' or 'noise', got {start!r}")
+    if space not in ("state", "ensemble"):
+        raise ValueError(f"space must be 'state' or 'ensemble', got {space!r}")
     x = ensemble.reshape(n, -1).to(torch.float64)
     y = torch.as_tensor(y, dtype=torch.float64, device=x.device).reshape(-1)
     domains.check(x.shape[1], y.numel())
@@ -295,6 +303,12 @@ def local_analysis(ensemble: torch.Tensor, y, *, domains: Domains, noise_std, fu
         return ensemble.clone()
     y_loc = torch.nan_to_num(y_loc)
     coef = weight.sqrt() if std.ndim == 0 else weight.sqrt() / std[domains.obs]
+    if space == "ensemble":
+        xa = ensemble_space_analysis(x, domains, y_loc, coef, 1.0 if std.ndim else std, active, function=function,
+                                     bandwidth=bandwidth, inflation=inflation, guidance=guidance, sampler=sampler,
+                                     steps=steps, sigma_max=sigma_max, sigma_min=sigma_min, start=start,
+                                     generator=generator, **options)
+        return xa.reshape(n, *state).to(ensemble.dtype)
     xw = x[:, domains.windows]  # (N, K, w)
     mean = xw.mean(0)
     scale = ((xw - mean) ** 2).sum(0).mean(-1).div(n - 1).sqrt() * float(inflation)  # (K,)
