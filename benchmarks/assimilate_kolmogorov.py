@@ -97,7 +97,7 @@ def run_ours(data: dict, cfg: dict, burn: int, partial: Path | None = None, log_
     cfg = dict(cfg)
     radius = cfg.pop("radius")
     domains = periodic_domains_2d((SIZE, SIZE), OBS_INDEX, radius=radius, block=cfg.pop("block"),
-                                  obs_radius=radius / 2)
+                                  obs_radius=cfg.pop("obs_radius", radius / 2))
     x = torch.as_tensor(data["ens"])
     g = torch.Generator().manual_seed(1000 + int(data["seed"]))
     scorer = Scorer(burn, partial)
@@ -220,6 +220,25 @@ def validate(args) -> dict:
                     f"block 1) ran {DEFAULT_CYCLES} cycles as a cost reference"}
 
 
+def merge(paths: list[Path]) -> dict:
+    """One validation record from several ``--validate`` runs of the same seed, cycles and burn-in
+    (grids split across processes): every row kept (a setting run twice: its first run), each
+    method's choice the lowest RMSE over all of them."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    keys = {(v["seed"], v["cycles"], v["burn"]) for v in parts}
+    if len(keys) != 1:
+        raise SystemExit(f"--merge needs validation runs of one seed, cycles and burn-in; got {sorted(keys)}")
+    rows = {"ours": [], "peers": []}
+    for v in parts:
+        for side in rows:
+            rows[side] += [r for r in v[side] if all(r["settings"] != q["settings"] for q in rows[side])]
+    return {**{k: parts[0][k] for k in ("cycles", "burn", "seed", "truth_std")}, **rows,
+            "chosen": {"sciffusion": best(rows["ours"])["settings"], "LETKF": best(rows["peers"])["settings"]},
+            "merged_from": [{"file": p.name, "meta": v.get("meta"), "wall_seconds": v.get("wall_seconds")}
+                            for p, v in zip(paths, parts)],
+            "note": "chosen: lowest validation RMSE over the merged rows"}
+
+
 def part_path(seed: int, name: str) -> Path:
     return RESULTS.parent.parent / "runs" / "assimilate_kolmogorov" / f"part_seed{seed}_{name}.json"
 
@@ -294,6 +313,8 @@ def main():
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--validate", action="store_true")
     mode.add_argument("--cost", action="store_true")
+    mode.add_argument("--merge", type=Path, nargs="+", default=None,
+                      help="validation JSONs of one seed (grids run in parallel processes) -> one record (--out)")
     p.add_argument("--cycles", type=int, default=2100)
     p.add_argument("--burn", type=int, default=100)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -304,7 +325,9 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     start, meta = time.time(), run_meta()  # the load at the start of the run
-    if args.cost:
+    if args.merge:
+        out, path = merge(args.merge), args.out or VALIDATION
+    elif args.cost:
         args.cycles = min(args.cycles, 6)
         out, path = cost(args), args.out or COST
     elif args.validate:
@@ -320,7 +343,7 @@ def main():
     out = {"meta": meta, "dapper_version": dapper.__version__, "setting": setting,
            "wall_seconds": time.time() - start, **out}
     path.write_text(json.dumps(out, indent=1, default=float))
-    if not (args.cost or args.validate):
+    if not (args.cost or args.validate or args.merge):
         print(markdown(out))
     print("wrote", path)
 
