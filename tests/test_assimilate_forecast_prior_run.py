@@ -113,10 +113,15 @@ def test_a_prior_with_domains_a_wrong_state_shape_or_ensemble_prior_options_is_r
              (ValueError, r"state shape \(12,\) but the forecast prior \(cond\) expects \(10,\)", {"prior": small}),
              (TypeError, r"\['bandwidth', 'inflation'\] belong to the ensemble prior",
               {"bandwidth": 0.9, "inflation": 1.1}),
-             (FileNotFoundError, "missing/prior", {"prior": "missing/prior"})]
+             (FileNotFoundError, "missing/prior", {"prior": "missing/prior"}),
+             (ValueError, r"trained on forecasts over interval 0\.15 .* index 0 comes 0\.3 after",
+              {"prior": dataclasses.replace(prior, interval=0.15), "observations": "every other time"})]
     for error, match, kw in cases:
+        run = setup
+        if kw.pop("observations", None):  # the same system observed at twice the prior's interval
+            run = (*setup[:5], obs.isel(time=slice(1, None, 2)), truth.isel(time=slice(1, None, 2)))
         with pytest.raises(error, match=match):
-            _run(setup, callback=lambda *a: calls.append(1), **kw)
+            _run(run, callback=lambda *a: calls.append(1), **kw)
     assert not calls
 
 

@@ -267,6 +267,13 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
     prior_path = None
     if prior is not None:
         prior, prior_description, prior_path = _prior(prior, x0, domains, analysis_options)
+        trained = getattr(prior, "interval", None)  # a ForecastPrior learned forecasts over this lead time
+        if trained is not None:
+            for i, s in enumerate(steps):
+                if abs(s * model.dt - trained) > 1e-6 * max(1.0, trained):
+                    raise ValueError(f"the forecast prior was trained on forecasts over interval {trained:g} model time "
+                                     f"units, but observation time index {i} comes {s * model.dt:g} after the one "
+                                     "before: train a prior on this interval, or observe at its interval")
     if truth is not None:
         truth = truth.transpose("time", ...)
         if truth.sizes.get("time") != len(steps):
