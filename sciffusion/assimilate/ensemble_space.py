@@ -52,9 +52,10 @@ class WeightPrior:
         var = (self.h2 + (s.expand(x.shape[0]) if s.numel() == 1 else s) ** 2)[:, None]  # (B, 1)
         if self.means is None:
             return x * (self.h2 / var)
-        diff = x[:, None] - self.means.to(x)  # (B, C, n)
+        means = self.means.to(x)
+        diff = x[:, None] - means  # (B, C, n)
         r = torch.softmax(-0.5 * (diff**2).sum(-1) / var, dim=-1)  # equal weights, shared covariance
-        return (r[..., None] * (self.means.to(x) + (self.h2 / var)[:, :, None] * diff)).sum(1)
+        return (r[..., None] * (means + (self.h2 / var)[:, :, None] * diff)).sum(1)
 
 
 def ensemble_space_analysis(x: torch.Tensor, domains, y_loc: torch.Tensor, coef: torch.Tensor, std,

@@ -232,13 +232,13 @@ def run(args: argparse.Namespace) -> int:
     if "domains" in cfg:
         filt["domains"] = build_domains(cfg["domains"], model, op)
         filt["function"] = torch.atan if obs_cfg.get("function", "identity") == "arctan" else None
-        space = cfg["domains"].get("space", "state")
-        if space not in ("state", "ensemble"):
-            raise UserError(f"config [domains] space must be 'state' or 'ensemble', got {space!r}")
-        if space == "ensemble" and "taper_radius" in cfg["domains"]:
-            raise UserError("config [domains] space = 'ensemble' cannot apply taper_radius (a covariance taper "
-                            "has no ensemble-space form)")
         if "space" in cfg["domains"]:  # absent: local_analysis's default, and the provenance of older stores
+            space = cfg["domains"]["space"]
+            if space not in ("state", "ensemble"):
+                raise UserError(f"config [domains] space must be 'state' or 'ensemble', got {space!r}")
+            if space == "ensemble" and "taper_radius" in cfg["domains"]:
+                raise UserError("config [domains] space = 'ensemble' cannot apply taper_radius (a covariance taper "
+                                "has no ensemble-space form)")
             filt["space"] = space
     ds = assimilate(model, initial, obs, operator=op, noise_std=noise, n_members=members, perturbation=perturbation,
                     seed=seed, truth=truth, out=args.output, mode=write_mode(args), cycles_per_block=block,
