@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sciffusion.assimilate import local_analysis, periodic_domains
-from sciffusion.assimilate.ensemble_space import WeightPrior
+from sciffusion.assimilate.ensemble_space import LinearPosterior, WeightPrior
 from sciffusion.assimilate.local import periodic_domains_2d
 from sciffusion.testing import GaussianMixture
 
@@ -62,12 +62,12 @@ def test_gaussian_ensemble_space_analysis_is_the_letkf(inflation):
     x, y, std = _problem()
     domains = periodic_domains(D, OBS, radius=4, block=2, obs_radius=2.0)
     xa = local_analysis(x, y, domains=domains, noise_std=std, space="ensemble", steps=64, sigma_max=20.0,
-                        cg_iters=10, inflation=inflation)
+                        guidance="mmps", cg_iters=10, inflation=inflation)
     exact = _letkf(x, y, std, domains, inflation, 20.0)
     assert float((exact - x).abs().max()) > 1.0  # the observations move the members
     torch.testing.assert_close(xa, exact, rtol=0, atol=3e-3)
     coarse = local_analysis(x, y, domains=domains, noise_std=std, space="ensemble", steps=16, sigma_max=20.0,
-                            cg_iters=10, inflation=inflation)
+                            guidance="mmps", cg_iters=10, inflation=inflation)
     assert float((coarse - exact).abs().max()) > 3 * float((xa - exact).abs().max())  # converging with steps
 
 
@@ -141,3 +141,68 @@ def test_bad_space_and_a_taper_are_refused():
     with pytest.raises(ValueError, match="taper"):
         local_analysis(x, y, domains=periodic_domains(D, OBS, radius=2, taper_radius=2.0), noise_std=std,
                        space="ensemble")
+
+
+@pytest.mark.parametrize("h", [1.0, 0.6, 0.0])
+def test_linear_posterior_is_the_exact_posterior_denoiser(h):
+    """``LinearPosterior`` (per-domain eigenbasis, shared precision) equals ``E[w_0 | w_t, b]``
+    computed independently by conditioning each component's joint Gaussian of ``(w_0, w_t, b)``
+    and weighting the components by that joint's density of ``(w_t, b)``; padding slots (all-zero
+    rows of the design) change nothing."""
+    from torch.distributions import MultivariateNormal
+
+    g = torch.Generator().manual_seed(7)
+    n, k, m = 5, 3, 7
+    design = torch.randn(k, n, m, generator=g, dtype=torch.float64)
+    data = torch.randn(k, m, generator=g, dtype=torch.float64)
+    design[1, :, 5:], data[1, 5:] = 0.0, 0.0
+    prior = WeightPrior(n, h)
+    means = torch.zeros(1, n, dtype=torch.float64) if prior.means is None else prior.means
+    post, eye = LinearPosterior(prior, design, data), torch.eye(n, dtype=torch.float64)
+    for s in (0.05, 0.7, 5.0):
+        x = 2 * torch.randn(4 * k, n, generator=g, dtype=torch.float64)
+        ref = torch.empty_like(x)
+        for r in range(4 * k):
+            a, b, wt = design[r % k].T, data[r % k], x[r]
+            cov = torch.cat([torch.cat([(h**2 + s**2) * eye, h**2 * a.T], 1),
+                             torch.cat([h**2 * a, torch.eye(m, dtype=torch.float64) + h**2 * a @ a.T], 1)])
+            z = torch.cat([wt, b])
+            logw, mus = [], []
+            for mu in means:
+                centre = torch.cat([mu, a @ mu])
+                logw.append(MultivariateNormal(centre, cov).log_prob(z))
+                mus.append(mu + torch.cat([h**2 * eye, h**2 * a.T], 1) @ torch.linalg.solve(cov, z - centre))
+            ref[r] = (torch.softmax(torch.stack(logw), 0)[:, None] * torch.stack(mus)).sum(0)
+        torch.testing.assert_close(post(x, s), ref, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("inflation", [1.0, 1.1])
+def test_exact_guidance_is_converged_mmps_and_the_letkf(inflation):
+    """``guidance="exact"``: at bandwidth 1 the same analysis as MMPS once its CG has converged
+    (10 iterations for at most 5 slots per domain: to 1e-10), and the LETKF's closed form in the limit
+    of fine steps (64: under 3e-3 against an update above 1)."""
+    x, y, std = _problem()
+    domains = periodic_domains(D, OBS, radius=4, block=2, obs_radius=2.0)
+    kw = dict(domains=domains, noise_std=std, space="ensemble", sigma_max=20.0, inflation=inflation)
+    exact = local_analysis(x, y, steps=16, **kw)  # the default here (linear observations, ensemble space)
+    torch.testing.assert_close(exact, local_analysis(x, y, guidance="exact", steps=16, **kw), rtol=0, atol=0)
+    mmps = local_analysis(x, y, guidance="mmps", steps=16, cg_iters=10, **kw)
+    torch.testing.assert_close(exact, mmps, rtol=0, atol=1e-10)
+    assert float((local_analysis(x, y, guidance="mmps", steps=16, cg_iters=1, **kw) - exact).abs().max()) > 1e-3
+    letkf = _letkf(x, y, std, domains, inflation, 20.0)
+    assert float((letkf - x).abs().max()) > 1.0
+    torch.testing.assert_close(local_analysis(x, y, guidance="exact", steps=64, **kw), letkf, rtol=0, atol=3e-3)
+
+
+def test_exact_guidance_refuses_what_it_cannot_do():
+    """A nonlinear function, the state space, CG options and another sampler are refused by name."""
+    x, y, std = _problem()
+    kw = dict(domains=periodic_domains(D, OBS, radius=2), noise_std=std, guidance="exact")
+    with pytest.raises(ValueError, match="linear observations"):
+        local_analysis(x, torch.atan(y), function=torch.atan, space="ensemble", **kw)
+    with pytest.raises(ValueError, match="space='ensemble'"):
+        local_analysis(x, y, **kw)
+    with pytest.raises(ValueError, match="cg_iters"):
+        local_analysis(x, y, space="ensemble", cg_iters=5, **kw)
+    with pytest.raises(ValueError, match="sampler"):
+        local_analysis(x, y, space="ensemble", sampler="euler", **kw)

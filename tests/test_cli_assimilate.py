@@ -157,15 +157,40 @@ def test_domains_space_ensemble_reaches_the_analysis_and_is_recorded(tmp_path):
     assert main(["assimilate", str(state), "-o", str(tmp_path / "e.zarr"), "--resume", "--no-progress"]) == 2
 
 
+def test_exact_guidance_is_the_default_there_and_is_recorded(tmp_path, capsys):
+    """[domains] space = "ensemble" with linear observations and no [filter] guidance runs the
+    closed-form posterior (the default there) and records it: finite, at the observed entries 4x
+    closer to the truth than the forecast (observation noise 0.05), and a resume with MMPS instead
+    is refused by the provenance check."""
+    path = tiny_config(tmp_path, filter__localization_radius=None, filter__cg_iters=None,
+                       observations__function=None, observations__noise_std=0.05)
+    text = path.read_text().replace("localization_radius = None\n", "").replace("cg_iters = None\n", "")
+    text = text.replace("function = None\n", "")
+    assert "guidance" not in text
+    path.write_text(text + '\n[domains]\nradius = 2\nobs_radius = 1.0\nspace = "ensemble"\n')
+    out = tmp_path / "x.zarr"
+    assert main(["assimilate", str(path), "-o", str(out), "--no-progress"]) == 0
+    ds = xr.open_zarr(out)
+    assert ds.attrs["analysis_guidance"] == "exact" and np.isfinite(ds.x_analysis).all()
+    err = lambda m: float(np.sqrt(((m - ds.x_truth)[:, ::2] ** 2).mean()))  # noqa: E731  the observed entries
+    assert err(ds.x_analysis.mean("member")) < 0.5 * err(ds.x_forecast_mean)  # measured 0.04 against 0.17
+    mmps = tmp_path / "mmps.toml"
+    mmps.write_text(path.read_text().replace("[filter]\n", '[filter]\nguidance = "mmps"\n'))
+    assert main(["assimilate", str(mmps), "-o", str(out), "--resume", "--no-progress"]) == 2
+    assert "analysis_guidance: stored 'exact', now 'mmps'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("table, needle", [
     ("[domains]\nblock = 2\n", "config [domains] needs 'radius'"),
     ("[domains]\nradius = 2\nblock = 3\n", "config [domains]: block must be a positive integer dividing the grid size 8"),
     ("[domains]\nradius = 2\nhalo = 3\n", "config [domains] has unknown key(s) ['halo']"),
     ("[domains]\nradius = 2\nspace = \"weights\"\n", "config [domains] space must be 'state' or 'ensemble'"),
     ("[domains]\nradius = 2\nspace = \"ensemble\"\ntaper_radius = 2.0\n", "cannot apply taper_radius"),
+    ("[domains]\nradius = 2\nspace = \"ensemble\"\n", "guidance = 'exact' is the closed-form posterior"),
 ])
 def test_bad_domains_tables_are_refused_naming_the_key(tmp_path, capsys, table, needle):
-    path = tiny_config(tmp_path, filter__localization_radius=None)
+    extra = {"filter__guidance": "exact"} if "exact" in needle else {}  # with the tiny config's arctan function
+    path = tiny_config(tmp_path, filter__localization_radius=None, **extra)
     path.write_text(path.read_text().replace("localization_radius = None\n", "") + "\n" + table)
     assert main(["assimilate", str(path), "-o", str(tmp_path / "o.zarr"), "--no-progress"]) == 2
     assert needle in capsys.readouterr().err

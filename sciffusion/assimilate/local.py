@@ -251,8 +251,14 @@ class LocalPrior:
         return torch.einsum("kij,nkj->nki", self.vecs, out).reshape(x.shape).to(x.dtype)
 
 
+def default_guidance(space: str, function) -> str:
+    """``local_analysis``'s guidance when none is given: the closed form (``"exact"``) in ensemble space
+    with linear observations, where it is the converged MMPS at a fraction of the cost; else ``"mmps"``."""
+    return "exact" if space == "ensemble" and function is None else "mmps"
+
+
 def local_analysis(ensemble: torch.Tensor, y, *, domains: Domains, noise_std, function=None,
-                   bandwidth: float = 1.0, inflation: float = 1.0, guidance: str = "mmps",
+                   bandwidth: float = 1.0, inflation: float = 1.0, guidance: str | None = None,
                    sampler: str | None = "heun", steps: int = 16, sigma_max: float = 20.0, sigma_min: float = 0.002,
                    start: str = "members", space: str = "state", generator: torch.Generator | None = None,
                    **options) -> torch.Tensor:
@@ -272,6 +278,11 @@ def local_analysis(ensemble: torch.Tensor, y, *, domains: Domains, noise_std, fu
             per row and call; ``"ensemble"``: on the ``N`` weights of the members' span
             (:mod:`~sciffusion.assimilate.ensemble_space`, the LETKF's space), O(N^2) whatever the
             window, so a wide localisation costs no more than a narrow one; no covariance taper.
+            With ``function=None`` it also takes ``guidance="exact"``: the posterior denoiser in
+            closed form (:class:`~sciffusion.assimilate.ensemble_space.LinearPosterior`), no
+            guidance approximation and no conjugate gradients.
+        guidance: None (default): ``"exact"`` where it applies (``space="ensemble"``, ``function=None``),
+            else ``"mmps"`` (:func:`default_guidance`); or any method of :func:`sciffusion.inverse.sample`.
 
     A domain with no observation (all weights 0 or NaN) keeps its forecast.
     """
@@ -284,6 +295,10 @@ def local_analysis(ensemble: torch.Tensor, y, *, domains: Domains, noise_std, fu
         raise ValueError(f"start must be 'members' or 'noise', got {start!r}")
     if space not in ("state", "ensemble"):
         raise ValueError(f"space must be 'state' or 'ensemble', got {space!r}")
+    guidance = default_guidance(space, function) if guidance is None else guidance
+    if guidance == "exact" and space != "ensemble":
+        raise ValueError("guidance='exact' is the closed-form posterior of space='ensemble' (linear observations); "
+                         "pass space='ensemble', or a guidance method such as 'mmps'")
     x = ensemble.reshape(n, -1).to(torch.float64)
     y = torch.as_tensor(y, dtype=torch.float64, device=x.device).reshape(-1)
     domains.check(x.shape[1], y.numel())

@@ -40,7 +40,7 @@ import xarray as xr
 from sciffusion.assimilate.analysis import analysis
 from sciffusion.assimilate.cycle import analyse, check_domains, check_inputs
 from sciffusion.assimilate.forecast_prior import ForecastPrior, check_prior, forecast_prior_analysis
-from sciffusion.assimilate.local import Domains
+from sciffusion.assimilate.local import Domains, default_guidance
 from sciffusion.diffusion import member_generators
 from sciffusion.systems.base import member_generator, steps_in
 
@@ -279,6 +279,9 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
         if truth.sizes.get("time") != len(steps):
             raise ValueError(f"truth has {truth.sizes.get('time')} times, the observations {len(steps)}")
 
+    if domains is not None and analysis_options.get("guidance") is None \
+            and default_guidance(analysis_options.get("space", "state"), function) == "exact":
+        analysis_options["guidance"] = "exact"  # recorded: a store of the earlier default (MMPS) does not resume
     n, names = x0.shape[0], list(model.variables())
     settings = {"system": model.name, "system_params": json.dumps(model.params(), sort_keys=True, default=str),
                 "n_members": n, "seed": int(seed), "initial": _fingerprint(x0), "observations": _fingerprint(

@@ -240,6 +240,10 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError("config [domains] space = 'ensemble' cannot apply taper_radius (a covariance taper "
                                 "has no ensemble-space form)")
             filt["space"] = space
+    if filt.get("guidance") == "exact" and not (filt.get("space") == "ensemble" and filt.get("function") is None):
+        raise UserError("config [filter] guidance = 'exact' is the closed-form posterior of [domains] space = "
+                        "'ensemble' with linear observations (no [observations] function); use a guidance method "
+                        "such as 'mmps' otherwise")
     ds = assimilate(model, initial, obs, operator=op, noise_std=noise, n_members=members, perturbation=perturbation,
                     seed=seed, truth=truth, out=args.output, mode=write_mode(args), cycles_per_block=block,
                     progress=not args.no_progress, **filt)
