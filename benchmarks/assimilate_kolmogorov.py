@@ -20,6 +20,7 @@ to the batch). Both run in one process, one after the other, one thread; CPU sec
     OMP_NUM_THREADS=1 python benchmarks/assimilate_kolmogorov.py --validate --cycles 150 --burn 50 --seeds 0
     OMP_NUM_THREADS=1 python benchmarks/assimilate_kolmogorov.py --cycles 2100 --burn 100 --seeds 1 2 3
     OMP_NUM_THREADS=1 python benchmarks/assimilate_kolmogorov.py --cost --cycles 6 --seeds 1  # interleaved cost
+    OMP_NUM_THREADS=1 python benchmarks/assimilate_kolmogorov.py --solve-check --seeds 0  # one analysis's solve
 
 The test run writes one part per (seed, method) to ``runs/assimilate_kolmogorov/part_*.json``
 (a rerun with the same cycles and settings skips a finished part: resumable) and then
@@ -95,6 +96,8 @@ def run_ours(data: dict, cfg: dict, burn: int, partial: Path | None = None, log_
 
     truth, obs, m = data["truth"], data["obs"], model()
     cfg = dict(cfg)
+    if cfg.get("space") == "ensemble" and "cg_iters" in cfg:  # the earlier rounds' settings: MMPS, the default then
+        cfg.setdefault("guidance", "mmps")
     radius = cfg.pop("radius")
     domains = periodic_domains_2d((SIZE, SIZE), OBS_INDEX, radius=radius, block=cfg.pop("block"),
                                   obs_radius=cfg.pop("obs_radius", radius / 2))
@@ -197,6 +200,41 @@ def cost(args, repeats: int = 3) -> dict:
             / best_of["LETKF"]["cpu_sec_per_cycle_median"]}
 
 
+def solve_check(args, repeats: int = 3) -> dict:
+    """One analysis (the first cycle of ``--seeds[0]``, blocks of 8, every domain seeing every
+    observation) by the closed-form posterior and by MMPS, against the closed form at 256 steps:
+    RMS differences of the members and of their mean, CPU seconds (best of ``repeats``)."""
+    from sciffusion.assimilate import local_analysis
+    from sciffusion.assimilate.local import periodic_domains_2d
+
+    data = make_problem(1, args.seeds[0])
+    x = forecast(model(), torch.as_tensor(data["ens"]))
+    y = torch.as_tensor(data["obs"][0])
+    domains = periodic_domains_2d((SIZE, SIZE), OBS_INDEX, radius=36, block=8, obs_radius=18.0)
+
+    def run(**kw):
+        best_cpu = float("inf")
+        for _ in range(repeats):
+            cpu = time.process_time()
+            xa = local_analysis(x, y, domains=domains, noise_std=OBS_STD, space="ensemble", sigma_max=100.0,
+                                generator=torch.Generator().manual_seed(0), **kw).reshape(N, -1)
+            best_cpu = min(best_cpu, time.process_time() - cpu)
+        return xa, best_cpu
+
+    ref, _ = run(guidance="exact", steps=256)
+    rms = lambda a: float(a.pow(2).mean().sqrt())  # noqa: E731
+    rows = []
+    for kw in ({"guidance": "exact", "steps": 32}, {"guidance": "exact", "steps": 64},
+               {"guidance": "mmps", "steps": 32, "cg_iters": 5}, {"guidance": "mmps", "steps": 32, "cg_iters": 10}):
+        xa, cpu = run(**kw)
+        rows.append({"settings": kw, "cpu_sec": cpu, "rms_members": rms(xa - ref),
+                     "rms_mean": rms(xa.mean(0) - ref.mean(0))})
+        print(rows[-1], flush=True)
+    return {"seed": args.seeds[0], "domains": {"block": 8, "radius": 36, "obs_radius": 18.0},
+            "update_rms": rms(ref - x.reshape(N, -1).double()), "reference": {"guidance": "exact", "steps": 256},
+            "rows": rows}
+
+
 def validate(args) -> dict:
     """The tuning grids on the validation seed (``--ours-grid``/``--peer-grid``: other grids, as JSON lists)."""
     data = make_problem(args.cycles, args.seeds[0])
@@ -214,8 +252,8 @@ def validate(args) -> dict:
     strip = lambda rows: [{k: v for k, v in r.items() if k != "rows"} for r in rows]  # noqa: E731
     return {"cycles": args.cycles, "burn": args.burn, "seed": args.seeds[0], "truth_std": data["truth_std"],
             "ours": strip(ours), "peers": strip(peers),
-            "chosen": {"sciffusion": best(ours[0 if args.ours_grid else 1:])["settings"],
-                       "LETKF": best(peers)["settings"]},
+            "chosen": {"sciffusion": best(ours[0 if args.ours_grid else 1:])["settings"] if ours else None,
+                       "LETKF": best(peers)["settings"] if peers else None},  # a grid of '[]': the other side only
             "note": "chosen: lowest validation RMSE; sciffusion among ours[1:]; ours[0] (the library defaults, "
                     f"block 1) ran {DEFAULT_CYCLES} cycles as a cost reference"}
 
@@ -233,7 +271,8 @@ def merge(paths: list[Path]) -> dict:
         for side in rows:
             rows[side] += [r for r in v[side] if all(r["settings"] != q["settings"] for q in rows[side])]
     return {**{k: parts[0][k] for k in ("cycles", "burn", "seed", "truth_std")}, **rows,
-            "chosen": {"sciffusion": best(rows["ours"])["settings"], "LETKF": best(rows["peers"])["settings"]},
+            "chosen": {name: best(rows[side])["settings"] if rows[side] else None
+                       for name, side in (("sciffusion", "ours"), ("LETKF", "peers"))},
             "merged_from": [{"file": p.name, "meta": v.get("meta"), "wall_seconds": v.get("wall_seconds")}
                             for p, v in zip(paths, parts)],
             "note": "chosen: lowest validation RMSE over the merged rows"}
@@ -313,6 +352,8 @@ def main():
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--validate", action="store_true")
     mode.add_argument("--cost", action="store_true")
+    mode.add_argument("--solve-check", action="store_true",
+                      help="one analysis: the closed-form posterior and MMPS against the closed form at 256 steps")
     mode.add_argument("--merge", type=Path, nargs="+", default=None,
                       help="validation JSONs of one seed (grids run in parallel processes) -> one record (--out)")
     p.add_argument("--cycles", type=int, default=2100)
@@ -330,6 +371,8 @@ def main():
     elif args.cost:
         args.cycles = min(args.cycles, 6)
         out, path = cost(args), args.out or COST
+    elif args.solve_check:
+        out, path = solve_check(args), args.out or RESULTS / "assimilate_kolmogorov_solve_check.json"
     elif args.validate:
         out, path = validate(args), args.out or VALIDATION
     else:
@@ -343,7 +386,7 @@ def main():
     out = {"meta": meta, "dapper_version": dapper.__version__, "setting": setting,
            "wall_seconds": time.time() - start, **out}
     path.write_text(json.dumps(out, indent=1, default=float))
-    if not (args.cost or args.validate or args.merge):
+    if not (args.cost or args.validate or args.merge or args.solve_check):
         print(markdown(out))
     print("wrote", path)
 
