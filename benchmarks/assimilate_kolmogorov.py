@@ -125,6 +125,8 @@ def run_letkf(data: dict, cfg: dict, burn: int, partial: Path | None = None, log
     from dapper.tools.localization import nd_Id_localization
 
     truth, obs, ens, m = data["truth"], data["obs"], data["ens"], model()
+    cfg = dict(cfg)
+    batch = int(cfg.pop("batch", PEER_BATCH))  # its localisation batches: batch x batch points
     flat_truth = truth.reshape(truth.shape[0], -1).astype(np.float64)
     scorer = Scorer(burn, partial)
     clock = {"t": time.perf_counter(), "cpu": time.process_time()}
@@ -147,7 +149,7 @@ def run_letkf(data: dict, cfg: dict, burn: int, partial: Path | None = None, log
     try:
         obs_model = {"M": len(OBS_INDEX), "model": lambda x, t=None: x[..., OBS_INDEX],
                      "noise": modelling.GaussRV(C=OBS_STD**2, M=len(OBS_INDEX)),
-                     "localizer": nd_Id_localization((SIZE, SIZE), (PEER_BATCH, PEER_BATCH), OBS_INDEX)}
+                     "localizer": nd_Id_localization((SIZE, SIZE), (batch, batch), OBS_INDEX)}
         tseq = modelling.Chronology(STEPS * model().dt, dko=1, Ko=obs.shape[0] - 1, BurnIn=0)
         x0 = modelling.RV(M=SIZE * SIZE, func=lambda n: ens.reshape(N, -1)[:n].astype(np.float64))
         hmm = modelling.HiddenMarkovModel({"M": SIZE * SIZE, "model": dyn, "noise": 0}, obs_model, tseq, x0)
@@ -382,7 +384,7 @@ def main():
     setting = {"model": "KolmogorovFlow(n=64) defaults (Re 100, drag 0.1, k_f 4, A 1, dt 0.01), float32",
                "obs": f"every {EVERY}th point per axis ({len(OBS_INDEX)} obs), every {STEPS} steps, std {OBS_STD}",
                "clim_std": CLIM_STD, "spinup_steps": SPINUP, "members": N, "init": f"truth + {INIT_SCALE} perturb()",
-               "letkf_batch": [PEER_BATCH, PEER_BATCH]}
+               "letkf_batch": [PEER_BATCH, PEER_BATCH], "letkf_batch_note": "unless a LETKF setting gives its batch"}
     out = {"meta": meta, "dapper_version": dapper.__version__, "setting": setting,
            "wall_seconds": time.time() - start, **out}
     path.write_text(json.dumps(out, indent=1, default=float))

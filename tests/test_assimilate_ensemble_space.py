@@ -176,6 +176,39 @@ def test_linear_posterior_is_the_exact_posterior_denoiser(h):
         torch.testing.assert_close(post(x, s), ref, rtol=0, atol=1e-11)
 
 
+@pytest.mark.parametrize("h", [1.0, 0.6])
+def test_linear_posterior_flow_is_the_heun_loop(h):
+    """``LinearPosterior.flow`` (at h = 1 one composed affine map per eigen-coordinate) gives the
+    numbers of a loop of ``heun_step`` over the same denoiser, Euler last step to 0 included; a
+    wrong step coefficient (Euler in place of Heun) is caught by the same comparison."""
+    from sciffusion.diffusion import euler_step, heun_step, karras_sigmas
+
+    g = torch.Generator().manual_seed(3)
+    n, k, m = 6, 4, 8
+    post = LinearPosterior(WeightPrior(n, h), torch.randn(k, n, m, generator=g, dtype=torch.float64),
+                           torch.randn(k, m, generator=g, dtype=torch.float64))
+    sigmas = karras_sigmas(12, 0.002, 50.0)
+    z = 50 * torch.randn(3 * k, n, generator=g, dtype=torch.float64)
+    ref, euler = z, z
+    for hi, lo in zip(sigmas[:-1], sigmas[1:]):
+        ref = heun_step(post, ref, hi, lo, noise=None, cond={})
+        euler = euler_step(post, euler, hi, lo, noise=None, cond={})
+    out = post.flow(z, sigmas)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    assert float((out - euler).abs().max()) > 1e-3
+
+
+def test_domains_remember_a_passed_check_and_their_blocks():
+    """A checked layout is not checked again for the same sizes (the cycled filter's case), is
+    checked for others, and ``blocks()`` lists each domain's kept indices (every index once)."""
+    d = periodic_domains_2d((8, 8), torch.arange(0, 64, 4), radius=2, block=2, obs_radius=1.5)
+    d.check(64, 16)
+    assert d.__dict__["_checked"] == (64, 16)
+    with pytest.raises(ValueError, match="outside the state"):
+        d.check(32, 16)
+    assert sorted(d.blocks().reshape(-1).tolist()) == list(range(64)) and d.blocks().shape == (16, 4)
+
+
 @pytest.mark.parametrize("inflation", [1.0, 1.1])
 def test_exact_guidance_is_converged_mmps_and_the_letkf(inflation):
     """``guidance="exact"``: at bandwidth 1 the same analysis as MMPS once its CG has converged

@@ -62,8 +62,22 @@ class Domains:
     weight: torch.Tensor
     taper: torch.Tensor | None = None
 
+    def blocks(self) -> torch.Tensor | None:
+        """``(K, b)`` the state indices each domain keeps, when every block has ``b`` entries (every
+        periodic layout), else None; computed once per instance."""
+        if "_blocks" not in self.__dict__:
+            sizes = self.keep.count_nonzero(1)
+            equal = bool((sizes == sizes[0]).all())
+            object.__setattr__(self, "_blocks", self.windows[self.keep].reshape(len(sizes), -1) if equal else None)
+        return self.__dict__["_blocks"]
+
     def check(self, size: int, n_obs: int) -> None:
-        """Raise ValueError naming the field that does not fit a state of ``size`` and ``n_obs`` observations."""
+        """Raise ValueError naming the field that does not fit a state of ``size`` and ``n_obs`` observations.
+
+        A passed check is remembered for that ``(size, n_obs)`` (the fields are read, never written, by
+        the analyses), so a cycled filter pays for it once, not every cycle."""
+        if self.__dict__.get("_checked") == (size, n_obs):
+            return
         k, w = self.windows.shape
         if self.keep.shape != (k, w):
             raise ValueError(f"Domains.keep must be (K, w) = {(k, w)} like windows, got {tuple(self.keep.shape)}")
@@ -89,6 +103,7 @@ class Domains:
             raise ValueError("Domains.weight must lie in [0, 1]")
         if self.taper is not None and tuple(self.taper.shape) not in ((w, w), (k, w, w)):
             raise ValueError(f"Domains.taper must be (w, w) or (K, w, w) = {(k, w, w)}, got {tuple(self.taper.shape)}")
+        object.__setattr__(self, "_checked", (size, n_obs))
 
 
 def _periodic(a: torch.Tensor, size: int) -> torch.Tensor:
