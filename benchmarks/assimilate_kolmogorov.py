@@ -153,7 +153,7 @@ def run_letkf(data: dict, cfg: dict, burn: int, partial: Path | None = None, log
         tseq = modelling.Chronology(STEPS * model().dt, dko=1, Ko=obs.shape[0] - 1, BurnIn=0)
         x0 = modelling.RV(M=SIZE * SIZE, func=lambda n: ens.reshape(N, -1)[:n].astype(np.float64))
         hmm = modelling.HiddenMarkovModel({"M": SIZE * SIZE, "model": dyn, "noise": 0}, obs_model, tseq, x0)
-        xp = da.LETKF(N=N, rot=True, **cfg)
+        xp = da.LETKF(N=N, rot=cfg.pop("rot", True), **cfg)
         dpr.set_seed(2000 + int(data["seed"]))  # its random rotations
         clock.update(t=time.perf_counter(), cpu=time.process_time())
         xp.assimilate(hmm, flat_truth, obs, liveplots=False)
@@ -313,9 +313,9 @@ def summarise(runs: dict, chosen: dict, validation: dict, args) -> dict:
     table = {}
     for name, rs in runs.items():
         table[name] = {k: float(np.mean([r[k] for r in rs])) for k in SCORES if all(k in r for r in rs)}
-    by_seed = {r["seed"]: r for r in runs["LETKF"]}
+    by_seed = {r["seed"]: r for r in runs.get("LETKF", [])}  # a chosen record may hold one side only
     diffs = {r["seed"]: rmse_difference(r["rows"], by_seed[r["seed"]]["rows"], args.burn)
-             for r in runs["sciffusion"] if r["seed"] in by_seed}
+             for r in runs.get("sciffusion", []) if r["seed"] in by_seed}
     per_seed = [d["mean"] for d in diffs.values()]
     for rs in runs.values():  # is it stationary? the scores of the second half of the scored cycles
         for r in rs:
@@ -329,10 +329,13 @@ def summarise(runs: dict, chosen: dict, validation: dict, args) -> dict:
              for rs in runs.values() for r in rs]
     return {"seeds": args.seeds, "cycles": args.cycles, "burn": args.burn, "chosen": chosen,
             "table_mean_over_seeds": table,
-            "rmse_difference_sciffusion_minus_letkf": {"per_seed": diffs, "mean_over_seeds": float(np.mean(per_seed))},
+            "rmse_difference_sciffusion_minus_letkf": {"per_seed": diffs,
+                                                       "mean_over_seeds": float(np.mean(per_seed)) if per_seed else None},
             "runs": strip, "validation": validation,
-            "validation_supplement": json.loads(SUPPLEMENT.read_text()) if SUPPLEMENT.exists() else None,
-            "cost_interleaved": json.loads(COST.read_text()) if COST.exists() else None,
+            # the first round's supplement and interleaved cost belong to its validation record only
+            **({"validation_supplement": json.loads(SUPPLEMENT.read_text()) if SUPPLEMENT.exists() else None,
+                "cost_interleaved": json.loads(COST.read_text()) if COST.exists() else None}
+               if Path(args.chosen).resolve() == VALIDATION.resolve() else {}),
             "parts_wall_seconds": float(sum(r["wall_seconds"] for rs in runs.values() for r in rs))}
 
 

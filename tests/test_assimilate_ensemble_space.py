@@ -209,6 +209,37 @@ def test_domains_remember_a_passed_check_and_their_blocks():
     assert sorted(d.blocks().reshape(-1).tolist()) == list(range(64)) and d.blocks().shape == (16, 4)
 
 
+def test_random_rotation_is_a_mean_preserving_haar_rotation():
+    """``Q`` is orthogonal with ``Q 1 = 1``; over 4,000 draws its average is ``1 1^T / n`` (Haar on the
+    complement of 1 averages to 0 there; a fixed or biased rotation would not), and it is not the identity."""
+    from sciffusion.assimilate import random_rotation
+
+    g, n = torch.Generator().manual_seed(5), 6
+    qs = torch.stack([random_rotation(n, g) for _ in range(4000)])
+    eye, ones = torch.eye(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
+    torch.testing.assert_close(qs[0] @ qs[0].T, eye, rtol=0, atol=1e-12)
+    torch.testing.assert_close(qs[0] @ ones, ones, rtol=0, atol=1e-12)
+    assert float((qs.mean(0) - torch.ones(n, n, dtype=torch.float64) / n).abs().max()) < 0.05
+    assert float((qs[0] - eye).abs().max()) > 0.1
+    with pytest.raises(ValueError, match="at least 2 members"):
+        random_rotation(1)
+
+
+@pytest.mark.parametrize("space", ["ensemble", "state"])
+def test_rotate_keeps_the_analysis_mean_and_covariance(space):
+    """``rotate=True`` changes the members but not their mean or covariance (to 1e-10): the same
+    analysis, DAPPER's ``rot=True``."""
+    x, y, std = _problem()
+    kw = dict(domains=periodic_domains(D, OBS, radius=4, block=2, obs_radius=2.0), noise_std=std, space=space,
+              steps=8, sigma_max=20.0)
+    plain = local_analysis(x, y, generator=torch.Generator().manual_seed(2), **kw)
+    rot = local_analysis(x, y, rotate=True, generator=torch.Generator().manual_seed(2), **kw)
+    torch.testing.assert_close(rot.mean(0), plain.mean(0), rtol=0, atol=1e-10)
+    torch.testing.assert_close(torch.cov(rot.reshape(len(rot), -1).T), torch.cov(plain.reshape(len(plain), -1).T),
+                               rtol=0, atol=1e-10)
+    assert float((rot - plain).abs().max()) > 1e-2
+
+
 @pytest.mark.parametrize("inflation", [1.0, 1.1])
 def test_exact_guidance_is_converged_mmps_and_the_letkf(inflation):
     """``guidance="exact"``: at bandwidth 1 the same analysis as MMPS once its CG has converged

@@ -272,11 +272,30 @@ def default_guidance(space: str, function) -> str:
     return "exact" if space == "ensemble" and function is None else "mmps"
 
 
+def random_rotation(n: int, generator: torch.Generator | None = None, dtype=torch.float64,
+                    device=None) -> torch.Tensor:
+    """A random ``(n, n)`` orthogonal matrix that keeps the ensemble mean: ``Q 1 = 1``, Haar-distributed
+    on the complement of ``1`` (Sakov & Oke 2008's mean-preserving rotation, DAPPER's ``genOG_1``).
+    ``mean + Q @ (members - mean)`` keeps the members' mean and covariance and mixes which member
+    carries which anomaly."""
+    if n < 2:
+        raise ValueError(f"a mean-preserving rotation needs at least 2 members, got {n}")
+    g = torch.randn(n - 1, n - 1, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(g)
+    block = torch.eye(n, dtype=torch.float64)
+    block[1:, 1:] = q * torch.sign(torch.diagonal(r))  # Haar on O(n - 1)
+    u = torch.zeros(n, dtype=torch.float64)
+    u[0] = 1.0
+    u -= n**-0.5  # Householder reflection H: e_1 <-> 1 / sqrt(n)
+    h = torch.eye(n, dtype=torch.float64) - 2 * torch.outer(u, u) / (u @ u)
+    return (h @ block @ h).to(dtype=dtype, device=device)
+
+
 def local_analysis(ensemble: torch.Tensor, y, *, domains: Domains, noise_std, function=None,
                    bandwidth: float = 1.0, inflation: float = 1.0, guidance: str | None = None,
                    sampler: str | None = "heun", steps: int = 16, sigma_max: float = 20.0, sigma_min: float = 0.002,
-                   start: str = "members", space: str = "state", generator: torch.Generator | None = None,
-                   **options) -> torch.Tensor:
+                   start: str = "members", space: str = "state", rotate: bool = False,
+                   generator: torch.Generator | None = None, **options) -> torch.Tensor:
     """Analysis ensemble ``(N, *state)`` by one analysis per domain (module docstring), batched.
 
     Args:
@@ -298,6 +317,10 @@ def local_analysis(ensemble: torch.Tensor, y, *, domains: Domains, noise_std, fu
             guidance approximation and no conjugate gradients.
         guidance: None (default): ``"exact"`` where it applies (``space="ensemble"``, ``function=None``),
             else ``"mmps"`` (:func:`default_guidance`); or any method of :func:`sciffusion.inverse.sample`.
+        rotate: after the analysis, one :func:`random_rotation` of all members' anomalies (the same
+            for every domain; drawn from ``generator``): DAPPER's ``rot=True``, which keeps the mean and
+            covariance and stops a deterministic square-root update from pinning the same member
+            to the same anomaly cycle after cycle.
 
     A domain with no observation (all weights 0 or NaN) keeps its forecast.
     """
@@ -338,7 +361,7 @@ def local_analysis(ensemble: torch.Tensor, y, *, domains: Domains, noise_std, fu
                                      bandwidth=bandwidth, inflation=inflation, guidance=guidance, sampler=sampler,
                                      steps=steps, sigma_max=sigma_max, sigma_min=sigma_min, start=start,
                                      generator=generator, **options)
-        return xa.reshape(n, *state).to(ensemble.dtype)
+        return _rotated(xa, rotate, generator).reshape(n, *state).to(ensemble.dtype)
     xw = x[:, domains.windows]  # (N, K, w)
     mean = xw.mean(0)
     scale = ((xw - mean) ** 2).sum(0).mean(-1).div(n - 1).sqrt() * float(inflation)  # (K,)
@@ -377,4 +400,12 @@ def local_analysis(ensemble: torch.Tensor, y, *, domains: Domains, noise_std, fu
     xa = torch.where(active[:, None], xa, xw)
     out = torch.empty_like(x)
     out[:, domains.windows[domains.keep]] = xa[:, domains.keep]
-    return out.reshape(n, *state).to(ensemble.dtype)
+    return _rotated(out, rotate, generator).reshape(n, *state).to(ensemble.dtype)
+
+
+def _rotated(x: torch.Tensor, rotate: bool, generator) -> torch.Tensor:
+    """Flat members ``(N, d)``, their anomalies rotated by one :func:`random_rotation` if ``rotate``."""
+    if not rotate:
+        return x
+    mean = x.mean(0)
+    return mean + random_rotation(x.shape[0], generator, x.dtype, x.device) @ (x - mean)
