@@ -260,7 +260,14 @@ def validate(args) -> dict:
                     f"block 1) ran {DEFAULT_CYCLES} cycles as a cost reference"}
 
 
-def merge(paths: list[Path]) -> dict:
+def choose(rows: list, criterion: str = "rmse") -> dict:
+    """The chosen row: lowest RMSE; with ``criterion="ssr"`` (the rule of ``assimilate_lorenz96.py``),
+    lowest RMSE among the rows whose spread-skill is within the issue's 0.9-1.1, else the lowest RMSE."""
+    calibrated = [r for r in rows if 0.9 <= r.get("spread_skill", np.nan) <= 1.1]
+    return best(calibrated if criterion == "ssr" and calibrated else rows)
+
+
+def merge(paths: list[Path], criterion: str = "rmse") -> dict:
     """One validation record from several ``--validate`` runs of the same seed, cycles and burn-in
     (grids split across processes): every row kept (a setting run twice: its first run), each
     method's choice the lowest RMSE over all of them."""
@@ -273,15 +280,17 @@ def merge(paths: list[Path]) -> dict:
         for side in rows:
             rows[side] += [r for r in v[side] if all(r["settings"] != q["settings"] for q in rows[side])]
     return {**{k: parts[0][k] for k in ("cycles", "burn", "seed", "truth_std")}, **rows,
-            "chosen": {name: best(rows[side])["settings"] if rows[side] else None
+            "chosen": {name: choose(rows[side], criterion)["settings"] if rows[side] else None
                        for name, side in (("sciffusion", "ours"), ("LETKF", "peers"))},
             "merged_from": [{"file": p.name, "meta": v.get("meta"), "wall_seconds": v.get("wall_seconds")}
                             for p, v in zip(paths, parts)],
-            "note": "chosen: lowest validation RMSE over the merged rows"}
+            "select": criterion,
+            "note": "chosen: lowest validation RMSE over the merged rows" + (
+                ", among those with spread-skill in 0.9-1.1 where there are any" if criterion == "ssr" else "")}
 
 
-def part_path(seed: int, name: str) -> Path:
-    return RESULTS.parent.parent / "runs" / "assimilate_kolmogorov" / f"part_seed{seed}_{name}.json"
+def part_path(seed: int, name: str, tag: str = "") -> Path:
+    return RESULTS.parent.parent / "runs" / "assimilate_kolmogorov" / f"part_seed{seed}_{name}{tag}.json"
 
 
 def test(args, meta: dict) -> dict:
@@ -291,7 +300,7 @@ def test(args, meta: dict) -> dict:
     for seed in args.seeds:
         data = None
         for name, cfg in chosen.items():
-            path = part_path(seed, name)
+            path = part_path(seed, name, args.tag)
             path.parent.mkdir(parents=True, exist_ok=True)
             old = json.loads(path.read_text()) if path.exists() else {}
             if old.get("settings") == cfg and old.get("cycles") == args.cycles and old.get("burn") == args.burn:
@@ -366,13 +375,16 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--chosen", type=Path, default=VALIDATION, help="JSON with the settings chosen on validation")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--select", choices=("rmse", "ssr"), default="rmse",
+                   help="--merge: lowest RMSE, or lowest RMSE among spread-skill 0.9-1.1 (ssr)")
+    p.add_argument("--tag", default="", help="test: suffix of the part files (two chosen records side by side)")
     p.add_argument("--ours-grid", default=None, help="validation: sciffusion settings to try (JSON list), no defaults")
     p.add_argument("--peer-grid", default=None, help="validation: LETKF settings to try (JSON list)")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     start, meta = time.time(), run_meta()  # the load at the start of the run
     if args.merge:
-        out, path = merge(args.merge), args.out or VALIDATION
+        out, path = merge(args.merge, args.select), args.out or VALIDATION
     elif args.cost:
         args.cycles = min(args.cycles, 6)
         out, path = cost(args), args.out or COST

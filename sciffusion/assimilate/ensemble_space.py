@@ -201,7 +201,7 @@ def ensemble_space_analysis(x: torch.Tensor, domains, y_loc: torch.Tensor, coef:
 
 def _update(x, domains, wa, mean, anom, active) -> torch.Tensor:
     """The analysed members: each active domain's block ``mean + wa @ anom``, the others kept."""
-    n, k = wa.shape[0], wa.shape[1]
+    n = wa.shape[0]
     out = x.clone()
     kept = domains.blocks()  # (K, b)
     if kept is not None:  # equal blocks (every periodic layout): one batched product
