@@ -261,8 +261,9 @@ def validate(args) -> dict:
 
 
 def choose(rows: list, criterion: str = "rmse") -> dict:
-    """The chosen row: lowest RMSE; with ``criterion="ssr"`` (the rule of ``assimilate_lorenz96.py``),
-    lowest RMSE among the rows whose spread-skill is within the issue's 0.9-1.1, else the lowest RMSE."""
+    """The chosen row: lowest RMSE; with ``criterion="ssr"``, lowest RMSE among the rows whose
+    spread-skill is within the issue's 0.9-1.1 (``assimilate_lorenz96.py``'s rule), and with no such
+    row the lowest RMSE (where that script falls back to the spread-skill closest to 1)."""
     calibrated = [r for r in rows if 0.9 <= r.get("spread_skill", np.nan) <= 1.1]
     return best(calibrated if criterion == "ssr" and calibrated else rows)
 
@@ -270,7 +271,7 @@ def choose(rows: list, criterion: str = "rmse") -> dict:
 def merge(paths: list[Path], criterion: str = "rmse") -> dict:
     """One validation record from several ``--validate`` runs of the same seed, cycles and burn-in
     (grids split across processes): every row kept (a setting run twice: its first run), each
-    method's choice the lowest RMSE over all of them."""
+    method's choice made over all of them by :func:`choose` with ``criterion``."""
     parts = [json.loads(p.read_text()) for p in paths]
     keys = {(v["seed"], v["cycles"], v["burn"]) for v in parts}
     if len(keys) != 1:
