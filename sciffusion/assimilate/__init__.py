@@ -15,6 +15,7 @@ from sciffusion.assimilate.forecast_prior import (ForecastDenoiser, ForecastPrio
                                                  forecast_prior_analysis, train_forecast_prior)
 from sciffusion.assimilate.local import (Domains, LocalPrior, local_analysis, periodic_domains, periodic_domains_2d,
                                         random_rotation)
+from sciffusion.assimilate.relax import relax
 from sciffusion.assimilate.run import assimilate, truth_and_observations
 from sciffusion.assimilate.scores import cycle_scores, plot_cycle_scores, summary
 from sciffusion.assimilate.smoother import TrajectoryDenoiser, TrajectoryOperator, smooth
@@ -23,6 +24,6 @@ from sciffusion.assimilate.window_prior import WindowDenoiser, WindowPrior, trai
 __all__ = ["Domains", "FilterResult", "ForecastDenoiser", "ForecastPrior", "LocalPrior", "TrajectoryDenoiser",
            "TrajectoryOperator", "WindowDenoiser", "WindowPrior", "analysis", "assimilate", "check_inputs", "cycle",
            "cycle_scores", "ensemble_prior", "forecast_pairs", "forecast_prior_analysis", "gaspari_cohn",
-           "local_analysis", "periodic_domains", "periodic_domains_2d", "plot_cycle_scores", "random_rotation", "smooth",
+           "local_analysis", "periodic_domains", "periodic_domains_2d", "plot_cycle_scores", "random_rotation", "relax", "smooth",
            "summary",
            "train_forecast_prior", "train_window_prior", "truth_and_observations"]

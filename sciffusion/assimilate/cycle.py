@@ -17,7 +17,10 @@ import torch
 from sciffusion.assimilate.analysis import analysis
 from sciffusion.assimilate.forecast_prior import check_prior, forecast_prior_analysis
 from sciffusion.assimilate.local import Domains, local_analysis
+from sciffusion.assimilate.relax import relax
 from sciffusion.inverse import as_operator
+
+RELAXATION = ("rtps", "rtpp")  # analysis options that relax() takes, after any analysis
 
 
 @dataclass
@@ -84,12 +87,27 @@ def check_domains(ensemble: torch.Tensor, operator, domains: Domains | None, fun
 
 
 def analyse(xf: torch.Tensor, operator, y: torch.Tensor, std: torch.Tensor, domains: Domains | None, function,
-            generator, options: dict) -> torch.Tensor:
-    """One analysis: :func:`analysis`, or :func:`local_analysis` with ``domains``."""
-    if domains is None:
-        return analysis(xf, operator, y, noise_std=std, generator=generator, **options)
-    return local_analysis(xf, y.reshape(-1), domains=domains, noise_std=std.reshape(-1), function=function,
-                          generator=generator, **options)
+            generator, options: dict, prior=None) -> torch.Tensor:
+    """One analysis: :func:`analysis`, :func:`local_analysis` with ``domains``, or
+    :func:`forecast_prior_analysis` with ``prior``; then :func:`~sciffusion.assimilate.relax` by the
+    ``rtps``/``rtpp`` of ``options`` (any of the three)."""
+    options = dict(options)
+    relaxation = {k: options.pop(k) for k in RELAXATION if k in options}
+    if prior is not None:
+        xa = forecast_prior_analysis(prior, xf, operator, y, noise_std=std, generator=generator, **options)
+    elif domains is None:
+        xa = analysis(xf, operator, y, noise_std=std, generator=generator, **options)
+    else:
+        xa = local_analysis(xf, y.reshape(-1), domains=domains, noise_std=std.reshape(-1), function=function,
+                            generator=generator, **options)
+    return relax(xf, xa, **relaxation)
+
+
+def check_relaxation(options: dict) -> None:
+    """ValueError before any cycle runs for an ``rtps``/``rtpp`` outside [0, 1]."""
+    for k in RELAXATION:
+        if k in options and not 0.0 <= float(options[k]) <= 1.0:
+            raise ValueError(f"{k} must be in [0, 1], got {options[k]}")
 
 
 def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tensor, operator,
@@ -117,11 +135,14 @@ def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tens
             ``(x, sigma, cond=x_f)``): analyse by :func:`~sciffusion.assimilate.forecast_prior_analysis`,
             each member drawn from ``p(x | its forecast, y)``. None (default): the forecast ensemble's prior.
         **analysis_options: keywords of :func:`~sciffusion.assimilate.analysis` (``bandwidth``,
-            ``inflation``, ``localization``, ``guidance``, ``steps``, ``start``, ``cg_iters``...).
+            ``inflation``, ``localization``, ``guidance``, ``steps``, ``start``, ``cg_iters``...), and
+            ``rtps``/``rtpp``: relax each analysis' spread towards its forecast's by
+            :func:`~sciffusion.assimilate.relax` (with any analysis, the trained prior's too).
     """
     observations = torch.as_tensor(observations)
     std = check_inputs(ensemble, operator, observations, noise_std, n_cycles)
     check_domains(ensemble, operator, domains, function)
+    check_relaxation(analysis_options)
     if prior is not None:
         check_prior(prior, ensemble, domains)
     x = ensemble
@@ -129,9 +150,7 @@ def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tens
     for t in range(observations.shape[0]):
         xf = forecast(x)
         start = time.perf_counter()
-        x = (analyse(xf, operator, observations[t], std[t], domains, function, generator, analysis_options)
-             if prior is None else forecast_prior_analysis(prior, xf, operator, observations[t], noise_std=std[t],
-                                                           generator=generator, **analysis_options))
+        x = analyse(xf, operator, observations[t], std[t], domains, function, generator, analysis_options, prior)
         secs.append(time.perf_counter() - start)
         fcs.append(xf)
         ans.append(x)

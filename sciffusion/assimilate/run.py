@@ -38,7 +38,7 @@ import torch
 import xarray as xr
 
 from sciffusion.assimilate.analysis import analysis
-from sciffusion.assimilate.cycle import analyse, check_domains, check_inputs
+from sciffusion.assimilate.cycle import analyse, check_domains, check_inputs, check_relaxation
 from sciffusion.assimilate.forecast_prior import ForecastPrior, check_prior, forecast_prior_analysis
 from sciffusion.assimilate.local import Domains, default_guidance
 from sciffusion.diffusion import member_generators
@@ -228,7 +228,8 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
             from a path), so a resume with another prior is refused. None (default): the forecast
             ensemble's prior.
         **analysis_options: keywords of :func:`~sciffusion.assimilate.analysis` (with ``prior``: of
-            :func:`~sciffusion.assimilate.forecast_prior_analysis`).
+            :func:`~sciffusion.assimilate.forecast_prior_analysis`), and ``rtps``/``rtpp``
+            (:func:`~sciffusion.assimilate.relax`, after any analysis; recorded like the others).
 
     Returns the Dataset of the module docstring (opened from the store with ``out=``), with the
     provenance (settings, seed, sciffusion version) in its attributes.
@@ -264,6 +265,7 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
                      if isinstance(noise_std, xr.DataArray) else noise_std, dtype=np.float64)
     std = check_inputs(x0, operator, y, torch.as_tensor(std), len(steps))
     check_domains(x0, operator, domains, function)
+    check_relaxation(analysis_options)
     prior_path = None
     if prior is not None:
         prior, prior_description, prior_path = _prior(prior, x0, domains, analysis_options)
@@ -319,8 +321,7 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
         xf = model.step(x, int(steps[t]), generator=[member_generator(seed, t, m) for m in range(n)])
         start = _time.perf_counter()
         g = member_generators(seed, 1, key=(_ANALYSIS_KEY, t))[0]
-        x = (analyse(xf, operator, y[t], std[t], domains, function, g, analysis_options) if prior is None
-             else forecast_prior_analysis(prior, xf, operator, y[t], noise_std=std[t], generator=g, **analysis_options))
+        x = analyse(xf, operator, y[t], std[t], domains, function, g, analysis_options, prior)
         seconds = _time.perf_counter() - start
         if callback is not None:
             callback(t, xf, x)
