@@ -91,7 +91,7 @@ def forecast(m, x: torch.Tensor) -> torch.Tensor:
 
 
 def run_ours(data: dict, cfg: dict, burn: int, partial: Path | None = None, log_every: int = 100) -> dict:
-    from sciffusion.assimilate import local_analysis
+    from sciffusion.assimilate import local_analysis, relax
     from sciffusion.assimilate.local import periodic_domains_2d
 
     truth, obs, m = data["truth"], data["obs"], model()
@@ -99,6 +99,7 @@ def run_ours(data: dict, cfg: dict, burn: int, partial: Path | None = None, log_
     if cfg.get("space") == "ensemble" and "cg_iters" in cfg:  # the earlier rounds' settings: MMPS, the default then
         cfg.setdefault("guidance", "mmps")
     radius = cfg.pop("radius")
+    relaxation = {k: cfg.pop(k) for k in ("rtps", "rtpp") if k in cfg}  # after the analysis (relax)
     domains = periodic_domains_2d((SIZE, SIZE), OBS_INDEX, radius=radius, block=cfg.pop("block"),
                                   obs_radius=cfg.pop("obs_radius", radius / 2))
     x = torch.as_tensor(data["ens"])
@@ -106,8 +107,9 @@ def run_ours(data: dict, cfg: dict, burn: int, partial: Path | None = None, log_
     scorer = Scorer(burn, partial)
     for t in range(obs.shape[0]):
         start, cpu = time.perf_counter(), time.process_time()
-        x = local_analysis(forecast(m, x), torch.as_tensor(obs[t]), domains=domains, noise_std=OBS_STD,
-                           generator=g, **cfg)
+        xf = forecast(m, x)
+        x = relax(xf, local_analysis(xf, torch.as_tensor(obs[t]), domains=domains, noise_std=OBS_STD,
+                                     generator=g, **cfg), **relaxation)
         scorer.add(t, x.reshape(N, -1).numpy(), truth[t + 1].reshape(-1), time.perf_counter() - start,
                    time.process_time() - cpu)
         if not scorer.rows[-1]["finite"]:

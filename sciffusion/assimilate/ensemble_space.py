@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import torch
 
+from sciffusion.assimilate.adaptive import enkf_n_inflation
 from sciffusion.diffusion import heun_step, karras_sigmas
 from sciffusion.inverse import Function
 from sciffusion.inverse import sample as posterior_sample
@@ -145,11 +146,15 @@ def ensemble_space_analysis(x: torch.Tensor, domains, y_loc: torch.Tensor, coef:
                             active: torch.Tensor, *, function=None, bandwidth: float = 1.0, inflation: float = 1.0,
                             guidance: str = "mmps", sampler: str | None = "heun", steps: int = 16,
                             sigma_max: float = 20.0, sigma_min: float = 0.002, start: str = "members",
-                            generator: torch.Generator | None = None, **options) -> torch.Tensor:
+                            generator: torch.Generator | None = None, enkf_n: float | None = None,
+                            weight: torch.Tensor | None = None, **options) -> torch.Tensor:
     """The analysed flat members ``(N, d)`` of :func:`~sciffusion.assimilate.local_analysis` with
     ``space="ensemble"``; its arguments already checked and localised there (``y_loc``, ``coef``:
     ``(K, m)`` observations and ``sqrt(weight) / std`` factors of each domain's slots, ``std`` the
-    common noise std or 1 when ``coef`` holds it, ``active``: the domains with an observation)."""
+    common noise std or 1 when ``coef`` holds it, ``active``: the domains with an observation).
+    ``enkf_n``: multiply each domain's anomalies by its EnKF-N inflation
+    (:func:`~sciffusion.assimilate.adaptive.enkf_n_inflation` with ``x_n = enkf_n``, estimated on the
+    slots of positive localisation ``weight``, untapered, after ``inflation``)."""
     if domains.taper is not None:
         raise ValueError("space='ensemble' cannot apply Domains.taper (a covariance taper has no ensemble-space "
                          "form); build the domains without taper_radius, or use space='state'")
@@ -158,6 +163,16 @@ def ensemble_space_analysis(x: torch.Tensor, domains, y_loc: torch.Tensor, coef:
     anom = (x - mean) * (float(inflation) / (n - 1) ** 0.5)  # (N, d): x = mean + w @ anom
     read = domains.windows.gather(1, domains.obs_pos)  # (K, m) state index of each slot
     obs_mean, obs_anom = mean[read], anom[:, read].permute(1, 0, 2)  # (K, m), (K, N, m)
+    infl = None
+    if enkf_n is not None:  # per-domain adaptive inflation, on the observed values f(x_i) as DAPPER's Obs(E)
+        if weight is None:
+            raise ValueError("enkf_n needs the domains' localisation weights (weight=)")
+        vals = x[:, read] if function is None else function(x[:, read])  # (N, K, m)
+        f_mean = vals.mean(0)
+        whiten = torch.where(weight > 0, coef / weight.clamp_min(1e-300).sqrt() / std, 0.0)  # 1 / std_j, untapered
+        f_anom = ((vals - f_mean) * (float(inflation) / (n - 1) ** 0.5)).permute(1, 0, 2)
+        infl = enkf_n_inflation((n - 1) ** 0.5 * f_anom * whiten[:, None], (y_loc - f_mean) * whiten, enkf_n)
+        obs_anom = obs_anom * infl[:, None, None]
     prior = WeightPrior(n, bandwidth, dtype=x.dtype, device=x.device)
     sigmas = karras_sigmas(steps, sigma_min, sigma_max).to(torch.float64)
     if start == "members":  # member i at sqrt(N - 1) (e_i - 1/N) in every domain, up the prior's ODE
@@ -180,7 +195,7 @@ def ensemble_space_analysis(x: torch.Tensor, domains, y_loc: torch.Tensor, coef:
         z = options.get("x")
         if z is None:
             z = sigmas[0] * torch.randn(n * k, n, generator=generator, dtype=x.dtype, device=x.device)
-        return _update(x, domains, post.flow(z, sigmas).reshape(n, k, n), mean, anom, active)
+        return _update(x, domains, post.flow(z, sigmas).reshape(n, k, n), mean, anom, active, infl)
 
     def observe(w: torch.Tensor) -> torch.Tensor:  # rows (B, N) -> weighted residuals (B, m)
         if w.shape[0] % k:  # a probe of the operator
@@ -196,14 +211,16 @@ def ensemble_space_analysis(x: torch.Tensor, domains, y_loc: torch.Tensor, coef:
     wa = posterior_sample(prior, Function(observe), zero, noise_std=std, sampler=sampler, n_members=n * k,
                           sigmas=sigmas, generator=generator, event_shape=(n,), dtype=torch.float64,
                           device=x.device, guidance=guidance, **options).reshape(n, k, n)
-    return _update(x, domains, wa, mean, anom, active)
+    return _update(x, domains, wa, mean, anom, active, infl)
 
 
-def _update(x, domains, wa, mean, anom, active) -> torch.Tensor:
-    """The analysed members: each active domain's block ``mean + wa @ anom``, the others kept."""
+def _update(x, domains, wa, mean, anom, active, infl=None) -> torch.Tensor:
+    """The analysed members: each active domain's block ``mean + wa @ (infl * anom)``, the others kept."""
     n = wa.shape[0]
     out = x.clone()
     kept = domains.blocks()  # (K, b)
+    if infl is not None:  # the domain's inflation scales its weights' map to the state
+        wa = wa * infl[None, :, None]
     if kept is not None:  # equal blocks (every periodic layout): one batched product
         upd = mean[kept] + torch.einsum("ikc,ckb->ikb", wa, anom[:, kept])
         out[:, kept.reshape(-1)] = torch.where(active[None, :, None], upd, x[:, kept]).reshape(n, -1)

@@ -295,7 +295,7 @@ def local_analysis(ensemble: torch.Tensor, y, *, domains: Domains, noise_std, fu
                    bandwidth: float = 1.0, inflation: float = 1.0, guidance: str | None = None,
                    sampler: str | None = "heun", steps: int = 16, sigma_max: float = 20.0, sigma_min: float = 0.002,
                    start: str = "members", space: str = "state", rotate: bool = False,
-                   generator: torch.Generator | None = None, **options) -> torch.Tensor:
+                   enkf_n: float | None = None, generator: torch.Generator | None = None, **options) -> torch.Tensor:
     """Analysis ensemble ``(N, *state)`` by one analysis per domain (module docstring), batched.
 
     Args:
@@ -321,6 +321,10 @@ def local_analysis(ensemble: torch.Tensor, y, *, domains: Domains, noise_std, fu
             for every domain; drawn from ``generator``): DAPPER's ``rot=True``, which keeps the mean and
             covariance and stops a deterministic square-root update from pinning the same member
             to the same anomaly cycle after cycle.
+        enkf_n: adaptive inflation (``space="ensemble"`` only): each domain's anomalies multiplied by
+            its finite-size EnKF-N inflation with this hyperprior certainty (DAPPER's LETKF ``xN``;
+            :func:`~sciffusion.assimilate.adaptive.enkf_n_inflation`), estimated each analysis from
+            the innovations of the observations it sees; on top of ``inflation``. None: none.
 
     A domain with no observation (all weights 0 or NaN) keeps its forecast.
     """
@@ -333,6 +337,8 @@ def local_analysis(ensemble: torch.Tensor, y, *, domains: Domains, noise_std, fu
         raise ValueError(f"start must be 'members' or 'noise', got {start!r}")
     if space not in ("state", "ensemble"):
         raise ValueError(f"space must be 'state' or 'ensemble', got {space!r}")
+    if enkf_n is not None and space != "ensemble":
+        raise ValueError("enkf_n (adaptive EnKF-N inflation) is estimated in ensemble space: pass space='ensemble'")
     guidance = default_guidance(space, function) if guidance is None else guidance
     if guidance == "exact" and space != "ensemble":
         raise ValueError("guidance='exact' is the closed-form posterior of space='ensemble' (linear observations); "
@@ -360,7 +366,7 @@ def local_analysis(ensemble: torch.Tensor, y, *, domains: Domains, noise_std, fu
         xa = ensemble_space_analysis(x, domains, y_loc, coef, 1.0 if std.ndim else std, active, function=function,
                                      bandwidth=bandwidth, inflation=inflation, guidance=guidance, sampler=sampler,
                                      steps=steps, sigma_max=sigma_max, sigma_min=sigma_min, start=start,
-                                     generator=generator, **options)
+                                     generator=generator, enkf_n=enkf_n, weight=weight, **options)
         return _rotated(xa, rotate, generator).reshape(n, *state).to(ensemble.dtype)
     xw = x[:, domains.windows]  # (N, K, w)
     mean = xw.mean(0)

@@ -34,8 +34,8 @@ KEYS = {
     "truth": ("spinup", "seed"),
     "observations": ("operator", "every", "fraction", "function", "noise_std", "interval", "cycles", "seed"),
     "filter": ("members", "perturbation", "bandwidth", "inflation", "localization_radius", "steps", "cg_iters",
-               "guidance", "start", "sigma_max", "cycles_per_block", "prior"),
-    "domains": ("radius", "block", "obs_radius", "taper_radius", "space"),
+               "guidance", "start", "sigma_max", "cycles_per_block", "prior", "rtps", "rtpp"),
+    "domains": ("radius", "block", "obs_radius", "taper_radius", "space", "enkf_n"),
 }
 OPERATORS = ("all", "every", "fraction")
 FUNCTIONS = ("identity", "arctan")
@@ -240,6 +240,10 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError("config [domains] space = 'ensemble' cannot apply taper_radius (a covariance taper "
                                 "has no ensemble-space form)")
             filt["space"] = space
+        if "enkf_n" in cfg["domains"]:
+            if filt.get("space") != "ensemble":
+                raise UserError("config [domains] enkf_n (adaptive EnKF-N inflation) needs space = 'ensemble'")
+            filt["enkf_n"] = float(cfg["domains"]["enkf_n"])
     if filt.get("guidance") == "exact" and not (filt.get("space") == "ensemble" and filt.get("function") is None):
         raise UserError("config [filter] guidance = 'exact' is the closed-form posterior of [domains] space = "
                         "'ensemble' with linear observations (no [observations] function); use a guidance method "
