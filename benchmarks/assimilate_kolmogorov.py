@@ -11,10 +11,11 @@ both filters start from the same ensemble, truth + 1.0 x ``KolmogorovFlow.pertur
 unit-RMS random fields), N = ``N`` members, and see the same observations (drawn here).
 
 sciffusion: ``local_analysis`` with ``periodic_domains_2d`` (square blocks, a halo ``radius``,
-Gaspari-Cohn R-localisation by 2-D distance to the block, half-width ``radius / 2``). Peer:
-DAPPER's ``LETKF(N, rot=True, infl, loc_rad)`` with ``nd_Id_localization((64, 64), (b, b), obs)``
-(its local analyses batched over b x b points, the observations tapered by their mean distance
-to the batch). Both run in one process, one after the other, one thread; CPU seconds per cycle
+Gaspari-Cohn R-localisation by 2-D distance to the block, half-width ``radius / 2``; a setting may
+add ``enkf_n``, the adaptive EnKF-N inflation, and ``rtps``/``rtpp``, applied by ``relax`` after each
+analysis). Peer: DAPPER's ``LETKF(N, rot=True, infl, loc_rad)`` (a setting may add its ``xN``)
+with ``nd_Id_localization((64, 64), (b, b), obs)`` (its local analyses batched over b x b points,
+the observations tapered by their mean distance to the batch). Both run in one process, one after the other, one thread; CPU seconds per cycle
 (forecast + analysis) are the cost to read, wall seconds are recorded too.
 
     OMP_NUM_THREADS=1 python benchmarks/assimilate_kolmogorov.py --validate --cycles 150 --burn 50 --seeds 0

@@ -24,6 +24,6 @@ from sciffusion.assimilate.window_prior import WindowDenoiser, WindowPrior, trai
 __all__ = ["Domains", "FilterResult", "ForecastDenoiser", "ForecastPrior", "LocalPrior", "TrajectoryDenoiser",
            "TrajectoryOperator", "WindowDenoiser", "WindowPrior", "analysis", "assimilate", "check_inputs", "cycle",
            "cycle_scores", "ensemble_prior", "forecast_pairs", "forecast_prior_analysis", "gaspari_cohn",
-           "local_analysis", "periodic_domains", "periodic_domains_2d", "plot_cycle_scores", "random_rotation", "relax", "smooth",
-           "summary",
+           "local_analysis", "periodic_domains", "periodic_domains_2d", "plot_cycle_scores", "random_rotation", "relax",
+           "smooth", "summary",
            "train_forecast_prior", "train_window_prior", "truth_and_observations"]

@@ -17,7 +17,7 @@ import torch
 from sciffusion.assimilate.analysis import analysis
 from sciffusion.assimilate.forecast_prior import check_prior, forecast_prior_analysis
 from sciffusion.assimilate.local import Domains, local_analysis
-from sciffusion.assimilate.relax import relax
+from sciffusion.assimilate.relax import check_coefficients, relax
 from sciffusion.inverse import as_operator
 
 RELAXATION = ("rtps", "rtpp")  # analysis options that relax() takes, after any analysis
@@ -105,9 +105,7 @@ def analyse(xf: torch.Tensor, operator, y: torch.Tensor, std: torch.Tensor, doma
 
 def check_relaxation(options: dict) -> None:
     """ValueError before any cycle runs for an ``rtps``/``rtpp`` outside [0, 1]."""
-    for k in RELAXATION:
-        if k in options and not 0.0 <= float(options[k]) <= 1.0:
-            raise ValueError(f"{k} must be in [0, 1], got {options[k]}")
+    check_coefficients(**{k: options[k] for k in RELAXATION if k in options})
 
 
 def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tensor, operator,

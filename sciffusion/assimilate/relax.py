@@ -17,6 +17,13 @@ from __future__ import annotations
 import torch
 
 
+def check_coefficients(**coefficients) -> None:
+    """ValueError naming the first coefficient (``rtps=``, ``rtpp=``) outside [0, 1]."""
+    for name, a in coefficients.items():
+        if not 0.0 <= float(a) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {a}")
+
+
 def relax(forecast: torch.Tensor, analysis: torch.Tensor, *, rtps: float = 0.0, rtpp: float = 0.0) -> torch.Tensor:
     """The analysis ensemble ``(N, *state)`` with its anomalies relaxed towards the forecast's.
 
@@ -27,11 +34,10 @@ def relax(forecast: torch.Tensor, analysis: torch.Tensor, *, rtps: float = 0.0, 
         rtps: RTPS coefficient in [0, 1] (module docstring); applied after ``rtpp``.
         rtpp: RTPP coefficient in [0, 1].
     """
-    for name, a in (("rtps", rtps), ("rtpp", rtpp)):
-        if not 0.0 <= float(a) <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {a}")
+    check_coefficients(rtps=rtps, rtpp=rtpp)
     if forecast.shape != analysis.shape:
-        raise ValueError(f"forecast {tuple(forecast.shape)} and analysis {tuple(analysis.shape)} ensembles differ in shape")
+        raise ValueError(f"forecast {tuple(forecast.shape)} and analysis {tuple(analysis.shape)} ensembles "
+                         "differ in shape")
     if forecast.shape[0] < 2:
         raise ValueError(f"relaxing the spread needs at least 2 members, got {forecast.shape[0]}")
     if not rtps and not rtpp:
