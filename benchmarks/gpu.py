@@ -120,8 +120,35 @@ def spec_peak(name: str) -> float | None:
 class Variant:
     """How to run a model: autocast dtype, memory format, compile."""
 
-    def __init__(self, name: str, bf16: bool, channels_last: bool, compile: bool):
+    def __init__(self, name: str, bf16: bool, channels_last: bool, compile: bool, *, batch: int | None = None,
+                 fused: bool = False, whole: bool = False):
         self.name, self.bf16, self.channels_last, self.compile = name, bf16, channels_last, compile
+        # batch: override the model's training batch; fused: AdamW(fused=True) (one kernel per step, not a
+        # foreach pass per moment); whole: compile the Denoiser (preconditioning and loss weighting included)
+        # rather than its backbone alone
+        self.batch, self.fused, self.whole = batch, fused, whole
+
+    @classmethod
+    def parse(cls, name: str) -> "Variant":
+        """``bf16_compile`` with optional suffixes ``_b32`` (batch 32), ``_fused``, ``_whole``, ``_clgn``."""
+        base, *extra = name.split("_compile")
+        if base != "bf16" or len(extra) != 1:
+            raise ValueError(f"unknown compiled variant {name!r}")
+        tags = [t for t in extra[0].split("_") if t]
+        batch = next((int(t[1:]) for t in tags if t.startswith("b") and t[1:].isdigit()), None)
+        flags = ("fused", "whole", "clgn")
+        unknown = [t for t in tags if t not in flags and not (t.startswith("b") and t[1:].isdigit())]
+        if unknown:
+            raise ValueError(f"unknown variant suffixes {unknown} in {name!r}")
+        v = cls(name, True, True, True, batch=batch, fused="fused" in tags, whole="whole" in tags)
+        v.clgn = "clgn" in tags
+        return v
+
+    def norm_context(self):
+        """``_clgn``: the U-Net's GroupNorm as :func:`group_norm_nhwc` while this variant runs."""
+        if not getattr(self, "clgn", False):
+            return contextlib.nullcontext()
+        return _patched_group_norm()
 
     def autocast(self, device):
         if not self.bf16:
@@ -135,6 +162,8 @@ class Variant:
             den = den.to(memory_format=torch.channels_last)
         if self.compile:  # static shapes: each model is compiled for its own sizes
             torch._dynamo.reset()
+            if self.whole:
+                return torch.compile(den, dynamic=False)
             den.net = torch.compile(den.net, dynamic=False)
         return den
 
@@ -142,12 +171,61 @@ class Variant:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
+def group_norm_nhwc(x, groups: int, weight, bias, eps: float):
+    """GroupNorm of a channels-last ``(B, C, H, W)`` tensor through its NHWC view.
+
+    ``aten.native_group_norm`` (and inductor's decomposition of it) reshapes to ``(B, G, C/G*H*W)``,
+    which is no view of a channels-last tensor; here the statistics are reduced over the
+    ``(B, H*W, G, C/G)`` view, contiguous in memory, with float32 accumulation, and the result
+    keeps the channels-last strides. Equal to ``F.group_norm`` (checked by ``--smoke``).
+    """
+    b, c, h, w = x.shape
+    xs = x.permute(0, 2, 3, 1).reshape(b, h * w, groups, c // groups)
+    var, mean = torch.var_mean(xs.float(), dim=(1, 3), keepdim=True, correction=0)
+    y = ((xs.float() - mean) * torch.rsqrt(var + eps)).reshape(b, h, w, c)
+    if weight is not None:
+        y = y * weight.float() + bias.float()
+    return y.to(x.dtype).permute(0, 3, 1, 2)
+
+
+def check_group_norm_nhwc(device) -> None:
+    """group_norm_nhwc against F.group_norm (float32 and bf16, channels-last input); raises if they differ."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = (torch.randn(2, 16, 8, 6, generator=g) * 3 + 1).to(device).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(16, generator=g).to(device), torch.randn(16, generator=g).to(device)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
+        got = group_norm_nhwc(x.to(dtype), 4, w.to(dtype), b.to(dtype), 1e-6)
+        want = torch.nn.functional.group_norm(x.float(), 4, w, b, 1e-6)
+        err = (got.float() - want).abs().max().item()
+        if err > tol or got.dtype != dtype or not got.is_contiguous(memory_format=torch.channels_last):
+            raise AssertionError(f"group_norm_nhwc differs from F.group_norm ({dtype}): max error {err}")
+
+
+@contextlib.contextmanager
+def _patched_group_norm():
+    from sciffusion.nets import unet
+
+    original = unet.GroupNorm.forward
+
+    def forward(self, x):
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            with torch.autocast(x.device.type, enabled=False):  # statistics in float32, output in x's dtype
+                return group_norm_nhwc(x, self.num_groups, self.weight, self.bias, self.eps)
+        return original(self, x)
+
+    unet.GroupNorm.forward = forward
+    try:
+        yield
+    finally:
+        unet.GroupNorm.forward = original
+
+
 def train_step_fn(den, variant, spec, device):
     """One Trainer-like step (EDM loss, backward, clip, AdamW, EMA) on a fixed random batch."""
     s, c, cc, b = spec["size"], spec["net"]["in_channels"], spec["net"]["cond_channels"], spec["batch"]
     x = variant.fmt(torch.randn(b, c, s, s, device=device))
     cond = variant.fmt(torch.randn(b, cc, s, s, device=device))
-    opt = torch.optim.AdamW(den.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(den.parameters(), lr=1e-4, **({"fused": True} if variant.fused else {}))
     ema = [p.detach().clone() for p in den.parameters()]
     g = torch.Generator(device=device).manual_seed(0)
 
@@ -192,52 +270,78 @@ def sample_fn(den, variant, spec, device, steps: int):
 
 
 def bench_variant(name, spec, v, device, args, peaks, flops) -> dict:
-    """Train-step and sampling timings of one model under one variant."""
+    """Train-step and sampling timings of one model under one variant.
+
+    ``flops`` are those of one step at ``spec["batch"]``; a variant with its own batch scales them
+    (convolutions and matmuls are linear in the batch). ``args.no_sample`` skips the sampling timing;
+    ``args.profile_compiled`` writes the GPU time by kernel of one step of a compiled variant.
+    """
     t_start = time.perf_counter()
+    if v.batch:
+        flops = flops * v.batch / spec["batch"]
+        spec = {**spec, "batch": v.batch}
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    with v.norm_context():
+        return _bench_variant(name, spec, v, device, args, peaks, flops, t_start)
+
+
+def _bench_variant(name, spec, v, device, args, peaks, flops, t_start) -> dict:
     den = v.build(spec, device)
     step = train_step_fn(den, v, spec, device)
     for _ in range(args.warmup):
         step()
     t_train = best_time(step, device, args.repeats, args.inner)
     mem_train = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    den.eval()
-    run = sample_fn(den, v, spec, device, args.sample_steps)
-    run()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t_sample = best_time(run, device, min(args.repeats, 2), 1)
-    mem_sample = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     tflops = flops / t_train / 1e12
     rec = {
+        "batch": spec["batch"], "fused_adamw": v.fused, "compiled_whole_denoiser": v.whole,
+        "nhwc_group_norm": getattr(v, "clgn", False),
         "train_step_s": t_train, "train_samples_per_s": spec["batch"] / t_train, "train_tflops": tflops,
         "train_fraction_of_measured_peak": tflops / peaks["measured"],
         "train_fraction_of_spec_peak": tflops / peaks["spec"] if peaks["spec"] else None,
-        "sample_steps": args.sample_steps, "sample_denoiser_calls": 2 * args.sample_steps - 1,
-        "sample_members_per_s": spec["sample_batch"] / t_sample, "sample_s_per_member": t_sample / spec["sample_batch"],
-        "peak_memory_train_gib": mem_train, "peak_memory_sample_gib": mem_sample,
-        "wall_s_including_compile": time.perf_counter() - t_start,
+        "peak_memory_train_gib": mem_train,
     }
+    if v.compile and getattr(args, "profile_compiled", False):
+        rec["profile_ms"] = profile_fn(step, device, Path(args.out).with_name(f"{Path(args.out).stem}_profile_{v.name}.txt"))
+    sample_msg = ""
+    if not getattr(args, "no_sample", False):
+        den.eval()
+        run = sample_fn(den, v, spec, device, args.sample_steps)
+        run()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t_sample = best_time(run, device, min(args.repeats, 2), 1)
+        mem_sample = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+        rec.update({"sample_steps": args.sample_steps, "sample_denoiser_calls": 2 * args.sample_steps - 1,
+                    "sample_members_per_s": spec["sample_batch"] / t_sample,
+                    "sample_s_per_member": t_sample / spec["sample_batch"], "peak_memory_sample_gib": mem_sample})
+        sample_msg = f" | sample {rec['sample_members_per_s']:8.1f} members/s"
+        del run
+    rec["wall_s_including_compile"] = time.perf_counter() - t_start
     spec_frac = f" ({rec['train_fraction_of_spec_peak']:.0%} of spec)" if peaks["spec"] else ""
     print(f"{name:12s} {v.name:13s} train {rec['train_samples_per_s']:8.1f} samples/s {tflops:6.1f} TFLOP/s = "
-          f"{rec['train_fraction_of_measured_peak']:.0%} of measured peak{spec_frac}"
-          f" | sample {rec['sample_members_per_s']:8.1f} members/s"
-          + (f" | mem {mem_train:.1f}/{mem_sample:.1f} GiB" if mem_train is not None else "")
+          f"{rec['train_fraction_of_measured_peak']:.0%} of measured peak{spec_frac}" + sample_msg
+          + (f" | mem {mem_train:.1f} GiB" if mem_train is not None else "")
           + f" | {rec['wall_s_including_compile']:.0f} s", flush=True)
-    del den, step, run
+    del den, step
     return rec
 
 
 def profile_step(spec, device, path: Path) -> dict:
     """GPU time of one bf16 eager training step, grouped by operator (where the step's time goes)."""
-    from torch.profiler import ProfilerActivity, profile
-
     v = Variant("bf16", True, False, False)
     step = train_step_fn(v.build(spec, device), v, spec, device)
     for _ in range(3):
         step()
+    return profile_fn(step, device, path)
+
+
+def profile_fn(step, device, path: Path) -> dict:
+    """GPU time of one call of ``step`` (warmed up), by operator or kernel, top 40 in ms; table to ``path``."""
+    from torch.profiler import ProfilerActivity, profile
+
     sync(device)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
@@ -247,7 +351,7 @@ def profile_step(spec, device, path: Path) -> dict:
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)
     table = prof.key_averages().table(sort_by=key, row_limit=40)
     path.write_text(table)
-    print(table[:6000], flush=True)
+    print(table[:3000], flush=True)
     return {e.key: getattr(e, key, 0) / 1e3 for e in events[:40]}  # ms
 
 
@@ -294,6 +398,9 @@ def main() -> None:
     ap.add_argument("--plan", nargs="*", help="run only these MODEL/VARIANT entries (and 'kolmogorov'), in order")
     ap.add_argument("--profile", metavar="MODEL", help="first profile one bf16 training step of MODEL: the "
                     "GPU time by kernel, written next to --out")
+    ap.add_argument("--no-sample", action="store_true", help="time the training step only")
+    ap.add_argument("--profile-compiled", action="store_true",
+                    help="also write the GPU time by kernel of one step of each compiled variant")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "gpu.json"))
     args = ap.parse_args()
     t_all = time.perf_counter()
@@ -307,6 +414,7 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    check_group_norm_nhwc(device)
     peaks = {"spec": spec_peak(name), "measured": matmul_peak(device, n=256 if args.smoke else 8192)}
     print(f"{name}, torch {torch.__version__}: bf16 peak spec {peaks['spec']} TFLOP/s, "
           f"measured 8192^3 matmul {peaks['measured']:.1f} TFLOP/s", flush=True)
@@ -338,7 +446,7 @@ def main() -> None:
     flops = {}
     for mname, vname in plan:
         left = args.budget - (time.perf_counter() - t_all)
-        compiled = vname is not None and vname.endswith("compile")
+        compiled = vname is not None and "_compile" in vname
         if compiled and (args.no_compile or args.smoke):
             continue
         if left < (args.compile_reserve if compiled else 20):
@@ -359,7 +467,7 @@ def main() -> None:
                     results["models"][mname] = {"spec": spec, "flops_per_train_step": flops[mname], "variants": {}}
                 recs = results["models"][mname]["variants"]
                 if compiled:  # channels-last: what inductor's convolution layouts favour
-                    v = Variant(vname, True, True, True)
+                    v = Variant.parse(vname)
                 else:
                     v = Variant(vname, *eager[vname], False)
                 recs[vname] = bench_variant(mname, spec, v, device, args, peaks, flops[mname])
