@@ -139,7 +139,7 @@ class _Rows(torch.utils.data.Dataset):
 def _trajectory_loss(levels: torch.Tensor):
     def loss_fn(model, batch, generator):
         states, cond = batch["x"], batch.get("cond")
-        k = torch.randint(0, len(levels) - 1, (len(states),), generator=generator).to(states.device)
+        k = torch.randint(0, len(levels) - 1, (len(states),), generator=generator, device=generator.device).to(states.device)
         rows, lv = torch.arange(len(states), device=states.device), levels.to(states.device)
         return _step_loss(model, states[rows, k], states[rows, k + 1], lv[k], lv[k + 1], cond)
 
@@ -151,10 +151,10 @@ def _progressive_loss(teacher, levels: torch.Tensor):
 
     def loss_fn(model, batch, generator):
         x0, cond = batch["x"], batch.get("cond")
-        i = 2 * torch.randint(0, (len(levels) - 1) // 2, (len(x0),), generator=generator)
+        i = 2 * torch.randint(0, (len(levels) - 1) // 2, (len(x0),), generator=generator, device=generator.device).to(x0.device)
         s = levels.to(x0.device)
         s0, s1, s2 = s[i], s[i + 1], s[i + 2]
-        z = x0 + _view(s0, x0) * torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        z = x0 + _view(s0, x0) * torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=generator.device).to(x0.device)
         with torch.no_grad():
             x2 = _ddim(teacher, _ddim(teacher, z, s0.to(x0.dtype), s1.to(x0.dtype), cond), s1.to(x0.dtype), s2.to(x0.dtype), cond)
         return _step_loss(model, z, x2, s0, s2, cond)
