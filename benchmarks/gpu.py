@@ -6,6 +6,11 @@ the cost of a generated Kolmogorov member against a simulated one on the same GP
     python benchmarks/gpu.py --no-compile       # skip the torch.compile variants
     python benchmarks/gpu.py --plan unet256/bf16 unet256/bf16_compile --profile unet256
     python benchmarks/gpu.py --smoke            # tiny sizes on CPU: checks the script, no numbers
+    python benchmarks/gpu.py --no-sample --profile-compiled --plan unet256/bf16_compile unet256/bf16_compile_clgn
+
+Compiled variants take suffixes after ``bf16_compile``: ``_b32`` (training batch 32), ``_fused``
+(``AdamW(fused=True)``), ``_whole`` (the whole Denoiser compiled, not only its backbone) and
+``_clgn`` (the U-Net's GroupNorm through the NHWC view, :func:`group_norm_nhwc`), in any combination.
 
 What is measured (all timings after warm-up, synchronised, best of ``--repeats``):
 
@@ -47,6 +52,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _run_meta import run_meta  # noqa: E402
 
 from sciffusion.diffusion import Denoiser, edm_loss, sample  # noqa: E402
 from sciffusion.nets import UNet2d  # noqa: E402
@@ -418,7 +426,7 @@ def main() -> None:
     peaks = {"spec": spec_peak(name), "measured": matmul_peak(device, n=256 if args.smoke else 8192)}
     print(f"{name}, torch {torch.__version__}: bf16 peak spec {peaks['spec']} TFLOP/s, "
           f"measured 8192^3 matmul {peaks['measured']:.1f} TFLOP/s", flush=True)
-    results = {"device": name, "torch": torch.__version__, "peak_bf16_tflops": peaks, "models": {},
+    results = {"meta": run_meta(), "device": name, "torch": torch.__version__, "peak_bf16_tflops": peaks, "models": {},
                "skipped": [], "failed": {}, "smoke": args.smoke}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
