@@ -15,7 +15,7 @@ temperature 1 (it scales the first noise only). Nothing is scored: CRPS is copie
 and key per row). "tuned/this": the tuned solver's cost at the row's batch class / the row's. Without
 torch-harmonics (the GPU image), carry .venv/lib/python3*/site-packages/torch_harmonics (``import_without``).
 
-    python benchmarks/gpu_cost.py --device cuda --out benchmarks/results/gpu_cost_h200.json   # ~2 min, H200
+    python benchmarks/gpu_cost.py --device cuda --out benchmarks/results/gpu_cost_h200.json   # ~3 min on an H200
     OMP_NUM_THREADS=1 python benchmarks/gpu_cost.py --smoke   # tiny sizes on CPU: checks the script only
 """
 
