@@ -13,7 +13,8 @@ Networks: the CPU runs' architectures (their trained weights are lost; a call co
 weights), trained for ``--fit-steps`` (students ``--distill-steps``) on an ensemble simulated on the device,
 temperature 1 (it scales the first noise only). Nothing is scored: CRPS is copied from the CPU result files (file
 and key per row). "tuned/this": the tuned solver's cost at the row's batch class / the row's. Without
-torch-harmonics (the GPU image), carry .venv/lib/python3*/site-packages/torch_harmonics (``import_without``).
+torch-harmonics (the GPU image), carry .venv/lib/python3*/site-packages/torch_harmonics (``import_without``);
+dask and zarr must be installed there (benchmarks/gpu_issue21.sh carries their wheels).
 
     python benchmarks/gpu_cost.py --device cuda --out benchmarks/results/gpu_cost_h200.json   # ~3 min on an H200
     OMP_NUM_THREADS=1 python benchmarks/gpu_cost.py --smoke   # tiny sizes on CPU: checks the script only
@@ -33,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _run_meta import run_meta  # noqa: E402
@@ -55,14 +55,9 @@ CPU = {  # per system: the CPU result file, per row kind the keys of its CRPS an
 
 
 def import_without() -> dict:
-    """Import sciffusion and the CPU benchmarks without dask, zarr or torch-harmonics (the GPU image): stand-ins
-    while importing (then removed: xarray finds no dask), ``dask.compute`` of in-memory data returning it (as dask
-    does), ``simulate``'s in-memory template in numpy, torch-harmonics' pure-Python modules from a package copy."""
-    absent = [n for n in ("dask", "zarr") if importlib.util.find_spec(n) is None]
-    stand_ins = [n for n in ("dask", "dask.array", "zarr") if n.split(".")[0] in absent]
-    sys.modules.update({n: types.ModuleType(n) for n in stand_ins})
-    if "dask" in absent:
-        sys.modules["dask"].compute = lambda *a, **k: a
+    """Import sciffusion and the CPU benchmarks where torch-harmonics is not installed (the GPU image): its
+    pure-Python modules (the spherical harmonic transforms and the shallow-water example) from a carried copy
+    of the package. dask and zarr, which sciffusion imports, must be installed (gpu_issue21.sh carries them)."""
     harmonics = "installed"
     if importlib.util.find_spec("torch_harmonics") is None:
         found = sorted(ROOT.glob(".venv/lib/python3*/site-packages/torch_harmonics"))  # carried to the GPU machine
@@ -79,12 +74,7 @@ def import_without() -> dict:
                                                               "InverseRealVectorSHT")})
     import cost_kolmogorov  # noqa: F401  (sciffusion.emulators, .systems)
     import cost_shallow_water  # noqa: F401  (sciffusion.distill)
-    for n in stand_ins:
-        del sys.modules[n]
-    if "dask" in absent:
-        sys.modules["sciffusion.systems.ensemble"]._empty = lambda shape, chunks, dtype=np.float64, fill=np.nan: np.full(
-            shape, fill, dtype)
-    return {"stand_ins_while_importing": absent, "torch_harmonics": harmonics}
+    return {"torch_harmonics": harmonics}
 
 
 class Run:
