@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--inits", type=int, default=64, help="initial times generated in one call (31 members each)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     t_start, s = time.perf_counter(), ck.SETUP
     truth, ref = KolmogorovFlow(n=64, **s["truth"]), KolmogorovFlow(n=64, **s["forecast"])
@@ -103,8 +104,8 @@ def main(argv=None) -> int:
     for k, v in parts.items():
         print(f"{k:34s} {v / members * 1e3:11.4f} {v / profiled:6.0%}")
     record["meta"]["wall_s"] = time.perf_counter() - t_start
-    OUT.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {OUT}")
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sciffusion._deprecate import renamed_keywords
-from sciffusion.diffusion.sample import check_sample_options, member_generators, sample
+from sciffusion.diffusion.sample import check_sample_options, sample, stream_generators
 
 
 @torch.no_grad()
@@ -69,8 +69,8 @@ def sample_jobs(denoiser, cond: torch.Tensor | None, jobs: Sequence[tuple[int, i
     out = torch.empty((len(jobs), *event_shape), dtype=dtype)
     for start in tqdm(range(0, len(jobs), batch_size), disable=not progress, desc="generating", leave=False):
         chunk = jobs[start : start + batch_size]
-        gens = [member_generators(seed, [m], device or "cpu", key=(c if case_ids is None else case_ids[c],))[0]
-                for c, m in chunk]
+        # member m of case c: the stream (seed, case, m) of member_generators, all seeded in one pass
+        gens = stream_generators(seed, [(c if case_ids is None else case_ids[c], m) for c, m in chunk], device or "cpu")
         kwargs = dict(sampler_options)
         if cond is not None:
             kwargs["cond"] = cond[[c for c, _ in chunk]].to(device=device, dtype=dtype)
