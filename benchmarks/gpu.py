@@ -129,12 +129,12 @@ class Variant:
     """How to run a model: autocast dtype, memory format, compile."""
 
     def __init__(self, name: str, bf16: bool, channels_last: bool, compile: bool, *, batch: int | None = None,
-                 fused: bool = False, whole: bool = False):
+                 fused: bool = False, whole: bool = False, clgn: bool = False):
         self.name, self.bf16, self.channels_last, self.compile = name, bf16, channels_last, compile
         # batch: override the model's training batch; fused: AdamW(fused=True) (one kernel per step, not a
         # foreach pass per moment); whole: compile the Denoiser (preconditioning and loss weighting included)
-        # rather than its backbone alone
-        self.batch, self.fused, self.whole = batch, fused, whole
+        # rather than its backbone alone; clgn: the U-Net's GroupNorm through the NHWC view
+        self.batch, self.fused, self.whole, self.clgn = batch, fused, whole, clgn
 
     @classmethod
     def parse(cls, name: str) -> "Variant":
@@ -148,13 +148,12 @@ class Variant:
         unknown = [t for t in tags if t not in flags and not (t.startswith("b") and t[1:].isdigit())]
         if unknown:
             raise ValueError(f"unknown variant suffixes {unknown} in {name!r}")
-        v = cls(name, True, True, True, batch=batch, fused="fused" in tags, whole="whole" in tags)
-        v.clgn = "clgn" in tags
-        return v
+        return cls(name, True, True, True, batch=batch, fused="fused" in tags, whole="whole" in tags,
+                   clgn="clgn" in tags)
 
     def norm_context(self):
         """``_clgn``: the U-Net's GroupNorm as :func:`group_norm_nhwc` while this variant runs."""
-        if not getattr(self, "clgn", False):
+        if not self.clgn:
             return contextlib.nullcontext()
         return _patched_group_norm()
 
@@ -305,16 +304,16 @@ def _bench_variant(name, spec, v, device, args, peaks, flops, t_start) -> dict:
     tflops = flops / t_train / 1e12
     rec = {
         "batch": spec["batch"], "fused_adamw": v.fused, "compiled_whole_denoiser": v.whole,
-        "nhwc_group_norm": getattr(v, "clgn", False),
+        "nhwc_group_norm": v.clgn,
         "train_step_s": t_train, "train_samples_per_s": spec["batch"] / t_train, "train_tflops": tflops,
         "train_fraction_of_measured_peak": tflops / peaks["measured"],
         "train_fraction_of_spec_peak": tflops / peaks["spec"] if peaks["spec"] else None,
         "peak_memory_train_gib": mem_train,
     }
-    if v.compile and getattr(args, "profile_compiled", False):
+    if v.compile and args.profile_compiled:
         rec["profile_ms"] = profile_fn(step, device, Path(args.out).with_name(f"{Path(args.out).stem}_profile_{v.name}.txt"))
     sample_msg = ""
-    if not getattr(args, "no_sample", False):
+    if not args.no_sample:
         den.eval()
         run = sample_fn(den, v, spec, device, args.sample_steps)
         run()
