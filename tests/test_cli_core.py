@@ -107,3 +107,19 @@ def test_demo_runs_end_to_end_at_tiny_size(tmp_path, capsys):
     assert (out / "rank_histogram.png").stat().st_size > 1000 and (out / "spread_skill.png").stat().st_size > 1000
     scores = summary["scores"]
     assert scores["physics (31)"]["crps"] < scores["2 seeds"]["crps"]
+
+
+def test_sample_with_philox_streams_records_them_keeps_members_stable_and_refuses_a_resume_without(trained, capsys):
+    """``--rng philox``: recorded in the sampler attribute, member k the same whatever --member-chunk,
+    other numbers than the default streams, and a resume with the default streams refused by name."""
+    base = [str(trained / "run"), str(trained / "data.zarr"), "--cases", "0", "1", "--steps", "3", "--no-progress"]
+    a, b, c = trained / "a.zarr", trained / "b.zarr", trained / "c.zarr"
+    assert main(["sample", *base, "-o", str(a), "--members", "4", "--member-chunk", "2", "--rng", "philox"]) == 0
+    assert main(["sample", *base, "-o", str(b), "--members", "2", "--member-chunk", "1", "--rng", "philox"]) == 0
+    assert main(["sample", *base, "-o", str(c), "--members", "2"]) == 0
+    ea, eb, ec = (xr.open_zarr(p)["u"].values for p in (a, b, c))
+    assert json.loads(xr.open_zarr(a).attrs["sampler"]) == {"method": "heun", "steps": 3, "rng": "philox"}
+    np.testing.assert_array_equal(ea[:, :2], eb)
+    assert not np.allclose(eb, ec)
+    assert main(["sample", *base, "-o", str(a), "--members", "4", "--member-chunk", "2", "--resume"]) != 0
+    assert "rng" in capsys.readouterr().err

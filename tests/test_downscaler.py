@@ -130,6 +130,19 @@ def test_member_k_is_the_same_draw_whatever_the_ensemble_and_batch_size(model):
     assert np.nanmax(np.abs(other - small)) > 1e-3
 
 
+def test_philox_streams_keep_members_stable_are_recorded_and_draw_other_numbers(model):
+    coarse = coarsen(sst(2, seed=4), FACTOR)
+    small = model.downscale(coarse, 2, steps=3, seed=7, rng="philox")
+    large = model.downscale(coarse, 5, steps=3, seed=7, batch_size=3, rng="philox")["sst"].values
+    np.testing.assert_array_equal(small["sst"].values, large[:, :2])
+    assert '"rng": "philox"' in small.attrs["sampler"]
+    default = model.downscale(coarse, 2, steps=3, seed=7)
+    assert "rng" not in default.attrs["sampler"]
+    assert np.nanmax(np.abs(default["sst"].values - small["sst"].values)) > 1e-3
+    with pytest.raises(ValueError, match="rng must be one of"):
+        model.downscale(coarse, 2, steps=3, rng="Philox")
+
+
 def test_resume_after_a_crash_gives_the_same_store_as_an_uninterrupted_run(model, tmp_path, monkeypatch):
     coarse = coarsen(sst(2, seed=6), FACTOR)
     full = model.downscale(coarse, 5, steps=2, out=tmp_path / "full.zarr", member_chunk=2)

@@ -81,4 +81,8 @@ def add_ensemble_output_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--member-chunk", type=int, default=8, help="members per zarr chunk and per resumable block")
     parser.add_argument("--device", help="torch device (default: cpu)")
+    parser.add_argument("--rng", choices=("torch", "philox"), default="torch",
+                        help="member noise streams: a torch.Generator per member (default), or counter-based philox "
+                             "streams drawn for a whole batch at once (much cheaper for large batches on a GPU; "
+                             "other numbers, the same on CPU and GPU)")
     add_resume_arguments(parser, "continue an interrupted run, skipping member blocks already written")

@@ -60,6 +60,6 @@ def run(args) -> int:
     model = Downscaler.load(args.checkpoint, device=args.device)
     ds = model.downscale(open_dataset(args.coarse), args.members, steps=args.steps, eta=args.eta,
                          temperature=args.temperature, seed=args.seed, batch_size=args.batch_size, out=args.out, mode=write_mode(args),
-                         member_chunk=args.member_chunk, progress=not args.no_progress, device=args.device)
+                         member_chunk=args.member_chunk, progress=not args.no_progress, device=args.device, rng=args.rng)
     print(f"wrote {dict(ds.sizes)} to {args.out} (sampler {ds.attrs['sampler']})")
     return 0

@@ -36,6 +36,8 @@ def run(args) -> int:
     require_min(args, 1, "members", "steps", "batch_size", "member_chunk", "workers", "batches_per_task")
     require_min(args, 0, "seed")
     options = sampler_options(args)
+    if args.rng != "torch":  # the default leaves the store's sampler record as it was before --rng existed
+        options["rng"] = args.rng
     if args.batches_per_task is not None and args.scheduler is None and args.workers is None:
         raise UserError("--batches-per-task needs --scheduler or --workers")
     refuse_overlap(args.out, "-o", {"DATA": args.data, "CHECKPOINT": args.checkpoint})

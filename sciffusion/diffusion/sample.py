@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sciffusion._deprecate import renamed_keywords
+from sciffusion.diffusion.philox import PhiloxStreams
 from sciffusion.diffusion.schedules import SIGMA_MAX, karras_sigmas
 
 NoiseFn = Callable[[], torch.Tensor]
@@ -224,26 +225,40 @@ def options_menu(exclude: str | None = None) -> str:
 
 @renamed_keywords(members="n_members")
 def member_generators(
-    seed: int, n_members: Sequence[int] | int, device: str | torch.device = "cpu", *, key: Sequence[int] = ()
-) -> list[torch.Generator]:
+    seed: int, n_members: Sequence[int] | int, device: str | torch.device = "cpu", *, key: Sequence[int] = (),
+    rng: str = "torch",
+) -> list[torch.Generator] | PhiloxStreams:
     """One RNG per ensemble member, derived from ``(seed, *key, member)`` like JAX's ``fold_in``.
 
     Member ``k`` gets the same random stream whatever the batch it is drawn in or the size of the
     ensemble, so member ``k`` of a 10-member run equals member ``k`` of a 1000-member run.
     ``key`` folds in more indices (e.g. the initial condition) so that streams never repeat.
     ``n_members`` is the ensemble size or the member ids (``members=``: deprecated spelling).
+    ``rng``: ``"torch"`` generators or ``"philox"`` counter-based streams (:func:`stream_generators`).
     """
     spawn = [(*map(int, key), int(m)) for m in (range(n_members) if isinstance(n_members, int) else n_members)]
-    return stream_generators(seed, spawn, device)
+    return stream_generators(seed, spawn, device, rng=rng)
 
 
-def stream_generators(seed: int, keys: Sequence[Sequence[int]], device: str | torch.device = "cpu") -> list[torch.Generator]:
-    """``[member_generators(seed, [k[-1]], device, key=k[:-1])[0] for k in keys]``, the streams seeded at once.
+RNGS = ("torch", "philox")
 
-    Each generator is seeded from ``SeedSequence(seed, spawn_key=k).generate_state(1, uint64)``, computed
-    for all keys in one vectorised pass (:func:`spawn_states`) rather than one ``SeedSequence`` each.
+
+def stream_generators(seed: int, keys: Sequence[Sequence[int]], device: str | torch.device = "cpu", *,
+                      rng: str = "torch") -> list[torch.Generator] | PhiloxStreams:
+    """One noise stream per key ``(..., member)``, all seeded at once from ``SeedSequence(seed, spawn_key=k)``.
+
+    ``rng="torch"`` (default): ``[member_generators(seed, [k[-1]], device, key=k[:-1])[0] for k in keys]``,
+    each ``torch.Generator`` seeded from ``SeedSequence(seed, spawn_key=k).generate_state(1, uint64)``,
+    computed for all keys in one vectorised pass (:func:`spawn_states`). ``rng="philox"``: the same states
+    key counter-based streams (:class:`~sciffusion.diffusion.philox.PhiloxStreams`) whose noise for a whole
+    batch is one vectorised computation instead of one ``randn`` per row - other numbers than ``"torch"``'s,
+    but again a function of ``(seed, key)`` alone, and (unlike ``torch.Generator``) the same on CPU and CUDA.
     """
+    if rng not in RNGS:
+        raise ValueError(f"rng must be one of {RNGS}, got {rng!r}")
     states = spawn_states(seed, keys)
+    if rng == "philox":
+        return PhiloxStreams(states, device)
     return [torch.Generator(device=device).manual_seed(int(s) & 0x7FFF_FFFF_FFFF_FFFF) for s in states]
 
 
@@ -313,9 +328,12 @@ def spawn_states(seed: int, keys: Sequence[Sequence[int]]) -> np.ndarray:
 
 def randn(shape, generator=None, *, dtype=None, device=None) -> torch.Tensor:
     """Standard normal noise of ``shape``; with a sequence of generators, row ``k`` is drawn from
-    ``generator[k]`` alone (per-member seeding)."""
+    ``generator[k]`` alone (per-member seeding); with :class:`PhiloxStreams`, every row from its own
+    stream in one vectorised pass."""
     if generator is None or isinstance(generator, torch.Generator):
         return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    if isinstance(generator, PhiloxStreams):
+        return generator.randn(shape, dtype=dtype, device=device)
     if len(generator) != shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]} members")
     return torch.stack([torch.randn(shape[1:], generator=g, dtype=dtype, device=device) for g in generator])

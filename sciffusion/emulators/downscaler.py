@@ -37,6 +37,7 @@ import torch
 import xarray as xr
 
 from sciffusion.diffusion import Denoiser
+from sciffusion.diffusion.sample import RNGS
 from sciffusion.diffusion.schedules import SIGMA_MAX
 from sciffusion.emulators.base import Emulator
 from sciffusion.emulators.calibrate import STOCHASTIC_CHURN, SamplerCalibration, check_temperature
@@ -174,7 +175,7 @@ class Downscaler(SamplerCalibration, Emulator):
                   eta: float | None = None, method: str | None = None, s_noise: float | None = None,
                   temperature: float | None = None, batch_size: int | None = None, seed: int = 0,
                   out: str | os.PathLike | None = None, mode: str = "w-", member_chunk: int = 8,
-                  progress: bool = True, device=None) -> xr.Dataset:
+                  progress: bool = True, device=None, rng: str = "torch") -> xr.Dataset:
         """Draw ``n_members`` fine fields for every coarse field.
 
         Args:
@@ -189,6 +190,9 @@ class Downscaler(SamplerCalibration, Emulator):
                 starts from ``temperature * sigmas[0] * eps`` (:class:`~sciffusion.emulators.TemperedStep`),
                 on a distilled student's own first level too; above 1 widens the ensemble.
             batch_size: samples per denoiser batch (default 64).
+            rng: the member streams, ``"torch"`` (default) or ``"philox"`` (counter-based, a batch's noise in one
+                pass; other numbers, recorded in the ``sampler`` attribute): see
+                :func:`sciffusion.diffusion.sample.stream_generators`.
             out: zarr path: members are written in blocks of ``member_chunk`` and with
                 ``mode="resume"`` a rerun computes only the missing blocks (a store written with
                 another model, sampler, seed or input is refused); ``"w"`` overwrites, ``"w-"`` refuses.
@@ -212,8 +216,12 @@ class Downscaler(SamplerCalibration, Emulator):
         for name, value, applies in (("eta", eta, "ddim"), ("s_noise", s_noise, "stochastic")):
             if value is not None and settings["method"] != applies:
                 raise TypeError(f"{name} applies to method {applies!r} only, not {settings['method']!r}")
+        if rng not in RNGS:
+            raise ValueError(f"rng must be one of {RNGS}, got {rng!r}")
         options = _sampler_options(settings)
         sampler = {"method": settings["method"], "steps": settings["steps"], **options}
+        if rng != "torch":  # the default leaves the record as it was before the choice existed
+            sampler["rng"] = rng
         if settings["temperature"] != 1.0:  # at 1 the record is the one written before the knob existed
             sampler["temperature"] = settings["temperature"]
         provenance = self.provenance(f"downscale(n_members={n_members}, seed={seed})", source=ds.attrs,
@@ -231,7 +239,7 @@ class Downscaler(SamplerCalibration, Emulator):
         attrs = {k: v for k, v in ds.attrs.items() if k not in provenance}
 
         def draw(block):
-            return self._draw(cond, up, block, settings, options, seed, batch_size, progress, device)
+            return self._draw(cond, up, block, settings, {**options, "rng": rng}, seed, batch_size, progress, device)
 
         template = xr.Dataset({v: ([c.sample_dim, *c.grid_dims], np.zeros((n, *c.grid_shape), np.float32), dict(c.attrs[v]))
                                for v in c.variables}, coords=coords, attrs=attrs)

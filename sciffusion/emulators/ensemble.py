@@ -30,8 +30,8 @@ import xarray as xr
 from sciffusion._deprecate import renamed_keywords
 from sciffusion.data.batches import BatchDataset
 from sciffusion.diffusion import Denoiser
-from sciffusion.diffusion.sample import (check_sample_options, forward_step, step_function, step_keywords, step_name,
-                                         step_options)
+from sciffusion.diffusion.sample import (RNGS, check_sample_options, forward_step, step_function, step_keywords,
+                                         step_name, step_options)
 from sciffusion.diffusion.schedules import SIGMA_MAX
 from sciffusion.emulators.base import Emulator
 from sciffusion.emulators.members import generate as generate_members
@@ -239,7 +239,7 @@ class EnsembleEmulator(Emulator):
     def generate(self, seeds: xr.Dataset | xr.DataArray, n_members: int, *, steps: int | None = None,
                  method: str | None = None, temperature: float | None = None, batch_size: int = 256, seed: int = 0,
                  out: str | os.PathLike | None = None, member_chunk: int = 32, mode: str = "w-",
-                 progress: bool = True, device=None, **sampler_options) -> xr.Dataset:
+                 progress: bool = True, device=None, rng: str = "torch", **sampler_options) -> xr.Dataset:
         """Draw ``n_members`` members for every seed set in ``seeds``.
 
         Args:
@@ -250,6 +250,11 @@ class EnsembleEmulator(Emulator):
                 ``n_members``, ``batch_size`` or ``member_chunk``.
             steps, method, temperature: sampler settings (default ``self.sampler``); extra
                 ``sampler_options`` (``churn``, ``eta``, ...) go to :func:`sciffusion.diffusion.sample`.
+            device: where the network, the EOF decoding and the seeds' decoding run (default: CPU).
+            rng: ``"torch"`` (default; a ``torch.Generator`` per member) or ``"philox"``: counter-based
+                streams keyed alike (:func:`sciffusion.diffusion.sample.stream_generators`), a whole
+                batch's noise in one pass - much cheaper for large batches on a GPU, other numbers
+                (recorded in the ``sampler`` attribute; the default leaves it out).
             out: zarr path: members are written block by block (``member_chunk`` each) and a rerun
                 with ``mode="resume"`` computes only the missing blocks; a store written with
                 other settings is refused. ``mode="w"`` overwrites, ``"w-"`` (default) refuses.
@@ -279,6 +284,8 @@ class EnsembleEmulator(Emulator):
             stored = {k: v for k, v in stored.items() if valid is None or k in valid}
         options = {**stored, **sampler_options}
         check_sample_options(step_fn, options)  # before the store is allocated
+        if rng not in RNGS:
+            raise ValueError(f"rng must be one of {RNGS}, got {rng!r}")
         settings = {k: settings[k] for k in DEFAULT_SAMPLER}
         seed_ids = ds[c.member_dim].values.tolist() if c.member_dim in ds.coords else list(range(c.n_seeds))
         # the seeds' descriptive attributes would now be false: the output is emulated, not simulated
@@ -287,17 +294,18 @@ class EnsembleEmulator(Emulator):
                                            f"members, {self.mode})",
                                      emulator_mode=self.mode, truth_fraction=self.truth_fraction, n_seeds=c.n_seeds,
                                      seed_members=json.dumps(seed_ids),
-                                     sampler=json.dumps({**settings, **options}, sort_keys=True), seed=int(seed))
+                                     sampler=json.dumps({**settings, **options, **({} if rng == "torch" else {"rng": rng})},
+                                                        sort_keys=True), seed=int(seed))
         sample_shape = [ds.sizes[d] for d in sample_dims]
         event = (c.channels, *c.grid_shape)
 
         def draw(block) -> np.ndarray:
             z = generate_members(self.denoiser, cond, block, event_shape=(latent.rank,) if latent else event,
                                  seed=seed, batch_size=batch_size, steps=int(settings["steps"]), method=step_fn,
-                                 progress=progress, device=device, sigma_max=SIGMA_MAX, **options)
-            if latent is not None:
-                z = latent.decode(z.reshape(-1, latent.rank)).cpu().reshape(*z.shape[:2], *event)
-            x = c.decode(z, seeds_t, lead).numpy()  # (N, b, C, *grid)
+                                 progress=progress, device=device, sigma_max=SIGMA_MAX, rng=rng, **options)
+            if latent is not None:  # decoded where the network is (its EOF basis lives there)
+                z = latent.decode(z.reshape(-1, latent.rank)).reshape(*z.shape[:2], *event)
+            x = c.decode(z, seeds_t.to(z.device), lead.to(z.device)).cpu().numpy()  # (N, b, C, *grid)
             return x.reshape(*sample_shape, x.shape[1], *event)
 
         coords = {k: v for k, v in ds.coords.items() if c.member_dim not in v.dims}

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sciffusion._deprecate import renamed_keywords
-from sciffusion.diffusion.sample import check_sample_options, sample, stream_generators
+from sciffusion.diffusion.sample import RNGS, check_sample_options, sample, stream_generators
 
 
 @torch.no_grad()
@@ -32,6 +32,7 @@ def generate(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    rng: str = "torch",
     **sampler_options,
 ) -> torch.Tensor:
     """Generate ``(N, M, *event_shape)`` samples for ``N`` conditions and members ``n_members``.
@@ -47,13 +48,16 @@ def generate(
         batch_size: samples per denoiser batch (mixes conditions and members).
         steps, method, **sampler_options: passed to :func:`sciffusion.diffusion.sample`; an option
             ``method`` does not take raises TypeError before the first draw.
+        rng: ``"torch"`` (default: a ``torch.Generator`` per member) or ``"philox"`` (counter-based
+            streams keyed alike, drawn for a whole batch at once: fewer, larger kernels on a GPU; other
+            numbers). See :func:`sciffusion.diffusion.sample.stream_generators`.
     """
     check_sample_options(method, sampler_options)
     ids = list(range(n_members)) if isinstance(n_members, int) else [int(m) for m in n_members]
     n = len(cond) if cond is not None else (n_conditions or 1)
     x = sample_jobs(denoiser, cond, [(i, m) for i in range(n) for m in ids], event_shape=event_shape, seed=seed,
                     batch_size=batch_size, steps=steps, method=method, device=device, dtype=dtype, progress=progress,
-                    **sampler_options)
+                    rng=rng, **sampler_options)
     return x.reshape(n, len(ids), *event_shape)
 
 
@@ -61,16 +65,20 @@ def generate(
 def sample_jobs(denoiser, cond: torch.Tensor | None, jobs: Sequence[tuple[int, int]], *, event_shape: Sequence[int],
                 seed: int, batch_size: int, steps: int, method: str | Callable, case_ids: Sequence[int] | None = None,
                 device: str | torch.device | None = None, dtype: torch.dtype = torch.float32, progress: bool = False,
-                **sampler_options) -> torch.Tensor:
+                rng: str = "torch", **sampler_options) -> torch.Tensor:
     """Samples ``(len(jobs), *event_shape)`` (CPU) for ``jobs[k] = (c, m)``: member ``m`` of ``cond[c]`` from
     the stream ``(seed, case_ids[c], m)`` (default ``c``), in consecutive batches of ``batch_size``. The
     dask tiles (:mod:`sciffusion.distributed.generate`) sample here too, so they see :func:`generate`'s batches.
+    ``rng``: the kind of stream (:func:`~sciffusion.diffusion.sample.stream_generators`).
     """
+    if rng not in RNGS:
+        raise ValueError(f"rng must be one of {RNGS}, got {rng!r}")
     out = torch.empty((len(jobs), *event_shape), dtype=dtype)
     for start in tqdm(range(0, len(jobs), batch_size), disable=not progress, desc="generating", leave=False):
         chunk = jobs[start : start + batch_size]
         # member m of case c: the stream (seed, case, m) of member_generators, all seeded in one pass
-        gens = stream_generators(seed, [(c if case_ids is None else case_ids[c], m) for c, m in chunk], device or "cpu")
+        gens = stream_generators(seed, [(c if case_ids is None else case_ids[c], m) for c, m in chunk], device or "cpu",
+                                 rng=rng)
         kwargs = dict(sampler_options)
         if cond is not None:
             kwargs["cond"] = cond[[c for c, _ in chunk]].to(device=device, dtype=dtype)

@@ -146,8 +146,8 @@ class SeedsCoder(FieldCoder):
     # ------------------------------------------------------------------ encode / decode
     def _dev(self, x: torch.Tensor, lead: torch.Tensor) -> torch.Tensor:
         """The deviation scale d(lead) shaped ``(N, C, 1..)`` to broadcast against ``(N, C, *grid)``."""
-        table = torch.tensor([self.dev_scale[v] for v in self.variables], dtype=x.dtype)  # (C, L)
-        return table[:, lead].T.reshape(len(lead), -1, *(1,) * len(self.grid_dims))
+        table = torch.tensor([self.dev_scale[v] for v in self.variables], dtype=x.dtype, device=x.device)  # (C, L)
+        return table[:, lead.to(x.device)].T.reshape(len(lead), -1, *(1,) * len(self.grid_dims))
 
     def condition(self, seeds: torch.Tensor, lead: torch.Tensor) -> torch.Tensor:
         """``seeds (N, K, C, *grid)`` physical, ``lead (N,)`` indices -> condition ``(N, Cc, *grid)``."""

@@ -58,13 +58,17 @@ def ensemble_output(out: str | os.PathLike | None, template: xr.Dataset, n_membe
     ``always_missing``), which a rerun with ``mode="resume"`` completes."""
     names = list(template.data_vars)
     dims = {v: (*template[v].dims[:member_axis], member_dim, *template[v].dims[member_axis:]) for v in names}
+
+    def variable(x: np.ndarray, k: int) -> np.ndarray:  # a view, not np.take's copy of the whole ensemble
+        return x[(slice(None),) * (member_axis + 1) + (k,)]
+
     if out is not None:
         store = EnsembleStore(out, template, n_members, member_axis=member_axis, attrs=attrs, **store_options)
         for block in store.missing():
             x = draw(block)
-            store.write(block, {v: np.take(x, k, axis=member_axis + 1) for k, v in enumerate(names)}, dims)
+            store.write(block, {v: variable(x, k) for k, v in enumerate(names)}, dims)
         return store.finalize()
     x = draw(range(n_members))
-    ds = xr.Dataset({v: (dims[v], np.take(x, k, axis=member_axis + 1), template[v].attrs) for k, v in enumerate(names)},
+    ds = xr.Dataset({v: (dims[v], variable(x, k), template[v].attrs) for k, v in enumerate(names)},
                     coords=template.coords, attrs={**template.attrs, **attrs})
     return ds.assign_coords({member_dim: xr.Variable(member_dim, np.arange(n_members), member_attrs or {})})
