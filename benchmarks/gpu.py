@@ -10,7 +10,10 @@ the cost of a generated Kolmogorov member against a simulated one on the same GP
 
 Compiled variants take suffixes after ``bf16_compile``: ``_b32`` (training batch 32), ``_fused``
 (``AdamW(fused=True)``), ``_whole`` (the whole Denoiser compiled, not only its backbone) and
-``_clgn`` (the U-Net's GroupNorm through the NHWC view, :func:`group_norm_nhwc`), in any combination.
+``_clgn`` (the U-Net's GroupNorm through the NHWC view, :func:`group_norm_nhwc`) and ``_clgrad`` (the
+gradient into every GroupNorm made channels-last, ``sciffusion.nets.unet.channels_last_grad``, so that the
+convolution backward gets its ``grad_output`` in its own layout) and ``_clgradconv`` (the same for the gradient of
+every 3x3 convolution's output), in any combination.
 
 What is measured (all timings after warm-up, synchronised, best of ``--repeats``):
 
@@ -129,33 +132,42 @@ class Variant:
     """How to run a model: autocast dtype, memory format, compile."""
 
     def __init__(self, name: str, bf16: bool, channels_last: bool, compile: bool, *, batch: int | None = None,
-                 fused: bool = False, whole: bool = False, clgn: bool = False):
+                 fused: bool = False, whole: bool = False, clgn: bool = False, clgrad: bool = False,
+                 clgradconv: bool = False):
         self.name, self.bf16, self.channels_last, self.compile = name, bf16, channels_last, compile
         # batch: override the model's training batch; fused: AdamW(fused=True) (one kernel per step, not a
         # foreach pass per moment); whole: compile the Denoiser (preconditioning and loss weighting included)
-        # rather than its backbone alone; clgn: the U-Net's GroupNorm through the NHWC view
-        self.batch, self.fused, self.whole, self.clgn = batch, fused, whole, clgn
+        # rather than its backbone alone; clgn: the U-Net's GroupNorm through the NHWC view; clgrad: gradients
+        # into the GroupNorms made channels-last (GroupNorm.channels_last_grad)
+        self.batch, self.fused, self.whole, self.clgn, self.clgrad = batch, fused, whole, clgn, clgrad
+        self.clgradconv = clgradconv  # the gradient of every 3x3 convolution's output made channels-last
 
     @classmethod
     def parse(cls, name: str) -> "Variant":
-        """``bf16_compile`` with optional suffixes ``_b32`` (batch 32), ``_fused``, ``_whole``, ``_clgn``."""
+        """``bf16_compile`` with optional suffixes ``_b32`` (batch 32), ``_fused``, ``_whole``, ``_clgn``, ``_clgrad``."""
         base, *extra = name.split("_compile")
         if base != "bf16" or len(extra) != 1:
             raise ValueError(f"unknown compiled variant {name!r}")
         tags = [t for t in extra[0].split("_") if t]
         batch = next((int(t[1:]) for t in tags if t.startswith("b") and t[1:].isdigit()), None)
-        flags = ("fused", "whole", "clgn")
+        flags = ("fused", "whole", "clgn", "clgrad", "clgradconv")
         unknown = [t for t in tags if t not in flags and not (t.startswith("b") and t[1:].isdigit())]
         if unknown:
             raise ValueError(f"unknown variant suffixes {unknown} in {name!r}")
         return cls(name, True, True, True, batch=batch, fused="fused" in tags, whole="whole" in tags,
-                   clgn="clgn" in tags)
+                   clgn="clgn" in tags, clgrad="clgrad" in tags, clgradconv="clgradconv" in tags)
 
     def norm_context(self):
-        """``_clgn``: the U-Net's GroupNorm as :func:`group_norm_nhwc` while this variant runs."""
-        if not self.clgn:
-            return contextlib.nullcontext()
-        return _patched_group_norm()
+        """``_clgn``: the U-Net's GroupNorm as :func:`group_norm_nhwc`; ``_clgrad`` / ``_clgradconv``: channels-last
+        gradients into every GroupNorm / out of every 3x3 convolution (off without the suffix, whatever the
+        package's default); all only while this variant runs."""
+        stack = contextlib.ExitStack()
+        if self.clgn:
+            stack.enter_context(_patched_group_norm())
+        # set both ways: a variant without the suffix runs without the barrier, whatever the package default
+        stack.enter_context(_channels_last_grad("GroupNorm", self.clgrad))
+        stack.enter_context(_channels_last_grad("PadConv2d", self.clgradconv))
+        return stack
 
     def autocast(self, device):
         if not self.bf16:
@@ -206,6 +218,19 @@ def check_group_norm_nhwc(device) -> None:
         err = (got.float() - want).abs().max().item()
         if err > tol or got.dtype != dtype or not got.is_contiguous(memory_format=torch.channels_last):
             raise AssertionError(f"group_norm_nhwc differs from F.group_norm ({dtype}): max error {err}")
+
+
+@contextlib.contextmanager
+def _channels_last_grad(module: str, value: bool):
+    from sciffusion.nets import unet
+
+    cls = getattr(unet, module)
+    before = cls.channels_last_grad
+    cls.channels_last_grad = value
+    try:
+        yield
+    finally:
+        cls.channels_last_grad = before
 
 
 @contextlib.contextmanager
@@ -304,7 +329,7 @@ def _bench_variant(name, spec, v, device, args, peaks, flops, t_start) -> dict:
     tflops = flops / t_train / 1e12
     rec = {
         "batch": spec["batch"], "fused_adamw": v.fused, "compiled_whole_denoiser": v.whole,
-        "nhwc_group_norm": v.clgn,
+        "nhwc_group_norm": v.clgn, "channels_last_grad": v.clgrad, "channels_last_grad_conv": v.clgradconv,
         "train_step_s": t_train, "train_samples_per_s": spec["batch"] / t_train, "train_tflops": tflops,
         "train_fraction_of_measured_peak": tflops / peaks["measured"],
         "train_fraction_of_spec_peak": tflops / peaks["spec"] if peaks["spec"] else None,

@@ -251,3 +251,35 @@ def test_mlp_embeds_a_shared_noise_level_once_with_the_same_result_as_per_sample
     mixed = net(x, levels, cond)
     torch.testing.assert_close(mixed, torch.cat([net(x[i : i + 1], levels[i : i + 1], cond[i : i + 1]) for i in range(6)]))
     assert not torch.allclose(mixed, shared)
+
+
+def test_channels_last_grad_is_the_identity_whose_gradient_comes_back_channels_last():
+    """The U-Net's layout barrier: forward value unchanged, the gradient handed back channels-last (the
+    gradient arriving here, as GroupNorm's backward writes it, is NCHW), NCHW tensors untouched, and a
+    channels-last U-Net's loss and gradients equal to the NCHW one's."""
+    from sciffusion.nets.unet import channels_last_grad
+
+    x = torch.randn(2, 8, 5, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = channels_last_grad(x)
+    assert torch.equal(y, x) and y.grad_fn is not None
+    g = torch.randn(2, 8, 5, 6)  # NCHW-contiguous, not channels-last
+    y.backward(g)
+    assert torch.equal(x.grad, g) and x.grad.is_contiguous(memory_format=torch.channels_last) and not x.grad.is_contiguous()
+    plain = torch.randn(2, 8, 5, 6, requires_grad=True)
+    assert channels_last_grad(plain) is plain
+
+    torch.manual_seed(0)
+    net = UNet2d(in_channels=1, channels=[8, 16], blocks_per_level=1, attention_levels=[], groups=4)
+    with torch.no_grad():  # no zero-initialised output layer: every parameter gets a gradient
+        for p in net.parameters():
+            p.normal_(0, 0.2)
+    inp = torch.randn(2, 1, 16, 16)
+    grads = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        net.zero_grad()
+        m = net.to(memory_format=fmt)
+        m(inp.contiguous(memory_format=fmt), torch.zeros(2)).square().mean().backward()
+        grads.append([p.grad.clone() for p in m.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert all(float(a.abs().max()) > 0 for a in grads[0])
