@@ -190,12 +190,71 @@ def measure(run, system, labels, solvers, batches, train, fit_kw, members, batch
     seeds = train.isel(member=[0, 1])
     many = seeds.isel(init_time=np.arange(a.large) % seeds.sizes["init_time"]).assign_coords(init_time=np.arange(a.large))
     for kind, emu in emus.items():
-        for n, s, b in ((1, seeds.isel(init_time=[0]), small), (a.large, many, big)):
-            if emu is not None:
-                gen = (lambda e=emu, s=s: e.generate(s, members, batch_size=batch_size, device=run.device, progress=False))
-                add(kind, f"{labels[kind]}, {n} init x {members} members", n * members, gen,
-                    2 * emu.sampler["steps"] - 1 if kind == "teacher" else 2, yard[b], n == 1)
+        for rng in a.rngs:
+            for n, s, b in ((1, seeds.isel(init_time=[0]), small), (a.large, many, big)):
+                if emu is not None:
+                    gen = (lambda e=emu, s=s, rng=rng: e.generate(s, members, batch_size=batch_size, device=run.device,
+                                                                   progress=False, rng=rng))
+                    add(kind, f"{labels[kind]}, {n} init x {members} members" + ("" if rng == "torch" else f", {rng}"),
+                        n * members, gen, 2 * emu.sampler["steps"] - 1 if kind == "teacher" else 2, yard[b],
+                        n == 1 and rng == "torch")
+                    rows[list(rows)[-1]]["rng"] = rng
     run.time_rows(system, rows, runs)
+    if a.profile_generate and emus.get("student") is not None:
+        for rng in a.rngs:
+            run.attempt(f"{system}: profile ({rng})", lambda rng=rng: profile_generate(
+                run, system, rng, lambda: emus["student"].generate(many, members, batch_size=batch_size, device=run.device,
+                                                                   progress=False, rng=rng), a.large * members))
+
+
+def profile_generate(run, system, rng, call, members):
+    """Host and device time of one large-batch student ``generate`` by operator (torch.profiler), top 30 by
+    self CPU time, to a text file next to the JSON; the wall time split by cProfile into the network, the EOF and
+    seeds' decoding, the streams and the rest (cProfile's top 30 by own time in a second file). Recorded under
+    ``record[system]["profile"][rng]``."""
+    import cProfile
+    import pstats
+
+    from torch.profiler import ProfilerActivity, profile
+
+    call()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if run.device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        call()
+        if run.device.type == "cuda":
+            torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
+    path = run.out.with_name(f"{run.out.stem}_profile_{system.replace(' ', '_')}_{rng}.txt")
+    path.write_text(table)
+    cp = cProfile.Profile()
+    t0 = time.perf_counter()
+    cp.enable()
+    call()
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    cp.disable()
+    wall = time.perf_counter() - t0
+    import io
+
+    buf = io.StringIO()
+    st = pstats.Stats(cp, stream=buf)
+    st.sort_stats("tottime").print_stats(30)
+    path.with_name(path.stem + "_cprofile.txt").write_text(buf.getvalue())
+
+    def cum(suffix, name):
+        return sum(v[3] for (f, _, fn), v in st.stats.items() if fn == name and f.endswith(suffix))
+    parts = {"sample (network calls and noise)": cum("sciffusion/diffusion/sample.py", "sample"),
+             "streams (seeding)": cum("sciffusion/diffusion/sample.py", "stream_generators"),
+             "EOF decoding": cum("sciffusion/nets/eof.py", "decode"),
+             "seeds' decoding": cum("sciffusion/emulators/seeds_data.py", "decode"),
+             "encode condition": cum("sciffusion/nets/eof.py", "encode_cond")}
+    parts["rest (xarray output, copies)"] = wall - sum(parts.values())
+    rec = {"table": str(path.name), "profiled_call_s": wall,
+           "parts_ms_per_member_forecast": {k: v / members * 1e3 for k, v in parts.items()}}
+    run.record[system].setdefault("profile", {})[rng] = rec
+    print(f"{system} student generate ({rng}), one profiled call of {members} members: {wall * 1e3:.1f} ms; "
+          + ", ".join(f"{k} {v:.4f}" for k, v in rec["parts_ms_per_member_forecast"].items()) + " ms/member", flush=True)
+    run.save()
 
 
 def kolmogorov(run):
@@ -268,6 +327,10 @@ def main(argv=None) -> int:
     p.add_argument("--fit-steps", type=int, default=20, help="training steps of the teachers (for their cost, not skill)")
     p.add_argument("--distill-steps", type=int, default=10, help="training steps of the students")
     p.add_argument("--trajectories", type=int, default=256, help="teacher trajectories the students learn from")
+    p.add_argument("--rngs", nargs="+", default=["torch"], choices=("torch", "philox"),
+                   help="the emulators' member streams: a row per kind (generate's rng=)")
+    p.add_argument("--profile-generate", action="store_true",
+                   help="profile one large-batch student generate per --rngs kind (a table next to --out)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (16-point grids, small nets): checks the script only")
     p.add_argument("--out", help="the JSON (default results/gpu_cost.json; /tmp/gpu_cost_smoke.json with --smoke)")
     args = p.parse_args(argv)

@@ -57,8 +57,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--inits", type=int, default=64, help="initial times generated in one call (31 members each)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--rng", choices=("torch", "philox"), default="torch", help="generate's member streams")
+    p.add_argument("--out", type=Path, default=None, help=f"default {OUT.name} (with --rng philox: *_philox.json)")
     args = p.parse_args(argv)
+    args.out = args.out or (OUT if args.rng == "torch" else OUT.with_name(f"{OUT.stem}_philox.json"))
     t_start, s = time.perf_counter(), ck.SETUP
     truth, ref = KolmogorovFlow(n=64, **s["truth"]), KolmogorovFlow(n=64, **s["forecast"])
     data = simulate(truth, forecast_system=ref, n_members=6, n_init=4, n_leads=s["n_leads"],
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
     members = 31 * args.inits
 
     def call():
-        student.generate(many, 31, batch_size=4096, progress=False)
+        student.generate(many, 31, batch_size=4096, progress=False, rng=args.rng)
 
     call()  # warm-up
     times = []
@@ -95,7 +97,7 @@ def main(argv=None) -> int:
     for label, suffix, name in PARTS:  # member_generators calls stream_generators: never both in one call
         parts[label] = parts.get(label, 0.0) + cumulative(stats, suffix, name)
     parts["rest"] = profiled - sum(parts.values())
-    record = {"meta": run_meta(), "inits": args.inits, "members_per_call": members, "leads": s["n_leads"],
+    record = {"meta": run_meta(), "rng": args.rng, "inits": args.inits, "members_per_call": members, "leads": s["n_leads"],
               "best_call_s": min(times), "ms_per_member_forecast": min(times) / members * 1e3,
               "profiled_call_s": profiled,
               "parts_ms_per_member_forecast": {k: v / members * 1e3 for k, v in parts.items()},
