@@ -195,27 +195,37 @@ def validate(args):
         grid = OURS_GRID[kind]
         if args.inflations and kind == "linear":
             grid = [{"steps": 12, "cg_iters": 3, "inflation": i} for i in args.inflations]
-        ours = [(cfg, run_ours(kind, yy, truth, args.burn, args.seeds[0], **cfg)) for cfg in grid]
+        if args.ours_grid is not None:
+            grid = json.loads(args.ours_grid)
+        peer_grid = [tuple(p) for p in json.loads(args.peer_grid)] if args.peer_grid is not None else PEER_GRID[kind]
+        ours = []
+        for cfg in grid:
+            ours.append((cfg, run_ours(kind, yy, truth, args.burn, args.seeds[0], **cfg)))
+            _show(kind, "sciffusion", cfg, ours[-1][1])
         best = select(ours, args.select)
         if args.bandwidths and kind.startswith("arctan"):  # the kernel prior at the best Gaussian setting
             for h in args.bandwidths:
                 cfg = {**best[0], "bandwidth": h}
                 ours.append((cfg, run_ours(kind, yy, truth, args.burn, args.seeds[0], **cfg)))
+                _show(kind, "sciffusion", cfg, ours[-1][1])
             best = select(ours, args.select)
-        peers = [(name, kw, run_dapper(dapper_method(name, **kw), model, xx, yy, truth, args.burn, args.seeds[0] + 2000))
-                 for name, kw in PEER_GRID[kind]]
+        peers = []
+        for name, kw in peer_grid:
+            peers.append((name, kw, run_dapper(dapper_method(name, **kw), model, xx, yy, truth, args.burn,
+                                               args.seeds[0] + 2000)))
+            _show(kind, name, kw, peers[-1][2])
         out["ours"][kind] = [{"settings": c, **r} for c, r in ours]
         out["peers"][kind] = [{"method": n, "settings": kw, **r} for n, kw, r in peers]
         chosen = {"sciffusion": best[0]}
-        for name in {n for n, _ in PEER_GRID[kind]}:
+        for name in {n for n, _ in peer_grid}:
             runs = [p for p in peers if p[0] == name]
             chosen[name] = min(runs, key=lambda r: np.nan_to_num(r[2]["rmse"], nan=np.inf))[1]
         out["chosen"][kind] = chosen
-        for c, r in ours:
-            print(kind, "sciffusion", c, {k: round(v, 4) for k, v in r.items() if isinstance(v, float)}, flush=True)
-        for n, kw, r in peers:
-            print(kind, n, kw, {k: round(v, 4) for k, v in r.items() if isinstance(v, float)}, flush=True)
     return out
+
+
+def _show(kind, name, settings, r):
+    print(kind, name, settings, {k: round(v, 4) for k, v in r.items() if isinstance(v, float)}, flush=True)
 
 
 def full(args, save=lambda out: None):
@@ -263,6 +273,11 @@ def main():
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--inflations", type=float, nargs="*", default=None,
                    help="validation: sciffusion's linear grid is 12 steps, cg_iters 3 at these inflations")
+    p.add_argument("--ours-grid", default=None,
+                   help='validation: sciffusion settings to try instead of the built-in grid (JSON list of dicts)')
+    p.add_argument("--peer-grid", default=None,
+                   help='validation: DAPPER settings to try instead of the built-in grid (JSON list of '
+                        '[method, settings] pairs, e.g. [["LETKF", {"infl": 1.05, "loc_rad": 4, "xN": 2}]])')
     p.add_argument("--select", choices=("rmse", "ssr"), default="rmse",
                    help="validation: lowest RMSE, or lowest RMSE among spread-skill 0.9-1.1 (else closest to 1)")
     args = p.parse_args()
