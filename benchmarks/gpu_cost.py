@@ -182,6 +182,8 @@ def measure(run, system, labels, solvers, batches, train, fit_kw, members, batch
     for kind, make in solvers.items():
         for b in batches:
             add(kind, f"{labels[kind]}, {b} members", b, make(b), None, yard[b], b == small)
+            if a.device_rows and kind == "tuned":  # like for like with generate, whose members end in host memory
+                add(kind, f"{labels[kind]}, {b} members, output copied to host", b, make(b, host=True), None, yard[b], False)
     teacher = run.attempt(f"{system}: fit the teacher", lambda: EnsembleEmulator.fit(
         train, mode="emulation", steps=a.fit_steps, pairs_per_sample=16, device=run.device, progress=False, **fit_kw))
     emus = {"teacher": teacher}
@@ -199,6 +201,13 @@ def measure(run, system, labels, solvers, batches, train, fit_kw, members, batch
                         n * members, gen, 2 * emu.sampler["steps"] - 1 if kind == "teacher" else 2, yard[b],
                         n == 1 and rng == "torch")
                     rows[list(rows)[-1]]["rng"] = rng
+                    if a.device_rows and n == a.large:  # the same draws left on the device (generate_tensor)
+                        dev = (lambda e=emu, s=s, rng=rng: e.generate_tensor(s, members, batch_size=batch_size,
+                                                                            device=run.device, rng=rng))
+                        add(kind, f"{labels[kind]}, {n} init x {members} members" + ("" if rng == "torch" else f", {rng}")
+                            + ", left on the device", n * members, dev,
+                            2 * emu.sampler["steps"] - 1 if kind == "teacher" else 2, yard[b], False)
+                        rows[list(rows)[-1]]["rng"] = rng
     run.time_rows(system, rows, runs)
     if a.profile_generate and emus.get("student") is not None:
         for rng in a.rngs:
@@ -244,7 +253,7 @@ def profile_generate(run, system, rng, call, members):
     def cum(suffix, name):
         return sum(v[3] for (f, _, fn), v in st.stats.items() if fn == name and f.endswith(suffix))
     parts = {"sample (network calls and noise)": cum("sciffusion/diffusion/sample.py", "sample"),
-             "streams (seeding)": cum("sciffusion/diffusion/sample.py", "stream_generators"),
+             "streams (seeding)": cum("sciffusion/diffusion/streams.py", "stream_generators"),
              "EOF decoding": cum("sciffusion/nets/eof.py", "decode"),
              "seeds' decoding": cum("sciffusion/emulators/seeds_data.py", "decode"),
              "encode condition": cum("sciffusion/nets/eof.py", "encode_cond")}
@@ -276,7 +285,10 @@ def kolmogorov(run):
     x0 = x0[torch.arange(m * a.large) % len(x0)].to(dev)
 
     def integrate(mo):  # cost_kolmogorov.time_costs' run: all leads of a batch of members
-        return lambda b: (lambda x=x0[:b].to(mo.dtype): mo.integrate(x, s["n_leads"], round(s["lead_interval"] / mo.dt)))
+        def run(x, host):
+            y = mo.integrate(x, s["n_leads"], round(s["lead_interval"] / mo.dt))
+            return y.cpu() if host else y
+        return lambda b, host=False: (lambda x=x0[:b].to(mo.dtype): run(x, host))
 
     train = ck.leads(data)[["vorticity"]]
     labels = {"tuned": "tuned solver (dt 1/19, float32)", "reference": "reference solver (dt 0.01, float64)",
@@ -302,13 +314,15 @@ def shallow_water(run):
     x0, steps = x0[torch.arange(m * a.large) % m], round(cs.LEAD_H / sw.dt)
 
     def solver(model, dtype):  # cost_shallow_water.time_costs' run()
-        def go(y):
+        def go(y, host):
             for _ in range(cs.N_LEADS):
                 y = model.step(y, steps)
-                model.fields(y)
+                f = model.fields(y)
+                if host:  # every lead's emulated variables, as generate returns them
+                    [f[v].cpu() for v in cs.VARIABLES]
             if not bool(torch.isfinite(y).all()):
                 raise RuntimeError("the timed solver run went non-finite")
-        return lambda b: (lambda y=x0[:b].to(dtype): go(y))
+        return lambda b, host=False: (lambda y=x0[:b].to(dtype): go(y, host))
 
     train = data.isel(lead_time=slice(1, None))[cs.VARIABLES]
     labels = {"tuned": "tuned solver (dt 600 s, float32)", "reference": "reference solver (dt 600 s, float64)",
@@ -329,6 +343,9 @@ def main(argv=None) -> int:
     p.add_argument("--trajectories", type=int, default=256, help="teacher trajectories the students learn from")
     p.add_argument("--rngs", nargs="+", default=["torch"], choices=("torch", "philox"),
                    help="the emulators' member streams: a row per kind (generate's rng=)")
+    p.add_argument("--device-rows", action="store_true",
+                   help="also: the tuned solver with its output copied to host memory (as generate's is), and the "
+                        "emulators' large batch through generate_tensor (members left on the device)")
     p.add_argument("--profile-generate", action="store_true",
                    help="profile one large-batch student generate per --rngs kind (a table next to --out)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (16-point grids, small nets): checks the script only")

@@ -39,8 +39,8 @@ OUT = Path(__file__).parent / "results" / "profile_generate_kolmogorov_cpu.json"
 PARTS = [("network calls (linear layers)", "", "<built-in method torch._C._nn.linear>"),
          ("EOF decoding (latent -> field)", "sciffusion/nets/eof.py", "decode"),
          ("coder decoding (CPU)", "sciffusion/emulators/seeds_data.py", "decode"),
-         ("per-member generators", "sciffusion/diffusion/sample.py", "member_generators"),
-         ("per-member generators", "sciffusion/diffusion/sample.py", "stream_generators"),
+         ("per-member generators", "sciffusion/diffusion/streams.py", "member_generators"),
+         ("per-member generators", "sciffusion/diffusion/streams.py", "stream_generators"),
          ("per-row noise draws", "sciffusion/diffusion/sample.py", "randn")]
 
 

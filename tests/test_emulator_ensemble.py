@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 from sciffusion.emulators import EnsembleEmulator, calibrate_spread
@@ -223,3 +224,28 @@ def test_philox_streams_are_recorded_and_give_the_same_law_as_torch_streams():
     assert not np.allclose(a["x"].values, b["x"].values)
     with pytest.raises(ValueError, match="rng must be one of"):
         emu.generate(seeds, 3, rng="cuda")
+
+
+def test_generate_tensor_returns_generates_members_as_one_tensor():
+    """The same draws as generate (member ids, sample dims in order, variables as channels), as a tensor."""
+    emu, seeds = gaussian_emulator(), seeds_dataset(n_init=2)
+    ens = emu.generate(seeds, 5, steps=4, seed=3, batch_size=7)
+    t = emu.generate_tensor(seeds, 5, steps=4, seed=3, batch_size=3)
+    assert tuple(t.shape) == (2, 2, 5, 1, 8) and isinstance(t, torch.Tensor)
+    np.testing.assert_array_equal(t[:, :, :, 0].numpy(), ens["x"].values)
+    some = emu.generate_tensor(seeds, [4, 1], steps=4, seed=3, rng="torch")
+    np.testing.assert_array_equal(some[:, :, :, 0].numpy(), ens["x"].values[:, :, [4, 1]])
+    with pytest.raises(ValueError, match="rng must be one of"):
+        emu.generate_tensor(seeds, 2, rng="x")
+
+
+def test_condition_and_decoding_build_their_constants_where_the_seeds_are():
+    """The coder's condition (lead time, climatology, static channels) and decoding run on the seeds'
+    device; the meta device stands in for a GPU (mixing a CPU constant into a meta tensor raises)."""
+    coder = SeedsCoder(variables=["x"], grid_dims=["k"], grid_sizes={"k": 8}, grid_coords={"k": list(range(8))},
+                       n_seeds=2, lead_dim="lead_time", lead_times=LEADS, center={"x": 0.0}, scale={"x": 1.0},
+                       dev_scale={"x": DEV}, climatology={"mean": {"x": 0.5}, "std": {"x": 2.0}})
+    seeds, lead = torch.randn(3, 2, 1, 8), torch.tensor([0, 1, 1])
+    cond = coder.condition(seeds.to("meta"), lead.to("meta"))
+    assert cond.device.type == "meta" and cond.shape == coder.condition(seeds, lead).shape
+    assert coder.decode(torch.randn(3, 4, 1, 8).to("meta"), seeds.to("meta"), lead.to("meta")).device.type == "meta"

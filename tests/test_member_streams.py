@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sciffusion.diffusion.sample import member_generators, spawn_states, stream_generators
+from sciffusion.diffusion.streams import member_generators, spawn_states, stream_generators
 
 
 def numpy_states(seed, keys):

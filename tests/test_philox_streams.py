@@ -9,7 +9,8 @@ import torch
 from scipy import stats
 
 from sciffusion.diffusion.philox import PhiloxStreams, philox4x32
-from sciffusion.diffusion.sample import member_generators, randn, spawn_states, stream_generators
+from sciffusion.diffusion.sample import randn
+from sciffusion.diffusion.streams import member_generators, spawn_states, stream_generators
 from sciffusion.emulators.members import generate as generate_members
 
 # Random123's kat_vectors: counter (4 words), key (2 words) -> output (4 words)

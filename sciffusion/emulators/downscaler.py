@@ -37,7 +37,7 @@ import torch
 import xarray as xr
 
 from sciffusion.diffusion import Denoiser
-from sciffusion.diffusion.sample import RNGS
+from sciffusion.diffusion.streams import RNGS
 from sciffusion.diffusion.schedules import SIGMA_MAX
 from sciffusion.emulators.base import Emulator
 from sciffusion.emulators.calibrate import STOCHASTIC_CHURN, SamplerCalibration, check_temperature

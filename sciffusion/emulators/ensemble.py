@@ -30,9 +30,10 @@ import xarray as xr
 from sciffusion._deprecate import renamed_keywords
 from sciffusion.data.batches import BatchDataset
 from sciffusion.diffusion import Denoiser
-from sciffusion.diffusion.sample import (RNGS, check_sample_options, forward_step, step_function, step_keywords,
-                                         step_name, step_options)
+from sciffusion.diffusion.sample import (check_sample_options, forward_step, step_function, step_keywords, step_name,
+                                         step_options)
 from sciffusion.diffusion.schedules import SIGMA_MAX
+from sciffusion.diffusion.streams import RNGS
 from sciffusion.emulators.base import Emulator
 from sciffusion.emulators.members import generate as generate_members
 from sciffusion.emulators.seeds_data import MODES, SeedPairs, SeedsCoder, _names, check_finite, ensemble_tensor
@@ -263,30 +264,8 @@ class EnsembleEmulator(Emulator):
             Dataset ``v (*sample_dims, member, *grid)`` with member ids ``0..n_members-1``, the
             seeds' coordinates and CF attributes, and provenance in ``attrs``.
         """
-        ds = seeds.to_dataset() if isinstance(seeds, xr.DataArray) else seeds
-        self.check(ds)
-        c = self.coder
-        if int(n_members) < 1:
-            raise ValueError(f"n_members must be >= 1, got {n_members}")
-        ds = ds[c.variables]
-        sample_dims = [str(d) for d in ds[c.variables[0]].dims if d != c.member_dim and d not in c.grid_dims]
-        seeds_t = ensemble_tensor(ds, c.variables, sample_dims, c.grid_dims, c.member_dim)
-        lead = torch.from_numpy(_lead_per_sample(ds, c, sample_dims))
-        cond = c.condition(seeds_t, lead)
-        latent = latent_net(self.denoiser)
-        if latent is not None:
-            cond = latent.encode_cond(cond).cpu()
-        settings = {**self.sampler, **{k: v for k, v in {"steps": steps, "method": method, "temperature": temperature}.items() if v is not None}}
-        step_fn = TemperedStep(settings["method"], settings["temperature"])
-        stored = {k: v for k, v in settings.items() if k not in DEFAULT_SAMPLER}
-        if method is not None and method != self.sampler.get("method"):  # stored options belong to the stored method
-            valid = step_options(step_function(method))
-            stored = {k: v for k, v in stored.items() if valid is None or k in valid}
-        options = {**stored, **sampler_options}
-        check_sample_options(step_fn, options)  # before the store is allocated
-        if rng not in RNGS:
-            raise ValueError(f"rng must be one of {RNGS}, got {rng!r}")
-        settings = {k: settings[k] for k in DEFAULT_SAMPLER}
+        g = self._prepare(seeds, n_members, steps, method, temperature, rng, sampler_options, device)
+        ds, c, settings, options, sample_dims = g["ds"], self.coder, g["settings"], g["options"], g["sample_dims"]
         seed_ids = ds[c.member_dim].values.tolist() if c.member_dim in ds.coords else list(range(c.n_seeds))
         # the seeds' descriptive attributes would now be false: the output is emulated, not simulated
         provenance = self.provenance(f"generate(n_members={n_members}, seed={seed})", source=ds.attrs,
@@ -296,16 +275,11 @@ class EnsembleEmulator(Emulator):
                                      seed_members=json.dumps(seed_ids),
                                      sampler=json.dumps({**settings, **options, **({} if rng == "torch" else {"rng": rng})},
                                                         sort_keys=True), seed=int(seed))
-        sample_shape = [ds.sizes[d] for d in sample_dims]
-        event = (c.channels, *c.grid_shape)
+        sample_shape, event = g["sample_shape"], g["event"]
 
         def draw(block) -> np.ndarray:
-            z = generate_members(self.denoiser, cond, block, event_shape=(latent.rank,) if latent else event,
-                                 seed=seed, batch_size=batch_size, steps=int(settings["steps"]), method=step_fn,
-                                 progress=progress, device=device, sigma_max=SIGMA_MAX, rng=rng, **options)
-            if latent is not None:  # decoded where the network is (its EOF basis lives there)
-                z = latent.decode(z.reshape(-1, latent.rank)).reshape(*z.shape[:2], *event)
-            x = c.decode(z, seeds_t.to(z.device), lead.to(z.device)).cpu().numpy()  # (N, b, C, *grid)
+            x = self._draw(g, block, seed=seed, batch_size=batch_size, progress=progress, device=device, rng=rng)
+            x = x.cpu().numpy()  # (N, b, C, *grid)
             return x.reshape(*sample_shape, x.shape[1], *event)
 
         coords = {k: v for k, v in ds.coords.items() if c.member_dim not in v.dims}
@@ -313,6 +287,70 @@ class EnsembleEmulator(Emulator):
                                    dict(ds[v].attrs)) for v in c.variables}, coords=coords, attrs=dict(ds.attrs))
         return ensemble_output(out, template, int(n_members), draw, member_axis=len(sample_dims), attrs=provenance,
                                member_dim=c.member_dim, member_chunk=member_chunk, mode=mode)
+
+    @torch.no_grad()
+    def generate_tensor(self, seeds: xr.Dataset | xr.DataArray, n_members: int | list[int], *, steps: int | None = None,
+                        method: str | None = None, temperature: float | None = None, batch_size: int = 256,
+                        seed: int = 0, progress: bool = False, device=None, rng: str = "torch",
+                        **sampler_options) -> torch.Tensor:
+        """The members of :meth:`generate` as one tensor ``(*sample_shape, M, C, *grid)`` on ``device``.
+
+        The same draws (member ``m`` of seed set ``i`` from the stream ``(seed, i, m)``; ``n_members`` may
+        also be a list of member ids), decoded where the network runs and left there: no copy to host
+        memory, no Dataset, no provenance. For pipelines that go on on the device (scoring, a forecast
+        model, a filter) and for timing the generation itself. ``sample_shape`` is the seeds' sample dims
+        (all dims but ``member`` and the grid, in their order); ``C`` the coder's variables in order.
+        """
+        ids = list(range(int(n_members))) if isinstance(n_members, int) else [int(m) for m in n_members]
+        g = self._prepare(seeds, len(ids), steps, method, temperature, rng, sampler_options, device)
+        x = self._draw(g, ids, seed=seed, batch_size=batch_size, progress=progress, device=device, rng=rng, keep=True)
+        return x.reshape(*g["sample_shape"], len(ids), *g["event"])
+
+    def _prepare(self, seeds, n_members, steps, method, temperature, rng, sampler_options, device) -> dict:
+        """Checks, sampler settings and the condition (on ``device``) shared by :meth:`generate` and
+        :meth:`generate_tensor`; every refusal happens here, before anything is drawn or written."""
+        ds = seeds.to_dataset() if isinstance(seeds, xr.DataArray) else seeds
+        self.check(ds)
+        c = self.coder
+        if int(n_members) < 1:
+            raise ValueError(f"n_members must be >= 1, got {n_members}")
+        if rng not in RNGS:
+            raise ValueError(f"rng must be one of {RNGS}, got {rng!r}")
+        ds = ds[c.variables]
+        sample_dims = [str(d) for d in ds[c.variables[0]].dims if d != c.member_dim and d not in c.grid_dims]
+        seeds_t = ensemble_tensor(ds, c.variables, sample_dims, c.grid_dims, c.member_dim)
+        lead = torch.from_numpy(_lead_per_sample(ds, c, sample_dims))
+        if device is not None:  # the condition and the decoding run where the network does
+            seeds_t, lead = seeds_t.to(device), lead.to(device)
+        cond = c.condition(seeds_t, lead)
+        latent = latent_net(self.denoiser)
+        if latent is not None:
+            cond = latent.encode_cond(cond)
+            cond = cond if device is not None else cond.cpu()
+        given = {"steps": steps, "method": method, "temperature": temperature}
+        settings = {**self.sampler, **{k: v for k, v in given.items() if v is not None}}
+        step_fn = TemperedStep(settings["method"], settings["temperature"])
+        stored = {k: v for k, v in settings.items() if k not in DEFAULT_SAMPLER}
+        if method is not None and method != self.sampler.get("method"):  # stored options belong to the stored method
+            valid = step_options(step_function(method))
+            stored = {k: v for k, v in stored.items() if valid is None or k in valid}
+        options = {**stored, **sampler_options}
+        check_sample_options(step_fn, options)  # before the store is allocated
+        return {"ds": ds, "sample_dims": sample_dims, "sample_shape": [ds.sizes[d] for d in sample_dims],
+                "event": (c.channels, *c.grid_shape), "seeds": seeds_t, "lead": lead, "cond": cond, "latent": latent,
+                "step_fn": step_fn, "options": options, "settings": {k: settings[k] for k in DEFAULT_SAMPLER}}
+
+    def _draw(self, g: dict, block, *, seed, batch_size, progress, device, rng, keep: bool = False) -> torch.Tensor:
+        """Members ``block`` of every seed set, decoded: ``(N, len(block), C, *grid)``, on ``device`` where the
+        network is latent (the EOF basis lives there) or with ``keep``, else on the CPU."""
+        latent, event = g["latent"], g["event"]
+        z = generate_members(self.denoiser, g["cond"], block, event_shape=(latent.rank,) if latent else event,
+                             seed=seed, batch_size=batch_size, steps=int(g["settings"]["steps"]), method=g["step_fn"],
+                             progress=progress, device=device, sigma_max=SIGMA_MAX, rng=rng,
+                             out_device=(device or "cpu") if keep else "cpu", **g["options"])
+        if latent is not None:
+            z = latent.decode(z.reshape(-1, latent.rank)).reshape(*z.shape[:2], *event)
+        return self.coder.decode(z, g["seeds"].to(z.device), g["lead"].to(z.device))
 
 
 def _lead_per_sample(ds: xr.Dataset, coder: SeedsCoder, sample_dims: list[str]) -> np.ndarray:

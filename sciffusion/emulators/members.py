@@ -13,7 +13,8 @@ import torch
 from tqdm.auto import tqdm
 
 from sciffusion._deprecate import renamed_keywords
-from sciffusion.diffusion.sample import RNGS, check_sample_options, sample, stream_generators
+from sciffusion.diffusion.sample import check_sample_options, sample
+from sciffusion.diffusion.streams import RNGS, stream_generators
 
 
 @torch.no_grad()
@@ -33,6 +34,7 @@ def generate(
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
     rng: str = "torch",
+    out_device: str | torch.device = "cpu",
     **sampler_options,
 ) -> torch.Tensor:
     """Generate ``(N, M, *event_shape)`` samples for ``N`` conditions and members ``n_members``.
@@ -51,13 +53,14 @@ def generate(
         rng: ``"torch"`` (default: a ``torch.Generator`` per member) or ``"philox"`` (counter-based
             streams keyed alike, drawn for a whole batch at once: fewer, larger kernels on a GPU; other
             numbers). See :func:`sciffusion.diffusion.sample.stream_generators`.
+        out_device: where the result is gathered (default the CPU; ``device`` keeps it where it was drawn).
     """
     check_sample_options(method, sampler_options)
     ids = list(range(n_members)) if isinstance(n_members, int) else [int(m) for m in n_members]
     n = len(cond) if cond is not None else (n_conditions or 1)
     x = sample_jobs(denoiser, cond, [(i, m) for i in range(n) for m in ids], event_shape=event_shape, seed=seed,
                     batch_size=batch_size, steps=steps, method=method, device=device, dtype=dtype, progress=progress,
-                    rng=rng, **sampler_options)
+                    rng=rng, out_device=out_device, **sampler_options)
     return x.reshape(n, len(ids), *event_shape)
 
 
@@ -65,15 +68,16 @@ def generate(
 def sample_jobs(denoiser, cond: torch.Tensor | None, jobs: Sequence[tuple[int, int]], *, event_shape: Sequence[int],
                 seed: int, batch_size: int, steps: int, method: str | Callable, case_ids: Sequence[int] | None = None,
                 device: str | torch.device | None = None, dtype: torch.dtype = torch.float32, progress: bool = False,
-                rng: str = "torch", **sampler_options) -> torch.Tensor:
+                rng: str = "torch", out_device: str | torch.device = "cpu", **sampler_options) -> torch.Tensor:
     """Samples ``(len(jobs), *event_shape)`` (CPU) for ``jobs[k] = (c, m)``: member ``m`` of ``cond[c]`` from
     the stream ``(seed, case_ids[c], m)`` (default ``c``), in consecutive batches of ``batch_size``. The
     dask tiles (:mod:`sciffusion.distributed.generate`) sample here too, so they see :func:`generate`'s batches.
-    ``rng``: the kind of stream (:func:`~sciffusion.diffusion.sample.stream_generators`).
+    ``rng``: the kind of stream (:func:`~sciffusion.diffusion.sample.stream_generators`); ``out_device``: where
+    the samples are gathered (default the CPU, as above).
     """
     if rng not in RNGS:
         raise ValueError(f"rng must be one of {RNGS}, got {rng!r}")
-    out = torch.empty((len(jobs), *event_shape), dtype=dtype)
+    out = torch.empty((len(jobs), *event_shape), dtype=dtype, device=out_device)
     for start in tqdm(range(0, len(jobs), batch_size), disable=not progress, desc="generating", leave=False):
         chunk = jobs[start : start + batch_size]
         # member m of case c: the stream (seed, case, m) of member_generators, all seeded in one pass
@@ -83,5 +87,5 @@ def sample_jobs(denoiser, cond: torch.Tensor | None, jobs: Sequence[tuple[int, i
         if cond is not None:
             kwargs["cond"] = cond[[c for c, _ in chunk]].to(device=device, dtype=dtype)
         out[start : start + len(chunk)] = sample(denoiser, (len(chunk), *event_shape), steps=steps, method=method,
-                                                 generator=gens, dtype=dtype, device=device, **kwargs).cpu()
+                                                 generator=gens, dtype=dtype, device=device, **kwargs).to(out.device)
     return out

@@ -18,7 +18,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from sciffusion.data.store import BlockStore
-from sciffusion.diffusion.sample import member_generators
+from sciffusion.diffusion.streams import member_generators
 from sciffusion.emulators.base import Emulator
 from sciffusion.emulators.rollout_data import RolloutCoder, _names  # noqa: F401  (re-exported)
 

@@ -155,15 +155,16 @@ class SeedsCoder(FieldCoder):
         mean = seeds.mean(1)
         dev = ((seeds - mean[:, None]) / self._dev(mean, lead)[:, None]).reshape(n, -1, *self.grid_shape)
         parts = [dev, self._affine(mean, self.center, self.scale)]
-        t = torch.tensor(self.lead_times, dtype=seeds.dtype)[lead] / max(max(abs(x) for x in self.lead_times), 1e-12)
+        kw = {"dtype": seeds.dtype, "device": seeds.device}  # constants where the seeds are (CPU or the GPU)
+        t = torch.tensor(self.lead_times, **kw)[lead.to(seeds.device)] / max(max(abs(x) for x in self.lead_times), 1e-12)
         parts.append(t.reshape(n, 1, *(1,) * len(self.grid_dims)).expand(n, 1, *self.grid_shape))
         if self.climatology:
-            cm = torch.tensor([self.climatology["mean"][v] for v in self.variables], dtype=seeds.dtype)
-            cs = torch.tensor([self.climatology["std"][v] for v in self.variables], dtype=seeds.dtype)
+            cm = torch.tensor([self.climatology["mean"][v] for v in self.variables], **kw)
+            cs = torch.tensor([self.climatology["std"][v] for v in self.variables], **kw)
             parts += [self._affine(cm[None], self.center, self.scale).expand(n, -1, *self.grid_shape),
                       (cs[None] / self._vec(self.scale, self.variables, cs)).expand(n, -1, *self.grid_shape)]
         if self.static:
-            st = torch.tensor([self.static[k] for k in self.static], dtype=seeds.dtype)
+            st = torch.tensor([self.static[k] for k in self.static], **kw)
             parts.append(st[None].expand(n, -1, *self.grid_shape))
         return torch.cat(parts, dim=1)
 
