@@ -320,10 +320,10 @@ class EnsembleEmulator(Emulator):
         sample_dims = [str(d) for d in ds[c.variables[0]].dims if d != c.member_dim and d not in c.grid_dims]
         seeds_t = ensemble_tensor(ds, c.variables, sample_dims, c.grid_dims, c.member_dim)
         lead = torch.from_numpy(_lead_per_sample(ds, c, sample_dims))
-        if device is not None:  # the condition and the decoding run where the network does
-            seeds_t, lead = seeds_t.to(device), lead.to(device)
-        cond = c.condition(seeds_t, lead)
         latent = latent_net(self.denoiser)
+        if device is not None and latent is not None:  # the condition and the decoding run where the network does;
+            seeds_t, lead = seeds_t.to(device), lead.to(device)  # on the grid the full condition stays on the CPU
+        cond = c.condition(seeds_t, lead)
         if latent is not None:
             cond = latent.encode_cond(cond)
             cond = cond if device is not None else cond.cpu()
