@@ -48,7 +48,7 @@ import dapper.stats  # noqa: E402
 from dapper.mods.Lorenz96 import sakov2008  # noqa: E402
 from dapper.tools.localization import nd_Id_localization  # noqa: E402
 
-from sciffusion.assimilate import cycle, gaspari_cohn  # noqa: E402
+from sciffusion.assimilate import cycle, ring_taper  # noqa: E402
 from sciffusion.inverse import Mask  # noqa: E402
 from sciffusion.metrics import crps_ensemble, crps_gaussian, spread_skill_ratio  # noqa: E402
 from sciffusion.systems.lorenz96 import Lorenz96  # noqa: E402
@@ -125,7 +125,7 @@ def dapper_method(name, **kw):
 
 
 # ------------------------------------------------------------------ sciffusion
-def run_ours(kind, yy, truth, burn, seed, *, loc_radius=None, **options):
+def run_ours(kind, yy, truth, burn, seed, *, loc_radius=None, loc_metric="arc", **options):
     model = Lorenz96(k=NX)
     x0 = torch.as_tensor(np.random.default_rng(seed).normal(sakov2008.X0.mu, np.sqrt(0.001), (N, NX)))
     if kind == "linear":
@@ -133,10 +133,8 @@ def run_ours(kind, yy, truth, burn, seed, *, loc_radius=None, **options):
     else:
         jj = torch.as_tensor(JJ)
         op, std = (lambda x: torch.atan(x[:, jj])), ARCTAN_STD[kind]
-    if loc_radius is not None:
-        d = torch.arange(NX, dtype=torch.float64)
-        dist = (d[:, None] - d[None]).abs()
-        options["localization"] = gaspari_cohn(torch.minimum(dist, NX - dist), loc_radius)
+    if loc_radius is not None:  # loc_metric "chord": the taper of the chordal distance, valid at every radius
+        options["localization"] = ring_taper(NX, loc_radius, metric=loc_metric)
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     try:

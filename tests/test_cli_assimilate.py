@@ -65,6 +65,7 @@ def test_the_docs_config_at_tiny_size_writes_a_store_and_resumes(tmp_path, capsy
     ({"system__name": "burgers"}, "name must be one of ['lorenz96', 'kolmogorov']"),
     ({"observations__noise_std": -1.0}, "noise_std must be finite and non-negative"),
     ({"observations__interval": 0.07}, "interval=0.07 must be a non-negative multiple of the model step dt=0.05"),
+    ({"filter__localization_metric": "euclid"}, "metric must be one of ('arc', 'chord')"),
 ])
 def test_bad_configs_are_refused_naming_the_key(tmp_path, capsys, change, needle):
     assert main(["assimilate", str(tiny_config(tmp_path, **change)), "-o", str(tmp_path / "o.zarr"), "--no-progress"]) == 2
@@ -202,3 +203,27 @@ def test_domains_and_a_localization_radius_exclude_each_other(tmp_path, capsys):
     path.write_text(path.read_text() + "\n[domains]\nradius = 2\n")
     assert main(["assimilate", str(path), "-o", str(tmp_path / "o.zarr"), "--no-progress"]) == 2
     assert "localization_radius and [domains] exclude each other" in capsys.readouterr().err
+
+
+def test_the_chord_metric_gives_a_valid_taper_where_the_arc_one_is_not_and_a_warning_says_so(tmp_path):
+    """On a ring of 8 the arc-distance Gaspari-Cohn taper of radius 3 has a negative eigenvalue: the config
+    warns, naming the radius and the remedy; with localization_metric = "chord" it runs without the warning
+    and records the key."""
+    import warnings
+
+    import torch
+
+    from sciffusion.assimilate import ring_taper
+
+    assert float(torch.linalg.eigvalsh(ring_taper(8, 3.0)).min()) < 0 <= float(torch.linalg.eigvalsh(ring_taper(8, 3.0, metric="chord")).min()) + 1e-12
+    with pytest.warns(UserWarning, match="localization_radius = 3.0.*not positive semi-definite.*chord"):
+        assert main(["assimilate", str(tiny_config(tmp_path, filter__localization_radius=3.0)), "-o",
+                     str(tmp_path / "a.zarr"), "--no-progress"]) == 0
+    out = tmp_path / "c.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert main(["assimilate", str(tiny_config(tmp_path, filter__localization_radius=3.0,
+                                                   filter__localization_metric="chord")), "-o", str(out),
+                     "--no-progress"]) == 0
+    # the store records the taper itself (its hash), so a resume with the other metric is refused
+    assert xr.open_zarr(out).attrs["analysis_localization"] != xr.open_zarr(tmp_path / "a.zarr").attrs["analysis_localization"]

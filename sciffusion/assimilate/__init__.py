@@ -9,7 +9,7 @@ of the forecast ensemble (:func:`ensemble_prior`). :func:`assimilate` runs it on
 See ``docs/assimilation.md``.
 """
 
-from sciffusion.assimilate.analysis import analysis, ensemble_prior, gaspari_cohn
+from sciffusion.assimilate.analysis import analysis, ensemble_prior, gaspari_cohn, ring_taper
 from sciffusion.assimilate.cycle import FilterResult, check_inputs, cycle
 from sciffusion.assimilate.forecast_prior import (ForecastDenoiser, ForecastPrior, forecast_pairs,
                                                  forecast_prior_analysis, train_forecast_prior)
@@ -23,7 +23,7 @@ from sciffusion.assimilate.window_prior import WindowDenoiser, WindowPrior, trai
 
 __all__ = ["Domains", "FilterResult", "ForecastDenoiser", "ForecastPrior", "LocalPrior", "TrajectoryDenoiser",
            "TrajectoryOperator", "WindowDenoiser", "WindowPrior", "analysis", "assimilate", "check_inputs", "cycle",
-           "cycle_scores", "ensemble_prior", "forecast_pairs", "forecast_prior_analysis", "gaspari_cohn",
+           "cycle_scores", "ensemble_prior", "forecast_pairs", "forecast_prior_analysis", "gaspari_cohn", "ring_taper",
            "local_analysis", "periodic_domains", "periodic_domains_2d", "plot_cycle_scores", "random_rotation", "relax",
            "smooth", "summary",
            "train_forecast_prior", "train_window_prior", "truth_and_observations"]

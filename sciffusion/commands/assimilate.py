@@ -33,7 +33,8 @@ KEYS = {
     "system": ("name", "k", "forcing", "dt", "noise_std", "n", "reynolds"),
     "truth": ("spinup", "seed"),
     "observations": ("operator", "every", "fraction", "function", "noise_std", "interval", "cycles", "seed"),
-    "filter": ("members", "perturbation", "bandwidth", "inflation", "localization_radius", "steps", "cg_iters",
+    "filter": ("members", "perturbation", "bandwidth", "inflation", "localization_radius", "localization_metric",
+               "steps", "cg_iters",
                "guidance", "start", "sigma_max", "cycles_per_block", "prior", "rtps", "rtpp"),
     "domains": ("radius", "block", "obs_radius", "taper_radius", "space", "enkf_n"),
 }
@@ -162,16 +163,27 @@ def build_domains(spec: dict, model, operator):
         raise UserError(f"config [domains]: {exc}") from None
 
 
-def localization(model, radius):
-    """Gaspari-Cohn taper on Lorenz-96's periodic ring."""
+def localization(model, radius, metric="arc"):
+    """Gaspari-Cohn taper on Lorenz-96's periodic ring (``metric``: the ring's ``"arc"`` or ``"chord"`` distance;
+    a warning where the arc taper is no correlation matrix, which a cycle may then refuse)."""
+    import warnings
+
     import torch
 
-    from sciffusion.assimilate import gaspari_cohn
+    from sciffusion.assimilate import ring_taper
 
     ring_only(model, "[filter] localization_radius")
-    d = torch.arange(model.k, dtype=torch.float64)
-    dist = (d[:, None] - d[None]).abs()
-    return gaspari_cohn(torch.minimum(dist, model.k - dist), float(radius))
+    try:
+        taper = ring_taper(model.k, float(radius), metric=metric)
+    except ValueError as exc:
+        raise UserError(f"config [filter] localization: {exc}") from None
+    low = float(torch.linalg.eigvalsh(taper).min())
+    if low < -1e-9:
+        warnings.warn(f"config [filter] localization_radius = {radius}: the Gaspari-Cohn taper of the arc distance "
+                      f"on a ring of {model.k} is not positive semi-definite (smallest eigenvalue {low:.3g}), so a "
+                      f"tapered covariance may be refused mid-run; localization_metric = \"chord\" is valid at every "
+                      f"radius", stacklevel=2)
+    return taper
 
 
 def filter_prior(path, filt: dict, cfg: dict, model) -> str:
@@ -224,11 +236,14 @@ def run(args: argparse.Namespace) -> int:
     if "prior" in filt:  # checked here for an error naming the key; assimilate loads it and records the path
         filt["prior"] = filter_prior(filt["prior"], filt, cfg, model)
     radius = filt.pop("localization_radius", None)
+    metric = filt.pop("localization_metric", "arc")
+    if metric != "arc" and radius is None:
+        raise UserError("config [filter] localization_metric needs localization_radius")
     if radius is not None:
         if "domains" in cfg:
             raise UserError("config [filter] localization_radius and [domains] exclude each other: the domains "
                             "localise by their windows (use [domains] taper_radius for a taper within them)")
-        filt["localization"] = localization(model, radius)
+        filt["localization"] = localization(model, radius, metric)
     if "domains" in cfg:
         filt["domains"] = build_domains(cfg["domains"], model, op)
         filt["function"] = torch.atan if obs_cfg.get("function", "identity") == "arctan" else None
