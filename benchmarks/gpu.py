@@ -13,7 +13,9 @@ Compiled variants take suffixes after ``bf16_compile``: ``_b32`` (training batch
 ``_clgn`` (the U-Net's GroupNorm through the NHWC view, :func:`group_norm_nhwc`) and ``_clgrad`` (the
 gradient into every GroupNorm made channels-last, ``sciffusion.nets.unet.channels_last_grad``, so that the
 convolution backward gets its ``grad_output`` in its own layout) and ``_clgradconv`` (the same for the gradient of
-every 3x3 convolution's output), in any combination.
+every 3x3 convolution's output) and ``_forcelayout`` (inductor's ``force_layout_optimization``: channels-last
+layouts chosen in every compiled graph, the backward one included - the hypothesis for the copies left after
+``_clgrad_clgradconv``), in any combination.
 
 What is measured (all timings after warm-up, synchronised, best of ``--repeats``):
 
@@ -133,7 +135,7 @@ class Variant:
 
     def __init__(self, name: str, bf16: bool, channels_last: bool, compile: bool, *, batch: int | None = None,
                  fused: bool = False, whole: bool = False, clgn: bool = False, clgrad: bool = False,
-                 clgradconv: bool = False):
+                 clgradconv: bool = False, forcelayout: bool = False):
         self.name, self.bf16, self.channels_last, self.compile = name, bf16, channels_last, compile
         # batch: override the model's training batch; fused: AdamW(fused=True) (one kernel per step, not a
         # foreach pass per moment); whole: compile the Denoiser (preconditioning and loss weighting included)
@@ -141,6 +143,7 @@ class Variant:
         # into the GroupNorms made channels-last (GroupNorm.channels_last_grad)
         self.batch, self.fused, self.whole, self.clgn, self.clgrad = batch, fused, whole, clgn, clgrad
         self.clgradconv = clgradconv  # the gradient of every 3x3 convolution's output made channels-last
+        self.forcelayout = forcelayout  # torch._inductor.config.force_layout_optimization while it compiles and runs
 
     @classmethod
     def parse(cls, name: str) -> "Variant":
@@ -150,12 +153,13 @@ class Variant:
             raise ValueError(f"unknown compiled variant {name!r}")
         tags = [t for t in extra[0].split("_") if t]
         batch = next((int(t[1:]) for t in tags if t.startswith("b") and t[1:].isdigit()), None)
-        flags = ("fused", "whole", "clgn", "clgrad", "clgradconv")
+        flags = ("fused", "whole", "clgn", "clgrad", "clgradconv", "forcelayout")
         unknown = [t for t in tags if t not in flags and not (t.startswith("b") and t[1:].isdigit())]
         if unknown:
             raise ValueError(f"unknown variant suffixes {unknown} in {name!r}")
         return cls(name, True, True, True, batch=batch, fused="fused" in tags, whole="whole" in tags,
-                   clgn="clgn" in tags, clgrad="clgrad" in tags, clgradconv="clgradconv" in tags)
+                   clgn="clgn" in tags, clgrad="clgrad" in tags, clgradconv="clgradconv" in tags,
+                   forcelayout="forcelayout" in tags)
 
     def norm_context(self):
         """``_clgn``: the U-Net's GroupNorm as :func:`group_norm_nhwc`; ``_clgrad`` / ``_clgradconv``: channels-last
@@ -167,6 +171,10 @@ class Variant:
         # set both ways: a variant without the suffix runs without the barrier, whatever the package default
         stack.enter_context(_channels_last_grad("GroupNorm", self.clgrad))
         stack.enter_context(_channels_last_grad("PadConv2d", self.clgradconv))
+        if self.forcelayout:
+            import torch._inductor.config as inductor_config
+
+            stack.enter_context(inductor_config.patch(force_layout_optimization=True))
         return stack
 
     def autocast(self, device):
@@ -330,6 +338,7 @@ def _bench_variant(name, spec, v, device, args, peaks, flops, t_start) -> dict:
     rec = {
         "batch": spec["batch"], "fused_adamw": v.fused, "compiled_whole_denoiser": v.whole,
         "nhwc_group_norm": v.clgn, "channels_last_grad": v.clgrad, "channels_last_grad_conv": v.clgradconv,
+        "force_layout_optimization": v.forcelayout,
         "train_step_s": t_train, "train_samples_per_s": spec["batch"] / t_train, "train_tflops": tflops,
         "train_fraction_of_measured_peak": tflops / peaks["measured"],
         "train_fraction_of_spec_peak": tflops / peaks["spec"] if peaks["spec"] else None,
