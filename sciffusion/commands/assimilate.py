@@ -36,7 +36,7 @@ KEYS = {
     "filter": ("members", "perturbation", "bandwidth", "inflation", "localization_radius", "localization_metric",
                "steps", "cg_iters",
                "guidance", "start", "sigma_max", "cycles_per_block", "prior", "rtps", "rtpp"),
-    "domains": ("radius", "block", "obs_radius", "taper_radius", "space", "enkf_n"),
+    "domains": ("radius", "block", "obs_radius", "taper_radius", "space", "enkf_n", "rotate"),
 }
 OPERATORS = ("all", "every", "fraction")
 FUNCTIONS = ("identity", "arctan")
@@ -259,6 +259,10 @@ def run(args: argparse.Namespace) -> int:
             if filt.get("space") != "ensemble":
                 raise UserError("config [domains] enkf_n (adaptive EnKF-N inflation) needs space = 'ensemble'")
             filt["enkf_n"] = float(cfg["domains"]["enkf_n"])
+        if "rotate" in cfg["domains"]:  # absent: no rotation, and the provenance of older stores
+            if not isinstance(cfg["domains"]["rotate"], bool):
+                raise UserError(f"config [domains] rotate must be true or false, got {cfg['domains']['rotate']!r}")
+            filt["rotate"] = cfg["domains"]["rotate"]
     if filt.get("guidance") == "exact" and not (filt.get("space") == "ensemble" and filt.get("function") is None):
         raise UserError("config [filter] guidance = 'exact' is the closed-form posterior of [domains] space = "
                         "'ensemble' with linear observations (no [observations] function); use a guidance method "
