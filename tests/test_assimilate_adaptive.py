@@ -73,11 +73,37 @@ def test_each_domain_is_the_letkf_at_its_own_inflation():
     assert max(abs(v - 1) for v in inflations) > 0.02
 
 
+def test_in_state_space_each_domain_is_the_analysis_at_its_own_inflation():
+    """local_analysis(space="state", enkf_n=2): each domain's kept entries equal the state-space analysis run
+    with that domain's inflation, the same dual-cost minimiser as in ensemble space (the same generator
+    draws: the deterministic transport of the members, start="members"); the inflations differ."""
+    x, y, std = _problem(1)
+    domains = periodic_domains(D, OBS, radius=4, block=4, obs_radius=2.0)
+    kw = dict(domains=domains, noise_std=std, steps=8, sigma_max=20.0, cg_iters=2)
+    xa = local_analysis(x, y, enkf_n=2.0, **kw)
+    mean = x.mean(0)
+    inflations = []
+    for j in range(domains.windows.shape[0]):
+        seen = (domains.weight[j] > 0) & ~torch.isnan(y[domains.obs[j]])
+        read = domains.windows[j][domains.obs_pos[j]][seen]
+        sd = std[domains.obs[j]][seen]
+        l_j = dual_cost_minimiser(((x[:, read] - mean[read]) / sd).numpy(),
+                                  ((y[domains.obs[j]][seen] - mean[read]) / sd).numpy(), 2.0)
+        inflations.append(l_j)
+        idx = domains.windows[j][domains.keep[j]]
+        fixed = local_analysis(x, y, inflation=l_j, **kw)[:, idx]
+        # 2e-5: the library's Newton stops at DAPPER's xtol 1e-4 in l, the reference is Brent's to 1e-10; an
+        # inflation left out (l = 1, |l_j - 1| > 0.02 here) moves the fields by ~1e-2
+        torch.testing.assert_close(xa[:, idx], fixed, rtol=0, atol=2e-5)
+    assert max(inflations) - min(inflations) > 0.01 and max(abs(v - 1) for v in inflations) > 0.02
+    assert not torch.allclose(xa, local_analysis(x, y, **kw))
+
+
 def test_bad_uses_are_refused():
     x, y, std = _problem()
     domains = periodic_domains(D, OBS, radius=4, block=2, obs_radius=2.0)
-    with pytest.raises(ValueError, match="enkf_n .* pass space='ensemble'"):
-        local_analysis(x, y, domains=domains, noise_std=std, enkf_n=2.0)
+    with pytest.raises(ValueError, match="xN\\) must be > 0, got 0"):
+        local_analysis(x, y, domains=domains, noise_std=std, enkf_n=0.0)
     with pytest.raises(ValueError, match="xN\\) must be > 0, got 0"):
         local_analysis(x, y, domains=domains, noise_std=std, space="ensemble", enkf_n=0.0)
     assert N == x.shape[0]
@@ -91,14 +117,13 @@ def test_the_command_line_takes_enkf_n_in_the_ensemble_space_domains_table(tmp_p
 
     path = tiny_config(tmp_path, filter__localization_radius=None)
     text = path.read_text().replace("localization_radius = None\n", "") + "\n[domains]\nradius = 2\nobs_radius = 1.0\n"
-    bad, good = tmp_path / "bad.toml", tmp_path / "good.toml"
-    bad.write_text(text + "enkf_n = 2.0\n")
+    state, good = tmp_path / "state.toml", tmp_path / "good.toml"
+    state.write_text(text + "enkf_n = 2.0\n")
     good.write_text(text + 'space = "ensemble"\nenkf_n = 2.0\n')
-    assert main(["assimilate", str(bad), "-o", str(tmp_path / "b.zarr"), "--no-progress"]) == 2
-    assert "enkf_n (adaptive EnKF-N inflation) needs space = 'ensemble'" in capsys.readouterr().err
-    assert main(["assimilate", str(good), "-o", str(tmp_path / "g.zarr"), "--no-progress"]) == 0
-    ds = xr.open_zarr(tmp_path / "g.zarr")
-    assert float(ds.attrs["analysis_enkf_n"]) == 2.0 and np.isfinite(ds.x_analysis).all()
+    for cfg, out in ((state, "s.zarr"), (good, "g.zarr")):  # either space
+        assert main(["assimilate", str(cfg), "-o", str(tmp_path / out), "--no-progress"]) == 0
+        ds = xr.open_zarr(tmp_path / out)
+        assert float(ds.attrs["analysis_enkf_n"]) == 2.0 and np.isfinite(ds.x_analysis).all()
 
 
 def test_the_command_line_takes_a_random_rotation_in_the_domains_table(tmp_path, capsys):

@@ -142,6 +142,23 @@ class LinearPosterior:
         return torch.einsum("ikj,knj->ikn", scale * xu + shift, self.vec).reshape(x.shape)
 
 
+def domain_enkf_n(x: torch.Tensor, read: torch.Tensor, y_loc: torch.Tensor, coef: torch.Tensor, std,
+                  weight: torch.Tensor | None, enkf_n: float, *, function=None, inflation: float = 1.0) -> torch.Tensor:
+    """Each domain's EnKF-N inflation ``(K,)`` (:func:`~sciffusion.assimilate.adaptive.enkf_n_inflation`,
+    ``x_n = enkf_n``) from flat members ``x (N, d)``, the state index ``read (K, m)`` of every slot, the
+    observations ``y_loc`` and factors ``coef = sqrt(weight) / std`` of :func:`local_analysis`: estimated on
+    the observed values ``f(x_i)`` (DAPPER's ``Obs(E)``) of the slots of positive ``weight``, untapered, after
+    the fixed ``inflation``."""
+    if weight is None:
+        raise ValueError("enkf_n needs the domains' localisation weights (weight=)")
+    n = x.shape[0]
+    vals = x[:, read] if function is None else function(x[:, read])  # (N, K, m)
+    f_mean = vals.mean(0)
+    whiten = torch.where(weight > 0, coef / weight.clamp_min(1e-300).sqrt() / std, 0.0)  # 1 / std_j, untapered
+    f_anom = ((vals - f_mean) * (float(inflation) / (n - 1) ** 0.5)).permute(1, 0, 2)
+    return enkf_n_inflation((n - 1) ** 0.5 * f_anom * whiten[:, None], (y_loc - f_mean) * whiten, enkf_n)
+
+
 def ensemble_space_analysis(x: torch.Tensor, domains, y_loc: torch.Tensor, coef: torch.Tensor, std,
                             active: torch.Tensor, *, function=None, bandwidth: float = 1.0, inflation: float = 1.0,
                             guidance: str = "mmps", sampler: str | None = "heun", steps: int = 16,
@@ -165,13 +182,7 @@ def ensemble_space_analysis(x: torch.Tensor, domains, y_loc: torch.Tensor, coef:
     obs_mean, obs_anom = mean[read], anom[:, read].permute(1, 0, 2)  # (K, m), (K, N, m)
     infl = None
     if enkf_n is not None:  # per-domain adaptive inflation, on the observed values f(x_i) as DAPPER's Obs(E)
-        if weight is None:
-            raise ValueError("enkf_n needs the domains' localisation weights (weight=)")
-        vals = x[:, read] if function is None else function(x[:, read])  # (N, K, m)
-        f_mean = vals.mean(0)
-        whiten = torch.where(weight > 0, coef / weight.clamp_min(1e-300).sqrt() / std, 0.0)  # 1 / std_j, untapered
-        f_anom = ((vals - f_mean) * (float(inflation) / (n - 1) ** 0.5)).permute(1, 0, 2)
-        infl = enkf_n_inflation((n - 1) ** 0.5 * f_anom * whiten[:, None], (y_loc - f_mean) * whiten, enkf_n)
+        infl = domain_enkf_n(x, read, y_loc, coef, std, weight, enkf_n, function=function, inflation=inflation)
         obs_anom = obs_anom * infl[:, None, None]
     prior = WeightPrior(n, bandwidth, dtype=x.dtype, device=x.device)
     sigmas = karras_sigmas(steps, sigma_min, sigma_max).to(torch.float64)

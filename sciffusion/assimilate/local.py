@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from sciffusion.assimilate.analysis import gaspari_cohn
-from sciffusion.assimilate.ensemble_space import ensemble_space_analysis
+from sciffusion.assimilate.ensemble_space import domain_enkf_n, ensemble_space_analysis
 from sciffusion.diffusion import heun_step, karras_sigmas
 from sciffusion.inverse import Function
 from sciffusion.inverse import sample as posterior_sample
@@ -233,11 +233,12 @@ class LocalPrior:
     (``C`` components sharing the covariance ``(w, w)``), held as eigendecompositions. A denoiser on
     rows ``(N' K, w)``, row ``r`` in window ``r % K``; exact, differentiable."""
 
-    def __init__(self, members: torch.Tensor, *, bandwidth: float = 1.0, inflation: float = 1.0,
+    def __init__(self, members: torch.Tensor, *, bandwidth: float = 1.0, inflation: float | torch.Tensor = 1.0,
                  taper: torch.Tensor | None = None):
         n, k, w = members.shape  # (N, K, w), normalised members
         mean = members.mean(0)
-        anom = (members - mean) * float(inflation)
+        # inflation: one factor, or one per window (K,)
+        anom = (members - mean) * torch.as_tensor(inflation, dtype=members.dtype, device=members.device).reshape(-1, 1)
         cov = torch.einsum("nki,nkj->kij", anom, anom) / (n - 1)
         if taper is not None:
             cov = cov * taper.to(cov)
@@ -321,10 +322,11 @@ def local_analysis(ensemble: torch.Tensor, y, *, domains: Domains, noise_std, fu
             for every domain; drawn from ``generator``): DAPPER's ``rot=True``, which keeps the mean and
             covariance and stops a deterministic square-root update from pinning the same member
             to the same anomaly cycle after cycle.
-        enkf_n: adaptive inflation (``space="ensemble"`` only): each domain's anomalies multiplied by
-            its finite-size EnKF-N inflation with this hyperprior certainty (DAPPER's LETKF ``xN``;
+        enkf_n: adaptive inflation: each domain's anomalies multiplied by its finite-size EnKF-N
+            inflation with this hyperprior certainty (DAPPER's LETKF ``xN``;
             :func:`~sciffusion.assimilate.adaptive.enkf_n_inflation`), estimated each analysis from
-            the innovations of the observations it sees; on top of ``inflation``. None: none.
+            the innovations of the observations it sees; on top of ``inflation``. None: none. In
+            either space (the same factor: ``ensemble_space.domain_enkf_n``).
 
     A domain with no observation (all weights 0 or NaN) keeps its forecast.
     """
@@ -337,8 +339,6 @@ def local_analysis(ensemble: torch.Tensor, y, *, domains: Domains, noise_std, fu
         raise ValueError(f"start must be 'members' or 'noise', got {start!r}")
     if space not in ("state", "ensemble"):
         raise ValueError(f"space must be 'state' or 'ensemble', got {space!r}")
-    if enkf_n is not None and space != "ensemble":
-        raise ValueError("enkf_n (adaptive EnKF-N inflation) is estimated in ensemble space: pass space='ensemble'")
     guidance = default_guidance(space, function) if guidance is None else guidance
     if guidance == "exact" and space != "ensemble":
         raise ValueError("guidance='exact' is the closed-form posterior of space='ensemble' (linear observations); "
@@ -370,16 +370,20 @@ def local_analysis(ensemble: torch.Tensor, y, *, domains: Domains, noise_std, fu
         return _rotated(xa, rotate, generator).reshape(n, *state).to(ensemble.dtype)
     xw = x[:, domains.windows]  # (N, K, w)
     mean = xw.mean(0)
-    scale = ((xw - mean) ** 2).sum(0).mean(-1).div(n - 1).sqrt() * float(inflation)  # (K,)
+    infl = torch.full((k,), float(inflation), dtype=torch.float64, device=x.device)  # per domain
+    if enkf_n is not None:
+        infl = infl * domain_enkf_n(x, domains.windows.gather(1, domains.obs_pos), y_loc, coef, 1.0 if std.ndim else std,
+                                    weight, enkf_n, function=function, inflation=inflation)
+    scale = ((xw - mean) ** 2).sum(0).mean(-1).div(n - 1).sqrt() * infl  # (K,)
     if bool((scale[active] == 0).any()):
         bad = torch.nonzero(active & (scale == 0)).flatten()[:5].tolist()
         raise ValueError(f"the forecast ensemble has zero spread in the windows of domains {bad}")
     scale = torch.where(scale > 0, scale, 1.0)
     norm = (xw - mean) / scale[:, None]
-    prior = LocalPrior(norm, bandwidth=bandwidth, inflation=inflation, taper=domains.taper)
+    prior = LocalPrior(norm, bandwidth=bandwidth, inflation=infl, taper=domains.taper)
     sigmas = karras_sigmas(steps, sigma_min, sigma_max).to(torch.float64)
     if start == "members":  # the prior's probability-flow ODE upwards, as in analysis()
-        z = (norm * float(inflation)).reshape(n * k, w)
+        z = (norm * infl[:, None]).reshape(n * k, w)
         up = sigmas[:-1].flip(0)
         for lo, hi in zip(up[:-1], up[1:]):
             z = heun_step(prior, z, lo, hi, noise=None, cond={})

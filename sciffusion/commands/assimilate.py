@@ -255,9 +255,7 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError("config [domains] space = 'ensemble' cannot apply taper_radius (a covariance taper "
                                 "has no ensemble-space form)")
             filt["space"] = space
-        if "enkf_n" in cfg["domains"]:
-            if filt.get("space") != "ensemble":
-                raise UserError("config [domains] enkf_n (adaptive EnKF-N inflation) needs space = 'ensemble'")
+        if "enkf_n" in cfg["domains"]:  # adaptive EnKF-N inflation per domain, in either space
             filt["enkf_n"] = float(cfg["domains"]["enkf_n"])
         if "rotate" in cfg["domains"]:  # absent: no rotation, and the provenance of older stores
             if not isinstance(cfg["domains"]["rotate"], bool):
