@@ -49,6 +49,19 @@ def test_the_inflation_minimises_the_dual_cost(n, m, spread, x_n):
     assert got == pytest.approx(math.sqrt((n - 1) / effective_N(y_anom, dy, x_n, 0)), rel=1e-12)
 
 
+def domain_inflations(x, y, std, domains, x_n):
+    """``(l_j, kept state indices)`` of every domain: the dual-cost minimiser on the observations it sees
+    (positive weight, untapered, missing ones left out)."""
+    mean = x.mean(0)
+    for j in range(domains.windows.shape[0]):
+        seen = (domains.weight[j] > 0) & ~torch.isnan(y[domains.obs[j]])
+        read = domains.windows[j][domains.obs_pos[j]][seen]
+        sd = std[domains.obs[j]][seen]
+        l_j = dual_cost_minimiser(((x[:, read] - mean[read]) / sd).numpy(),
+                                  ((y[domains.obs[j]][seen] - mean[read]) / sd).numpy(), x_n)
+        yield l_j, domains.windows[j][domains.keep[j]]
+
+
 def test_each_domain_is_the_letkf_at_its_own_inflation():
     """local_analysis(space="ensemble", enkf_n=2) analyses each domain's block as the closed-form LETKF
     with that domain's inflation, which is the dual-cost minimiser on the observations it sees
@@ -57,16 +70,9 @@ def test_each_domain_is_the_letkf_at_its_own_inflation():
     domains = periodic_domains(D, OBS, radius=4, block=4, obs_radius=2.0)
     xa = local_analysis(x, y, domains=domains, noise_std=std, space="ensemble", steps=64, sigma_max=20.0,
                         enkf_n=2.0)
-    mean = x.mean(0)
     inflations = []
-    for j in range(domains.windows.shape[0]):
-        seen = (domains.weight[j] > 0) & ~torch.isnan(y[domains.obs[j]])
-        read = domains.windows[j][domains.obs_pos[j]][seen]
-        sd = std[domains.obs[j]][seen]
-        l_j = dual_cost_minimiser(((x[:, read] - mean[read]) / sd).numpy(),
-                                  ((y[domains.obs[j]][seen] - mean[read]) / sd).numpy(), 2.0)
+    for l_j, idx in domain_inflations(x, y, std, domains, 2.0):
         inflations.append(l_j)
-        idx = domains.windows[j][domains.keep[j]]
         exact = _letkf(x, y, std, domains, l_j, 20.0)[:, idx]
         torch.testing.assert_close(xa[:, idx], exact, rtol=0, atol=3e-3)
     assert max(inflations) - min(inflations) > 0.01  # the domains' inflations differ
@@ -81,16 +87,9 @@ def test_in_state_space_each_domain_is_the_analysis_at_its_own_inflation():
     domains = periodic_domains(D, OBS, radius=4, block=4, obs_radius=2.0)
     kw = dict(domains=domains, noise_std=std, steps=8, sigma_max=20.0, cg_iters=2)
     xa = local_analysis(x, y, enkf_n=2.0, **kw)
-    mean = x.mean(0)
     inflations = []
-    for j in range(domains.windows.shape[0]):
-        seen = (domains.weight[j] > 0) & ~torch.isnan(y[domains.obs[j]])
-        read = domains.windows[j][domains.obs_pos[j]][seen]
-        sd = std[domains.obs[j]][seen]
-        l_j = dual_cost_minimiser(((x[:, read] - mean[read]) / sd).numpy(),
-                                  ((y[domains.obs[j]][seen] - mean[read]) / sd).numpy(), 2.0)
+    for l_j, idx in domain_inflations(x, y, std, domains, 2.0):
         inflations.append(l_j)
-        idx = domains.windows[j][domains.keep[j]]
         fixed = local_analysis(x, y, inflation=l_j, **kw)[:, idx]
         # 2e-5: the library's Newton stops at DAPPER's xtol 1e-4 in l, the reference is Brent's to 1e-10; an
         # inflation left out (l = 1, |l_j - 1| > 0.02 here) moves the fields by ~1e-2

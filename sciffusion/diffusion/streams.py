@@ -37,6 +37,12 @@ def member_generators(
 RNGS = ("torch", "philox")
 
 
+def check_rng(rng: str) -> None:
+    """Refuse a stream kind that is not one of :data:`RNGS` (callers check before allocating output)."""
+    if rng not in RNGS:
+        raise ValueError(f"rng must be one of {RNGS}, got {rng!r}")
+
+
 def stream_generators(seed: int, keys: Sequence[Sequence[int]], device: str | torch.device = "cpu", *,
                       rng: str = "torch") -> list[torch.Generator] | PhiloxStreams:
     """One noise stream per key ``(..., member)``, all seeded at once from ``SeedSequence(seed, spawn_key=k)``.
@@ -48,8 +54,7 @@ def stream_generators(seed: int, keys: Sequence[Sequence[int]], device: str | to
     batch is one vectorised computation instead of one ``randn`` per row - other numbers than ``"torch"``'s,
     but again a function of ``(seed, key)`` alone, and (unlike ``torch.Generator``) the same on CPU and CUDA.
     """
-    if rng not in RNGS:
-        raise ValueError(f"rng must be one of {RNGS}, got {rng!r}")
+    check_rng(rng)
     states = spawn_states(seed, keys)
     if rng == "philox":
         return PhiloxStreams(states, device)

@@ -37,7 +37,7 @@ import torch
 import xarray as xr
 
 from sciffusion.diffusion import Denoiser
-from sciffusion.diffusion.streams import RNGS
+from sciffusion.diffusion.streams import check_rng
 from sciffusion.diffusion.schedules import SIGMA_MAX
 from sciffusion.emulators.base import Emulator
 from sciffusion.emulators.calibrate import STOCHASTIC_CHURN, SamplerCalibration, check_temperature
@@ -216,8 +216,7 @@ class Downscaler(SamplerCalibration, Emulator):
         for name, value, applies in (("eta", eta, "ddim"), ("s_noise", s_noise, "stochastic")):
             if value is not None and settings["method"] != applies:
                 raise TypeError(f"{name} applies to method {applies!r} only, not {settings['method']!r}")
-        if rng not in RNGS:
-            raise ValueError(f"rng must be one of {RNGS}, got {rng!r}")
+        check_rng(rng)
         options = _sampler_options(settings)
         sampler = {"method": settings["method"], "steps": settings["steps"], **options}
         if rng != "torch":  # the default leaves the record as it was before the choice existed

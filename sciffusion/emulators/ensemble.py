@@ -33,7 +33,7 @@ from sciffusion.diffusion import Denoiser
 from sciffusion.diffusion.sample import (check_sample_options, forward_step, step_function, step_keywords, step_name,
                                          step_options)
 from sciffusion.diffusion.schedules import SIGMA_MAX
-from sciffusion.diffusion.streams import RNGS
+from sciffusion.diffusion.streams import check_rng
 from sciffusion.emulators.base import Emulator
 from sciffusion.emulators.members import generate as generate_members
 from sciffusion.emulators.seeds_data import MODES, SeedPairs, SeedsCoder, _names, check_finite, ensemble_tensor
@@ -314,8 +314,7 @@ class EnsembleEmulator(Emulator):
         c = self.coder
         if int(n_members) < 1:
             raise ValueError(f"n_members must be >= 1, got {n_members}")
-        if rng not in RNGS:
-            raise ValueError(f"rng must be one of {RNGS}, got {rng!r}")
+        check_rng(rng)
         ds = ds[c.variables]
         sample_dims = [str(d) for d in ds[c.variables[0]].dims if d != c.member_dim and d not in c.grid_dims]
         seeds_t = ensemble_tensor(ds, c.variables, sample_dims, c.grid_dims, c.member_dim)

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from sciffusion._deprecate import renamed_keywords
 from sciffusion.diffusion.sample import check_sample_options, sample
-from sciffusion.diffusion.streams import RNGS, stream_generators
+from sciffusion.diffusion.streams import check_rng, stream_generators
 
 
 @torch.no_grad()
@@ -75,8 +75,7 @@ def sample_jobs(denoiser, cond: torch.Tensor | None, jobs: Sequence[tuple[int, i
     ``rng``: the kind of stream (:func:`~sciffusion.diffusion.sample.stream_generators`); ``out_device``: where
     the samples are gathered (default the CPU, as above).
     """
-    if rng not in RNGS:
-        raise ValueError(f"rng must be one of {RNGS}, got {rng!r}")
+    check_rng(rng)
     out = torch.empty((len(jobs), *event_shape), dtype=dtype, device=out_device)
     for start in tqdm(range(0, len(jobs), batch_size), disable=not progress, desc="generating", leave=False):
         chunk = jobs[start : start + batch_size]
