@@ -22,6 +22,9 @@ variables), CRPS (``crps_ensemble``; ``crps_gaussian`` for 3D-Var), wall seconds
     OMP_NUM_THREADS=1 python benchmarks/assimilate_lorenz96.py --validate --cycles 300 --burn 100 --seeds 0
     OMP_NUM_THREADS=1 python benchmarks/assimilate_lorenz96.py --cycles 2200 --burn 200 --seeds 1 2 3
 
+A setting ``"members"`` (sciffusion) or ``"N"`` (DAPPER) in ``--ours-grid`` / ``--peer-grid`` replaces the
+24 members (the large-ensemble diagnostic of docs/assimilation.md).
+
 ``--validate`` runs the tuning grids and writes ``results/assimilate_lorenz96_validation.json``
 with the chosen settings; the full run reads them and writes ``results/assimilate_lorenz96.json``.
 """
