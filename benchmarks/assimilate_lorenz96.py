@@ -120,12 +120,10 @@ def run_dapper(xp, model, xx, yy, truth, burn, seed):
 
 
 def dapper_method(name, **kw):
-    kw.setdefault("N", N)  # a setting "N" overrides the benchmark's 24 members (the large-ensemble checks)
-    if name == "EnKF-Sqrt":
-        return da.EnKF("Sqrt", rot=True, **kw)
+    if name == "EnKF-Sqrt":  # a setting "N" overrides the benchmark's 24 members (the large-ensemble checks)
+        return da.EnKF("Sqrt", rot=True, **{"N": N, **kw})
     if name == "LETKF":
-        return da.LETKF(rot=True, **kw)
-    kw.pop("N")
+        return da.LETKF(rot=True, **{"N": N, **kw})
     return da.Var3D(**kw)
 
 
