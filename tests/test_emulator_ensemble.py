@@ -249,3 +249,59 @@ def test_condition_and_decoding_build_their_constants_where_the_seeds_are():
     cond = coder.condition(seeds.to("meta"), lead.to("meta"))
     assert cond.device.type == "meta" and cond.shape == coder.condition(seeds, lead).shape
     assert coder.decode(torch.randn(3, 4, 1, 8).to("meta"), seeds.to("meta"), lead.to("meta")).device.type == "meta"
+
+
+def test_fixed_seed_members_are_always_the_seeds_and_the_other_members_take_turns_as_targets():
+    """``seed_members=[2]``: every pair's seed is member 2, its target one of the others, each of them
+    once per sample when pairs_per_sample = M - K; the deviation scale d(t) is measured around member 2."""
+    from sciffusion.emulators.seeds_data import SeedPairs
+
+    ds = seeds_dataset(n_init=4, members=5, seed=3)
+    coder = SeedsCoder.fit(ds, ["x"], grid_dims=["k"], n_seeds=1, seed_members=[2])
+    x = ds["x"].values.astype(np.float64)  # (init, lead, member, k)
+    dev = x[:, :, [0, 1, 3, 4]] - x[:, :, [2]]
+    np.testing.assert_allclose(coder.dev_scale["x"], np.sqrt((dev**2).mean((0, 2, 3))), rtol=1e-5)
+    members = torch.from_numpy(x.reshape(8, 5, 1, 8)).float()
+    lead = torch.tensor([0, 1] * 4)
+    pairs = SeedPairs(coder, members, lead, pairs_per_sample=4, seed_members=[2], seed=1)
+    assert (pairs.seeds == 2).all()
+    for s in range(8):
+        assert sorted(pairs.target[pairs.sample_t == s].tolist()) == [0, 1, 3, 4]
+    b = pairs.batch(torch.arange(len(pairs)))
+    want = (members[pairs.sample_t, pairs.target] - members[pairs.sample_t, 2]) / torch.tensor(coder.dev_scale["x"]).float()[
+        lead[pairs.sample_t]].reshape(-1, 1, 1)
+    torch.testing.assert_close(b["x"], want)
+    with pytest.raises(ValueError, match=r"seed_members \[0, 0\] must be n_seeds=1 distinct"):
+        SeedPairs(coder, members, lead, seed_members=[0, 0])
+    with pytest.raises(ValueError, match=r"seed_members \[7\] must be"):
+        EnsembleEmulator.fit(ds, n_seeds=1, seed_members=[7], steps=1)
+
+
+def test_an_emulator_given_the_control_centres_its_members_on_it_where_random_seeds_cannot():
+    """Members = c + 0.5 eps around a control c placed first as member 0. Trained with the control as
+    its fixed seed, the emulator's ensemble mean sits on c (the exact answer: error ~0.5 / sqrt(32));
+    given one random member as seed instead, it is centred on that member (error ~0.5). The fixed seed
+    positions survive save/load, and a checkpoint written before the key existed still loads."""
+    rng = np.random.default_rng(0)
+    n, sites = 150, 8
+    c = rng.normal(size=(n, 2, 1, sites))
+    x = np.concatenate([c, c + 0.5 * rng.normal(size=(n, 2, 6, sites))], 2).astype(np.float32)
+    ds = xr.Dataset({"x": (("init_time", "lead_time", "member", "k"), x)},
+                    coords={"init_time": np.arange(n), "lead_time": LEADS, "member": np.arange(7), "k": np.arange(sites)})
+    kw = dict(net={"kwargs": {"width": 16, "n_blocks": 2, "groups": 4}}, steps=200, batch_size=64, lr=3e-3,
+              warmup_steps=20, ema_decay=0.95, n_seeds=1, progress=False)
+    control = EnsembleEmulator.fit(ds, seed_members=[0], **kw)
+    test = ds.isel(init_time=slice(0, 20))
+    e = control.generate(test[["x"]].isel(member=[0]), 32, steps=16, progress=False)["x"]
+    err = float(np.sqrt(((e.mean("member") - test["x"].isel(member=0)) ** 2).mean()))
+    spread = float(e.std("member").mean())
+    assert err < 0.2 and 0.35 < spread < 0.7, (err, spread)
+    random = EnsembleEmulator.fit(ds.isel(member=slice(1, None)), **kw)  # exchangeable members, random seeds
+    r = random.generate(test[["x"]].isel(member=[1]), 32, steps=16, progress=False)["x"]
+    err_random = float(np.sqrt(((r.mean("member") - test["x"].isel(member=0)) ** 2).mean()))
+    assert err_random > 0.35, err_random
+    assert control.seed_members == [0] and random.seed_members is None
+    spec = control.spec()
+    assert spec["seed_members"] == [0]
+    del spec["seed_members"]  # as written before the key existed
+    assert EnsembleEmulator.from_spec(control.denoiser, spec).seed_members is None

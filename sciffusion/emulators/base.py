@@ -47,7 +47,7 @@ class Emulator:
     def from_spec(cls, denoiser, spec: dict[str, Any]) -> Emulator:
         """The emulator around a trained ``denoiser`` described by ``spec`` (what :meth:`spec` wrote)."""
         return cls(denoiser, cls.coder_class.from_dict(spec["coder"]), sampler=spec.get("sampler"),
-                   **{k: spec[k] for k in cls.spec_keys})
+                   **{k: spec[k] for k in cls.spec_keys if k in spec})  # a key added later: its default
 
     def _checkpoint_content(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """``(weights, config)`` of a checkpoint: the denoiser's weights, its net under ``"model"``."""

@@ -116,13 +116,15 @@ class EnsembleEmulator(Emulator):
     """
 
     key, label, emulator = "ensemble_emulator", "an ensemble emulator", "sciffusion.emulators.EnsembleEmulator"
-    coder_class, spec_keys = SeedsCoder, ("mode", "truth_fraction")
+    coder_class, spec_keys = SeedsCoder, ("mode", "truth_fraction", "seed_members")
 
     def __init__(self, denoiser, coder: SeedsCoder, *, mode: str = "emulation", truth_fraction: float = 0.0,
-                 sampler: dict | None = None):
+                 sampler: dict | None = None, seed_members=None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.denoiser, self.coder, self.mode, self.truth_fraction = denoiser, coder, mode, float(truth_fraction)
+        # the training's fixed seed positions (e.g. [0]: a control run), None: random seeds (provenance only)
+        self.seed_members = None if seed_members is None else [int(m) for m in seed_members]
         self.sampler = {**DEFAULT_SAMPLER, **(sampler or {})}
 
     # ------------------------------------------------------------------ training
@@ -133,13 +135,21 @@ class EnsembleEmulator(Emulator):
             steps: int = 2000, batch_size: int = 128, lr: float = 2e-3, warmup_steps: int = 100,
             ema_decay: float = 0.995, seed: int = 0, pairs_per_sample: int | None = None, eof_samples: int = 8192,
             out_dir: str | os.PathLike | None = None, device=None, progress: bool = True,
-            checkpoint_every: int | None = None, threads: int | None = None, weights=None) -> EnsembleEmulator:
+            checkpoint_every: int | None = None, threads: int | None = None, weights=None,
+            seed_members=None) -> EnsembleEmulator:
         """Train on a physics ensemble ``ds`` with ``v (..., lead_time, member, *grid)``.
 
         Args:
             variables: state variables (default: every variable with a ``member`` dim).
             grid_dims: spatial dims (default: the dims after ``member``).
             n_seeds: K, the number of seed members conditioned on.
+            seed_members: None (default): each training pair draws K random members as seeds and
+                another as target (SEEDS: the members are exchangeable, and generation takes any K).
+                K positions along ``member_dim``: always those members as seeds, the rest as targets;
+                e.g. ``n_seeds=1, seed_members=[0]`` with an unperturbed control run placed first
+                learns the perturbed members given the control, and generation then takes the control
+                (docs/distillation.md, shallow water: a generator given random seeds cannot know the
+                ensemble mean better than their mean).
             mode, truth_fraction: ``"emulation"`` or ``"post-processing"`` (targets are the truth
                 with probability ``truth_fraction``). The truth is ``truth[v]`` or ``ds[f"{v}_truth"]``
                 on the ensemble's dims without ``member`` (what :func:`sciffusion.systems.simulate` writes).
@@ -180,7 +190,8 @@ class EnsembleEmulator(Emulator):
 
         w = gw.resolve(weights, ds, grid_dims)
         coder = SeedsCoder.fit(ds, variables, grid_dims=grid_dims, n_seeds=n_seeds, lead_dim=lead_dim,
-                               member_dim=member_dim, climatology=climatology, static=static)
+                               member_dim=member_dim, climatology=climatology, static=static,
+                               seed_members=seed_members)
         coder.weights = gw.to_spec(w)
         members = ensemble_tensor(ds, variables, sample_dims, grid_dims, member_dim)
         check_finite(members, variables)
@@ -197,7 +208,7 @@ class EnsembleEmulator(Emulator):
                                       variables, sample_dims, grid_dims, None)
             check_finite(truth_t, variables, "truth", axis=1)
         pairs = SeedPairs(coder, members, lead, truth=truth_t, mode=mode, truth_fraction=truth_fraction,
-                          pairs_per_sample=pairs_per_sample, seed=seed)
+                          pairs_per_sample=pairs_per_sample, seed=seed, seed_members=seed_members)
         with seeded(seed):  # the caller's global RNG is left as it was
             den = Denoiser(build_net(_default_net(coder, net)), sigma_data=1.0)
             latent = latent_net(den)
@@ -217,7 +228,8 @@ class EnsembleEmulator(Emulator):
                 b = pairs.batch(pick)
                 latent.fit_eofs(b["x"], b["cond"], seed=seed)  # kept fractions: latent.explained, .cond_explained
                 pairs = LatentPairs(pairs, latent)
-            emu = cls(den, coder, mode=mode, truth_fraction=truth_fraction if mode != "emulation" else 0.0)
+            emu = cls(den, coder, mode=mode, truth_fraction=truth_fraction if mode != "emulation" else 0.0,
+                      seed_members=seed_members)
             return emu._train_denoiser(pairs, steps, batch_size=batch_size, threads=threads, out_dir=out_dir, lr=lr,
                                        warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed,
                                        checkpoint_every=checkpoint_every, device=device, progress=progress)

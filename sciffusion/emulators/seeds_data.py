@@ -48,6 +48,19 @@ def ensemble_tensor(ds: xr.Dataset, variables: Sequence[str], sample_dims: Seque
     return t.reshape(-1, *[ds.sizes[d] for d in members], *t.shape[1:])
 
 
+def check_seed_members(seed_members, n_seeds: int, size: int, member_dim: str = "member", *,
+                       need_target: bool = True) -> list[int]:
+    """The K seed positions (default ``range(K)``); ValueError unless K distinct positions in ``[0, size)``
+    (and, with ``need_target``, at least one member left as a target)."""
+    seeds = list(range(n_seeds)) if seed_members is None else [int(m) for m in seed_members]
+    if len(seeds) != n_seeds or len(set(seeds)) != n_seeds or not all(0 <= m < size for m in seeds):
+        raise ValueError(f"seed_members {seeds} must be n_seeds={n_seeds} distinct positions in [0, {size}) along "
+                         f"{member_dim!r}")
+    if need_target and size <= n_seeds:
+        raise ValueError(f"the training ensemble has {size} {member_dim!r} entries; need more than K={n_seeds} seeds")
+    return seeds
+
+
 class SeedsCoder(FieldCoder):
     """Constants that turn (seeds, lead) into the model's condition and members into targets.
 
@@ -85,17 +98,20 @@ class SeedsCoder(FieldCoder):
 
     @classmethod
     def fit(cls, ds: xr.Dataset, variables, *, grid_dims, n_seeds=2, lead_dim="lead_time", member_dim="member",
-            climatology=False, static=None) -> SeedsCoder:
-        """Fit the constants on a physics-ensemble Dataset ``v (..., lead, member, *grid)``."""
+            climatology=False, static=None, seed_members=None) -> SeedsCoder:
+        """Fit the constants on a physics-ensemble Dataset ``v (..., lead, member, *grid)``; d(t) is measured
+        around the mean of ``seed_members`` (positions along ``member_dim``; default the first K)."""
         grid_dims = _names(grid_dims)
+        seeds = check_seed_members(seed_members, n_seeds, ds.sizes[member_dim], member_dim, need_target=False)
+        rest = [m for m in range(ds.sizes[member_dim]) if m not in seeds]
         lead_times = np.atleast_1d(ds[lead_dim].values).astype(float)
         center, scale, dev, clim = {}, {}, {}, ({"mean": {}, "std": {}} if climatology else None)
         for v in variables:
             x = ds[v].astype(np.float64)
             center[v], scale[v] = float(x.mean()), float(x.std())
             check_spread({v: scale[v]}, "emulated")
-            seed_mean = x.isel({member_dim: slice(0, n_seeds)}).mean(member_dim)
-            others = x.isel({member_dim: slice(n_seeds, None)})
+            seed_mean = x.isel({member_dim: seeds}).mean(member_dim)
+            others = x.isel({member_dim: rest})
             d = np.sqrt(((others - seed_mean) ** 2).mean([dim for dim in others.dims if dim != lead_dim]))
             dev[v] = np.maximum(np.atleast_1d(d.values), 1e-6 * scale[v]).tolist()
             if climatology:
@@ -188,10 +204,14 @@ class SeedPairs(BatchDataset):
             truth with probability ``truth_fraction``, else another member).
         pairs_per_sample: items per sample (default ``M - K``); item ``i`` of sample ``s`` has
             fixed random seeds and target drawn once from ``seed`` (so training resumes exactly).
+        seed_members: None (default): K random seeds per item, any member in turn (SEEDS; members are
+            exchangeable). A list of K positions: always those members as the seeds, e.g. ``[0]`` for
+            an unperturbed control run placed first, and the targets the other members in turn.
     """
 
     def __init__(self, coder: SeedsCoder, members: torch.Tensor, lead: torch.Tensor, *, truth=None,
-                 mode: str = "emulation", truth_fraction: float = 0.5, pairs_per_sample: int | None = None, seed: int = 0):
+                 mode: str = "emulation", truth_fraction: float = 0.5, pairs_per_sample: int | None = None, seed: int = 0,
+                 seed_members=None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode == "post-processing" and truth is None:
@@ -205,7 +225,13 @@ class SeedPairs(BatchDataset):
         self.coder, self.members, self.lead, self.truth = coder, members, lead.long(), truth
         p = pairs_per_sample or max(m - k, 1)
         rng = np.random.default_rng(seed)
-        picks = rng.random((s * p, m)).argsort(1)[:, : k + 1]
+        if seed_members is None:
+            picks = rng.random((s * p, m)).argsort(1)[:, : k + 1]
+        else:  # fixed seeds; each sample's targets run over the other members from a random start
+            fixed = check_seed_members(seed_members, k, m)
+            rest = np.array([j for j in range(m) if j not in fixed])
+            turn = (np.arange(p)[None] + rng.integers(0, len(rest), (s, 1))) % len(rest)  # (S, P)
+            picks = np.concatenate([np.tile(fixed, (s * p, 1)), rest[turn].reshape(-1, 1)], 1)
         self.sample = np.repeat(np.arange(s), p)
         self.seeds = torch.from_numpy(picks[:, :k].copy())
         target = picks[:, k].copy()
