@@ -72,3 +72,21 @@ def test_unfitted_eofs_wrong_shapes_and_too_high_a_rank_are_refused():
         net.fit_eofs(anisotropic(n=50))
     with pytest.raises(ValueError, match="constant"):
         EOFMLP(1, (6, 6), rank=2, width=8, depth=1).fit_eofs(torch.ones(10, 1, 6, 6))
+
+
+def test_a_condition_of_lower_rank_than_cond_rank_gets_zero_coefficients_not_blown_up_ones():
+    """3 distinct conditions (rank 2 after centring) fitted with cond_rank 5: the 3 EOFs without variance
+    are zeroed, so a new condition's whitened coefficients stay O(1) there (exactly 0) instead of being
+    divided by round-off; the condition's variance is still fully explained. A state of too low a rank
+    is refused by name."""
+    g = torch.Generator().manual_seed(0)
+    distinct = torch.randn(3, 2, 6, 6, generator=g)
+    cond = distinct[torch.arange(60) % 3]
+    net = EOFMLP(1, (6, 6), rank=4, cond_channels=2, cond_rank=5, width=16, depth=1)
+    fracs = net.fit_eofs(anisotropic(n=60), cond)
+    assert fracs["cond"] == pytest.approx(1.0, abs=1e-6)
+    assert (net.cond_basis[:, 2:] == 0).all() and (net.cond_scale[2:] == 1).all()
+    z = net.encode_cond(torch.randn(7, 2, 6, 6, generator=g))
+    assert (z[:, 2:] == 0).all() and z.abs().max() < 50
+    with pytest.raises(ValueError, match=r"the state's EOFs: only 2 of the 4 EOFs carry variance"):
+        EOFMLP(1, (6, 6), rank=4, width=8, depth=1).fit_eofs(distinct[torch.arange(60) % 3, :1])

@@ -23,8 +23,16 @@ from torch import Tensor, nn
 from sciffusion.nets.mlp import MLP
 
 
-def _eofs(data: Tensor, rank: int, name: str, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Mean ``(D,)``, leading EOFs ``(D, rank)``, their std ``(rank,)`` and the explained variance fraction."""
+RELATIVE_FLOOR = 1e-6  # an EOF whose std is below this fraction of the leading one's carries no variance (round-off)
+
+
+def _eofs(data: Tensor, rank: int, name: str, seed: int = 0, *, degenerate: str = "raise"
+          ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Mean ``(D,)``, leading EOFs ``(D, rank)``, their std ``(rank,)`` and the explained variance fraction.
+
+    Data of lower rank than ``rank`` leave EOFs with round-off variance; whitening by that std would
+    blow any new sample's projection up. ``degenerate="raise"``: refuse them (lower the rank);
+    ``"zero"``: zero those basis vectors (std 1), so their coefficient is 0 for every input."""
     n, d = data.shape
     if rank > min(n - 1, d):
         raise ValueError(f"{name}: cannot fit {rank} EOFs from {n} samples of {d} values; "
@@ -46,8 +54,13 @@ def _eofs(data: Tensor, rank: int, name: str, seed: int = 0) -> tuple[Tensor, Te
         s, v = s[:rank], vh[:rank].T
     std = s / math.sqrt(n - 1)
     explained = float((s**2).sum()) / total
-    if not (std > 0).all():
-        raise ValueError(f"{name}: only {int((std > 0).sum())} of the {rank} EOFs carry variance; lower the rank")
+    live = std > RELATIVE_FLOOR * std[0]
+    if not live.all():
+        if degenerate == "raise":
+            raise ValueError(f"{name}: only {int(live.sum())} of the {rank} EOFs carry variance (the others are below "
+                             f"{RELATIVE_FLOOR:g} of the leading EOF's std); lower the rank")
+        v, std = v.clone(), std.clone()
+        v[:, ~live], std[~live] = 0.0, 1.0
     return mean.float(), v.float().contiguous(), std.float(), torch.tensor(explained)
 
 
@@ -57,7 +70,9 @@ class EOFMLP(nn.Module):
 
     ``forward(x, c_noise, cond)`` works in latent space: ``x (B, rank)``, ``cond (B, cond_rank)``
     (use :meth:`encode`, :meth:`encode_cond` and :meth:`decode` at the edges). The EOFs are
-    buffers set by :meth:`fit_eofs`; a model whose EOFs were never fitted refuses to run.
+    buffers set by :meth:`fit_eofs`; a model whose EOFs were never fitted refuses to run. Conditions
+    of lower rank than ``cond_rank`` (e.g. one control run conditioning several targets) are fine: the
+    EOFs beyond their rank are zeroed and their coefficients are 0; a state of too low a rank is refused.
 
     Args:
         in_channels, grid_shape: the gridded state ``(C, *grid)``.
@@ -101,7 +116,8 @@ class EOFMLP(nn.Module):
             if cond is None:
                 raise ValueError("cond is required: the model was built with cond_channels > 0")
             self._check(cond, self.cond_shape, "cond")
-            out["cond"] = self._store("cond_", _eofs(cond.flatten(1), self.cond_rank, "the condition's EOFs", seed + 1))
+            out["cond"] = self._store("cond_", _eofs(cond.flatten(1), self.cond_rank, "the condition's EOFs", seed + 1,
+                                                     degenerate="zero"))
         return out
 
     def _store(self, prefix: str, fitted) -> float:
