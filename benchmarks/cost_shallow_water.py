@@ -36,12 +36,20 @@ training pairs and calibrated the same way. An "oracle" row (seed mean + the phy
 deviations, scaled for spread-skill 1 on validation) shows the best any emulator centred on the 2-seed
 mean can score; physics-3/4/6 rows show which physics ensemble size an emulated ensemble matches.
 
+With ``--control`` a second emulator of the same config is trained *given the control run*: the
+unperturbed ``*_truth`` run of ``simulate`` placed first as member 0 of each training ensemble,
+``n_seeds=1, seed_members=[0]`` (the other members are its targets), calibrated the same way on
+validation and generating ``M`` members from the control alone. A generator given K random members knows
+the ensemble mean only to within sigma^2 / K (``two_seed_limit.py``: CRPS floor sqrt(1 + 1/K) of the
+physics'); the control run is the ensemble's centre while the perturbations stay linear, so that floor
+does not bind it. Its conditioning costs one solver run per forecast, not two; an "oracle: control" row
+(control + the physics members' own deviations, scaled on validation) shows the best such a generator can do.
 Cost: per member per forecast (4 leads, output fields at every lead), on 1 thread, in this process, best
 of ``--repeats`` interleaved repeats after a warm-up: the tuned solver (a batch of ``--time-batch``
 members from a test state), the reference (``--ref-repeats``, for the record), the emulator and the
-student (each generating ``M`` members for one initial time from 2 seeds, seed encoding and xarray
-output included). The 2 seeds themselves cost 2 tuned-solver members per forecast; the amortised cost
-``(2 solver + M emulator) / M`` is reported too.
+student (each generating ``M`` members for one initial time from its seeds, seed encoding and xarray
+output included). The 2 seeds themselves cost 2 tuned-solver members per forecast (the control 1); the
+amortised cost ``(2 solver + M emulator) / M`` (``(1 solver + M emulator) / M``) is reported too.
 
 The simulation is ~14 min of one unloaded core (720 ms per member per 6 h lead in float64); the run of
 the results JSON simulated it in three ``--data-only`` processes beside the main one:
@@ -147,9 +155,15 @@ def initial_states(sw, seed, spinup, n_init, interval) -> torch.Tensor:
     return torch.cat(out)
 
 
+def tuned_path(cache: str) -> Path:
+    """The tuned-solver test members' cache file (named by the test seeds unless they are the default ones)."""
+    seeds = [spec[0] for spec in SPLITS["test"]]
+    return Path(cache) / ("test_tuned.nc" if seeds == [301, 302, 303, 304] else f"test_tuned_{'_'.join(map(str, seeds))}.nc")
+
+
 def tuned_test(sw, cache: str | None, log=print) -> xr.Dataset:
     """Tuned-solver (float32) members 0..M-1 of the test split from the same perturbed states as the physics."""
-    path = None if cache is None else Path(cache) / "test_tuned.nc"
+    path = None if cache is None else tuned_path(cache)
     if path is not None and path.exists():
         return xr.open_dataset(path).load()
     sw32, parts = float32_system(sw), []
@@ -175,13 +189,19 @@ def tuned_test(sw, cache: str | None, log=print) -> xr.Dataset:
 
 
 # -- the emulators ---------------------------------------------------------------------------
-TEMPERATURES = (0.4, 0.6, 0.8, 1.0, 1.25, 1.6, 2.0, 2.5, 3.2)  # calibrate_spread's default grid, widened both ways
+TEMPERATURES = (0.4, 0.6, 0.8, 1.0, 1.25, 1.6, 2.0, 2.5, 3.2, 4.0, 5.0, 6.4)  # calibrate_spread's default grid, widened both ways (3.2 was the edge and still under-dispersive: 4-6.4 added)
 CONFIGS = {  # with several in --configs, validation CRPS picks one
     "library defaults": {"rank": 128, "cond_rank": 128, "width": 512, "depth": 4},  # EnsembleEmulator.fit's EOFMLP
     # the one run: the default MLP took ~1 s per training step on the shared 2-core machine (load ~10), so 2,000
     # steps did not fit; the same EOFs with a smaller MLP (~0.2 s per step)
     "width 256, depth 2": {"rank": 128, "cond_rank": 128, "width": 256, "depth": 2},
 }
+
+# the control emulator: one condition per (initial time, lead) - 48 in training - against 16 random seed pairs each
+# for the 2-seed one; with 128 condition EOFs it memorised them (validation spread-skill 0.10 at T = 1, 0.45 at 6.4).
+# The linear perturbations hardly depend on the flow, so fewer condition EOFs are tried; validation CRPS picks one.
+CONTROL_CONFIGS = {f"width 256, depth 2, cond_rank {r}": {"rank": 128, "cond_rank": r, "width": 256, "depth": 2}
+                   for r in (128, 16, 4, 1)}
 
 
 class _MemoLatentPairs(ens_module.LatentPairs):
@@ -205,8 +225,8 @@ class _MemoLatentPairs(ens_module.LatentPairs):
         return {"x": self.x[idx], "cond": self.c[idx]}
 
 
-def train_emulator(train: xr.Dataset, kwargs: dict, args, log=print):
-    """``EnsembleEmulator.fit`` (emulation, K=2, EOFMLP ``kwargs``) with the memoised latent pairs; the
+def train_emulator(train: xr.Dataset, kwargs: dict, args, log=print, *, n_seeds: int = 2, seed_members=None):
+    """``EnsembleEmulator.fit`` (emulation, K=``n_seeds``, EOFMLP ``kwargs``) with the memoised latent pairs; the
     pairs dataset is returned too (the student's training conditions)."""
     made = {}
 
@@ -219,7 +239,8 @@ def train_emulator(train: xr.Dataset, kwargs: dict, args, log=print):
     t0 = time.perf_counter()
     original, ens_module.LatentPairs = ens_module.LatentPairs, Memo
     try:
-        emu = EnsembleEmulator.fit(train, VARIABLES, mode="emulation", n_seeds=2, net={"name": "EOFMLP", "kwargs": kwargs},
+        emu = EnsembleEmulator.fit(train, VARIABLES, mode="emulation", n_seeds=n_seeds, seed_members=seed_members,
+                                   net={"name": "EOFMLP", "kwargs": kwargs},
                                    steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=0,
                                    pairs_per_sample=args.pairs_per_sample, eof_samples=args.eof_samples, progress=False)
     finally:
@@ -233,9 +254,24 @@ def train_emulator(train: xr.Dataset, kwargs: dict, args, log=print):
     return emu, made["pairs"], info
 
 
-def calibrate(emu, val: xr.Dataset, log=print) -> dict:
+def two_seeds(ds: xr.Dataset) -> xr.Dataset:
+    """The 2-seed emulator's condition: physics members 0 and 1."""
+    return ds[VARIABLES].isel(member=[0, 1])
+
+
+def control_seed(ds: xr.Dataset) -> xr.Dataset:
+    """The control emulator's condition: ``simulate``'s unperturbed ``*_truth`` run as a 1-member ensemble."""
+    return xr.Dataset({v: ds[f"{v}_truth"].expand_dims(member=[-1]).transpose(*ds[v].dims) for v in VARIABLES})
+
+
+def with_control(ds: xr.Dataset) -> xr.Dataset:
+    """The members with the control run placed first (member -1 at position 0): its training ensembles."""
+    return xr.concat([control_seed(ds), ds[VARIABLES]], "member")
+
+
+def calibrate(emu, val: xr.Dataset, log=print, seeds_of=two_seeds) -> dict:
     """Temperature for spread-skill 1 against the held-out member M of the validation split (applied)."""
-    cal = calibrate_spread(emu, val[VARIABLES].isel(member=[0, 1]), val[VARIABLES].isel(member=M, drop=True),
+    cal = calibrate_spread(emu, seeds_of(val), val[VARIABLES].isel(member=M, drop=True),
                            n_members=M, values=TEMPERATURES, seed=0, weights="cos", batch_size=1024, progress=False)
     log(f"  validation: {cal}", flush=True)
     return {"temperature": cal.value, "ssr": cal.ssr, "tried": {f"{t:.6g}": s for t, s in sorted(cal.tried.items())}}
@@ -281,29 +317,31 @@ def tuned_error(tuned: xr.Dataset, phys: xr.Dataset) -> dict:
     return out
 
 
-def oracle(ds: xr.Dataset, factor: float) -> xr.Dataset:
-    """The best a 2-seed emulator centred on the seed mean can do: seed mean + ``factor`` x the physics
+def oracle(ds: xr.Dataset, factor: float, seeds_of=two_seeds) -> xr.Dataset:
+    """The best an emulator centred on its seeds' mean can do: seed mean + ``factor`` x the physics
     members' deviations from their own mean (the exact spread structure; members 0..M-1)."""
     phys = ds[VARIABLES].isel(member=slice(0, M))
-    return ds[VARIABLES].isel(member=[0, 1]).mean("member") + factor * (phys - phys.mean("member"))
+    return seeds_of(ds).mean("member") + factor * (phys - phys.mean("member"))
 
 
-def calibrate_oracle(val: xr.Dataset) -> dict:
+def calibrate_oracle(val: xr.Dataset, seeds_of=two_seeds) -> dict:
     """The oracle's factor for spread-skill 1 (mean over the variables, cos weights) on validation."""
     obs = val[VARIABLES].isel(member=M, drop=True)
     tried = {}
-    for f in np.round(np.arange(0.8, 2.01, 0.05), 2):
-        ens = oracle(val, f)
+    for f in np.round(np.arange(0.6, 2.01, 0.05), 2):
+        ens = oracle(val, f, seeds_of)
         tried[float(f)] = float(np.mean([ensemble_skill(ens[v], obs[v], weights="cos")["ssr"] for v in VARIABLES]))
     best = min(tried, key=lambda f: abs(tried[f] - 1))
     return {"factor": best, "ssr": tried[best], "tried": tried}
 
 
 # -- cost --------------------------------------------------------------------------------------
-def time_costs(sw, test: xr.Dataset, emulators: dict, repeats: int, ref_repeats: int, batch: int, log=print) -> dict:
+def time_costs(sw, test: xr.Dataset, emulators: dict, repeats: int, ref_repeats: int, batch: int, log=print,
+               seeds_of: dict | None = None) -> dict:
     """Best-of-``repeats`` ms per member per 4-lead forecast, interleaved after a warm-up round: the
     solver settings run M members of the first test initial time (batched, output fields at every lead);
-    the emulators generate M members for that initial time from its 2 seeds (seed encoding included).
+    the emulators generate M members for that initial time from its seeds (``seeds_of[name]``, default the 2
+    physics seeds; seed encoding included).
     The solver runs ``batch`` members (its cost per member barely depends on the batch)."""
     seed, spinup, n_init, interval, _ = SPLITS["test"][0]
     x = initial_states(sw, seed, spinup, 1, interval)
@@ -320,12 +358,13 @@ def time_costs(sw, test: xr.Dataset, emulators: dict, repeats: int, ref_repeats:
                 raise RuntimeError("the timed solver run went non-finite")
         return run
 
-    seeds = test[VARIABLES].isel(init_time=[0], member=[0, 1])
+    first = test.isel(init_time=[0])
     runs = {"tuned solver (dt=600 s float32)": solver(float32_system(sw), x0.to(torch.complex64))}
     if ref_repeats:
         runs["reference solver (dt=600 s float64)"] = solver(sw, x0)
     for name, emu in emulators.items():
-        runs[name] = (lambda e: lambda: e.generate(seeds, M, seed=1, batch_size=1024, progress=False))(emu)
+        seeds = (seeds_of or {}).get(name, two_seeds)(first)
+        runs[name] = (lambda e, s: lambda: e.generate(s, M, seed=1, batch_size=1024, progress=False))(emu, seeds)
     best = {k: math.inf for k in runs}
     for r in range(repeats + 1):
         for name, run in runs.items():
@@ -362,6 +401,14 @@ def main(argv=None) -> int:
     p.add_argument("--eof-samples", type=int, default=512, help="pairs the EOFs are fitted on (default 8192: ~40 GiB here)")
     p.add_argument("--sampler-steps", type=int, default=12, help="Heun steps (the library default, 12)")
     p.add_argument("--student", action="store_true", help="distil a 2-call student and score it too")
+    p.add_argument("--control", action="store_true",
+                   help="also train an emulator given the unperturbed control run (n_seeds=1, seed_members=[0]) and score it")
+    p.add_argument("--control-configs", nargs="+", default=list(CONTROL_CONFIGS)[1:], choices=list(CONTROL_CONFIGS),
+                   help="control emulator configs (validation CRPS picks one; default: cond_rank 16, 4, 1)")
+    p.add_argument("--fresh-test", type=int, default=0, metavar="K",
+                   help="test seeds 301-304 + 10 K (same spin-ups and times): a test split no earlier run scored. K=1 was "
+                        "scored once by a run whose control emulator had 128 condition EOFs only (spread-skill 0.5, CRPS "
+                        "2.08x; the 2-seed emulator 1.26x); the results JSON is from K=2")
     p.add_argument("--n-trajectories", type=int, default=1000, help="distil's default is 20,000")
     p.add_argument("--distill-steps", type=int, default=1000, help="distil's default is 4,000")
     p.add_argument("--repeats", type=int, default=5)
@@ -371,6 +418,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
+    if args.fresh_test:  # the same spin-ups and initial times along fresh truths (jet longitudes)
+        SPLITS["test"] = [(seed + 10 * args.fresh_test, *rest) for seed, *rest in SPLITS["test"]]
     torch.set_num_threads(args.threads)
     t_start, meta = time.perf_counter(), run_meta()
     sw = reference_system()
@@ -417,11 +466,33 @@ def main(argv=None) -> int:
         emulators["student (2 calls)"] = semu
         print(f"student distilled in {student_info['distill_s']:.0f} s", flush=True)
 
+    seeds_of = {name: two_seeds for name in emulators}
+    control_info = control_oracle_cal = None
+    if args.control:  # given the control run instead of 2 random members; configs chosen on validation
+        control_info, control_emus = {}, {}
+        for cname in args.control_configs:
+            print(f"control emulator (n_seeds=1, seed_members=[0]), {cname}:", flush=True)
+            cemu, _, info = train_emulator(with_control(train), CONTROL_CONFIGS[cname], args, n_seeds=1, seed_members=[0])
+            info["calibration"] = calibrate(cemu, val, seeds_of=control_seed)
+            cens = cemu.generate(control_seed(val), M, seed=1, batch_size=1024, progress=False)
+            rows = score({"physics": val[VARIABLES].isel(member=slice(0, M)), "control": cens}, val_obs, "physics", 200)
+            info.update(val_crps_ratio=rows["control"]["crps_ratio"], val_ssr=rows["control"]["ssr_mean_over_variables"])
+            print(f"  validation CRPS / physics-{M}: {rows['control']['crps_ratio']['mean_over_variables']:.3f}", flush=True)
+            control_info[cname], control_emus[cname] = info, cemu
+        cchosen = min(control_info, key=lambda k: control_info[k]["val_crps_ratio"]["mean_over_variables"])
+        control_info = {"configs": control_info, "chosen": cchosen}
+        print(f"control emulator chosen on validation: {cchosen}", flush=True)
+        name = f"control emulator ({cchosen}, Heun {args.sampler_steps}, given the control run)"
+        emulators[name], seeds_of[name] = control_emus.pop(cchosen), control_seed
+        control_emus.clear()
+        control_oracle_cal = calibrate_oracle(val, control_seed)
+        print(f"oracle (control + physics deviations): factor {control_oracle_cal['factor']} on validation", flush=True)
+
     oracle_cal = calibrate_oracle(val)
     print(f"oracle (seed mean + physics deviations): factor {oracle_cal['factor']} on validation", flush=True)
 
     if args.wait_for_cache:  # another process (--data-only test) is simulating the test split
-        while not (Path(args.cache) / "test_tuned.nc").exists():
+        while not tuned_path(args.cache).exists():
             time.sleep(20)
     t0 = time.perf_counter()
     test_full, tuned = split_data(sw, "test", args.cache), tuned_test(sw, args.cache)
@@ -438,7 +509,7 @@ def main(argv=None) -> int:
           + ", ".join(f"{k} {100 * v:.2g}%" for k, v in tuned_err.items()), flush=True)
 
     # test, scored once
-    seeds, obs = test[VARIABLES].isel(member=[0, 1]), test[VARIABLES].isel(member=M, drop=True)
+    seeds, obs = two_seeds(test), test[VARIABLES].isel(member=M, drop=True)
     truth = xr.Dataset({v: test[f"{v}_truth"] for v in VARIABLES})
     ensembles = {f"physics-{M} (reference, dt=600 s float64)": test[VARIABLES].isel(member=slice(0, M)),
                  f"tuned solver-{M} (dt=600 s float32)": tuned[VARIABLES].isel(lead_time=leads),
@@ -446,14 +517,17 @@ def main(argv=None) -> int:
     for k in (3, 4, 6):  # smaller physics ensembles: which size does an emulated ensemble match?
         ensembles[f"physics-{k} (members 0..{k - 1})"] = test[VARIABLES].isel(member=slice(0, k))
     for name, e in emulators.items():
-        ensembles[f"{name}-{M}"] = e.generate(seeds, M, seed=1, batch_size=1024, progress=False)
+        ensembles[f"{name}-{M}"] = e.generate(seeds_of[name](test), M, seed=1, batch_size=1024, progress=False)
     ensembles[f"oracle: seed mean + {oracle_cal['factor']:g} x physics deviations"] = oracle(test, oracle_cal["factor"])
+    if control_oracle_cal is not None:
+        ensembles[f"oracle: control + {control_oracle_cal['factor']:g} x physics deviations"] = oracle(
+            test, control_oracle_cal["factor"], control_seed)
     physics = next(iter(ensembles))
     scores = score(ensembles, obs, physics, args.n_boot)
     scores_truth = score(ensembles, truth, physics, args.n_boot)
 
     print("timing (ms per member per 4-lead forecast, 1 thread):", flush=True)
-    cost = time_costs(sw, test, emulators, args.repeats, args.ref_repeats, args.time_batch)
+    cost = time_costs(sw, test, emulators, args.repeats, args.ref_repeats, args.time_batch, seeds_of=seeds_of)
     tuned_ms = cost["tuned solver (dt=600 s float32)"]
     head = ("ensemble", "ms/member/forecast", "tuned/this", "CRPS/physics (95% boot.)", "SSR",
             "CRPS/physics vs control")
@@ -466,14 +540,16 @@ def main(argv=None) -> int:
         rows.append((name, "-" if ms is None else f"{ms:.4g}", "-" if ms is None else f"{tuned_ms / ms:.1f}x",
                      f"{r['mean_over_variables']:.3f} ({r['bootstrap_95'][0]:.3f}-{r['bootstrap_95'][1]:.3f})",
                      f"{scores[name]['ssr_mean_over_variables']:.2f}", f"{rt['mean_over_variables']:.3f}"))
-    amortised = {n: (2 * tuned_ms + M * cost[n]) / M for n in emulators}
+    n_cond = {n: 1 if seeds_of[n] is control_seed else 2 for n in emulators}  # solver runs each forecast needs
+    amortised = {n: (n_cond[n] * tuned_ms + M * cost[n]) / M for n in emulators}
     checks = {}
     for n in emulators:
         r = scores[f"{n}-{M}"]["crps_ratio"]
         checks[n] = {"tuned_over_emulator_cost": tuned_ms / cost[n], "at_least_10x_cheaper": tuned_ms / cost[n] >= 10,
                      "crps_ratio": r["mean_over_variables"], "crps_ratio_bootstrap_95": r["bootstrap_95"],
                      "equal_crps_within_5pct": abs(r["mean_over_variables"] - 1) <= 0.05,
-                     "amortised_ms_with_2_seeds": amortised[n], "tuned_over_amortised": tuned_ms / amortised[n]}
+                     "conditioning_solver_runs": n_cond[n], "amortised_ms_with_its_seeds": amortised[n],
+                     "tuned_over_amortised": tuned_ms / amortised[n]}
     print(f"\nShallow water {NLAT}x{2 * NLAT}, Galewsky jet, perturbation 1 m, {N_LEADS} leads x 6 h; "
           f"{len(test.init_time)} test initial times; truth = held-out physics member {M} (last column: the "
           f"unperturbed control); CRPS cos-lat weighted, ratio to physics-{M} averaged over {VARIABLES}")
@@ -492,11 +568,12 @@ def main(argv=None) -> int:
                   "pairs_per_sample": args.pairs_per_sample, "eof_samples": args.eof_samples,
                   "sampler_steps": args.sampler_steps},
         "tuned_error_over_spread_last_lead": tuned_err,
-        "validation": {"configs": validation, "chosen": chosen, "student": student_info, "oracle": oracle_cal},
+        "validation": {"configs": validation, "chosen": chosen, "student": student_info, "oracle": oracle_cal,
+                       "control": control_info, "control_oracle": control_oracle_cal},
         "scores_vs_held_out_member": scores, "scores_vs_control_truth": scores_truth,
         "cost_ms_per_member_per_forecast": {**cost, "repeats": args.repeats, "ref_repeats": args.ref_repeats,
                                             "solver_batch": args.time_batch, "emulator_members": M,
-                                            "threads": args.threads, "amortised_with_2_seeds": amortised},
+                                            "threads": args.threads, "amortised_with_its_seeds": amortised},
         "targets": checks}, indent=1, default=str) + "\n")
     print(f"wrote {out}")
     return 0
