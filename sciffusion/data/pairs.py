@@ -51,6 +51,16 @@ def check_monotonic(ds: xr.Dataset, dim: Hashable) -> None:
                          f"ds.sortby({str(dim)!r}) and drop duplicates")
 
 
+def seed_positions(seed_members, n_seeds: int, size: int, dim: Hashable = "member") -> list[int]:
+    """The K seed positions along ``dim`` (default ``range(K)``); ValueError unless K distinct positions
+    in ``[0, size)``."""
+    seeds = list(range(n_seeds)) if seed_members is None else [int(m) for m in seed_members]
+    if len(seeds) != n_seeds or len(set(seeds)) != n_seeds or not all(0 <= m < size for m in seeds):
+        raise ValueError(f"seed_members {seeds} must be n_seeds={n_seeds} distinct positions in [0, {size}) along "
+                         f"{str(dim)!r}")
+    return seeds
+
+
 class PairDataset(Dataset):
     """Torch Dataset of (condition, target) pairs along a dim of an xarray Dataset.
 
@@ -155,10 +165,7 @@ class PairDataset(Dataset):
                                  f"{ds.sizes[dt]}; regrid the condition first")
 
     def _setup_members(self, size: int, n_seeds: int, seed_members) -> None:
-        seeds = list(range(n_seeds)) if seed_members is None else [int(m) for m in seed_members]
-        if len(seeds) != n_seeds or len(set(seeds)) != n_seeds or not all(0 <= m < size for m in seeds):
-            raise ValueError(f"seed_members {seeds} must be {n_seeds} distinct positions in "
-                             f"[0, {size}) along {str(self.along)!r}")
+        seeds = seed_positions(seed_members, n_seeds, size, self.along)
         self.n_seeds, self.seeds = n_seeds, seeds
         self.targets = [m for m in range(size) if m not in seeds]
         if not self.targets:

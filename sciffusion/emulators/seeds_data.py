@@ -24,6 +24,7 @@ import xarray as xr
 
 from sciffusion.data.batches import BatchDataset
 from sciffusion.data.coder import FieldCoder, check_spread, names as _names, numeric_coords
+from sciffusion.data.pairs import seed_positions
 from sciffusion.data.tensors import CF_ATTRS, dataset_to_tensor
 
 MODES = ("emulation", "post-processing")
@@ -52,10 +53,7 @@ def check_seed_members(seed_members, n_seeds: int, size: int, member_dim: str = 
                        need_target: bool = True) -> list[int]:
     """The K seed positions (default ``range(K)``); ValueError unless K distinct positions in ``[0, size)``
     (and, with ``need_target``, at least one member left as a target)."""
-    seeds = list(range(n_seeds)) if seed_members is None else [int(m) for m in seed_members]
-    if len(seeds) != n_seeds or len(set(seeds)) != n_seeds or not all(0 <= m < size for m in seeds):
-        raise ValueError(f"seed_members {seeds} must be n_seeds={n_seeds} distinct positions in [0, {size}) along "
-                         f"{member_dim!r}")
+    seeds = seed_positions(seed_members, n_seeds, size, member_dim)
     if need_target and size <= n_seeds:
         raise ValueError(f"the training ensemble has {size} {member_dim!r} entries; need more than K={n_seeds} seeds")
     return seeds
