@@ -39,6 +39,15 @@ have, so ``distill`` finds them cached).
     python benchmarks/distill_rollout_kolmogorov.py --quick        # smoke run (nothing written to results/)
     python benchmarks/distill_rollout_kolmogorov.py --fine-teacher # diagnostic: the teacher at the students' target ODE
 
+On a GPU lease (``benchmarks/gpu_issue21_device_rows.sh``), the students at ``distill``'s public
+defaults (20,000 trajectories, 4,000 steps, batch 256), each trajectory conditioned on a state of its
+own from 40 fresh physics runs, then scored here on the CPU from what the lease brought back:
+
+    python benchmarks/distill_rollout_kolmogorov.py --stage distill --device cuda --n-trajectories 20000 \
+        --distill-steps 4000 --batch-size 256 --condition-runs 40 --work /tmp/w --export $OUT/students
+    python benchmarks/distill_rollout_kolmogorov.py --stage validate --n-trajectories 20000 --distill-steps 4000 \
+        --batch-size 256 --condition-runs 40 --students-from DIR --test-seed 31 --climate-members 8 --work runs/drk_gpu
+
 Rerunning with the same ``--work`` directory resumes: finished distillations and scores are kept there.
 Writes benchmarks/results/distill_rollout_kolmogorov.json: one entry of ``runs`` per
 (n_trajectories, steps), merged with the entries already there.
@@ -150,17 +159,28 @@ def score(model: Rollout, traj: np.ndarray, args, kf, log, label: str) -> dict:
     return res
 
 
-def fresh_run(n_steps: int, seed: int) -> np.ndarray:
-    """One physics run ``(1, n_steps + 1, 32, 32)`` set up like ``physics``'s four (same flow, spin-up and
-    output interval) from initial-state seed ``seed``: a test run no model or choice has seen."""
-    kf = KolmogorovFlow(n=SETUP["n"], reynolds=SETUP["reynolds"], drag=SETUP["drag"], k_forcing=SETUP["k_forcing"])
-    x = kf.step(kf.initial_state(1, torch.Generator().manual_seed(seed)), SETUP["spinup_steps"])
-    out = np.empty((1, n_steps + 1, SETUP["n"], SETUP["n"]), np.float32)
-    out[:, 0] = x.numpy()
+def fresh_run(n_steps: int, seed: int, n_runs: int = 1, device: str = "cpu") -> np.ndarray:
+    """``n_runs`` physics runs ``(n_runs, n_steps + 1, 32, 32)`` set up like ``physics``'s four (same flow,
+    spin-up and output interval) from initial-state seed ``seed``: runs no model or choice has seen."""
+    kf = KolmogorovFlow(n=SETUP["n"], reynolds=SETUP["reynolds"], drag=SETUP["drag"], k_forcing=SETUP["k_forcing"],
+                        device=device)
+    x = kf.step(kf.initial_state(n_runs, torch.Generator().manual_seed(seed)), SETUP["spinup_steps"])
+    out = np.empty((n_runs, n_steps + 1, SETUP["n"], SETUP["n"]), np.float32)
+    out[:, 0] = x.cpu().numpy()
     for k in range(1, n_steps + 1):
         x = kf.step(x, SETUP["every"])
-        out[:, k] = x.numpy()
+        out[:, k] = x.cpu().numpy()
     return out
+
+
+def condition_pairs(teacher: Rollout, n: int, n_runs: int, seed: int, device: str) -> TensorPairs:
+    """``n`` pairs from ``n_runs`` fresh physics runs (seed ``seed``) of ``ceil(n / n_runs)`` steps, so every
+    teacher trajectory gets a condition of its own (runs C and D give at most 2 x ``--steps``, and
+    neighbouring states of one run are alike)."""
+    runs = fresh_run(-(-n // n_runs), seed, n_runs, device)
+    target, cond = run_pairs(teacher, runs)
+    idx = torch.from_numpy(np.linspace(0, len(target) - 1, min(n, len(target))).round().astype(np.int64))
+    return TensorPairs(target[idx].contiguous(), cond[idx].contiguous())
 
 
 def member_ratio(r: dict, t: dict, key: str, n_boot: int = 2000) -> dict:
@@ -188,21 +208,22 @@ def map_error(teacher: Rollout, student, out: Path, pairs: TensorPairs, traj: np
     from sciffusion.distill import teacher_trajectories
 
     sig = karras_sigmas(teacher_steps, ode.get("sigma_min", 0.002), ode["sigma_max"], ode.get("rho", 7.0))
-    states = load_file(out / "trajectories.safetensors")["states"][:n]
+    kept = out / "trajectories.safetensors"  # absent where the student was distilled elsewhere (--students-from)
+    states = load_file(kept)["states"][:n] if kept.exists() else None
+    shape = tuple(pairs.x.shape[1:])
     cond_b = run_pairs(teacher, traj[1:2])[1]
-    cond_b = cond_b[torch.linspace(0, len(cond_b) - 1, n).round().long()].to(states.dtype)
-    fresh = teacher_trajectories(teacher.denoiser, sig, len(sig) - 1, n, tuple(states.shape[2:]), cond_b, seed=123,
-                                 dtype=states.dtype)
+    cond_b = cond_b[torch.linspace(0, len(cond_b) - 1, n).round().long()].to(torch.float32)
+    fresh = teacher_trajectories(teacher.denoiser, sig, len(sig) - 1, n, shape, cond_b, seed=123)
     eight = cond_b[torch.linspace(0, n - 1, 8).round().long()].repeat_interleave(8, 0)
-    spread = teacher_trajectories(teacher.denoiser, sig, len(sig) - 1, 64, tuple(states.shape[2:]), eight, seed=7,
-                                  dtype=states.dtype)[:, -1].reshape(8, 8, -1).std(1).pow(2).mean().sqrt()
+    spread = teacher_trajectories(teacher.denoiser, sig, len(sig) - 1, 64, shape, eight, seed=7)[:, -1]
+    spread = spread.reshape(8, 8, -1).std(1).pow(2).mean().sqrt()
 
     def rms(start, end, cond):
         got = sample(student, tuple(start.shape), x=start.clone(), cond=cond, **student.sampler)
         return float((got - end).pow(2).mean().sqrt())
 
-    return {"train": rms(states[:, 0], states[:, -1], pairs.cond[:n].to(states.dtype)),
-            "fresh_run_B": rms(fresh[:, 0], fresh[:, -1], cond_b), "teacher_conditional_spread": float(spread),
+    train = None if states is None else rms(states[:, 0], states[:, -1], pairs.cond[:n].to(states.dtype))
+    return {"train": train, "fresh_run_B": rms(fresh[:, 0], fresh[:, -1], cond_b), "teacher_conditional_spread": float(spread),
             "sample_std": float(fresh[:, -1].std())}
 
 
@@ -265,6 +286,53 @@ def table(rows: dict, floors: dict) -> str:
     return "\n".join("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(row)) for row in out)
 
 
+def teacher_ode(teacher: Rollout, args) -> dict:
+    """The ODE the students learn: the teacher's own sampler levels, or distill's public default."""
+    if args.teacher_ode == "default":
+        return {"sigma_min": teacher.sampler.get("sigma_min", 0.002), "sigma_max": teacher.sampler["sigma_max"],
+                "rho": teacher.sampler.get("rho", 7.0)}
+    return {"sigma_max": DISTILL_DEFAULTS["sigma_max"]}
+
+
+def distill_students(teacher: Rollout, pairs: TensorPairs, args, work: Path, log) -> tuple[dict, dict]:
+    """``{calls: Student}`` and ``{calls: record}``, the largest first: distilled into ``work/student_CALLS``
+    (resumed where a run is there; ``--export`` copies each checkpoint out), or loaded from ``--students-from``."""
+    import shutil
+
+    from sciffusion.distill import Student
+
+    students, records, first = {}, {}, None
+    for calls in sorted(args.calls, reverse=True):
+        if args.students_from:
+            src = Path(args.students_from) / f"student_{calls}"
+            students[calls] = Student.load(src)
+            rec = Path(args.students_from) / f"distill_{calls}.json"
+            records[calls] = {**(json.loads(rec.read_text()) if rec.exists() else {}), "loaded_from": str(src)}
+            continue
+        out = work / f"student_{calls}"
+        if first is not None and first[1] % calls == 0:  # its levels are every (first / calls)-th of the first's
+            reuse_trajectories(first[0], out, first[1] // calls)
+        latest = out / "trajectory" / "latest"
+        resumed = latest.read_text().strip() if latest.exists() else None  # a longer run continues a shorter one
+        t0 = time.time()
+        student = distill(copy.deepcopy(teacher.denoiser).to(args.device), pairs, calls=calls, teacher_steps=args.teacher_steps,
+                          n_trajectories=args.n_trajectories, steps=args.distill_steps, batch_size=args.batch_size,
+                          out_dir=out, progress=False, threads=1, device=args.device, **teacher_ode(teacher, args))
+        students[calls] = student.to("cpu")
+        rec_path = out / f"distill_time_{args.distill_steps}.json"
+        if not rec_path.exists():  # the wall time of the call that trained it (from `resumed` if set)
+            rec_path.write_text(json.dumps({"distill_s": time.time() - t0, "resumed_from": resumed, "device": args.device}))
+        reused = first[1] if first is not None and first[1] % calls == 0 else None
+        records[calls] = {**json.loads(rec_path.read_text()), "reused_trajectories_of_calls": reused}
+        log(f"student {calls}: distilled ({records[calls]['distill_s']:.0f} s)")
+        first = first or (out, calls)
+        if args.export:
+            dst = Path(args.export) / f"student_{calls}"
+            shutil.copytree(out / "student", dst, dirs_exist_ok=True)
+            (Path(args.export) / f"distill_{calls}.json").write_text(json.dumps(records[calls]))
+    return students, records
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--calls", type=int, nargs="+", default=None,
@@ -301,6 +369,16 @@ def main() -> None:
                    help="only the diagnostic: the teacher's skill on run B sampled by the students' target ODE "
                         "(Heun, teacher_steps levels from sigma_max 80) and by its default; merged into the results")
     p.add_argument("--fine-teacher-leads", type=int, default=3)
+    p.add_argument("--condition-runs", type=int, default=None,
+                   help="take the distillation conditions from this many fresh physics runs (seed --condition-seed), "
+                        "one condition per trajectory, instead of the teacher's training runs C and D")
+    p.add_argument("--condition-seed", type=int, default=5000)
+    p.add_argument("--device", default="cpu", help="where the distillation runs (teacher trajectories and training); "
+                   "scoring stays on the CPU")
+    p.add_argument("--export", default=None, help="after --stage distill, copy each student's checkpoint to "
+                   "EXPORT/student_CALLS (weights and config: what --students-from reads)")
+    p.add_argument("--students-from", default=None, help="score the students exported by a distillation elsewhere "
+                   "(e.g. on a GPU) instead of distilling: DIR/student_CALLS")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, results not written")
     args = p.parse_args()
     if args.quick:
@@ -318,11 +396,19 @@ def main() -> None:
     settings = {k: getattr(args, k) for k in ("steps", "n_trajectories", "distill_steps", "batch_size", "teacher_steps",
                                               "n_init", "members", "leads", "val_n_init", "val_leads", "repeats")}
     settings.update({k: getattr(args, k) for k in ("teacher_ode", "test_seed", "climate_members") if getattr(args, k) not in ("fine", None, 1)})
+    if args.condition_runs:
+        settings.update(condition_runs=args.condition_runs, condition_seed=args.condition_seed)
     prev = work / "settings.json"
     if prev.exists() and json.loads(prev.read_text()) != settings:
         p.error(f"{work} holds a run with other settings ({prev}); pass another --work")
     prev.write_text(json.dumps(settings))
 
+    if args.stage == "distill" and args.condition_runs:  # the distillation alone needs no scoring runs
+        teacher = Rollout.load(TEACHER)
+        pairs = condition_pairs(teacher, args.n_trajectories, args.condition_runs, args.condition_seed, args.device)
+        log(f"conditions: {len(pairs)} from {args.condition_runs} fresh runs in {time.time() - t_start:.0f} s")
+        distill_students(teacher, pairs, args, work, log)
+        return
     traj = physics(args.steps, Path(args.cache) if args.cache else None)
     if args.test_seed is not None:  # run A is replaced by a fresh run; B (validation) and C, D (training) stay
         traj = np.concatenate([fresh_run(args.steps, args.test_seed), traj], 0)[[0, 2, 3, 4, 1]]
@@ -346,8 +432,11 @@ def main() -> None:
     floors = {f"physics floor ({r} vs {test_name})": bias(climate(traj[i], kf), ref) for i, r in others}
 
     teacher = Rollout.load(TEACHER)
-    models, rows, distill_rec = {"teacher": teacher}, {}, {}
-    pairs = teacher_pairs(teacher, traj, args.n_trajectories)
+    models, rows = {"teacher": teacher}, {}
+    if args.condition_runs:
+        pairs = condition_pairs(teacher, args.n_trajectories, args.condition_runs, args.condition_seed, "cpu")
+    else:
+        pairs = teacher_pairs(teacher, traj, args.n_trajectories)
 
     def scored(label: str, model: Rollout) -> dict:
         path = work / f"score_{label.replace(' ', '_').replace(',', '')}.json"
@@ -361,26 +450,11 @@ def main() -> None:
         rows["teacher"] = scored("teacher", teacher)
     if args.stage == "teacher":
         return
-    ode = {"sigma_min": teacher.sampler.get("sigma_min", 0.002), "sigma_max": teacher.sampler["sigma_max"],
-           "rho": teacher.sampler.get("rho", 7.0)} if args.teacher_ode == "default" else {"sigma_max": DISTILL_DEFAULTS["sigma_max"]}
-    first, val_rec = None, {}
-    for calls in sorted(args.calls, reverse=True):
+    ode = teacher_ode(teacher, args)
+    students, distill_rec = distill_students(teacher, pairs, args, work, log)
+    val_rec = {}
+    for calls, student in students.items():
         out = work / f"student_{calls}"
-        if first is not None and first[1] % calls == 0:  # its levels are every (first / calls)-th of the first's
-            reuse_trajectories(first[0], out, first[1] // calls)
-        latest = out / "trajectory" / "latest"
-        resumed = latest.read_text().strip() if latest.exists() else None  # a longer run continues a shorter one
-        t0 = time.time()
-        student = distill(teacher.denoiser, pairs, calls=calls, teacher_steps=args.teacher_steps,
-                          n_trajectories=args.n_trajectories, steps=args.distill_steps, batch_size=args.batch_size,
-                          out_dir=out, progress=False, threads=1, **ode)
-        rec_path = out / f"distill_time_{args.distill_steps}.json"
-        if not rec_path.exists():  # the wall time of the call that trained it (from `resumed` if set)
-            rec_path.write_text(json.dumps({"distill_s": time.time() - t0, "resumed_from": resumed}))
-        reused = first[1] if first is not None and first[1] % calls == 0 else None
-        distill_rec[calls] = {**json.loads(rec_path.read_text()), "reused_trajectories_of_calls": reused}
-        log(f"student {calls}: distilled ({distill_rec[calls]['distill_s']:.0f} s)")
-        first = first or (out, calls)
         if args.stage == "distill":
             continue
         if args.stage == "validate":
@@ -389,12 +463,13 @@ def main() -> None:
                                  pattern())
             (work / f"validation_student_{calls}.json").write_text(json.dumps(val))
             err = map_error(teacher, student, out, pairs, traj, args.teacher_steps, ode)
-            log(f"student {calls}: map error (normalised units) train {err['train']:.3f}, fresh {err['fresh_run_B']:.3f}; "
+            train = "-" if err["train"] is None else f"{err['train']:.3f}"
+            log(f"student {calls}: map error (normalised units) train {train}, fresh {err['fresh_run_B']:.3f}; "
                 f"teacher's conditional spread {err['teacher_conditional_spread']:.3f}")
             val_rec.setdefault("students", {})[f"{calls} calls"] = {
                 "skill": val, "map_error": err, "crps_ratio_to_teacher": [a / b for a, b in zip(val["crps"], t_val["crps"])],
                 "ssr_minus_teacher": [a - b for a, b in zip(val["spread_skill"], t_val["spread_skill"])],
-                "distill": json.loads((out / f"distill_time_{args.distill_steps}.json").read_text())}
+                "distill": distill_rec[calls]}
             val_rec["teacher"] = t_val
             log(f"student {calls}, run B: CRPS / teacher " + " ".join(f"{a / b:.3f}" for a, b in zip(val["crps"], t_val["crps"]))
                 + "; spread-skill - teacher's " + " ".join(f"{a - b:+.2f}" for a, b in zip(val["spread_skill"], t_val["spread_skill"])))
@@ -408,6 +483,8 @@ def main() -> None:
         path = HERE / "results" / "distill_rollout_kolmogorov_validation.json"
         record = json.loads(path.read_text()) if path.exists() else {}
         key = f"teacher ODE {args.teacher_ode}, n_trajectories={args.n_trajectories}, steps={args.distill_steps}"
+        if args.condition_runs:
+            key += f", batch {args.batch_size}, {args.condition_runs} condition runs"
         prev = record.get(key, {}).get("students", {})
         record[key] = {"meta": {**meta, "wall_s": time.time() - t_start}, "settings": settings,
                        "validation_run": "B", **val_rec, "students": {**prev, **val_rec.get("students", {})}}
@@ -449,7 +526,8 @@ def main() -> None:
     result = {"meta": {**meta, "wall_s": time.time() - t_start}, "setup": {**SETUP, "emulator_dt": 0.5, "threads": 1},
               "teacher": str(TEACHER.relative_to(HERE.parent)), "settings": settings, "distill_public_defaults": DISTILL_DEFAULTS,
               "deviations": {"n_trajectories": args.n_trajectories, "steps": args.distill_steps, "batch_size": args.batch_size,
-                             "rollout_steps": args.steps, "reason": "CPU time (1 thread on a shared 2-core machine)"},
+                             "rollout_steps": args.steps, "reason": "CPU time (1 thread on a shared 2-core machine)"
+                             if not args.students_from else "students distilled on another device (see each row's 'distill')"},
               "solver_s_per_step": costs["solver"]["s_per_step"], "floors": floors, "rows": rows}
     if args.quick:
         print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1, default=str)[:2000])
@@ -458,6 +536,8 @@ def main() -> None:
     key = f"n_trajectories={args.n_trajectories}, steps={args.distill_steps}"
     if args.teacher_ode == "default":
         key += f", teacher ODE = its default sampler, test seed {args.test_seed}, {args.climate_members} climate members"
+    if args.condition_runs:
+        key += f", batch {args.batch_size}, {args.condition_runs} condition runs"
     runs.setdefault("runs", {})[key] = result
     RESULTS.write_text(json.dumps(runs, indent=1, default=str))
     log(f"wrote {RESULTS} ({time.time() - t_start:.0f} s)")
