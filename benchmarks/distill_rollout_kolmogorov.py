@@ -352,10 +352,11 @@ def main() -> None:
     p.add_argument("--climate-members", type=int, default=1,
                    help="climate figures of this many --steps rollouts (one batch, seed 0) pooled, with per-member "
                         "figures and bootstrap intervals of the student / teacher ratios")
-    p.add_argument("--stage", choices=("all", "teacher", "distill", "validate"), default="all",
+    p.add_argument("--stage", choices=("all", "teacher", "distill", "validate", "map-error"), default="all",
                    help="'teacher': score the teacher only; 'distill': train the students only (run the two in "
                         "parallel processes on one --work, then 'all' scores the rest and the cost); 'validate': "
-                        "the students' skill on the validation run B only, beside the teacher's (nothing on the test run)")
+                        "the students' skill on the validation run B only, beside the teacher's (nothing on the test run); "
+                        "'map-error': only the students' map error (results/distill_rollout_kolmogorov_map_error.json)")
     p.add_argument("--n-init", type=int, default=4, help="test initial states (rollout_kolmogorov.py: 8)")
     p.add_argument("--members", type=int, default=8)
     p.add_argument("--leads", type=int, default=20, help="scored leads (rollout_kolmogorov.py: 50)")
@@ -446,6 +447,22 @@ def main() -> None:
         path.write_text(json.dumps(res))
         return res
 
+    if args.stage == "map-error":  # how closely the students reproduce the teacher's map, nothing else
+        ode = teacher_ode(teacher, args)
+        students, distill_rec = distill_students(teacher, pairs, args, work, log)
+        errors = {f"{calls} calls": {**map_error(teacher, student, work / f"student_{calls}", pairs, traj,
+                                                 args.teacher_steps, ode), "distill": distill_rec[calls]}
+                  for calls, student in students.items()}
+        log(json.dumps(errors))
+        if not args.quick:
+            path = HERE / "results" / "distill_rollout_kolmogorov_map_error.json"
+            record = json.loads(path.read_text()) if path.exists() else {}
+            key = (f"n_trajectories={args.n_trajectories}, steps={args.distill_steps}, batch {args.batch_size}, "
+                   + (f"{args.condition_runs} condition runs" if args.condition_runs else "runs C and D"))
+            record[key] = {"meta": {**meta, "wall_s": time.time() - t_start}, "settings": settings, "students": errors}
+            path.write_text(json.dumps(record, indent=1))
+            log(f"wrote {path}")
+        return
     if args.stage != "distill":
         rows["teacher"] = scored("teacher", teacher)
     if args.stage == "teacher":
