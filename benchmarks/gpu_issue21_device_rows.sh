@@ -20,9 +20,9 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
 mkdir -p "$OUT"
 (nvidia-smi; python3 -c "import torch,sys; print(torch.__version__, sys.version)") > "$OUT/log.txt" 2>&1
-(cd benchmarks && timeout 300 python3 distill_rollout_kolmogorov.py --stage distill --device cuda --calls 3 2 \
+timeout 300 python3 benchmarks/distill_rollout_kolmogorov.py --stage distill --device cuda --calls 3 2 \
     --n-trajectories 20000 --distill-steps 4000 --batch-size 256 --condition-runs 40 --work /tmp/drk \
-    --export "$OUT/students") 2>&1 | tail -20 | tee -a "$OUT/log.txt"
+    --export "$OUT/students" 2>&1 | tail -20 | tee -a "$OUT/log.txt"
 for f in "$OUT"/students/distill_*.json; do [ -e "$f" ] && { echo "$f: $(cat "$f")" >> "$OUT/log.txt"; rm "$f"; }; done
 timeout 230 python3 benchmarks/gpu.py --budget 210 --compile-reserve 60 --no-sample --profile-compiled \
     --plan unet256/bf16_compile_clgrad_clgradconv_forcelayout unet256/bf16_compile_clgrad_clgradconv \
