@@ -91,7 +91,11 @@ def run_pairs(teacher: Rollout, runs: np.ndarray) -> tuple[torch.Tensor, torch.T
 def teacher_pairs(teacher: Rollout, traj: np.ndarray, n: int) -> TensorPairs:
     """``n`` of the teacher's training pairs (normalised increment, condition), evenly spaced over
     runs C and D (``traj[2:4]``) with the teacher's coder and the static forcing pattern."""
-    target, cond = run_pairs(teacher, traj[2:4])
+    return evenly(*run_pairs(teacher, traj[2:4]), n)
+
+
+def evenly(target: torch.Tensor, cond: torch.Tensor, n: int) -> TensorPairs:
+    """``n`` of the pairs (all if fewer), evenly spaced."""
     idx = torch.from_numpy(np.linspace(0, len(target) - 1, min(n, len(target))).round().astype(np.int64))
     return TensorPairs(target[idx].contiguous(), cond[idx].contiguous())
 
@@ -177,10 +181,7 @@ def condition_pairs(teacher: Rollout, n: int, n_runs: int, seed: int, device: st
     """``n`` pairs from ``n_runs`` fresh physics runs (seed ``seed``) of ``ceil(n / n_runs)`` steps, so every
     teacher trajectory gets a condition of its own (runs C and D give at most 2 x ``--steps``, and
     neighbouring states of one run are alike)."""
-    runs = fresh_run(-(-n // n_runs), seed, n_runs, device)
-    target, cond = run_pairs(teacher, runs)
-    idx = torch.from_numpy(np.linspace(0, len(target) - 1, min(n, len(target))).round().astype(np.int64))
-    return TensorPairs(target[idx].contiguous(), cond[idx].contiguous())
+    return evenly(*run_pairs(teacher, fresh_run(-(-n // n_runs), seed, n_runs, device)), n)
 
 
 def member_ratio(r: dict, t: dict, key: str, n_boot: int = 2000) -> dict:
