@@ -116,3 +116,61 @@ def test_uninformative_observations_return_the_inflated_members(inflation):
     out = analysis(x, Mask(torch.ones(4, dtype=torch.bool)), torch.zeros(4), noise_std=1e6, inflation=inflation,
                    steps=24, sigma_max=80.0)
     torch.testing.assert_close(out, x.mean(0) + inflation * (x - x.mean(0)), atol=0.02, rtol=0)
+
+
+def _kalman_deterministic(ys, m, p):
+    """The exact Kalman filter of the noise-free model x_t = M x_{t-1} (numpy, as _kalman with Q = 0)."""
+    out = []
+    for y in ys:
+        m, p = M @ m, M @ p @ M.T
+        ok = ~np.isnan(y)
+        h, r = H[ok], np.diag(STD[ok] ** 2)
+        k = p @ h.T @ np.linalg.inv(h @ p @ h.T + r)
+        m, p = m + k @ (y[ok] - h @ m), p - k @ h @ p
+        out.append((m, p))
+    return out
+
+
+@pytest.mark.parametrize("lag", [2, 3])
+def test_lagged_analysis_matches_the_kalman_filter_of_a_deterministic_linear_model(lag):
+    """With lag=K each analysis conditions the analysis of K cycles earlier on the window's observations
+    through the model and carries it forward: for a linear model without noise and a Gaussian prior that
+    is the exact Kalman filter, every observation used once. Mean within 5 standard errors and covariance
+    within 0.1 of its scale at every cycle (N = 4000, a missing observation, per-entry noise). Using an
+    observation twice (or dropping the window's earlier ones) would shrink (or widen) the covariance by
+    far more than that."""
+    n, g = 4000, torch.Generator().manual_seed(0)
+    m0, p0 = np.ones(3), 0.5 * np.eye(3)
+    x0 = torch.as_tensor(np.random.default_rng(2).multivariate_normal(m0, p0, size=n))
+    mt, ht = torch.as_tensor(M), torch.as_tensor(H)
+    ys = _observations(t=5)
+    res = cycle(lambda x: x @ mt.T, x0, Linear(ht), torch.as_tensor(ys), noise_std=torch.as_tensor(STD), lag=lag,
+                generator=g, steps=32, sigma_max=80.0, cg_iters=4)
+    for t, (m, p) in enumerate(_kalman_deterministic(ys, m0, p0)):
+        xa = res.analysis[t].numpy()
+        assert np.all(np.abs(xa.mean(0) - m) < 5 * np.sqrt(np.diag(p) / n) + 1e-3), (t, xa.mean(0), m)
+        assert np.abs(np.cov(xa.T) - p).max() < 0.1 * np.diag(p).max(), (t, np.cov(xa.T), p)
+    # the forecast of time t is the prior of time t - lag carried forward: at t = 0 the initial ensemble's
+    torch.testing.assert_close(res.forecast[0], x0 @ mt.T)
+
+
+@pytest.mark.parametrize("case, error, match", [
+    ("zero", ValueError, "lag must be an integer >= 1"),
+    ("numpy", ValueError, "cannot be differentiated in torch"),
+    ("domains", TypeError, "does not go with domains="),
+])
+def test_bad_lag_raises_naming_it_before_any_cycle(case, error, match):
+    from sciffusion.assimilate import periodic_domains
+    calls = []
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    op, ys = Mask(torch.ones(6, dtype=torch.bool)), torch.zeros(5, 6)
+
+    def forecast(e):
+        calls.append(1)
+        return torch.as_tensor(np.asarray(e.detach()) * 0.9) if case == "numpy" else 0.9 * e
+    kw = {"lag": 0 if case == "zero" else 2}
+    if case == "domains":
+        kw["domains"] = periodic_domains(6, torch.arange(6), radius=1)
+    with pytest.raises(error, match=match):
+        cycle(forecast, x, op, ys, noise_std=1.0, **kw)
+    assert len(calls) <= 1  # at most the differentiability check's one call; no cycle ran

@@ -9,6 +9,7 @@ Tensors only: ``forecast`` maps an ensemble ``(N, *state)`` to the next observat
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -113,8 +114,18 @@ def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tens
           generator: torch.Generator | None = None,
           callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
           domains: Domains | None = None, function: Callable[[torch.Tensor], torch.Tensor] | None = None,
-          prior=None, **analysis_options) -> FilterResult:
+          prior=None, lag: int = 1, **analysis_options) -> FilterResult:
     """Run ``T`` cycles: ``x_f = forecast(x_a)``, ``x_a = analysis(x_f, operator, y_t)``.
+
+    With ``lag=K > 1`` each analysis is four-dimensional (see :func:`window_operator`): the prior is the
+    analysis ensemble of time ``t - K`` (the initial ensemble while ``t < K``), the observations those of
+    times ``t - K + 1 .. t``, seen through ``K`` forecast steps; the posterior draws at ``t - K`` are then
+    carried to ``t`` by the forecast. No observation is used twice: every analysis is a filter's, of
+    everything observed up to ``t``, with the Gaussian (or mixture) fit made ``K`` steps earlier, so
+    the forecast's nonlinearity over the window enters the analysis exactly. ``forecast`` must then be
+    deterministic and differentiable in torch (checked before the first cycle), and the analysis is the
+    global :func:`analysis` (not ``domains=`` or ``prior=``). ``FilterResult.forecast[t]`` is then the
+    prior ensemble of time ``t - K`` carried to ``t``.
 
     Args:
         forecast: ``(N, *state) -> (N, *state)`` to the next observation time.
@@ -132,6 +143,7 @@ def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tens
         prior: a trained :class:`~sciffusion.assimilate.ForecastPrior` (or a conditional denoiser
             ``(x, sigma, cond=x_f)``): analyse by :func:`~sciffusion.assimilate.forecast_prior_analysis`,
             each member drawn from ``p(x | its forecast, y)``. None (default): the forecast ensemble's prior.
+        lag: the analysis window ``K`` in observation times (1, default: the usual filter).
         **analysis_options: keywords of :func:`~sciffusion.assimilate.analysis` (``bandwidth``,
             ``inflation``, ``localization``, ``guidance``, ``steps``, ``start``, ``cg_iters``...), and
             ``rtps``/``rtpp``: relax each analysis' spread towards its forecast's by
@@ -143,6 +155,9 @@ def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tens
     check_relaxation(analysis_options)
     if prior is not None:
         check_prior(prior, ensemble, domains)
+    if lag != 1:
+        check_lag(forecast, ensemble, operator, lag, domains, prior)
+        return _lagged(forecast, ensemble, operator, observations, std, lag, generator, callback, analysis_options)
     x = ensemble
     fcs, ans, secs = [], [], []
     for t in range(observations.shape[0]):
@@ -150,6 +165,63 @@ def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tens
         start = time.perf_counter()
         x = analyse(xf, operator, observations[t], std[t], domains, function, generator, analysis_options, prior)
         secs.append(time.perf_counter() - start)
+        fcs.append(xf)
+        ans.append(x)
+        if callback is not None:
+            callback(t, xf, x)
+    return FilterResult(torch.stack(ans), torch.stack(fcs), torch.tensor(secs, dtype=torch.float64))
+
+
+def window_operator(forecast: Callable[[torch.Tensor], torch.Tensor], operator, k: int):
+    """The observation operator of a window: ``x -> (B, k, *obs)``, ``operator`` on each of the ``k``
+    forecast states after ``x`` (``forecast`` applied 1..k times), for the lagged analysis of :func:`cycle`."""
+    op = as_operator(operator)
+
+    def observe(x: torch.Tensor) -> torch.Tensor:
+        ys = []
+        for _ in range(k):
+            x = forecast(x)
+            ys.append(op(x))
+        return torch.stack(ys, 1)
+    return observe
+
+
+def check_lag(forecast, ensemble: torch.Tensor, operator, lag, domains, prior) -> None:
+    """ValueError for a ``lag`` that is not an integer >= 1 or a forecast that torch cannot differentiate;
+    TypeError for ``lag > 1`` with ``domains`` or ``prior`` (the lagged analysis is the global one)."""
+    if isinstance(lag, bool) or not isinstance(lag, int) or lag < 1:
+        raise ValueError(f"lag must be an integer >= 1 (observation times per analysis window), got {lag!r}")
+    if domains is not None or prior is not None:
+        raise TypeError("lag > 1 runs the global analysis over a window; it does not go with "
+                        f"{'domains=' if domains is not None else 'prior='}")
+    x = ensemble[:2].to(torch.float64).clone().requires_grad_(True)
+    try:
+        y = window_operator(forecast, operator, 1)(x)
+        (grad,) = torch.autograd.grad(y.sum(), x)
+    except Exception as exc:
+        raise ValueError(f"lag={lag} differentiates the observations through the forecast, but forecast "
+                         f"{forecast!r} cannot be differentiated in torch (float64): {exc}") from exc
+    if not bool(torch.isfinite(grad).all()):
+        raise ValueError(f"lag={lag}: the gradient of the observations through forecast {forecast!r} is not finite")
+
+
+def _lagged(forecast, ensemble, operator, observations, std, lag, generator, callback, options) -> FilterResult:
+    """:func:`cycle` with ``lag > 1`` (inputs checked): the analysis at ``t - k`` of the window's
+    observations, carried ``k`` steps to ``t``."""
+    kept = deque([ensemble], maxlen=lag)  # the analyses of times t - lag .. t - 1 (the initial one at -1)
+    fcs, ans, secs = [], [], []
+    for t in range(observations.shape[0]):
+        k = min(lag, t + 1)
+        x0 = kept[-k]
+        start = time.perf_counter()
+        x = analyse(x0, window_operator(forecast, operator, k), observations[t - k + 1:t + 1],
+                    std[t - k + 1:t + 1], None, None, generator, options)
+        secs.append(time.perf_counter() - start)
+        with torch.no_grad():
+            xf = x0
+            for _ in range(k):
+                xf, x = forecast(xf), forecast(x)
+        kept.append(x)
         fcs.append(xf)
         ans.append(x)
         if callback is not None:
