@@ -175,3 +175,41 @@ def test_assimilate_with_domains_one_domain_is_the_global_run_and_other_domains_
         _run(problem, out=out, mode="resume", cycles_per_block=1, domains=periodic_domains(K, jj, radius=3, block=2))
     with pytest.raises(ValueError, match="pointwise observation"):
         _run(problem, domains=periodic_domains(K, jj + 1, radius=2, block=2))
+
+
+def test_lagged_assimilate_equals_lagged_cycle_and_resumes_bit_for_bit(tmp_path):
+    """assimilate(..., lag=2) gives cycle(..., lag=2)'s analysis on tensors (deterministic model, transported
+    members and the ODE sampler: no random draw), and a run killed at cycle 3 resumes, reading the two last
+    analyses back, to the uninterrupted result bit for bit; a resume without the lag is refused naming it."""
+    problem = _problem(every=2)
+    model, op, initial, obs, truth = problem
+    full = _run(problem, lag=2, inflation=1.05)
+    x0 = torch.as_tensor(initial.x.values)[None]
+    members = torch.cat([model.perturb(x0, run_module.member_generator(7, run_module._INIT_KEY, m), 1.0)
+                         for m in range(N)])
+    res = cycle(lambda x: model.step(x, 2), members, op, torch.as_tensor(obs.values), noise_std=0.5, lag=2,
+                inflation=1.05, **FAST)
+    np.testing.assert_array_equal(full.x_analysis.values, res.analysis.numpy())
+    np.testing.assert_array_equal(full.x_forecast_mean.values, res.forecast.mean(1).numpy())
+    lag1 = _run(problem, inflation=1.05)
+    assert not np.array_equal(lag1.x_analysis.values[1:], full.x_analysis.values[1:])  # the lag changes the analysis
+
+    def kill(t, forecast, analysis):
+        if t == 3:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "lag.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        _run(problem, lag=2, inflation=1.05, out=out, cycles_per_block=1, callback=kill)
+    with pytest.raises(ValueError, match="analysis_lag"):
+        _run(problem, inflation=1.05, out=out, mode="resume", cycles_per_block=1)
+    resumed = _run(problem, lag=2, inflation=1.05, out=out, mode="resume", cycles_per_block=1)
+    np.testing.assert_array_equal(resumed.x_analysis.values, full.x_analysis.values)
+    np.testing.assert_array_equal(resumed.x_forecast_mean.values, full.x_forecast_mean.values)
+
+
+def test_lag_with_a_stochastic_model_is_refused_before_any_cycle():
+    calls = []
+    with pytest.raises(ValueError, match="must be deterministic"):
+        _run(_problem(noise_std=0.3), lag=2, callback=lambda *a: calls.append(1))
+    assert not calls

@@ -66,6 +66,9 @@ def test_the_docs_config_at_tiny_size_writes_a_store_and_resumes(tmp_path, capsy
     ({"observations__noise_std": -1.0}, "noise_std must be finite and non-negative"),
     ({"observations__interval": 0.07}, "interval=0.07 must be a non-negative multiple of the model step dt=0.05"),
     ({"filter__localization_metric": "euclid"}, "metric must be one of ('arc', 'chord')"),
+    ({"filter__lag": 0}, "config [filter] lag must be an integer >= 1, got 0"),
+    ({"filter__lag": 2, "filter__prior": "runs/none"}, "lag = 2 runs the global analysis over a window: it does not go "
+                                                       "with [filter] prior"),
 ])
 def test_bad_configs_are_refused_naming_the_key(tmp_path, capsys, change, needle):
     assert main(["assimilate", str(tiny_config(tmp_path, **change)), "-o", str(tmp_path / "o.zarr"), "--no-progress"]) == 2
@@ -227,3 +230,29 @@ def test_the_chord_metric_gives_a_valid_taper_where_the_arc_one_is_not_and_a_war
                      "--no-progress"]) == 0
     # the store records the taper itself (its hash), so a resume with the other metric is refused
     assert xr.open_zarr(out).attrs["analysis_localization"] != xr.open_zarr(tmp_path / "a.zarr").attrs["analysis_localization"]
+
+
+def test_filter_lag_reaches_assimilate_and_is_recorded(tmp_path, capsys):
+    """[filter] lag = 2 runs the lagged analysis: the store equals assimilate(..., lag=2) called directly with
+    the config's settings, records analysis_lag, and differs from the run without it."""
+    from sciffusion.assimilate import assimilate
+
+    out, plain = tmp_path / "lag.zarr", tmp_path / "plain.zarr"
+    assert main(["assimilate", str(tiny_config(tmp_path, filter__lag=2)), "-o", str(out), "--no-progress"]) == 0
+    assert main(["assimilate", str(tiny_config(tmp_path)), "-o", str(plain), "--no-progress"]) == 0
+    ds, ds_plain = xr.open_zarr(out), xr.open_zarr(plain)
+    assert ds.attrs["analysis_lag"] == 2 and "analysis_lag" not in ds_plain.attrs
+    assert not np.array_equal(ds.x_analysis.values[1:], ds_plain.x_analysis.values[1:])
+    from sciffusion.commands.assimilate import build_operator, build_system, localization
+    cfg = tomllib.loads(tiny_config(tmp_path, filter__lag=2).read_text())
+    model = build_system(cfg["system"])
+    op = build_operator(cfg["observations"], (8,))
+    from sciffusion.assimilate import truth_and_observations
+    initial, obs, truth = truth_and_observations(model, op, n_cycles=4, interval=cfg["observations"]["interval"],
+                                                 noise_std=cfg["observations"]["noise_std"], spinup=1.0,
+                                                 seed=cfg["truth"]["seed"])
+    f = cfg["filter"]
+    direct = assimilate(model, initial, obs, operator=op, noise_std=cfg["observations"]["noise_std"], n_members=6,
+                        perturbation=f["perturbation"], seed=cfg["seed"], progress=False, lag=2, steps=4, cg_iters=2,
+                        inflation=f["inflation"], localization=localization(model, 2.0, "arc"))
+    np.testing.assert_array_equal(ds.x_analysis.values, direct.x_analysis.values)

@@ -172,15 +172,19 @@ def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tens
     return FilterResult(torch.stack(ans), torch.stack(fcs), torch.tensor(secs, dtype=torch.float64))
 
 
-def window_operator(forecast: Callable[[torch.Tensor], torch.Tensor], operator, k: int):
+def window_operator(forecast, operator, k: int):
     """The observation operator of a window: ``x -> (B, k, *obs)``, ``operator`` on each of the ``k``
-    forecast states after ``x`` (``forecast`` applied 1..k times), for the lagged analysis of :func:`cycle`."""
+    forecast states after ``x`` (``forecast`` applied 1..k times; or a sequence of ``k`` forecasts, one
+    per interval), for the lagged analysis of :func:`cycle` and :func:`~sciffusion.assimilate.assimilate`."""
     op = as_operator(operator)
+    steps = [forecast] * k if callable(forecast) else list(forecast)
+    if len(steps) != k:
+        raise ValueError(f"window_operator: {len(steps)} forecasts for a window of {k} observation times")
 
     def observe(x: torch.Tensor) -> torch.Tensor:
         ys = []
-        for _ in range(k):
-            x = forecast(x)
+        for step in steps:
+            x = step(x)
             ys.append(op(x))
         return torch.stack(ys, 1)
     return observe

@@ -31,6 +31,7 @@ import inspect
 import json
 import os
 import time as _time
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
@@ -38,7 +39,7 @@ import torch
 import xarray as xr
 
 from sciffusion.assimilate.analysis import analysis
-from sciffusion.assimilate.cycle import analyse, check_domains, check_inputs, check_relaxation
+from sciffusion.assimilate.cycle import analyse, check_domains, check_inputs, check_lag, check_relaxation, window_operator
 from sciffusion.assimilate.forecast_prior import ForecastPrior, check_prior, forecast_prior_analysis
 from sciffusion.assimilate.local import Domains, default_guidance
 from sciffusion.diffusion import member_generators
@@ -229,7 +230,9 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
             ensemble's prior.
         **analysis_options: keywords of :func:`~sciffusion.assimilate.analysis` (with ``prior``: of
             :func:`~sciffusion.assimilate.forecast_prior_analysis`), and ``rtps``/``rtpp``
-            (:func:`~sciffusion.assimilate.relax`, after any analysis; recorded like the others).
+            (:func:`~sciffusion.assimilate.relax`, after any analysis; recorded like the others), and
+            ``lag=K``: the four-dimensional analysis of :func:`~sciffusion.assimilate.cycle` over the last
+            ``K`` observation times (a deterministic model only; a resume reads the last ``K`` analyses back).
 
     Returns the Dataset of the module docstring (opened from the store with ``out=``), with the
     provenance (settings, seed, sciffusion version) in its attributes.
@@ -276,6 +279,12 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
                     raise ValueError(f"the forecast prior was trained on forecasts over interval {trained:g} model time "
                                      f"units, but observation time index {i} comes {s * model.dt:g} after the one "
                                      "before: train a prior on this interval, or observe at its interval")
+    lag = analysis_options.get("lag", 1)  # recorded as analysis_lag; not an option of the analysis itself
+    if lag != 1:
+        if getattr(model, "noise_std", 0):
+            raise ValueError(f"lag={lag} differentiates the observations through the forecast, which must be "
+                             f"deterministic: model {model.name} has noise_std={model.noise_std}")
+        check_lag(lambda e: model.step(e, int(steps[0])), x0, operator, lag, domains, prior)
     if truth is not None:
         truth = truth.transpose("time", ...)
         if truth.sizes.get("time") != len(steps):
@@ -307,22 +316,37 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
     store = None if out is None else BlockStore(out, template, dim="time", block=cycles_per_block, mode=mode,
                                                 provenance={k: attrs[k] for k in settings})
     done = 0 if store is None else store.written()
+    kept = deque([x0], maxlen=lag)  # the analyses of the last `lag` times (the initial ensemble at time -1)
     if done:
-        last = xr.open_zarr(store.path, consolidated=False).isel(time=done - 1)
-        x = to_state(model, xr.Dataset({v: last[f"{v}_analysis"] for v in names}))
-    else:
-        x = x0
+        written = xr.open_zarr(store.path, consolidated=False)
+        for i in range(max(0, done - lag), done):
+            kept.append(to_state(model, xr.Dataset({v: written.isel(time=i)[f"{v}_analysis"] for v in names})))
+    x = kept[-1]
     block = store.block if store is not None else len(steps)
     buffer: dict[str, list] = {}
     truth_values = {} if truth is None else {v: truth[v].transpose("time", *model.variables()[v].dims).values
                                              for v in names}
+    options = {k: v for k, v in analysis_options.items() if k != "lag"}
     bar = tqdm(total=len(steps), initial=done, desc=f"{model.name} assimilation", unit="cycle", disable=not progress)
     for t in range(done, len(steps)):
-        xf = model.step(x, int(steps[t]), generator=[member_generator(seed, t, m) for m in range(n)])
-        start = _time.perf_counter()
         g = member_generators(seed, 1, key=(_ANALYSIS_KEY, t))[0]
-        x = analyse(xf, operator, y[t], std[t], domains, function, g, analysis_options, prior)
-        seconds = _time.perf_counter() - start
+        if lag == 1:
+            xf = model.step(x, int(steps[t]), generator=[member_generator(seed, t, m) for m in range(n)])
+            start = _time.perf_counter()
+            x = analyse(xf, operator, y[t], std[t], domains, function, g, options, prior)
+            seconds = _time.perf_counter() - start
+        else:  # the analysis of time t - k, given the window's observations, carried to t (see cycle)
+            k = min(lag, t + 1)
+            window = [lambda e, s=int(s): model.step(e, s) for s in steps[t - k + 1:t + 1]]
+            start = _time.perf_counter()
+            x = analyse(kept[-k], window_operator(window, operator, k), y[t - k + 1:t + 1], std[t - k + 1:t + 1],
+                        None, None, g, options)
+            seconds = _time.perf_counter() - start
+            with torch.no_grad():
+                xf = kept[-k]
+                for step in window:
+                    xf, x = step(xf), step(x)
+            kept.append(x)
         if callback is not None:
             callback(t, xf, x)
         fa, ff = model.fields(x), model.fields(xf)

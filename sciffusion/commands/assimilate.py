@@ -35,7 +35,7 @@ KEYS = {
     "observations": ("operator", "every", "fraction", "function", "noise_std", "interval", "cycles", "seed"),
     "filter": ("members", "perturbation", "bandwidth", "inflation", "localization_radius", "localization_metric",
                "steps", "cg_iters",
-               "guidance", "start", "sigma_max", "cycles_per_block", "prior", "rtps", "rtpp"),
+               "guidance", "start", "sigma_max", "cycles_per_block", "prior", "rtps", "rtpp", "lag"),
     "domains": ("radius", "block", "obs_radius", "taper_radius", "space", "enkf_n", "rotate"),
 }
 OPERATORS = ("all", "every", "fraction")
@@ -233,6 +233,13 @@ def run(args: argparse.Namespace) -> int:
     members = filt.pop("members", 20)
     perturbation = float(filt.pop("perturbation", 1.0))
     block = filt.pop("cycles_per_block", 10)
+    if "lag" in filt:  # the four-dimensional analysis over the last `lag` observation times
+        lag = filt["lag"]
+        if isinstance(lag, bool) or not isinstance(lag, int) or lag < 1:
+            raise UserError(f"config [filter] lag must be an integer >= 1, got {lag!r}")
+        if lag > 1 and ("domains" in cfg or "prior" in filt):
+            raise UserError(f"config [filter] lag = {lag} runs the global analysis over a window: it does not go "
+                            f"with {'[domains]' if 'domains' in cfg else '[filter] prior'}")
     if "prior" in filt:  # checked here for an error naming the key; assimilate loads it and records the path
         filt["prior"] = filter_prior(filt["prior"], filt, cfg, model)
     radius = filt.pop("localization_radius", None)
