@@ -24,11 +24,12 @@ def _observations(t=4, seed=1):
     return ys
 
 
-def _kalman(ys, m, p):
-    """The exact Kalman filter (numpy, independent of sciffusion): analysis means and covariances."""
+def _kalman(ys, m, p, q=Q):
+    """The exact Kalman filter (numpy, independent of sciffusion): analysis means and covariances
+    (``q``: the model noise covariance; 0 for the deterministic model)."""
     out = []
     for y in ys:
-        m, p = M @ m, M @ p @ M.T + Q
+        m, p = M @ m, M @ p @ M.T + q
         ok = ~np.isnan(y)
         h, r = H[ok], np.diag(STD[ok] ** 2)
         k = p @ h.T @ np.linalg.inv(h @ p @ h.T + r)
@@ -118,19 +119,6 @@ def test_uninformative_observations_return_the_inflated_members(inflation):
     torch.testing.assert_close(out, x.mean(0) + inflation * (x - x.mean(0)), atol=0.02, rtol=0)
 
 
-def _kalman_deterministic(ys, m, p):
-    """The exact Kalman filter of the noise-free model x_t = M x_{t-1} (numpy, as _kalman with Q = 0)."""
-    out = []
-    for y in ys:
-        m, p = M @ m, M @ p @ M.T
-        ok = ~np.isnan(y)
-        h, r = H[ok], np.diag(STD[ok] ** 2)
-        k = p @ h.T @ np.linalg.inv(h @ p @ h.T + r)
-        m, p = m + k @ (y[ok] - h @ m), p - k @ h @ p
-        out.append((m, p))
-    return out
-
-
 @pytest.mark.parametrize("lag", [2, 3])
 def test_lagged_analysis_matches_the_kalman_filter_of_a_deterministic_linear_model(lag):
     """With lag=K each analysis conditions the analysis of K cycles earlier on the window's observations
@@ -146,7 +134,7 @@ def test_lagged_analysis_matches_the_kalman_filter_of_a_deterministic_linear_mod
     ys = _observations(t=5)
     res = cycle(lambda x: x @ mt.T, x0, Linear(ht), torch.as_tensor(ys), noise_std=torch.as_tensor(STD), lag=lag,
                 generator=g, steps=32, sigma_max=80.0, cg_iters=4)
-    for t, (m, p) in enumerate(_kalman_deterministic(ys, m0, p0)):
+    for t, (m, p) in enumerate(_kalman(ys, m0, p0, q=0.0)):
         xa = res.analysis[t].numpy()
         assert np.all(np.abs(xa.mean(0) - m) < 5 * np.sqrt(np.diag(p) / n) + 1e-3), (t, xa.mean(0), m)
         assert np.abs(np.cov(xa.T) - p).max() < 0.1 * np.diag(p).max(), (t, np.cov(xa.T), p)
