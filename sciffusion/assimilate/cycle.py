@@ -209,6 +209,22 @@ def check_lag(forecast, ensemble: torch.Tensor, operator, lag, domains, prior) -
         raise ValueError(f"lag={lag}: the gradient of the observations through forecast {forecast!r} is not finite")
 
 
+def lagged_analysis(start: torch.Tensor, window: list, operator, y: torch.Tensor, std: torch.Tensor, generator,
+                    options: dict) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One lagged analysis: the members ``start`` at the window's start drawn given the window's observations
+    ``y`` ``(k, *obs)`` seen through the ``k`` forecasts of ``window`` (:func:`window_operator`), then both
+    carried through them. Returns the forecast and the analysis at the window's end, and the analysis'
+    wall seconds."""
+    clock = time.perf_counter()
+    x = analyse(start, window_operator(window, operator, len(window)), y, std, None, None, generator, options)
+    seconds = time.perf_counter() - clock
+    with torch.no_grad():
+        xf = start
+        for step in window:
+            xf, x = step(xf), step(x)
+    return xf, x, seconds
+
+
 def _lagged(forecast, ensemble, operator, observations, std, lag, generator, callback, options) -> FilterResult:
     """:func:`cycle` with ``lag > 1`` (inputs checked): the analysis at ``t - k`` of the window's
     observations, carried ``k`` steps to ``t``."""
@@ -216,15 +232,9 @@ def _lagged(forecast, ensemble, operator, observations, std, lag, generator, cal
     fcs, ans, secs = [], [], []
     for t in range(observations.shape[0]):
         k = min(lag, t + 1)
-        x0 = kept[-k]
-        start = time.perf_counter()
-        x = analyse(x0, window_operator(forecast, operator, k), observations[t - k + 1:t + 1],
-                    std[t - k + 1:t + 1], None, None, generator, options)
-        secs.append(time.perf_counter() - start)
-        with torch.no_grad():
-            xf = x0
-            for _ in range(k):
-                xf, x = forecast(xf), forecast(x)
+        xf, x, seconds = lagged_analysis(kept[-k], [forecast] * k, operator, observations[t - k + 1:t + 1],
+                                         std[t - k + 1:t + 1], generator, options)
+        secs.append(seconds)
         kept.append(x)
         fcs.append(xf)
         ans.append(x)

@@ -39,7 +39,8 @@ import torch
 import xarray as xr
 
 from sciffusion.assimilate.analysis import analysis
-from sciffusion.assimilate.cycle import analyse, check_domains, check_inputs, check_lag, check_relaxation, window_operator
+from sciffusion.assimilate.cycle import (analyse, check_domains, check_inputs, check_lag, check_relaxation,
+                                        lagged_analysis)
 from sciffusion.assimilate.forecast_prior import ForecastPrior, check_prior, forecast_prior_analysis
 from sciffusion.assimilate.local import Domains, default_guidance
 from sciffusion.diffusion import member_generators
@@ -338,14 +339,8 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
         else:  # the analysis of time t - k, given the window's observations, carried to t (see cycle)
             k = min(lag, t + 1)
             window = [lambda e, s=int(s): model.step(e, s) for s in steps[t - k + 1:t + 1]]
-            start = _time.perf_counter()
-            x = analyse(kept[-k], window_operator(window, operator, k), y[t - k + 1:t + 1], std[t - k + 1:t + 1],
-                        None, None, g, options)
-            seconds = _time.perf_counter() - start
-            with torch.no_grad():
-                xf = kept[-k]
-                for step in window:
-                    xf, x = step(xf), step(x)
+            xf, x, seconds = lagged_analysis(kept[-k], window, operator, y[t - k + 1:t + 1], std[t - k + 1:t + 1],
+                                             g, options)
             kept.append(x)
         if callback is not None:
             callback(t, xf, x)
