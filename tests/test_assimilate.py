@@ -119,21 +119,22 @@ def test_uninformative_observations_return_the_inflated_members(inflation):
     torch.testing.assert_close(out, x.mean(0) + inflation * (x - x.mean(0)), atol=0.02, rtol=0)
 
 
-@pytest.mark.parametrize("lag", [2, 3])
-def test_lagged_analysis_matches_the_kalman_filter_of_a_deterministic_linear_model(lag):
+@pytest.mark.parametrize("lag, mda", [(2, False), (3, False), (2, True), (3, True)])
+def test_lagged_analysis_matches_the_kalman_filter_of_a_deterministic_linear_model(lag, mda):
     """With lag=K each analysis conditions the analysis of K cycles earlier on the window's observations
     through the model and carries it forward: for a linear model without noise and a Gaussian prior that
     is the exact Kalman filter, every observation used once. Mean within 5 standard errors and covariance
     within 0.1 of its scale at every cycle (N = 4000, a missing observation, per-entry noise). Using an
     observation twice (or dropping the window's earlier ones) would shrink (or widen) the covariance by
-    far more than that."""
+    far more than that. With mda=True (every observation used in the lag windows that hold it, tempered)
+    the output is still that Kalman filter: an observation's tempered uses must add up to one."""
     n, g = 4000, torch.Generator().manual_seed(0)
     m0, p0 = np.ones(3), 0.5 * np.eye(3)
     x0 = torch.as_tensor(np.random.default_rng(2).multivariate_normal(m0, p0, size=n))
     mt, ht = torch.as_tensor(M), torch.as_tensor(H)
     ys = _observations(t=5)
     res = cycle(lambda x: x @ mt.T, x0, Linear(ht), torch.as_tensor(ys), noise_std=torch.as_tensor(STD), lag=lag,
-                generator=g, steps=32, sigma_max=80.0, cg_iters=4)
+                mda=mda, generator=g, steps=32, sigma_max=80.0, cg_iters=4)
     for t, (m, p) in enumerate(_kalman(ys, m0, p0, q=0.0)):
         xa = res.analysis[t].numpy()
         assert np.all(np.abs(xa.mean(0) - m) < 5 * np.sqrt(np.diag(p) / n) + 1e-3), (t, xa.mean(0), m)
@@ -146,6 +147,8 @@ def test_lagged_analysis_matches_the_kalman_filter_of_a_deterministic_linear_mod
     ("zero", ValueError, "lag must be an integer >= 1"),
     ("numpy", ValueError, "cannot be differentiated in torch"),
     ("domains", TypeError, "does not go with domains="),
+    ("mda", ValueError, "it needs lag >= 2"),
+    ("mda_inflation", ValueError, "mda is off"),
 ])
 def test_bad_lag_raises_naming_it_before_any_cycle(case, error, match):
     from sciffusion.assimilate import periodic_domains
@@ -156,7 +159,9 @@ def test_bad_lag_raises_naming_it_before_any_cycle(case, error, match):
     def forecast(e):
         calls.append(1)
         return torch.as_tensor(np.asarray(e.detach()) * 0.9) if case == "numpy" else 0.9 * e
-    kw = {"lag": 0 if case == "zero" else 2}
+    kw = {"lag": 0 if case == "zero" else 1 if case == "mda" else 2}
+    if case.startswith("mda"):
+        kw.update(mda=True) if case == "mda" else kw.update(mda_inflation=1.1)
     if case == "domains":
         kw["domains"] = periodic_domains(6, torch.arange(6), radius=1)
     with pytest.raises(error, match=match):

@@ -213,3 +213,10 @@ def test_lag_with_a_stochastic_model_is_refused_before_any_cycle():
     with pytest.raises(ValueError, match="must be deterministic"):
         _run(_problem(noise_std=0.3), lag=2, callback=lambda *a: calls.append(1))
     assert not calls
+
+
+def test_mda_is_refused_by_assimilate_naming_it_before_any_cycle():
+    calls = []
+    with pytest.raises(TypeError, match="mda= is an option of sciffusion.assimilate.cycle only"):
+        _run(_problem(), lag=2, mda=True, callback=lambda *a: calls.append(1))
+    assert not calls

@@ -114,7 +114,8 @@ def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tens
           generator: torch.Generator | None = None,
           callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
           domains: Domains | None = None, function: Callable[[torch.Tensor], torch.Tensor] | None = None,
-          prior=None, lag: int = 1, **analysis_options) -> FilterResult:
+          prior=None, lag: int = 1, mda: bool = False, mda_inflation: float = 1.0,
+          **analysis_options) -> FilterResult:
     """Run ``T`` cycles: ``x_f = forecast(x_a)``, ``x_a = analysis(x_f, operator, y_t)``.
 
     With ``lag=K > 1`` each analysis is four-dimensional (see :func:`window_operator`): the prior is the
@@ -144,6 +145,14 @@ def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tens
             ``(x, sigma, cond=x_f)``): analyse by :func:`~sciffusion.assimilate.forecast_prior_analysis`,
             each member drawn from ``p(x | its forecast, y)``. None (default): the forecast ensemble's prior.
         lag: the analysis window ``K`` in observation times (1, default: the usual filter).
+        mda: with ``lag > 1``, multiple data assimilation over windows that move by one time (the
+            iEnKS-MDA of Bocquet & Sakov 2014): the prior of each window is then a chain ensemble that
+            has already used the window's earlier observations in part, each observation assimilated
+            in the ``K`` windows that hold it with weight ``1 / K`` (noise variance times ``K``). Each
+            cycle runs two window analyses from that prior: the output, with each observation's
+            remaining weight (so it uses everything observed up to ``t`` exactly once, as a filter
+            does), and the chain's step, carried one time forward. See :func:`_tempered`.
+        mda_inflation: the inflation of the chain's analysis (``inflation`` is the output's).
         **analysis_options: keywords of :func:`~sciffusion.assimilate.analysis` (``bandwidth``,
             ``inflation``, ``localization``, ``guidance``, ``steps``, ``start``, ``cg_iters``...), and
             ``rtps``/``rtpp``: relax each analysis' spread towards its forecast's by
@@ -155,8 +164,16 @@ def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tens
     check_relaxation(analysis_options)
     if prior is not None:
         check_prior(prior, ensemble, domains)
+    if not mda and mda_inflation != 1.0:
+        raise ValueError(f"mda_inflation={mda_inflation!r} is the inflation of the mda=True chain; mda is off")
+    if mda and lag < 2:
+        raise ValueError(f"mda=True assimilates each observation over the lag windows that hold it: it needs "
+                         f"lag >= 2, got lag={lag!r}")
     if lag != 1:
         check_lag(forecast, ensemble, operator, lag, domains, prior)
+        if mda:
+            return _tempered(forecast, ensemble, operator, observations, std, lag, generator, callback,
+                             analysis_options, mda_inflation)
         return _lagged(forecast, ensemble, operator, observations, std, lag, generator, callback, analysis_options)
     x = ensemble
     fcs, ans, secs = [], [], []
@@ -236,6 +253,53 @@ def _lagged(forecast, ensemble, operator, observations, std, lag, generator, cal
                                          std[t - k + 1:t + 1], generator, options)
         secs.append(seconds)
         kept.append(x)
+        fcs.append(xf)
+        ans.append(x)
+        if callback is not None:
+            callback(t, xf, x)
+    return FilterResult(torch.stack(ans), torch.stack(fcs), torch.tensor(secs, dtype=torch.float64))
+
+
+def tempered_noise(y: torch.Tensor, std: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Observations ``(k, *obs)`` used with ``weight`` ``(k,)`` in [0, 1]: the likelihood raised to that
+    power, i.e. the noise std divided by ``sqrt(weight)``; an observation of weight 0 is missing (NaN)."""
+    w = weight.to(torch.float64).reshape(-1, *([1] * (y.ndim - 1)))
+    used = w > 0
+    y = torch.where(used, y.to(torch.float64), torch.full_like(y, float("nan"), dtype=torch.float64))
+    return y, torch.where(used, std / w.clamp_min(1e-300).sqrt(), std)
+
+
+def _tempered(forecast, ensemble, operator, observations, std, lag, generator, callback, options,
+              mda_inflation) -> FilterResult:
+    """:func:`cycle` with ``lag > 1`` and ``mda=True`` (inputs checked). The chain ensemble sits at the
+    window's start ``s`` (the initial time while ``t < lag``) and has used the weights ``absorbed`` of
+    the observations ``s + 1 .. t``. Each cycle: the output analysis gives each of them its remaining
+    weight ``1 - absorbed`` and is carried to ``t``; once the window is ``lag`` long the chain's analysis
+    gives each weight ``1 / lag`` (the window's first, which then leaves it, all it has left) and is
+    carried one time forward. For a linear model without noise and a Gaussian prior both are exact
+    Kalman posteriors: tempered Gaussian likelihoods multiply to the untempered one."""
+    absorbed = torch.zeros(observations.shape[0], dtype=torch.float64)
+    chain, start = ensemble, -1
+    chain_options = {**options, "inflation": mda_inflation}
+    fcs, ans, secs = [], [], []
+    for t in range(observations.shape[0]):
+        window = slice(start + 1, t + 1)
+        k = t - start
+        remaining = 1.0 - absorbed[window]
+        y, noise = tempered_noise(observations[window], std[window], remaining)
+        xf, x, seconds = lagged_analysis(chain, [forecast] * k, operator, y, noise, generator, options)
+        if k == lag:
+            weight = remaining.clamp(max=1.0 / lag)
+            weight[0] = remaining[0]
+            y, noise = tempered_noise(observations[window], std[window], weight)
+            clock = time.perf_counter()
+            step = analyse(chain, window_operator(forecast, operator, k), y, noise, None, None, generator,
+                           chain_options)
+            seconds += time.perf_counter() - clock
+            absorbed[window] += weight
+            with torch.no_grad():
+                chain, start = forecast(step), start + 1
+        secs.append(seconds)
         fcs.append(xf)
         ans.append(x)
         if callback is not None:

@@ -280,6 +280,9 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
                     raise ValueError(f"the forecast prior was trained on forecasts over interval {trained:g} model time "
                                      f"units, but observation time index {i} comes {s * model.dt:g} after the one "
                                      "before: train a prior on this interval, or observe at its interval")
+    if {"mda", "mda_inflation"} & set(analysis_options):
+        raise TypeError("mda= is an option of sciffusion.assimilate.cycle only: assimilate() cannot resume it "
+                        "(its store does not hold the chain ensemble of the window's start)")
     lag = analysis_options.get("lag", 1)  # recorded as analysis_lag; not an option of the analysis itself
     if lag != 1:
         if getattr(model, "noise_std", 0):
