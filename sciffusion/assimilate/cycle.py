@@ -34,6 +34,24 @@ class FilterResult:
     seconds: torch.Tensor
 
 
+class _Recorder:
+    """The cycle's record: each cycle's forecast, analysis and analysis seconds, with the ``callback``."""
+
+    def __init__(self, callback):
+        self.callback, self.forecasts, self.analyses, self.seconds = callback, [], [], []
+
+    def __call__(self, t: int, xf: torch.Tensor, x: torch.Tensor, seconds: float) -> None:
+        self.forecasts.append(xf)
+        self.analyses.append(x)
+        self.seconds.append(seconds)
+        if self.callback is not None:
+            self.callback(t, xf, x)
+
+    def result(self) -> FilterResult:
+        return FilterResult(torch.stack(self.analyses), torch.stack(self.forecasts),
+                            torch.tensor(self.seconds, dtype=torch.float64))
+
+
 def check_inputs(ensemble: torch.Tensor, operator, observations: torch.Tensor, noise_std, n_cycles=None):
     """Raise ValueError naming the offending input: observations whose time axis or shape does not
     match (``n_cycles``, the operator's output on the state), an operator that fails on the state,
@@ -175,18 +193,13 @@ def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tens
             return _tempered(forecast, ensemble, operator, observations, std, lag, generator, callback,
                              analysis_options, mda_inflation)
         return _lagged(forecast, ensemble, operator, observations, std, lag, generator, callback, analysis_options)
-    x = ensemble
-    fcs, ans, secs = [], [], []
+    x, record = ensemble, _Recorder(callback)
     for t in range(observations.shape[0]):
         xf = forecast(x)
         start = time.perf_counter()
         x = analyse(xf, operator, observations[t], std[t], domains, function, generator, analysis_options, prior)
-        secs.append(time.perf_counter() - start)
-        fcs.append(xf)
-        ans.append(x)
-        if callback is not None:
-            callback(t, xf, x)
-    return FilterResult(torch.stack(ans), torch.stack(fcs), torch.tensor(secs, dtype=torch.float64))
+        record(t, xf, x, time.perf_counter() - start)
+    return record.result()
 
 
 def window_operator(forecast, operator, k: int):
@@ -246,18 +259,14 @@ def _lagged(forecast, ensemble, operator, observations, std, lag, generator, cal
     """:func:`cycle` with ``lag > 1`` (inputs checked): the analysis at ``t - k`` of the window's
     observations, carried ``k`` steps to ``t``."""
     kept = deque([ensemble], maxlen=lag)  # the analyses of times t - lag .. t - 1 (the initial one at -1)
-    fcs, ans, secs = [], [], []
+    record = _Recorder(callback)
     for t in range(observations.shape[0]):
         k = min(lag, t + 1)
         xf, x, seconds = lagged_analysis(kept[-k], [forecast] * k, operator, observations[t - k + 1:t + 1],
                                          std[t - k + 1:t + 1], generator, options)
-        secs.append(seconds)
         kept.append(x)
-        fcs.append(xf)
-        ans.append(x)
-        if callback is not None:
-            callback(t, xf, x)
-    return FilterResult(torch.stack(ans), torch.stack(fcs), torch.tensor(secs, dtype=torch.float64))
+        record(t, xf, x, seconds)
+    return record.result()
 
 
 def tempered_noise(y: torch.Tensor, std: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,7 +290,7 @@ def _tempered(forecast, ensemble, operator, observations, std, lag, generator, c
     absorbed = torch.zeros(observations.shape[0], dtype=torch.float64)
     chain, start = ensemble, -1
     chain_options = {**options, "inflation": mda_inflation}
-    fcs, ans, secs = [], [], []
+    record = _Recorder(callback)
     for t in range(observations.shape[0]):
         window = slice(start + 1, t + 1)
         k = t - start
@@ -299,9 +308,5 @@ def _tempered(forecast, ensemble, operator, observations, std, lag, generator, c
             absorbed[window] += weight
             with torch.no_grad():
                 chain, start = forecast(step), start + 1
-        secs.append(seconds)
-        fcs.append(xf)
-        ans.append(x)
-        if callback is not None:
-            callback(t, xf, x)
-    return FilterResult(torch.stack(ans), torch.stack(fcs), torch.tensor(secs, dtype=torch.float64))
+        record(t, xf, x, seconds)
+    return record.result()
