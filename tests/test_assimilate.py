@@ -160,8 +160,10 @@ def test_bad_lag_raises_naming_it_before_any_cycle(case, error, match):
         calls.append(1)
         return torch.as_tensor(np.asarray(e.detach()) * 0.9) if case == "numpy" else 0.9 * e
     kw = {"lag": 0 if case == "zero" else 1 if case == "mda" else 2}
-    if case.startswith("mda"):
-        kw.update(mda=True) if case == "mda" else kw.update(mda_inflation=1.1)
+    if case == "mda":
+        kw["mda"] = True
+    elif case == "mda_inflation":
+        kw["mda_inflation"] = 1.1
     if case == "domains":
         kw["domains"] = periodic_domains(6, torch.arange(6), radius=1)
     with pytest.raises(error, match=match):

@@ -239,15 +239,22 @@ def check_lag(forecast, ensemble: torch.Tensor, operator, lag, domains, prior) -
         raise ValueError(f"lag={lag}: the gradient of the observations through forecast {forecast!r} is not finite")
 
 
+def window_analysis(start: torch.Tensor, window: list, operator, y: torch.Tensor, std: torch.Tensor, generator,
+                    options: dict) -> tuple[torch.Tensor, float]:
+    """The members ``start`` at the window's start drawn given the window's observations ``y`` ``(k, *obs)``
+    seen through the ``k`` forecasts of ``window`` (:func:`window_operator`), and the wall seconds."""
+    clock = time.perf_counter()
+    x = analyse(start, window_operator(window, operator, len(window)), y, std, None, None, generator, options)
+    return x, time.perf_counter() - clock
+
+
 def lagged_analysis(start: torch.Tensor, window: list, operator, y: torch.Tensor, std: torch.Tensor, generator,
                     options: dict) -> tuple[torch.Tensor, torch.Tensor, float]:
     """One lagged analysis: the members ``start`` at the window's start drawn given the window's observations
     ``y`` ``(k, *obs)`` seen through the ``k`` forecasts of ``window`` (:func:`window_operator`), then both
     carried through them. Returns the forecast and the analysis at the window's end, and the analysis'
     wall seconds."""
-    clock = time.perf_counter()
-    x = analyse(start, window_operator(window, operator, len(window)), y, std, None, None, generator, options)
-    seconds = time.perf_counter() - clock
+    x, seconds = window_analysis(start, window, operator, y, std, generator, options)
     with torch.no_grad():
         xf = start
         for step in window:
@@ -301,10 +308,8 @@ def _tempered(forecast, ensemble, operator, observations, std, lag, generator, c
             weight = remaining.clamp(max=1.0 / lag)
             weight[0] = remaining[0]
             y, noise = tempered_noise(observations[window], std[window], weight)
-            clock = time.perf_counter()
-            step = analyse(chain, window_operator(forecast, operator, k), y, noise, None, None, generator,
-                           chain_options)
-            seconds += time.perf_counter() - clock
+            step, chain_seconds = window_analysis(chain, [forecast] * k, operator, y, noise, generator, chain_options)
+            seconds += chain_seconds
             absorbed[window] += weight
             with torch.no_grad():
                 chain, start = forecast(step), start + 1
