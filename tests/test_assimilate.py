@@ -143,6 +143,30 @@ def test_lagged_analysis_matches_the_kalman_filter_of_a_deterministic_linear_mod
     torch.testing.assert_close(res.forecast[0], x0 @ mt.T)
 
 
+@pytest.mark.parametrize("lag", [2, 3, 5])
+def test_mda_weights_use_every_observation_exactly_once(lag):
+    """The schedule of mda=True, by hand-kept books: at each cycle the output's weights are 1 minus what
+    the chain's steps have used of each window observation, the chain gives each ``1 / lag`` (its first, all
+    it has left), waits at the initial time until the window is ``lag`` long, and by the time an
+    observation leaves the window its chain weights add to exactly 1."""
+    from sciffusion.assimilate.cycle import mda_weights
+    T = 12
+    used = np.zeros(T)
+    for t in range(T):
+        start, remaining, weight = mda_weights(t, lag)
+        assert start == max(-1, t - lag)
+        np.testing.assert_allclose(remaining.numpy(), 1 - used[start + 1:t + 1], atol=1e-12)
+        if t < lag - 1:
+            assert weight is None
+            continue
+        expected = np.full(lag, 1 / lag)
+        expected[0] = 1 - used[start + 1]
+        np.testing.assert_allclose(weight.numpy(), expected, atol=1e-12)
+        used[start + 1:t + 1] += weight.numpy()
+    np.testing.assert_allclose(used[:T - lag + 1], 1.0, atol=1e-12)  # the observations that left the window
+    assert np.all(used[T - lag + 1:] < 1)
+
+
 @pytest.mark.parametrize("case, error, match", [
     ("zero", ValueError, "lag must be an integer >= 1"),
     ("numpy", ValueError, "cannot be differentiated in torch"),

@@ -215,8 +215,45 @@ def test_lag_with_a_stochastic_model_is_refused_before_any_cycle():
     assert not calls
 
 
-def test_mda_is_refused_by_assimilate_naming_it_before_any_cycle():
+def test_mda_assimilate_equals_mda_cycle_and_resumes_from_the_stored_chain_bit_for_bit(tmp_path):
+    """assimilate(..., lag=3, mda=True) gives cycle(..., lag=3, mda=True)'s analysis on tensors (the ODE
+    sampler draws nothing, so the chain's own generator does not matter), and differs from lag=3 alone; a
+    run killed at cycle 4 (the chain at time 1, not the analysis of 3) resumes from the stored
+    ``x_mda_chain`` to the uninterrupted result bit for bit; a resume without mda is refused naming it."""
+    problem = _problem(every=2)
+    model, op, initial, obs, truth = problem
+    kw = {"lag": 3, "mda": True, "inflation": 1.05, "mda_inflation": 1.02}
+    full = _run(problem, **kw)
+    x0 = torch.as_tensor(initial.x.values)[None]
+    members = torch.cat([model.perturb(x0, run_module.member_generator(7, run_module._INIT_KEY, m), 1.0)
+                         for m in range(N)])
+    res = cycle(lambda x: model.step(x, 2), members, op, torch.as_tensor(obs.values), noise_std=0.5, **kw, **FAST)
+    np.testing.assert_array_equal(full.x_analysis.values, res.analysis.numpy())
+    np.testing.assert_array_equal(full.x_forecast_mean.values, res.forecast.mean(1).numpy())
+    plain = _run(problem, lag=3, inflation=1.05)
+    assert not np.array_equal(plain.x_analysis.values[3:], full.x_analysis.values[3:])  # mda changes the analysis
+    np.testing.assert_array_equal(full.x_mda_chain.values[0], members.numpy())  # waits at the initial time ...
+    assert not np.array_equal(full.x_mda_chain.values[2], members.numpy())  # ... until the window is 3 long
+
+    def kill(t, forecast, analysis):
+        if t == 4:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "mda.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        _run(problem, **kw, out=out, cycles_per_block=1, callback=kill)
+    with pytest.raises(ValueError, match="analysis_mda"):
+        _run(problem, lag=3, inflation=1.05, out=out, mode="resume", cycles_per_block=1)
+    resumed = _run(problem, **kw, out=out, mode="resume", cycles_per_block=1)
+    for name in ("x_analysis", "x_forecast_mean", "x_mda_chain"):
+        np.testing.assert_array_equal(resumed[name].values, full[name].values, err_msg=name)
+
+
+@pytest.mark.parametrize("kw, match", [({"lag": 1, "mda": True}, "needs lag >= 2"),
+                                       ({"lag": 2, "mda_inflation": 1.1}, "mda is off"),
+                                       ({"lag": 2, "mda": "yes"}, "mda must be True or False")])
+def test_bad_mda_settings_are_refused_by_assimilate_before_any_cycle(kw, match):
     calls = []
-    with pytest.raises(TypeError, match="mda= is an option of sciffusion.assimilate.cycle only"):
-        _run(_problem(), lag=2, mda=True, callback=lambda *a: calls.append(1))
+    with pytest.raises(ValueError, match=match):
+        _run(_problem(), callback=lambda *a: calls.append(1), **kw)
     assert not calls

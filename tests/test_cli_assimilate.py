@@ -17,8 +17,11 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "assimilation.md"
 
 def _toml(cfg: dict) -> str:
     """A TOML text of a dict of top-level scalars and tables of scalars."""
-    top = [f"{k} = {v!r}" for k, v in cfg.items() if not isinstance(v, dict)]
-    tables = [f"[{k}]\n" + "\n".join(f'{kk} = {vv!r}'.replace("'", '"') for kk, vv in v.items())
+    def value(v):
+        return str(v).lower() if isinstance(v, bool) else repr(v).replace("'", '"')
+
+    top = [f"{k} = {value(v)}" for k, v in cfg.items() if not isinstance(v, dict)]
+    tables = [f"[{k}]\n" + "\n".join(f"{kk} = {value(vv)}" for kk, vv in v.items())
               for k, v in cfg.items() if isinstance(v, dict)]
     return "\n".join(top) + "\n\n" + "\n\n".join(tables) + "\n"
 
@@ -69,6 +72,10 @@ def test_the_docs_config_at_tiny_size_writes_a_store_and_resumes(tmp_path, capsy
     ({"filter__lag": 0}, "config [filter] lag must be an integer >= 1, got 0"),
     ({"filter__lag": 2, "filter__prior": "runs/none"}, "lag = 2 runs the global analysis over a window: it does not go "
                                                        "with [filter] prior"),
+    ({"filter__mda": True}, "config [filter] mda = true assimilates each observation over the lag windows that hold "
+                            "it: it needs lag >= 2, got lag = 1"),
+    ({"filter__lag": 2, "filter__mda": 1}, "config [filter] mda must be true or false, got 1"),
+    ({"filter__lag": 2, "filter__mda_inflation": 1.1}, "mda_inflation is the inflation of the mda chain: it needs mda"),
 ])
 def test_bad_configs_are_refused_naming_the_key(tmp_path, capsys, change, needle):
     assert main(["assimilate", str(tiny_config(tmp_path, **change)), "-o", str(tmp_path / "o.zarr"), "--no-progress"]) == 2
@@ -232,16 +239,20 @@ def test_the_chord_metric_gives_a_valid_taper_where_the_arc_one_is_not_and_a_war
     assert xr.open_zarr(out).attrs["analysis_localization"] != xr.open_zarr(tmp_path / "a.zarr").attrs["analysis_localization"]
 
 
-def test_filter_lag_reaches_assimilate_and_is_recorded(tmp_path, capsys):
-    """[filter] lag = 2 runs the lagged analysis: the store equals assimilate(..., lag=2) called directly with
-    the config's settings, records analysis_lag, and differs from the run without it."""
+@pytest.mark.parametrize("mda", [{}, {"mda": True, "mda_inflation": 1.02}])
+def test_filter_lag_reaches_assimilate_and_is_recorded(tmp_path, capsys, mda):
+    """[filter] lag = 2 (and mda = true) runs the lagged analysis (its multiple data assimilation): the store
+    equals assimilate(..., lag=2) called directly with the config's settings, records analysis_lag (and
+    analysis_mda, with the chain stored), and differs from the run without it."""
     from sciffusion.assimilate import assimilate
 
     out, plain = tmp_path / "lag.zarr", tmp_path / "plain.zarr"
-    assert main(["assimilate", str(tiny_config(tmp_path, filter__lag=2)), "-o", str(out), "--no-progress"]) == 0
+    config = tiny_config(tmp_path, filter__lag=2, **{f"filter__{k}": v for k, v in mda.items()})
+    assert main(["assimilate", str(config), "-o", str(out), "--no-progress"]) == 0
     assert main(["assimilate", str(tiny_config(tmp_path)), "-o", str(plain), "--no-progress"]) == 0
     ds, ds_plain = xr.open_zarr(out), xr.open_zarr(plain)
     assert ds.attrs["analysis_lag"] == 2 and "analysis_lag" not in ds_plain.attrs
+    assert ("x_mda_chain" in ds) == bool(mda) and ds.attrs.get("analysis_mda", False) == bool(mda)
     assert not np.array_equal(ds.x_analysis.values[1:], ds_plain.x_analysis.values[1:])
     from sciffusion.commands.assimilate import build_operator, build_system, localization
     cfg = tomllib.loads(tiny_config(tmp_path, filter__lag=2).read_text())
@@ -253,6 +264,6 @@ def test_filter_lag_reaches_assimilate_and_is_recorded(tmp_path, capsys):
                                                  seed=cfg["truth"]["seed"])
     f = cfg["filter"]
     direct = assimilate(model, initial, obs, operator=op, noise_std=cfg["observations"]["noise_std"], n_members=6,
-                        perturbation=f["perturbation"], seed=cfg["seed"], progress=False, lag=2, steps=4, cg_iters=2,
+                        perturbation=f["perturbation"], seed=cfg["seed"], progress=False, lag=2, steps=4, cg_iters=2, **mda,
                         inflation=f["inflation"], localization=localization(model, 2.0, "arc"))
     np.testing.assert_array_equal(ds.x_analysis.values, direct.x_analysis.values)

@@ -182,11 +182,7 @@ def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tens
     check_relaxation(analysis_options)
     if prior is not None:
         check_prior(prior, ensemble, domains)
-    if not mda and mda_inflation != 1.0:
-        raise ValueError(f"mda_inflation={mda_inflation!r} is the inflation of the mda=True chain; mda is off")
-    if mda and lag < 2:
-        raise ValueError(f"mda=True assimilates each observation over the lag windows that hold it: it needs "
-                         f"lag >= 2, got lag={lag!r}")
+    check_mda(lag, mda, mda_inflation)
     if lag != 1:
         check_lag(forecast, ensemble, operator, lag, domains, prior)
         if mda:
@@ -200,6 +196,17 @@ def cycle(forecast: Callable[[torch.Tensor], torch.Tensor], ensemble: torch.Tens
         x = analyse(xf, operator, observations[t], std[t], domains, function, generator, analysis_options, prior)
         record(t, xf, x, time.perf_counter() - start)
     return record.result()
+
+
+def check_mda(lag, mda, mda_inflation) -> None:
+    """ValueError for ``mda=True`` with ``lag < 2``, a non-boolean ``mda`` or ``mda_inflation`` without it."""
+    if not isinstance(mda, bool):
+        raise ValueError(f"mda must be True or False, got {mda!r}")
+    if not mda and mda_inflation != 1.0:
+        raise ValueError(f"mda_inflation={mda_inflation!r} is the inflation of the mda=True chain; mda is off")
+    if mda and (isinstance(lag, bool) or not isinstance(lag, int) or lag < 2):
+        raise ValueError(f"mda=True assimilates each observation over the lag windows that hold it: it needs "
+                         f"lag >= 2, got lag={lag!r}")
 
 
 def window_operator(forecast, operator, k: int):
@@ -285,33 +292,57 @@ def tempered_noise(y: torch.Tensor, std: torch.Tensor, weight: torch.Tensor) -> 
     return y, torch.where(used, std / w.clamp_min(1e-300).sqrt(), std)
 
 
+def mda_weights(t: int, lag: int) -> tuple[int, torch.Tensor, torch.Tensor | None]:
+    """The schedule of ``cycle(..., lag=lag, mda=True)`` at cycle ``t``: the chain's time ``s`` (the window
+    is the observations ``s + 1 .. t``; -1 is the initial time), each window observation's remaining
+    weight ``(t - s,)`` (what the chain has not used: the output's weights), and the weights of the
+    chain's step (None while the window is shorter than ``lag``: the chain waits at the initial time).
+    An observation ``j`` enters the chain's steps of the cycles ``max(j, lag - 1) .. j + lag - 2`` with
+    ``1 / lag`` each and leaves it at cycle ``j + lag - 1`` with all it has left, so its weights add to 1."""
+    start = max(-1, t - lag)
+    j = torch.arange(start + 1, t + 1)
+    remaining = 1.0 - (t - j.clamp(min=lag - 1)).clamp(min=0).to(torch.float64) / lag
+    if t - start < lag:
+        return start, remaining, None
+    weight = remaining.clamp(max=1.0 / lag)
+    weight[0] = remaining[0]
+    return start, remaining, weight
+
+
+def mda_analysis(chain: torch.Tensor, window: list, operator, y: torch.Tensor, std: torch.Tensor,
+                 remaining: torch.Tensor, weight: torch.Tensor | None, generators, options: dict,
+                 chain_options: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """One cycle of multiple data assimilation from the ``chain`` members at the window's start: the
+    output's lagged analysis with the ``remaining`` weights (``generators[0]``, ``options``) and, with
+    ``weight``, the chain's with those (``generators[1]``, ``chain_options``), carried by ``window[0]``.
+    Returns the forecast and analysis at the window's end, the chain (moved one time forward, or as it
+    was), and the wall seconds of the analyses."""
+    y_out, noise = tempered_noise(y, std, remaining)
+    xf, x, seconds = lagged_analysis(chain, window, operator, y_out, noise, generators[0], options)
+    if weight is not None:
+        y_chain, noise = tempered_noise(y, std, weight)
+        step, chain_seconds = window_analysis(chain, window, operator, y_chain, noise, generators[1], chain_options)
+        seconds += chain_seconds
+        with torch.no_grad():
+            chain = window[0](step)
+    return xf, x, chain, seconds
+
+
 def _tempered(forecast, ensemble, operator, observations, std, lag, generator, callback, options,
               mda_inflation) -> FilterResult:
-    """:func:`cycle` with ``lag > 1`` and ``mda=True`` (inputs checked). The chain ensemble sits at the
-    window's start ``s`` (the initial time while ``t < lag``) and has used the weights ``absorbed`` of
-    the observations ``s + 1 .. t``. Each cycle: the output analysis gives each of them its remaining
-    weight ``1 - absorbed`` and is carried to ``t``; once the window is ``lag`` long the chain's analysis
-    gives each weight ``1 / lag`` (the window's first, which then leaves it, all it has left) and is
-    carried one time forward. For a linear model without noise and a Gaussian prior both are exact
-    Kalman posteriors: tempered Gaussian likelihoods multiply to the untempered one."""
-    absorbed = torch.zeros(observations.shape[0], dtype=torch.float64)
-    chain, start = ensemble, -1
-    chain_options = {**options, "inflation": mda_inflation}
+    """:func:`cycle` with ``lag > 1`` and ``mda=True`` (inputs checked), by the schedule of
+    :func:`mda_weights`: each cycle the output analysis gives each window observation its remaining
+    weight and is carried to ``t``; once the window is ``lag`` long the chain's analysis gives each
+    ``1 / lag`` (the window's first, which then leaves it, all it has left) and is carried one time
+    forward. For a linear model without noise and a Gaussian prior both are exact Kalman posteriors:
+    tempered Gaussian likelihoods multiply to the untempered one."""
+    chain, chain_options = ensemble, {**options, "inflation": mda_inflation}
     record = _Recorder(callback)
     for t in range(observations.shape[0]):
+        start, remaining, weight = mda_weights(t, lag)
         window = slice(start + 1, t + 1)
-        k = t - start
-        remaining = 1.0 - absorbed[window]
-        y, noise = tempered_noise(observations[window], std[window], remaining)
-        xf, x, seconds = lagged_analysis(chain, [forecast] * k, operator, y, noise, generator, options)
-        if k == lag:
-            weight = remaining.clamp(max=1.0 / lag)
-            weight[0] = remaining[0]
-            y, noise = tempered_noise(observations[window], std[window], weight)
-            step, chain_seconds = window_analysis(chain, [forecast] * k, operator, y, noise, generator, chain_options)
-            seconds += chain_seconds
-            absorbed[window] += weight
-            with torch.no_grad():
-                chain, start = forecast(step), start + 1
+        xf, x, chain, seconds = mda_analysis(chain, [forecast] * (t - start), operator, observations[window],
+                                             std[window], remaining, weight, (generator, generator), options,
+                                             chain_options)
         record(t, xf, x, seconds)
     return record.result()

@@ -11,6 +11,8 @@ forecast, one cycle per observation time, and returns (or writes) a Dataset::
                                                 state dim's name are renamed ``obs_{dim}``
     analysis_seconds    (time,)                 wall time of each analysis
     {v}_truth           (time, *dims)           only with ``truth=``
+    {v}_mda_chain       (time, member, *dims)   only with ``mda=True``: the chain ensemble after each
+                                                cycle, at the next window's start (what a resume needs)
 
 The forecast is stored as mean and spread, not as members: that is what the forecast scores
 (RMSE, rmv) need, and the store stays half the size (at 10,000 variables x 24 members x 2,000
@@ -39,8 +41,8 @@ import torch
 import xarray as xr
 
 from sciffusion.assimilate.analysis import analysis
-from sciffusion.assimilate.cycle import (analyse, check_domains, check_inputs, check_lag, check_relaxation,
-                                        lagged_analysis)
+from sciffusion.assimilate.cycle import (analyse, check_domains, check_inputs, check_lag, check_mda, check_relaxation,
+                                        lagged_analysis, mda_analysis, mda_weights)
 from sciffusion.assimilate.forecast_prior import ForecastPrior, check_prior, forecast_prior_analysis
 from sciffusion.assimilate.local import Domains, default_guidance
 from sciffusion.diffusion import member_generators
@@ -163,7 +165,7 @@ def _observation_times(obs: xr.DataArray, t0: float, dt: float) -> np.ndarray:
     return np.round(steps).astype(int)
 
 
-def _template(model, n, obs, times, truth, lazy: bool) -> xr.Dataset:
+def _template(model, n, obs, times, truth, lazy: bool, chain: bool = False) -> xr.Dataset:
     import dask.array as da
 
     shape = {d: len(c.values) for d, c in model.coords().items()}
@@ -185,6 +187,11 @@ def _template(model, n, obs, times, truth, lazy: bool) -> xr.Dataset:
         data[f"{name}_forecast_spread"] = (("time", *dims), full((len(times), *s)),
                                            {**attrs, "long_name": "forecast ensemble standard deviation (ddof=1) of "
                                             + attrs.get("long_name", name)})
+        if chain:  # what a resume of cycle(..., mda=True) needs
+            data[f"{name}_mda_chain"] = (("time", "member", *dims), full((len(times), n, *s)),
+                                         {**attrs, "long_name": "multiple data assimilation chain ensemble of "
+                                          + attrs.get("long_name", name) + " after this cycle (at the next "
+                                          "window's start)"})
         if truth is not None:
             data[f"{name}_truth"] = (("time", *dims), full((len(times), *s)), {**attrs, "long_name": f"truth of {name}"})
     data["observations"] = (obs.dims, full(obs.shape), {**obs.attrs, "long_name": obs.attrs.get("long_name", "observations")})
@@ -233,7 +240,9 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
             :func:`~sciffusion.assimilate.forecast_prior_analysis`), and ``rtps``/``rtpp``
             (:func:`~sciffusion.assimilate.relax`, after any analysis; recorded like the others), and
             ``lag=K``: the four-dimensional analysis of :func:`~sciffusion.assimilate.cycle` over the last
-            ``K`` observation times (a deterministic model only; a resume reads the last ``K`` analyses back).
+            ``K`` observation times (a deterministic model only; a resume reads the last ``K`` analyses back),
+            with ``mda=True`` (and ``mda_inflation``) its multiple data assimilation: the chain ensemble is
+            then stored as ``{v}_mda_chain`` after each cycle, and a resume reads the last one back.
 
     Returns the Dataset of the module docstring (opened from the store with ``out=``), with the
     provenance (settings, seed, sciffusion version) in its attributes.
@@ -280,10 +289,9 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
                     raise ValueError(f"the forecast prior was trained on forecasts over interval {trained:g} model time "
                                      f"units, but observation time index {i} comes {s * model.dt:g} after the one "
                                      "before: train a prior on this interval, or observe at its interval")
-    if {"mda", "mda_inflation"} & set(analysis_options):
-        raise TypeError("mda= is an option of sciffusion.assimilate.cycle only: assimilate() cannot resume it "
-                        "(its store does not hold the chain ensemble of the window's start)")
     lag = analysis_options.get("lag", 1)  # recorded as analysis_lag; not an option of the analysis itself
+    mda = analysis_options.get("mda", False)  # recorded as analysis_mda(_inflation), and so are the next two
+    check_mda(lag, mda, analysis_options.get("mda_inflation", 1.0))
     if lag != 1:
         if getattr(model, "noise_std", 0):
             raise ValueError(f"lag={lag} differentiates the observations through the forecast, which must be "
@@ -315,22 +323,23 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
              **({} if prior_path is None else {"prior_path": prior_path})}
     if out is not None and mode == "resume":  # the keys this run lacks; the BlockStore compares the others
         _refuse_dropped_settings(out, settings)
-    template = _template(model, n, observations, observations["time"].values, truth, lazy=out is not None)
+    template = _template(model, n, observations, observations["time"].values, truth, lazy=out is not None, chain=mda)
     template.attrs.update(attrs)
     store = None if out is None else BlockStore(out, template, dim="time", block=cycles_per_block, mode=mode,
                                                 provenance={k: attrs[k] for k in settings})
     done = 0 if store is None else store.written()
     kept = deque([x0], maxlen=lag)  # the analyses of the last `lag` times (the initial ensemble at time -1)
-    if done:
-        written = xr.open_zarr(store.path, consolidated=False)
+    if done:  # with mda: the chains, the last of which is the next window's prior
+        written, kind = xr.open_zarr(store.path, consolidated=False), "mda_chain" if mda else "analysis"
         for i in range(max(0, done - lag), done):
-            kept.append(to_state(model, xr.Dataset({v: written.isel(time=i)[f"{v}_analysis"] for v in names})))
-    x = kept[-1]
+            kept.append(to_state(model, xr.Dataset({v: written.isel(time=i)[f"{v}_{kind}"] for v in names})))
+    x = chain = kept[-1]
     block = store.block if store is not None else len(steps)
     buffer: dict[str, list] = {}
     truth_values = {} if truth is None else {v: truth[v].transpose("time", *model.variables()[v].dims).values
                                              for v in names}
-    options = {k: v for k, v in analysis_options.items() if k != "lag"}
+    options = {k: v for k, v in analysis_options.items() if k not in ("lag", "mda", "mda_inflation")}
+    chain_options = {**options, "inflation": analysis_options.get("mda_inflation", 1.0)}
     bar = tqdm(total=len(steps), initial=done, desc=f"{model.name} assimilation", unit="cycle", disable=not progress)
     for t in range(done, len(steps)):
         g = member_generators(seed, 1, key=(_ANALYSIS_KEY, t))[0]
@@ -339,6 +348,12 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
             start = _time.perf_counter()
             x = analyse(xf, operator, y[t], std[t], domains, function, g, options, prior)
             seconds = _time.perf_counter() - start
+        elif mda:  # the output and the chain's step from the chain at the window's start (see cycle)
+            start, remaining, weight = mda_weights(t, lag)
+            window = [lambda e, s=int(s): model.step(e, s) for s in steps[start + 1:t + 1]]
+            g_chain = member_generators(seed, 1, key=(_ANALYSIS_KEY, t, 1))[0]  # the chain's own stream
+            xf, x, chain, seconds = mda_analysis(chain, window, operator, y[start + 1:t + 1], std[start + 1:t + 1],
+                                                 remaining, weight, (g, g_chain), options, chain_options)
         else:  # the analysis of time t - k, given the window's observations, carried to t (see cycle)
             k = min(lag, t + 1)
             window = [lambda e, s=int(s): model.step(e, s) for s in steps[t - k + 1:t + 1]]
@@ -353,6 +368,8 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
             row[f"{v}_analysis"] = fa[v].cpu().numpy()
             row[f"{v}_forecast_mean"] = ff[v].mean(0).cpu().numpy()
             row[f"{v}_forecast_spread"] = ff[v].std(0).cpu().numpy()
+            if mda:
+                row[f"{v}_mda_chain"] = model.fields(chain)[v].cpu().numpy()
             if truth is not None:
                 row[f"{v}_truth"] = truth_values[v][t]
         if store is None:

@@ -35,7 +35,8 @@ KEYS = {
     "observations": ("operator", "every", "fraction", "function", "noise_std", "interval", "cycles", "seed"),
     "filter": ("members", "perturbation", "bandwidth", "inflation", "localization_radius", "localization_metric",
                "steps", "cg_iters",
-               "guidance", "start", "sigma_max", "cycles_per_block", "prior", "rtps", "rtpp", "lag"),
+               "guidance", "start", "sigma_max", "cycles_per_block", "prior", "rtps", "rtpp", "lag", "mda",
+               "mda_inflation"),
     "domains": ("radius", "block", "obs_radius", "taper_radius", "space", "enkf_n", "rotate"),
 }
 OPERATORS = ("all", "every", "fraction")
@@ -240,6 +241,14 @@ def run(args: argparse.Namespace) -> int:
         if lag > 1 and ("domains" in cfg or "prior" in filt):
             raise UserError(f"config [filter] lag = {lag} runs the global analysis over a window: it does not go "
                             f"with {'[domains]' if 'domains' in cfg else '[filter] prior'}")
+    if "mda" in filt or "mda_inflation" in filt:  # multiple data assimilation over the lag windows
+        if not isinstance(filt.get("mda", False), bool):
+            raise UserError(f"config [filter] mda must be true or false, got {filt['mda']!r}")
+        if "mda_inflation" in filt and not filt.get("mda"):
+            raise UserError("config [filter] mda_inflation is the inflation of the mda chain: it needs mda = true")
+        if filt.get("mda") and filt.get("lag", 1) < 2:
+            raise UserError(f"config [filter] mda = true assimilates each observation over the lag windows that "
+                            f"hold it: it needs lag >= 2, got lag = {filt.get('lag', 1)}")
     if "prior" in filt:  # checked here for an error naming the key; assimilate loads it and records the path
         filt["prior"] = filter_prior(filt["prior"], filt, cfg, model)
     radius = filt.pop("localization_radius", None)
