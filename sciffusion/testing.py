@@ -35,6 +35,9 @@ class GaussianMixture:
         covs: ``(K, d, d)`` full covariances, ``(K, d)`` diagonal variances, a scalar variance
             shared by all (isotropic), or None for identity.
         event_shape: shape of one sample as the denoiser sees it (default ``(d,)``), e.g. ``(1, 8, 8)``.
+        project: full covariances with negative eigenvalues are set to their nearest positive
+            semi-definite matrix (the eigenvalues clipped at 0) instead of refused with a ValueError
+            (e.g. a covariance tapered by a function that is not a valid correlation).
 
     The object is itself a denoiser: ``mixture(x, sigma)`` with ``x: (B, *event_shape)`` and
     ``sigma`` scalar or ``(B,)`` returns ``E[x0 | x]`` in ``x``'s dtype, computed in float64.
@@ -42,7 +45,7 @@ class GaussianMixture:
 
     _iso: torch.Tensor | None = None
 
-    def __init__(self, weights, means, covs=None, event_shape: Sequence[int] | None = None):
+    def __init__(self, weights, means, covs=None, event_shape: Sequence[int] | None = None, project: bool = False):
         self.means = torch.as_tensor(means, dtype=torch.float64)
         if self.means.ndim != 2:
             raise ValueError(f"means must have shape (K, d), got {tuple(self.means.shape)}")
@@ -70,7 +73,7 @@ class GaussianMixture:
         elif covs.shape == (k, d, d):
             covs = (covs + covs.transpose(1, 2)) / 2
             lam, q = torch.linalg.eigh(covs)
-            if bool((lam < -1e-10 * lam.abs().max()).any()):
+            if not project and bool((lam < -1e-10 * lam.abs().max()).any()):
                 raise ValueError("covariances must be positive semi-definite")
             self.diagonal = False
             self.eigvals, self.eigvecs = lam.clamp_min(0), q

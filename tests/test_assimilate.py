@@ -77,6 +77,26 @@ def test_ensemble_prior_keeps_the_inflated_ensemble_moments(bandwidth):
         bandwidth**2 * loc + (1 - bandwidth**2)))
 
 
+def test_an_indefinite_tapered_covariance_is_clipped_to_the_nearest_covariance_and_a_valid_one_is_kept():
+    """On a ring of 40 the arc-distance Gaspari-Cohn taper of radius 16 is not positive semi-definite, and
+    the tapered covariance of an ensemble correlated along the whole ring is then indefinite: the prior's covariance is that matrix
+    with its negative eigenvalues set to 0 (by hand with numpy's eigh), where the GaussianMixture alone
+    refuses it; with the chordal taper (valid at every radius) the tapered covariance is kept as is."""
+    from sciffusion.assimilate import ring_taper
+    from sciffusion.testing import GaussianMixture
+    g = torch.Generator().manual_seed(0)  # members nearly uniform along the ring: the taper's own shape
+    x = torch.randn(24, 1, generator=g, dtype=torch.float64) + 0.01 * torch.randn(24, 40, generator=g, dtype=torch.float64)
+    tapered = torch.cov(x.T) * ring_taper(40, 16.0)
+    lam, q = np.linalg.eigh(tapered.numpy())
+    assert lam.min() < -1e-3 * lam.max()  # the case: indefinite
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        GaussianMixture(torch.ones(1), x.mean(0)[None], tapered[None])
+    prior = ensemble_prior(x, localization=ring_taper(40, 16.0))
+    np.testing.assert_allclose(prior.cov().numpy(), (q * lam.clip(min=0)) @ q.T, atol=1e-12)
+    valid = ring_taper(40, 16.0, metric="chord")
+    torch.testing.assert_close(ensemble_prior(x, localization=valid).cov(), torch.cov(x.T) * valid)
+
+
 def test_gaspari_cohn_is_one_at_zero_and_zero_beyond_twice_the_radius():
     assert gaspari_cohn(torch.tensor([0.0, 4.0, 9.0]), 2.0).tolist() == [1.0, 0.0, 0.0]
     assert abs(float(gaspari_cohn(torch.tensor(2.0), 2.0)) - 5 / 24) < 1e-12

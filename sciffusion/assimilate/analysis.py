@@ -83,7 +83,10 @@ def ensemble_prior(ensemble: torch.Tensor, *, bandwidth: float = 1.0, inflation:
         ensemble: forecast members ``(N, *state)``, ``N >= 2``.
         bandwidth: ``h`` in ``[0, 1]``; 1 (one component) is the Gaussian fit.
         inflation: multiplicative anomaly inflation (>= 1 usually).
-        localization: ``(d, d)`` taper, ``d = prod(state)``, or None.
+        localization: ``(d, d)`` taper, ``d = prod(state)``, or None. A taper that is not positive
+            semi-definite (Gaspari-Cohn on a ring's arc distance beyond a radius of about 11) can make
+            the tapered covariance indefinite: its negative eigenvalues are then clipped at 0 (the
+            nearest covariance), which leaves every tapered covariance that is one unchanged.
     """
     n = ensemble.shape[0]
     if n < 2:
@@ -101,10 +104,12 @@ def ensemble_prior(ensemble: torch.Tensor, *, bandwidth: float = 1.0, inflation:
                              f"got {tuple(loc.shape)}")
         cov = cov * loc
     event = tuple(ensemble.shape[1:])
+    projected = localization is not None  # a tapered covariance with negative eigenvalues: clipped at 0
     if bandwidth == 1.0:
-        return GaussianMixture(torch.ones(1), mean[None], cov[None], event_shape=event)
+        return GaussianMixture(torch.ones(1), mean[None], cov[None], event_shape=event, project=projected)
     means = mean + ((1 - bandwidth**2) * n / (n - 1)) ** 0.5 * anom
-    return GaussianMixture(torch.ones(n), means, (bandwidth**2 * cov).expand(n, -1, -1), event_shape=event)
+    return GaussianMixture(torch.ones(n), means, (bandwidth**2 * cov).expand(n, -1, -1), event_shape=event,
+                           project=projected)
 
 
 def analysis(ensemble: torch.Tensor, operator, y: torch.Tensor, *, noise_std, bandwidth: float = 1.0,
