@@ -329,9 +329,9 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
                                                 provenance={k: attrs[k] for k in settings})
     done = 0 if store is None else store.written()
     kept = deque([x0], maxlen=lag)  # the analyses of the last `lag` times (the initial ensemble at time -1)
-    if done:  # with mda: the chains, the last of which is the next window's prior
+    if done:  # with mda: the last chain, the next window's prior
         written, kind = xr.open_zarr(store.path, consolidated=False), "mda_chain" if mda else "analysis"
-        for i in range(max(0, done - lag), done):
+        for i in range(max(0, done - (1 if mda else lag)), done):
             kept.append(to_state(model, xr.Dataset({v: written.isel(time=i)[f"{v}_{kind}"] for v in names})))
     x = chain = kept[-1]
     block = store.block if store is not None else len(steps)
@@ -362,14 +362,14 @@ def assimilate(model, initial: xr.Dataset, observations: xr.Dataset | xr.DataArr
             kept.append(x)
         if callback is not None:
             callback(t, xf, x)
-        fa, ff = model.fields(x), model.fields(xf)
+        fa, ff, fc = model.fields(x), model.fields(xf), model.fields(chain) if mda else None
         row = {"analysis_seconds": np.float64(seconds), "observations": obs_values[t]}
         for v in names:
             row[f"{v}_analysis"] = fa[v].cpu().numpy()
             row[f"{v}_forecast_mean"] = ff[v].mean(0).cpu().numpy()
             row[f"{v}_forecast_spread"] = ff[v].std(0).cpu().numpy()
             if mda:
-                row[f"{v}_mda_chain"] = model.fields(chain)[v].cpu().numpy()
+                row[f"{v}_mda_chain"] = fc[v].cpu().numpy()
             if truth is not None:
                 row[f"{v}_truth"] = truth_values[v][t]
         if store is None:

@@ -182,8 +182,8 @@ def localization(model, radius, metric="arc"):
     if low < -1e-9:
         warnings.warn(f"config [filter] localization_radius = {radius}: the Gaspari-Cohn taper of the arc distance "
                       f"on a ring of {model.k} is not positive semi-definite (smallest eigenvalue {low:.3g}), so a "
-                      f"tapered covariance may have its negative eigenvalues clipped; localization_metric = \"chord\" is valid at every "
-                      f"radius", stacklevel=2)
+                      f"tapered covariance may have its negative eigenvalues clipped; localization_metric = \"chord\" "
+                      f"is valid at every radius", stacklevel=2)
     return taper
 
 
