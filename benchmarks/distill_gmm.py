@@ -11,6 +11,7 @@ levels, 127 calls) is scored the same way. Both methods get the same number of o
 all ("progressive" splits them over its rounds).
 
     python benchmarks/distill_gmm.py [--quick] [--steps N] [--calls 1 2 4] [--methods trajectory progressive]
+    python benchmarks/distill_gmm.py --methods schedule --calls 2 4 --name distill_gmm_schedule   # learned levels
 
 Writes benchmarks/results/distill_gmm.json (``--name``; ``_quick`` with --quick).
 """
@@ -28,7 +29,7 @@ import torch
 from _run_meta import run_meta
 from sciffusion.data.batches import TensorPairs
 from sciffusion.diffusion import CountingDenoiser, Denoiser, sample
-from sciffusion.distill import distill
+from sciffusion.distill import DEFAULTS, distill
 from sciffusion.nets import MLP
 from sciffusion.testing import SlicedWasserstein, grid_mixture
 
@@ -67,12 +68,19 @@ def main() -> None:
               f"{teacher.nfe} calls: SW/floor {rows[-1]['ratio']:.2f}", flush=True)
         for calls in args.calls:
             for method in args.methods:
+                if method == "schedule" and calls < 2:
+                    continue  # one call of the teacher's own network is its denoised mean
                 rounds = int(math.log2(64 / calls))
                 steps = args.steps if method == "trajectory" else max(1, args.steps // rounds)
-                student = Denoiser(MLP(d, width=256, depth=4), sigma_data=float(data.x.std()))
                 t0 = time.time()
-                st = distill(gm, data, calls=calls, method=method, student=student, steps=steps, progress=False, batch_size=args.batch_size,
-                             threads=args.threads, sigma_max=SIGMA_MAX)
+                if method == "schedule":  # the exact denoiser itself on learned levels, at distill's schedule defaults
+                    st = distill(gm, data, calls=calls, method=method, progress=False, threads=args.threads,
+                                 sigma_max=SIGMA_MAX)
+                    steps = DEFAULTS["schedule"]["steps"]
+                else:
+                    student = Denoiser(MLP(d, width=256, depth=4), sigma_data=float(data.x.std()))
+                    st = distill(gm, data, calls=calls, method=method, student=student, steps=steps, progress=False,
+                                 batch_size=args.batch_size, threads=args.threads, sigma_max=SIGMA_MAX)
                 train_s = time.time() - t0
                 counted = CountingDenoiser(st)
                 with torch.no_grad():

@@ -209,14 +209,15 @@ def map_error(teacher: Rollout, student, out: Path, pairs: TensorPairs, traj: np
     from sciffusion.distill import teacher_trajectories
 
     sig = karras_sigmas(teacher_steps, ode.get("sigma_min", 0.002), ode["sigma_max"], ode.get("rho", 7.0))
+    method = ode.get("teacher_method", "heun")
     kept = out / "trajectories.safetensors"  # absent where the student was distilled elsewhere (--students-from)
     states = load_file(kept)["states"][:n] if kept.exists() else None
     shape = tuple(pairs.x.shape[1:])
     cond_b = run_pairs(teacher, traj[1:2])[1]
     cond_b = cond_b[torch.linspace(0, len(cond_b) - 1, n).round().long()].to(torch.float32)
-    fresh = teacher_trajectories(teacher.denoiser, sig, len(sig) - 1, n, shape, cond_b, seed=123)
+    fresh = teacher_trajectories(teacher.denoiser, sig, len(sig) - 1, n, shape, cond_b, seed=123, method=method)
     eight = cond_b[torch.linspace(0, n - 1, 8).round().long()].repeat_interleave(8, 0)
-    spread = teacher_trajectories(teacher.denoiser, sig, len(sig) - 1, 64, shape, eight, seed=7)[:, -1]
+    spread = teacher_trajectories(teacher.denoiser, sig, len(sig) - 1, 64, shape, eight, seed=7, method=method)[:, -1]
     spread = spread.reshape(8, 8, -1).std(1).pow(2).mean().sqrt()
 
     def rms(start, end, cond):
@@ -291,7 +292,7 @@ def teacher_ode(teacher: Rollout, args) -> dict:
     """The ODE the students learn: the teacher's own sampler levels, or distill's public default."""
     if args.teacher_ode == "default":
         return {"sigma_min": teacher.sampler.get("sigma_min", 0.002), "sigma_max": teacher.sampler["sigma_max"],
-                "rho": teacher.sampler.get("rho", 7.0)}
+                "rho": teacher.sampler.get("rho", 7.0), "teacher_method": teacher.sampler.get("method", "heun")}
     return {"sigma_max": DISTILL_DEFAULTS["sigma_max"]}
 
 

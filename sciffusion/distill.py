@@ -1,5 +1,6 @@
-"""Few-call samplers distilled from a trained denoiser: trajectory distillation (default) and
-progressive distillation (Salimans & Ho 2022), both in the EDM parametrisation.
+"""Few-call samplers distilled from a trained denoiser: trajectory distillation (default),
+progressive distillation (Salimans & Ho 2022) and learned noise levels (LD3, Tong et al. 2025),
+all in the EDM parametrisation.
 
 A student takes ``calls`` deterministic DDIM steps on noise levels ``s_0 > ... > s_calls = 0``;
 one step from ``s`` to ``t`` is ``x_t = D + (t / s) (x_s - D)`` with ``D = D(x_s, s)``, so a step
@@ -13,6 +14,12 @@ student's regression target.
 * ``method="progressive"``: DDIM on ``teacher_steps`` levels is halved round by round; the student
   of a round learns one step where its teacher takes two, from noised training data, and teaches
   the next round.
+* ``method="schedule"`` (after LD3, "Learning to Discretize Denoising Diffusion ODEs", Tong et al.
+  2025): the network stays the teacher's, frozen; only the ``calls - 1`` interior noise levels of a
+  ``calls``-step DPM-Solver++(2M) are learned, by backpropagating through the solver the squared
+  distance of its end state to the teacher's from the same noise (the teacher's ODE as above, only
+  its start and end states kept). A handful of parameters: nothing to overfit, and the teacher's
+  generalisation over conditions is kept. Needs ``calls >= 2`` (one call is the denoised mean).
 
 The result is a :class:`Student`: a plain :class:`~sciffusion.diffusion.Denoiser` plus its noise
 levels; ``sample(student, shape, **student.sampler)`` draws with ``calls`` network calls, and so do
@@ -32,21 +39,30 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sciffusion.diffusion import Denoiser, heun_step, karras_sigmas
+from sciffusion.diffusion import Denoiser, karras_sigmas
 from sciffusion.diffusion.schedules import SIGMA_MAX
 
-METHODS = ("trajectory", "progressive")
+METHODS = ("trajectory", "progressive", "schedule")
+SOLVERS = ("ddim", "dpmpp2m")
+TEACHER_METHODS = ("heun", "euler", "ddim", "dpmpp2m")  # deterministic samplers that can integrate a teacher's ODE  # a student's sampler: DDIM (trajectory, progressive) or DPM-Solver++(2M) (schedule)
+# the method-dependent defaults of distill's n_trajectories, steps, batch_size, lr and warmup_steps
+DEFAULTS = {"trajectory": {"n_trajectories": 20000, "steps": 4000, "batch_size": 256, "lr": 3e-4, "warmup_steps": 100},
+            "progressive": {"n_trajectories": 20000, "steps": 4000, "batch_size": 256, "lr": 3e-4, "warmup_steps": 100},
+            "schedule": {"n_trajectories": 512, "steps": 400, "batch_size": 16, "lr": 1e-2, "warmup_steps": 20}}
 
 
 class Student(nn.Module):
-    """A distilled denoiser with the noise levels it was trained for: ``calls`` DDIM steps.
+    """A distilled denoiser with the noise levels it was trained for: ``calls`` steps of ``method``
+    (``"ddim"`` with eta = 0, or ``"dpmpp2m"``, DPM-Solver++(2M), for a learned schedule).
 
     Call it like a denoiser; pass ``**student.sampler`` to :func:`sciffusion.diffusion.sample`.
     """
 
-    def __init__(self, denoiser: Denoiser, sigmas: torch.Tensor):
+    def __init__(self, denoiser: Denoiser, sigmas: torch.Tensor, method: str = "ddim"):
         super().__init__()
-        self.denoiser = denoiser
+        if method not in SOLVERS:
+            raise ValueError(f"a student's method must be one of {SOLVERS}, got {method!r}")
+        self.denoiser, self.method = denoiser, method
         self.register_buffer("sigmas", torch.as_tensor(sigmas, dtype=torch.float64))
 
     @property
@@ -59,7 +75,9 @@ class Student(nn.Module):
 
     @property
     def sampler(self) -> dict:
-        return {"method": "ddim", "eta": 0.0, "sigmas": self.sigmas.tolist()}
+        if self.method == "ddim":
+            return {"method": "ddim", "eta": 0.0, "sigmas": self.sigmas.tolist()}
+        return {"method": self.method, "sigmas": self.sigmas.tolist()}
 
     def forward(self, x, sigma, cond=None, **kwargs):
         return self.denoiser(x, sigma, cond=cond, **kwargs)
@@ -71,7 +89,7 @@ class Student(nn.Module):
         from sciffusion.nets import net_spec
 
         config = {**(config or {}), "model": {"net": net_spec(self.denoiser.net), "sigma_data": self.sigma_data},
-                  "student": {"sigmas": self.sigmas.tolist()}}
+                  "student": {"sigmas": self.sigmas.tolist(), "method": self.method}}
         return save_checkpoint(path, weights=self.denoiser.state_dict(), config=config)
 
     @classmethod
@@ -81,7 +99,8 @@ class Student(nn.Module):
         denoiser, config = load_denoiser(path, device=device)
         if "student" not in config:
             raise ValueError(f"{os.fspath(path)!r} holds no distilled student (its config has no 'student' entry)")
-        return cls(denoiser, torch.tensor(config["student"]["sigmas"], dtype=torch.float64))
+        spec = config["student"]
+        return cls(denoiser, torch.tensor(spec["sigmas"], dtype=torch.float64), spec.get("method", "ddim"))
 
 
 def _view(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -103,10 +122,16 @@ def _step_loss(model, x0, x1, s0, s1, cond):
 
 @torch.no_grad()
 def teacher_trajectories(teacher, sigmas: torch.Tensor, every: int, n: int, event_shape, cond=None, *, seed: int = 0,
-                         batch_size: int = 512, dtype=torch.float32, device=None, progress: bool = False) -> torch.Tensor:
-    """The teacher's Heun ODE on ``sigmas`` (decreasing, ending in 0) from ``n`` noise draws (seeded by
-    ``seed``), kept every ``every`` levels: ``(n, (len(sigmas) - 1) // every + 1, *event_shape)``. Row ``j``
-    is conditioned on ``cond[j % len(cond)]``."""
+                         batch_size: int = 512, dtype=torch.float32, device=None, progress: bool = False,
+                         method: str = "heun") -> torch.Tensor:
+    """The teacher's ODE on ``sigmas`` (decreasing, ending in 0), integrated by ``method`` (Heun, or
+    ``"dpmpp2m"``, ``"euler"``, ``"ddim"`` with eta = 0: a model's own deterministic sampler) from ``n``
+    noise draws (seeded by ``seed``), kept every ``every`` levels: ``(n, (len(sigmas) - 1) // every + 1,
+    *event_shape)``. Row ``j`` is conditioned on ``cond[j % len(cond)]``."""
+    from sciffusion.diffusion.sample import step_function
+
+    if method not in TEACHER_METHODS:
+        raise ValueError(f"the teacher's method must be a deterministic sampler, one of {TEACHER_METHODS}, got {method!r}")
     g = torch.Generator().manual_seed(int(seed))
     kept = list(range(0, len(sigmas), every))
     out = torch.empty((n, len(kept), *event_shape), dtype=dtype)
@@ -116,8 +141,9 @@ def teacher_trajectories(teacher, sigmas: torch.Tensor, every: int, n: int, even
         c = None if cond is None else cond[torch.arange(a, a + b) % len(cond)].to(device=device, dtype=dtype)
         x = (float(sigmas[0]) * torch.randn((b, *event_shape), generator=g, dtype=torch.float64)).to(device, dtype)
         out[a : a + b, 0] = x.cpu()
+        step, kw = step_function(method), ({"eta": 0.0} if method == "ddim" else {})  # (a fresh multistep state per batch)
         for i in range(len(sigmas) - 1):
-            x = heun_step(teacher, x, sig[i], sig[i + 1], noise=None, cond={} if c is None else {"cond": c})
+            x = step(teacher, x, sig[i], sig[i + 1], noise=None, cond={} if c is None else {"cond": c}, **kw)
             if (i + 1) % every == 0:
                 out[a : a + b, (i + 1) // every] = x.cpu()
     return out
@@ -162,9 +188,58 @@ def _progressive_loss(teacher, levels: torch.Tensor):
     return loss_fn
 
 
+class _Schedule(nn.Module):
+    """The ``calls + 1`` noise levels of a learned schedule: ``sigma_max`` (fixed, where the teacher's
+    trajectories start), ``calls - 1`` interior levels, and 0. With ``w = softmax(u)`` (``calls`` shares),
+    ``log sigma_i = log sigma_max - (log sigma_max - log sigma_min) * (w_1 + ... + w_i)``: decreasing,
+    and above ``sigma_min`` (``w_calls`` is the share left below the last interior level). It starts at
+    the first ``calls`` of ``calls + 1`` Karras levels, so no call is spent at ``sigma_min``."""
+
+    def __init__(self, calls: int, sigma_min: float, sigma_max: float, rho: float):
+        super().__init__()
+        logs = torch.log(karras_sigmas(calls + 1, sigma_min, sigma_max, rho)[:calls])
+        gaps = -torch.diff(torch.cat([logs, torch.tensor([math.log(sigma_min)], dtype=logs.dtype)]))
+        self.u = nn.Parameter(torch.log(gaps / gaps.sum()))
+        self.register_buffer("bounds", torch.tensor([math.log(sigma_max), math.log(sigma_min)], dtype=torch.float64))
+        self.register_buffer("top", torch.tensor([sigma_max], dtype=torch.float64))  # exactly, not exp(log(.))
+        self.config = {"calls": calls, "sigma_min": sigma_min, "sigma_max": sigma_max, "rho": rho}
+
+    def sigmas(self) -> torch.Tensor:
+        hi, lo = self.bounds
+        inner = torch.exp(hi - (hi - lo) * torch.cumsum(torch.softmax(self.u, 0), 0)[:-1])
+        return torch.cat([self.top.to(inner.dtype), inner, torch.zeros(1, dtype=inner.dtype, device=inner.device)])
+
+    def trainer_spec(self) -> dict:
+        return {"schedule": dict(self.config)}
+
+
+def solve(denoiser, x: torch.Tensor, sigmas: torch.Tensor, method: str = "dpmpp2m", cond=None) -> torch.Tensor:
+    """``method``'s deterministic steps on ``sigmas`` (ending in 0) from ``x``, differentiable in ``x`` and
+    ``sigmas``: what ``sample(denoiser, x=x, sigmas=sigmas, method=method)`` computes (``eta = 0`` for DDIM)."""
+    from sciffusion.diffusion.sample import step_function
+
+    step, kw = step_function(method), ({"eta": 0.0} if method == "ddim" else {})
+    c = {} if cond is None else {"cond": cond}
+    sig = sigmas.to(x.dtype)
+    for i in range(len(sig) - 1):
+        x = step(denoiser, x, sig[i], sig[i + 1], noise=None, cond=c, **kw)
+    return x
+
+
+def _schedule_loss(teacher):
+    """Mean squared distance of the learned schedule's DPM-Solver++(2M) end state to the teacher's."""
+
+    def loss_fn(model, batch, generator):
+        states = batch["x"]
+        return (solve(teacher, states[:, 0], model.sigmas(), "dpmpp2m", batch.get("cond")) - states[:, -1]).pow(2).mean()
+
+    return loss_fn
+
+
 def distill(teacher, train_data, *, calls: int = 2, method: str = "trajectory", teacher_steps: int = 64,
-            n_trajectories: int = 20000, student: Denoiser | None = None, steps: int = 4000, batch_size: int = 256,
-            lr: float = 3e-4, warmup_steps: int = 100, ema_decay: float = 0.99, sigma_min: float = 0.002,
+            n_trajectories: int | None = None, student: Denoiser | None = None, steps: int | None = None,
+            batch_size: int | None = None, lr: float | None = None, warmup_steps: int | None = None,
+            ema_decay: float = 0.99, sigma_min: float = 0.002, teacher_method: str = "heun",
             sigma_max: float = SIGMA_MAX, rho: float = 7.0, seed: int = 0, out_dir: str | os.PathLike | None = None,
             device=None, progress: bool = True, threads: int | None = None, config: dict | None = None) -> Student:
     """Distil ``teacher`` into a ``calls``-call :class:`Student` (see the module docstring).
@@ -177,15 +252,21 @@ def distill(teacher, train_data, *, calls: int = 2, method: str = "trajectory", 
         calls: network calls per sample; ``teacher_steps / calls`` must be an integer >= 2 ("trajectory")
             or a power of two >= 2 ("progressive").
         method: ``"trajectory"`` or ``"progressive"``.
-        teacher_steps: Karras levels of the teacher's ODE (Heun for "trajectory", DDIM for "progressive"),
-            from ``sigma_max`` to ``sigma_min`` with ``rho``. With ``teacher_steps``, ``sigma_min``,
+        teacher_steps: Karras levels of the teacher's ODE (``teacher_method`` for "trajectory" and
+            "schedule", DDIM for "progressive"), from ``sigma_max`` to ``sigma_min`` with ``rho``. With ``teacher_steps``, ``sigma_min``,
             ``sigma_max`` and ``rho`` of a model's own Heun sampler, a "trajectory" student learns
             exactly the map from noise to sample that the model's default sampler computes.
-        n_trajectories: teacher trajectories to learn from ("trajectory").
-        student: the network to train (default: a copy of ``teacher``, which must then be a Denoiser).
+        teacher_method: the deterministic sampler that integrates the teacher's ODE ("heun" by default;
+            "dpmpp2m", "euler" or "ddim" to learn a model whose default sampler is one of those).
+        n_trajectories: teacher trajectories to learn from ("trajectory", "schedule").
+        student: the network to train (default: a copy of ``teacher``, which must then be a Denoiser;
+            "schedule" trains no network and refuses it).
         steps: training steps ("progressive": per round, log2(teacher_steps / calls) rounds).
         batch_size, lr, warmup_steps, ema_decay, seed, device, progress, threads: the
             :class:`~sciffusion.training.Trainer`'s (``batch_size`` at most the number of rows).
+            ``n_trajectories``, ``steps``, ``batch_size``, ``lr`` and ``warmup_steps`` default to the
+            method's entry of :data:`DEFAULTS` (20,000 / 4,000 / 256 / 3e-4 / 100 for "trajectory" and
+            "progressive"; 512 / 400 / 16 / 1e-2 / 20 for "schedule", which fits ``calls - 1`` numbers).
         out_dir: the runs (``out_dir/trajectory`` or ``out_dir/round_k``, resumable), the trajectories
             (``trajectories.safetensors``) and the student (``out_dir/student``, :meth:`Student.load`),
             whose checkpoint also holds ``config``.
@@ -195,6 +276,8 @@ def distill(teacher, train_data, *, calls: int = 2, method: str = "trajectory", 
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    given = {"n_trajectories": n_trajectories, "steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps}
+    n_trajectories, steps, batch_size, lr, warmup_steps = (DEFAULTS[method][k] if v is None else v for k, v in given.items())
     rounds = math.log2(teacher_steps / calls) if calls >= 1 and teacher_steps >= calls else -1
     if method == "progressive" and (rounds < 1 or rounds != int(rounds)):
         raise ValueError(f"progressive: teacher_steps / calls must be a power of two >= 2 (one halving per round), "
@@ -202,6 +285,18 @@ def distill(teacher, train_data, *, calls: int = 2, method: str = "trajectory", 
     if method == "trajectory" and (calls < 1 or teacher_steps % calls or teacher_steps < 2 * calls):
         raise ValueError(f"trajectory: teacher_steps must be a multiple of calls, at least twice it (the student's "
                          f"levels are every (teacher_steps / calls)-th of the teacher's), got teacher_steps={teacher_steps}, calls={calls}")
+    if teacher_method not in TEACHER_METHODS:
+        raise ValueError(f"teacher_method must be a deterministic sampler, one of {TEACHER_METHODS}, got {teacher_method!r}")
+    if method == "progressive" and teacher_method != "heun":
+        raise ValueError(f"progressive: the teacher takes DDIM steps by construction; teacher_method={teacher_method!r} does not apply")
+    if method == "schedule" and (calls < 2 or teacher_steps < 1 or student is not None):
+        raise ValueError("schedule: learns the noise levels of the teacher's own network, so it needs calls >= 2 "
+                         f"(one call is the denoised mean), teacher_steps >= 1 and no student=; got calls={calls}, "
+                         f"teacher_steps={teacher_steps}, student={'given' if student is not None else None}")
+    if method == "schedule":
+        return _distill_schedule(teacher, train_data, calls, teacher_steps, n_trajectories, steps, batch_size, lr,
+                                 warmup_steps, ema_decay, sigma_min, sigma_max, rho, seed, out_dir, device, progress,
+                                 threads, config, teacher_method)
     if student is None and not isinstance(teacher, Denoiser):
         raise ValueError("pass student= (a Denoiser to train) when the teacher is not a Denoiser to copy")
     with seeded(seed):
@@ -216,7 +311,7 @@ def distill(teacher, train_data, *, calls: int = 2, method: str = "trajectory", 
         cond = collate(train_data, torch.arange(len(train_data))).get("cond") if "cond" in first else None
         states = _cached(out, lambda: teacher_trajectories(
             teacher, sigmas, every, n_trajectories, tuple(first["x"].shape[1:]), cond, seed=seed,
-            dtype=first["x"].dtype, device=device, progress=progress))
+            dtype=first["x"].dtype, device=device, progress=progress, method=teacher_method), levels=calls + 1)
         trainer = Trainer(current, _Rows(states, cond), out_dir=None if out is None else out / "trajectory", seed=seed,
                           loss_fn=_trajectory_loss(sigmas[::every]), **{**kw, "batch_size": min(batch_size, len(states))})
         trainer.fit(steps, threads=threads, desc=f"distill {calls} call(s)")
@@ -236,7 +331,39 @@ def distill(teacher, train_data, *, calls: int = 2, method: str = "trajectory", 
     return student
 
 
-def _cached(out: Path | None, make) -> torch.Tensor:
+def _distill_schedule(teacher, train_data, calls, teacher_steps, n_trajectories, steps, batch_size, lr, warmup_steps,
+                      ema_decay, sigma_min, sigma_max, rho, seed, out_dir, device, progress, threads, config,
+                      teacher_method) -> Student:
+    """``method="schedule"``: the teacher's start and end states, then the levels fitted through a Trainer."""
+    from sciffusion.data.batches import collate
+    from sciffusion.training import Trainer
+
+    frozen = teacher
+    if isinstance(teacher, nn.Module):  # a frozen copy: no gradient reaches (or accumulates on) the caller's teacher
+        frozen = copy.deepcopy(teacher).requires_grad_(False).eval()
+        if device is not None:
+            frozen = frozen.to(device)
+    first = collate(train_data, torch.arange(min(len(train_data), 1)))
+    cond = collate(train_data, torch.arange(len(train_data))).get("cond") if "cond" in first else None
+    out = None if out_dir is None else Path(out_dir)
+    states = _cached(out, lambda: teacher_trajectories(
+        frozen, karras_sigmas(teacher_steps, sigma_min, sigma_max, rho), teacher_steps, n_trajectories,
+        tuple(first["x"].shape[1:]), cond, seed=seed, dtype=first["x"].dtype, device=device, progress=progress,
+        method=teacher_method), levels=2)
+    trainer = Trainer(_Schedule(calls, sigma_min, sigma_max, rho), _Rows(states, cond),
+                      out_dir=None if out is None else out / "schedule", seed=seed, loss_fn=_schedule_loss(frozen),
+                      batch_size=min(batch_size, len(states)), lr=lr, warmup_steps=warmup_steps, ema_decay=ema_decay,
+                      device=device, progress=progress, mixed_precision=None)
+    trainer.fit(steps, threads=threads, desc=f"learn {calls} noise levels")
+    with torch.no_grad():
+        levels = trainer.ema.sigmas().cpu()
+    result = Student(frozen, levels, method="dpmpp2m")
+    if out is not None:
+        result.save(out / "student", config)
+    return result
+
+
+def _cached(out: Path | None, make, levels: int | None = None) -> torch.Tensor:
     """``make()``, kept in ``out/trajectories.safetensors`` so a resumed run does not integrate again."""
     if out is None:
         return make()
@@ -246,7 +373,11 @@ def _cached(out: Path | None, make) -> torch.Tensor:
 
     path = out / "trajectories.safetensors"
     if path.exists():
-        return load_file(path)["states"]
+        states = load_file(path)["states"]
+        if levels is not None and states.shape[1] != levels:
+            raise ValueError(f"{path} holds teacher states at {states.shape[1]} levels per trajectory, not the {levels} "
+                             "this run keeps: it was written by another method or number of calls; use another out_dir")
+        return states
     states = make()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, save({"states": states.contiguous()}))

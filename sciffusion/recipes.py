@@ -200,9 +200,12 @@ def sample_from_checkpoint(
         streams = {k: sampler_options.pop(k) for k in ("rng",) if k in sampler_options}  # not a sampler setting
         if steps is not None or method is not None or sampler_options:
             raise ValueError(f"{os.fspath(checkpoint)!r} is a distilled student: it samples with its own "
-                             f"{len(student['sigmas']) - 1}-call DDIM schedule; give no steps, method or sampler options")
-        steps, method, sampler_options = len(student["sigmas"]) - 1, "ddim", {"eta": 0.0, "sigmas": student["sigmas"],
-                                                                              **streams}
+                             f"{len(student['sigmas']) - 1}-call {student.get('method', 'ddim')} schedule; "
+                             "give no steps, method or sampler options")
+        method = student.get("method", "ddim")
+        steps, sampler_options = len(student["sigmas"]) - 1, {"sigmas": student["sigmas"], **streams}
+        if method == "ddim":
+            sampler_options["eta"] = 0.0
     steps = DEFAULT_SAMPLER["steps"] if steps is None else steps
     method = DEFAULT_SAMPLER["method"] if method is None else method
     check_sample_options(method, sampler_options)  # a bad option fails before the store is created

@@ -329,6 +329,8 @@ class Trainer:
         for a bare backbone trained with ``loss_fn``."""
         if isinstance(self.model, Denoiser):
             return {"net": net_spec(self.model.net), "sigma_data": self.model.sigma_data}
+        if callable(getattr(self.model, "trainer_spec", None)):  # a module that is no backbone (distill's schedule)
+            return self.model.trainer_spec()
         return {"net": net_spec(self.model)}
 
     def save(self) -> Path:

@@ -81,6 +81,13 @@ def test_trajectories_on_a_models_own_heun_levels_end_where_its_sampler_ends():
     torch.testing.assert_close(states[:, -1], direct, rtol=1e-12, atol=1e-12)
     mid = sample(gm, (64, 2), sigmas=sig[:4], method="heun", x=states[:, 0].clone(), dtype=torch.float64)  # 3 steps
     torch.testing.assert_close(states[:, 1], mid, rtol=1e-12, atol=1e-12)
+    # a model whose default sampler is DPM-Solver++(2M): its multistep state carries across the kept levels
+    states = teacher_trajectories(gm, sig, 3, 64, (2,), seed=5, dtype=torch.float64, method="dpmpp2m")
+    direct = sample(gm, (64, 2), method="dpmpp2m", steps=6, sigma_min=0.002, sigma_max=10.0, x=states[:, 0].clone(),
+                    dtype=torch.float64)
+    torch.testing.assert_close(states[:, -1], direct, rtol=1e-12, atol=1e-12)
+    assert (states[:, -1] - sample(gm, (64, 2), method="heun", steps=6, sigma_max=10.0, x=states[:, 0].clone(),
+                                   dtype=torch.float64)).abs().max() > 1e-3  # (another map than Heun's)
 
 
 def test_a_trajectory_student_takes_levels_that_are_not_a_power_of_two_apart():
@@ -101,12 +108,67 @@ def test_a_trajectory_student_takes_levels_that_are_not_a_power_of_two_apart():
 
 @pytest.mark.parametrize("kwargs,needle", [({"calls": 3}, "multiple of calls"), ({"calls": 4, "teacher_steps": 6}, "multiple"),
                                            ({"calls": 3, "teacher_steps": 3}, "at least twice"),
-                                           ({"method": "consistency"}, "method"), ({"student": None}, "student=")])
+                                           ({"method": "consistency"}, "method"), ({"student": None}, "student="),
+                                           ({"method": "schedule", "calls": 1}, "calls >= 2"),
+                                           ({"method": "schedule", "calls": 2}, "no student="),
+                                           ({"teacher_method": "stochastic"}, "teacher_method"),
+                                           ({"method": "progressive", "teacher_method": "dpmpp2m"}, "DDIM steps")])
 def test_bad_settings_are_refused_naming_them(kwargs, needle):
     gm = two_modes()
     data = TensorPairs(gm.sample(64, torch.Generator().manual_seed(0)).float())
     with pytest.raises(ValueError, match=needle):
         distill(gm, data, **{"student": Denoiser(MLP(2, width=8, depth=1)), "steps": 1, "progress": False, **kwargs})
+
+
+def test_a_schedule_student_keeps_the_network_and_learns_levels_closer_to_the_teachers_map():
+    """method="schedule" (LD3): the network is the teacher's, untouched; the learned 3-call DPM-Solver++(2M)
+    levels start at sigma_max, decrease to 0, make 3 calls per sample, and land nearer the teacher's ODE
+    end state from the same fresh noise than the same solver on Karras levels (here by half); sampling
+    with them is exactly the solver the levels were fitted through."""
+    from sciffusion.diffusion import karras_sigmas
+    from sciffusion.distill import solve
+
+    gm = two_modes()
+    data = TensorPairs(gm.sample(64, torch.Generator().manual_seed(0)).float())
+    student = distill(gm, data, calls=3, method="schedule", teacher_steps=32, sigma_max=80.0, n_trajectories=512,
+                      steps=150, progress=False)
+    lv = student.sigmas
+    assert student.method == "dpmpp2m" and student.denoiser is gm  # (not a module: used as it is)
+    assert lv[0] == 80.0 and lv[-1] == 0 and bool((lv[1:] < lv[:-1]).all()) and student.calls == 3
+    z = 80.0 * torch.randn((2000, 2), generator=torch.Generator().manual_seed(9), dtype=torch.float64).float()
+    end = teacher_trajectories(gm, karras_sigmas(32, sigma_max=80.0), 32, 2000, (2,), seed=9)[:, -1]
+    counted = CountingDenoiser(student)
+    got = sample(counted, (2000, 2), x=z.clone(), **student.sampler)
+    assert counted.nfe == 3
+    torch.testing.assert_close(got, solve(gm, z.clone(), lv, "dpmpp2m"), rtol=0, atol=0)
+    karras = sample(gm, (2000, 2), x=z.clone(), method="dpmpp2m", steps=3, sigma_max=80.0)
+    assert float((got - end).pow(2).mean()) < 0.5 * float((karras - end).pow(2).mean())
+
+
+def test_a_schedule_run_resumes_exactly_and_keeps_its_solver_through_a_checkpoint(tmp_path):
+    """A schedule run stopped at 20 steps and resumed to 40 learns the same levels, bit for bit, as one
+    run of 40; the student checkpoint keeps its solver and levels (an old DDIM checkpoint without a
+    method still loads as DDIM); trajectories cached by another method are refused, naming the file."""
+    import json
+
+    net = Denoiser(MLP(2, width=8, depth=1))
+    data = TensorPairs(two_modes().sample(64, torch.Generator().manual_seed(0)).float())
+    kw = dict(calls=2, method="schedule", teacher_steps=8, n_trajectories=32, batch_size=8, progress=False)
+    distill(net, data, steps=20, out_dir=tmp_path / "a", **kw)
+    resumed = distill(net, data, steps=40, out_dir=tmp_path / "a", **kw)
+    straight = distill(net, data, steps=40, out_dir=tmp_path / "b", **kw)
+    torch.testing.assert_close(resumed.sigmas, straight.sigmas, rtol=0, atol=0)
+    loaded = Student.load(tmp_path / "a" / "student")
+    assert loaded.sampler == {"method": "dpmpp2m", "sigmas": resumed.sigmas.tolist()}
+    torch.testing.assert_close(loaded.denoiser.state_dict(), net.state_dict(), rtol=0, atol=0)  # the teacher's network
+    config = tmp_path / "a" / "student" / "config.json"
+    spec = json.loads(config.read_text())
+    del spec["student"]["method"]
+    config.write_text(json.dumps(spec))
+    assert Student.load(tmp_path / "a" / "student").sampler["method"] == "ddim"
+    with pytest.raises(ValueError, match="trajectories.safetensors holds teacher states at 2 levels"):
+        distill(net, data, calls=2, teacher_steps=8, n_trajectories=32, batch_size=8, steps=1, out_dir=tmp_path / "a",
+                progress=False)
 
 
 class _Wrapped(torch.nn.Module):
@@ -150,6 +212,12 @@ def test_emulators_given_a_student_sample_with_its_calls_and_noise_levels():
     assert (a == b).all()
     with pytest.raises(ValueError, match="sigma_data"):
         model.with_student(Student(_Wrapped(AR1Denoiser(), sigma_data=0.5), levels))
+    scheduled = model.with_student(Student(_Wrapped(AR1Denoiser()), levels, method="dpmpp2m"))  # a learned schedule
+    assert "eta" not in scheduled.sampler and scheduled.sampler["method"] == "dpmpp2m"
+    a = scheduled.rollout(initial(), 3, n_members=2, seed=1, progress=False).x.values
+    b = model.rollout(initial(), 3, n_members=2, seed=1, progress=False, steps=2, method="dpmpp2m",
+                      sigmas=levels.tolist()).x.values
+    assert (a == b).all()
 
 
 def test_cli_distills_a_trained_run_and_sample_uses_the_students_calls(tmp_path, capsys):
@@ -162,6 +230,8 @@ def test_cli_distills_a_trained_run_and_sample_uses_the_students_calls(tmp_path,
     import xarray as xr
 
     sys.path.insert(0, str(Path(__file__).parent))
+    import json
+
     from _tiny import train_tiny
 
     from sciffusion.cli import main
@@ -183,6 +253,12 @@ def test_cli_distills_a_trained_run_and_sample_uses_the_students_calls(tmp_path,
     assert out["u"].sizes["member"] == 2 and '"sigmas"' in out.attrs["sampler"]
     assert main([*sample, "-o", str(tmp / "b.zarr"), "--steps", "18"]) == 2
     assert "distilled student" in capsys.readouterr().err
+    sched = ["distill", str(tmp / "run"), "-o", str(tmp / "sched"), "--method", "schedule", "--teacher-steps", "4",
+             "--steps", "2", "--trajectories", "8", "--batch-size", "4", "--no-progress"]
+    assert main([*sched, "--calls", "1"]) == 2 and "--calls >= 2" in capsys.readouterr().err
+    assert main(sched) == 0  # --calls 2 by default
+    assert main(["sample", str(tmp / "sched" / "student"), *sample[2:], "-o", str(tmp / "c.zarr")]) == 0
+    assert json.loads(xr.open_zarr(tmp / "c.zarr").attrs["sampler"])["method"] == "dpmpp2m"
 
 
 def test_a_student_keeps_its_teachers_temperature_until_calibrated_and_calibrating_it_leaves_the_teacher():
@@ -250,3 +326,6 @@ def test_calibrating_a_downscaler_student_keeps_its_noise_levels_and_refuses_oth
         fast.calibrate(coarsen(val, 2), val, steps=(2, 4))
     with pytest.raises(ValueError, match="DDIM etas only"):
         fast.calibrate(coarsen(val, 2), val, steps=(2,), s_noises=(1.0,))
+    scheduled = model.with_student(Student(model.denoiser, torch.tensor(levels, dtype=torch.float64), method="dpmpp2m"))
+    with pytest.raises(ValueError, match="learned-schedule student"):  # DDIM rows on levels fitted for DPM-Solver++(2M)
+        scheduled.calibrate(coarsen(val, 2), val, steps=(2,), etas=(0.0,))

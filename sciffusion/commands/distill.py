@@ -17,17 +17,20 @@ def add_arguments(parser):
     parser.add_argument("run", help="the teacher: a training run directory or a step_* checkpoint")
     parser.add_argument("-o", "--out", required=True, help="the student's run directory")
     parser.add_argument("--calls", type=int, default=2, help="network calls per member (1, 2, 4...; default 2)")
-    parser.add_argument("--method", default="trajectory", choices=("trajectory", "progressive"),
-                        help="distillation method (default trajectory)")
-    parser.add_argument("--steps", type=int, default=4000, help="training steps (default 4000)")
+    parser.add_argument("--method", default="trajectory", choices=("trajectory", "progressive", "schedule"),
+                        help="distillation method (default trajectory; schedule learns the noise levels of a "
+                             "DPM-Solver++(2M) on the teacher's own network, --calls >= 2)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps (default 4000; schedule: 400)")
     parser.add_argument("--teacher-steps", type=int, default=64,
                         help="Karras levels of the teacher's ODE (default 64): a multiple of --calls, at least twice it "
                              "(trajectory) or a power-of-two multiple (progressive)")
     parser.add_argument("--sigma-max", type=float, default=80.0,
                         help="the teacher ODE's top noise level (default 80; with --teacher-steps equal to the model's "
                              "Heun steps and its sigma_max, the student learns that sampler's own map)")
-    parser.add_argument("--trajectories", type=int, default=20000, help="teacher trajectories (default 20000)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--trajectories", type=int, default=None,
+                        help="teacher trajectories (default 20000; schedule: 512)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 256; schedule: 16")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--no-progress", action="store_true")
@@ -35,6 +38,8 @@ def add_arguments(parser):
 
 def run(args) -> int:
     require_min(args, 1, "calls", "steps", "teacher_steps", "trajectories", "batch_size")
+    if args.method == "schedule" and args.calls < 2:
+        raise UserError(f"--method schedule needs --calls >= 2 (one call is the denoised mean), got {args.calls}")
     if not args.sigma_max > 0:
         raise UserError(f"--sigma-max must be > 0, got {args.sigma_max}")
     require_min(args, 0, "seed")

@@ -229,11 +229,16 @@ class SamplerCalibration:
 
     def _check_student_rows(self, steps, s_noises) -> None:
         """A student samples on its own ``calls + 1`` noise levels with DDIM: refuse other step counts
-        and EDM-stochastic rows (they would sample on levels it was not distilled for)."""
+        and EDM-stochastic rows (they would sample on levels it was not distilled for), and any row for
+        a learned-schedule student (its levels belong to DPM-Solver++(2M))."""
         levels = (self.sampler or {}).get("sigmas")
         if levels is None:
             return
         calls = len(levels) - 1
+        if self.sampler.get("method") == "dpmpp2m":
+            raise ValueError(f"this emulator samples with a learned-schedule student (distill method='schedule'): "
+                             f"DPM-Solver++(2M) on its own {calls}-call noise levels; calibrate's rows are DDIM or "
+                             "EDM-stochastic, which would sample on levels learned for another solver")
         if any(int(k) != calls for k in steps) or len(s_noises):
             raise ValueError(f"this emulator samples with a distilled student on its own {calls}-call noise levels: "
                              f"calibrate it with steps=({calls},) and DDIM etas only (no s_noises), got steps="
