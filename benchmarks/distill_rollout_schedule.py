@@ -12,9 +12,12 @@ never used before) is the test run. Stages, each resumable and each merged into 
   candidate (processes in parallel). Writes ``results/rollout_kolmogorov_sampler_validation.json``.
 * ``--stage validate``: schedule students with ``--calls`` of the teacher's saved default sampler (its
   own map: ``teacher_method``, ``teacher_steps`` and ``sigma_max`` of that sampler) on run B, beside the
-  teacher; writes ``results/distill_rollout_schedule_validation.json``.
+  teacher, each at the noise temperatures ``--temperatures``; per student the rule keeps the temperature
+  whose spread-skill is nearest the teacher's (mean |difference| over the leads), as the SEEDS and
+  downscaling students were matched. Writes ``results/distill_rollout_schedule_validation.json``.
 * ``--stage test``: on the fresh run, once: the teacher at its saved default, the teacher at the former
-  default (Heun 6 steps from sigma_max 10, shown for reference), and the students of ``--calls``:
+  default (Heun 6 steps from sigma_max 10, shown for reference), and the students of ``--calls`` at
+  their validated temperatures:
   fair CRPS and spread-skill over ``--leads`` leads (``--n-init`` x ``--members``), the climate of
   ``--climate-members`` 1,000-step rollouts (per-member ratios to the teacher's with bootstrap
   intervals), network calls and ms per step (best of 3, interleaved). ``--model`` scores one model
@@ -48,6 +51,7 @@ from sciffusion.systems import KolmogorovFlow
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
+VALIDATION = RESULTS / "distill_rollout_schedule_validation.json"
 FORMER_DEFAULT = {"method": "heun", "steps": 6, "sigma_min": 0.002, "sigma_max": 10.0, "start": "noise"}
 
 
@@ -129,30 +133,54 @@ def students(args, teacher: Rollout, traj, log) -> dict:
     return out
 
 
+def choose_temperature(rows: dict, teacher_ssr) -> float:
+    """The temperature whose spread-skill is nearest the teacher's, on the mean over leads of |difference|."""
+    gap = {t: float(np.mean(np.abs(np.array(r["skill_B"]["spread_skill"]) - np.array(teacher_ssr)))) for t, r in rows.items()}
+    return float(min(gap, key=gap.get))
+
+
 def stage_validate(args, traj, teacher, meta, t0, log) -> None:
+    """Each student at each of ``--temperatures`` on run B; per student the temperature whose spread-skill
+    is nearest the teacher's (as the SEEDS and downscaling students were matched, docs/distillation.md)."""
     t_val = ensemble_skill(teacher, traj[1:2], args.val_n_init, args.members, args.val_leads, pattern())
     rows = {}
     for calls, st in students(args, teacher, traj, log).items():
-        val = ensemble_skill(teacher.with_student(st), traj[1:2], args.val_n_init, args.members, args.val_leads, pattern())
-        cr = [a / b for a, b in zip(val["crps"], t_val["crps"])]
-        ds = [a - b for a, b in zip(val["spread_skill"], t_val["spread_skill"])]
-        rows[f"{calls} calls"] = {"sigmas": st.sigmas.tolist(), "skill_B": val, "crps_ratio_to_teacher": cr,
-                                  "ssr_minus_teacher": ds}
-        log(f"student {calls}, run B: CRPS / teacher {' '.join(f'{v:.3f}' for v in cr)}; "
-            f"spread-skill - teacher's {' '.join(f'{v:+.2f}' for v in ds)}")
+        fast, by_t = teacher.with_student(st), {}
+        for temp in args.temperatures:
+            val = ensemble_skill(with_sampler(fast, {**fast.sampler, "temperature": temp}), traj[1:2], args.val_n_init,
+                                 args.members, args.val_leads, pattern())
+            cr = [a / b for a, b in zip(val["crps"], t_val["crps"])]
+            ds = [a - b for a, b in zip(val["spread_skill"], t_val["spread_skill"])]
+            by_t[temp] = {"skill_B": val, "crps_ratio_to_teacher": cr, "ssr_minus_teacher": ds}
+            log(f"student {calls}, temperature {temp}, run B: CRPS / teacher {' '.join(f'{v:.3f}' for v in cr)}; "
+                f"spread-skill - teacher's {' '.join(f'{v:+.2f}' for v in ds)}")
+        chosen = choose_temperature(by_t, t_val["spread_skill"])
+        rows[f"{calls} calls"] = {"sigmas": st.sigmas.tolist(), "by_temperature": {str(k): v for k, v in by_t.items()},
+                                  "chosen_temperature": chosen}
+        log(f"student {calls}: chosen temperature {chosen}")
 
     def update(rec):
-        key = f"teacher {teacher.sampler['method']} {teacher.sampler['steps']}, n_trajectories={args.n_trajectories}, steps={args.distill_steps}"
-        rec[key] = {"meta": {**meta, "wall_s": time.time() - t0}, "teacher_sampler": teacher.sampler, "teacher_skill_B": t_val,
-                    "setting": {"run": "B", "n_init": args.val_n_init, "members": args.members, "leads": args.val_leads},
-                    "students": {**rec.get(key, {}).get("students", {}), **rows}}
+        rec[validation_key(args, teacher)] = {
+            "meta": {**meta, "wall_s": time.time() - t0}, "teacher_sampler": teacher.sampler, "teacher_skill_B": t_val,
+            "setting": {"run": "B", "n_init": args.val_n_init, "members": args.members, "leads": args.val_leads},
+            "rule": "per student, the temperature with the least mean |spread-skill - the teacher's| over the leads",
+            "students": rows}
 
-    merge(RESULTS / "distill_rollout_schedule_validation.json", update)
+    merge(VALIDATION, update)
+
+
+def validation_key(args, teacher: Rollout) -> str:
+    s = teacher.sampler
+    return f"teacher {s['method']} {s['steps']} {s.get('start', 'noise')}, n_trajectories={args.n_trajectories}, steps={args.distill_steps}"
 
 
 def models(args, teacher: Rollout, traj, log) -> dict:
+    """The teacher, its former default, and each student at the temperature chosen on validation."""
+    chosen = json.loads(VALIDATION.read_text())[validation_key(args, teacher)]["students"]
     out = {"teacher": teacher, "teacher, former default (heun 6)": with_sampler(teacher, FORMER_DEFAULT)}
-    out.update({f"student, {c} calls": teacher.with_student(st) for c, st in students(args, teacher, traj, log).items()})
+    for c, st in students(args, teacher, traj, log).items():
+        fast = teacher.with_student(st)
+        out[f"student, {c} calls"] = with_sampler(fast, {**fast.sampler, "temperature": chosen[f"{c} calls"]["chosen_temperature"]})
     return out
 
 
@@ -210,6 +238,8 @@ def main() -> None:
     p.add_argument("--calls", type=int, nargs="+", default=[4, 3, 2])
     p.add_argument("--n-trajectories", type=int, default=512, help="distill's schedule default")
     p.add_argument("--distill-steps", type=int, default=400, help="distill's schedule default")
+    p.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 1.1, 1.2, 1.3, 1.4],
+                   help="validate stage: each student's noise temperatures")
     p.add_argument("--members", type=int, default=8)
     p.add_argument("--val-n-init", type=int, default=8)
     p.add_argument("--val-leads", type=int, default=10)

@@ -58,6 +58,22 @@ def test_ar1_rollout_matches_the_closed_form_mean_and_variance_at_every_lead():
     assert out.attrs["emulator"] == "sciffusion.emulators.Rollout" and out.attrs["seed"] == 0
 
 
+def test_a_noise_temperature_scales_the_one_step_spread_and_leaves_the_mean():
+    """sampler["temperature"] tau scales the starting draw: with the exact AR(1) denoiser and a fine ODE the
+    one-step members' spread is tau times the plain one (the ODE map of a Gaussian is affine) and their
+    mean stays; tau = 1 is the plain sampler bit for bit; a non-positive tau is refused, naming it."""
+    plain = Rollout(AR1Denoiser(), ar1_coder(), sampler=SAMPLER)
+    x1 = plain.rollout(initial(2.0), 1, n_members=3000, progress=False, dtype=torch.float64).x.values[:, 1]
+    hot = Rollout(AR1Denoiser(), ar1_coder(), sampler={**SAMPLER, "temperature": 1.5})
+    x15 = hot.rollout(initial(2.0), 1, n_members=3000, progress=False, dtype=torch.float64).x.values[:, 1]
+    assert abs(x15.std() / x1.std() - 1.5) < 0.02 and abs(x15.mean() - x1.mean()) < 0.01
+    one = Rollout(AR1Denoiser(), ar1_coder(), sampler={**SAMPLER, "temperature": 1.0})
+    np.testing.assert_array_equal(one.rollout(initial(2.0), 1, n_members=4, progress=False).x.values,
+                                  plain.rollout(initial(2.0), 1, n_members=4, progress=False).x.values)
+    with pytest.raises(ValueError, match="temperature"):
+        Rollout(AR1Denoiser(), ar1_coder(), sampler={"temperature": 0.0})
+
+
 def test_member_k_is_the_same_draw_whatever_the_ensemble_size():
     model = Rollout(AR1Denoiser(), ar1_coder(), sampler={"steps": 6})
     small = model.rollout(initial(), 5, n_members=2, seed=3, progress=False).x.values

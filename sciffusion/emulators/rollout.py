@@ -29,6 +29,7 @@ import xarray as xr
 
 from sciffusion.diffusion import Denoiser, sample
 from sciffusion.diffusion.schedules import SIGMA_MAX
+from sciffusion.emulators.calibrate import check_temperature
 from sciffusion.emulators.rollout_base import RolloutCoder, RolloutModel, _names
 
 # Heun 8 (15 calls per step of a long rollout): speed first; it inflates a narrow conditional spread
@@ -89,7 +90,10 @@ class Rollout(RolloutModel):
 
     Build with :meth:`fit` or :meth:`load`, or directly from any denoiser
     ``denoiser(z, sigma, cond=...) -> E[z0 | z]`` of the normalised increment (e.g. an exact one
-    for a test) and a :class:`~sciffusion.emulators.rollout_base.RolloutCoder`.
+    for a test) and a :class:`~sciffusion.emulators.rollout_base.RolloutCoder`. ``sampler`` holds the
+    default settings of :func:`~sciffusion.diffusion.sample` (``method``, ``steps``, ``sigma_max``...) and
+    optionally ``temperature``, which scales each step's starting draw (as the EnsembleEmulator's knob;
+    above 1 widens the ensemble, e.g. a distilled student's).
     """
 
     key, label, emulator, coder_class = "rollout", "a rollout model", "sciffusion.emulators.Rollout", RolloutCoder
@@ -97,6 +101,8 @@ class Rollout(RolloutModel):
     def __init__(self, denoiser, coder: RolloutCoder, *, sampler: dict | None = None):
         self.denoiser, self.coder = denoiser, coder
         self.sampler = {**DEFAULT_SAMPLER, **(sampler or {})}
+        if "temperature" in self.sampler:
+            check_temperature(self.sampler["temperature"], "sampler['temperature']")
 
     @classmethod
     def fit(cls, ds: xr.Dataset, variables=None, *, grid_dims=None, time_dim: str = "time", sample_dims=None,
@@ -140,6 +146,11 @@ class Rollout(RolloutModel):
         """One autoregressive step: ``x(t+dt) = x(t) + decode(z)``, ``z ~ p(z | cond)``."""
         cond = self.coder.condition(hist, forcing)
         opts = dict(settings)
-        z = sample(self.denoiser, (hist.shape[0], *hist.shape[2:]), steps=int(opts.pop("steps")), method=opts.pop("method"),
+        method, temperature = opts.pop("method"), opts.pop("temperature", 1.0)
+        if temperature != 1.0:  # the starting draw scaled by the noise temperature (EnsembleEmulator's knob)
+            from sciffusion.emulators.ensemble import TemperedStep
+
+            method = TemperedStep(method, check_temperature(temperature, "sampler['temperature']"))
+        z = sample(self.denoiser, (hist.shape[0], *hist.shape[2:]), steps=int(opts.pop("steps")), method=method,
                    generator=gens, dtype=hist.dtype, device=hist.device, cond=cond, **opts)
         return [hist[:, -1] + self.coder.decode_increment(z)]
