@@ -8,7 +8,7 @@ never used before) is the test run. Stages, each resumable and each merged into 
 
 * ``--stage sampler``: the teacher at candidate samplers on run B (``--val-n-init`` initial states x
   ``--members`` members x ``--val-leads`` leads); the rule, fixed before the test run: the fewest network
-  calls whose mean CRPS over the leads is within 1% of the lowest. ``--part I/N`` runs every N-th
+  calls whose CRPS relative to the lowest at each lead, averaged over the leads, is within 1%. ``--part I/N`` runs every N-th
   candidate (processes in parallel). Writes ``results/rollout_kolmogorov_sampler_validation.json``.
 * ``--stage validate``: schedule students with ``--calls`` of the teacher's saved default sampler (its
   own map: ``teacher_method``, ``teacher_steps`` and ``sigma_max`` of that sampler) on run B, beside the
@@ -86,11 +86,22 @@ def with_sampler(model: Rollout, sampler: dict) -> Rollout:
 
 
 def choose_sampler(rows: dict) -> str:
-    """The fewest calls whose mean CRPS over the leads is within 1% of the lowest (ties: lower CRPS)."""
-    mean = {k: float(np.mean(r["skill_B"]["crps"])) for k, r in rows.items()}
-    best = min(mean.values())
-    ok = [k for k in rows if mean[k] <= 1.01 * best]
-    return min(ok, key=lambda k: (rows[k]["calls_per_step"], mean[k]))
+    """The fewest calls whose CRPS, relative to the lowest at each lead and averaged over the leads, is
+    within 1% (ties: the lower average). Per-lead ratios weigh every lead alike; the absolute CRPS grows
+    tenfold over 10 leads, and an average of it let the last, noisiest leads decide (RULES)."""
+    crps = {k: np.array(r["skill_B"]["crps"]) for k, r in rows.items()}
+    best = np.min(np.stack(list(crps.values())), 0)
+    rel = {k: float(np.mean(v / best)) for k, v in crps.items()}
+    ok = [k for k in rows if rel[k] <= 1.01]
+    return min(ok, key=lambda k: (rows[k]["calls_per_step"], rel[k]))
+
+
+RULES = {"rule": "the fewest network calls whose CRPS relative to the lowest at each lead, averaged over the leads, "
+                 "is within 1%",
+         "replaced_rule": "the fewest network calls whose mean CRPS over the leads is within 1% of the lowest: replaced "
+                          "on validation, before any test score, because it let the last leads decide (their CRPS is "
+                          "ten times lead 1's): under it DPM-Solver++(2M) 4 steps was within 1% with a lead-1 CRPS 9% "
+                          "above the best"}
 
 
 def stage_sampler(args, traj, teacher, meta, t0, log) -> None:
@@ -107,16 +118,16 @@ def stage_sampler(args, traj, teacher, meta, t0, log) -> None:
         log(f"{name}: {row['calls_per_step']:.0f} calls, CRPS {np.mean(row['skill_B']['crps']):.4f} "
             f"(lead 1 {row['skill_B']['crps'][0]:.4f}), spread-skill lead 1 {row['skill_B']['spread_skill'][0]:.2f}")
 
-        def update(rec, name=name, row=row):
-            rec.setdefault("rows", {})[name] = row
-            rec["rule"] = "the fewest network calls whose mean CRPS over the leads is within 1% of the lowest"
-            rec["setting"] = {"run": "B", "n_init": args.val_n_init, "members": args.members, "leads": args.val_leads}
-            if len(rec["rows"]) == len(candidates()):
-                rec["chosen"] = choose_sampler(rec["rows"])
+        merge(path, lambda rec, name=name, row=row: rec.setdefault("rows", {}).__setitem__(name, row))
 
-        rec = merge(path, update)
-        if "chosen" in rec:
-            log(f"chosen: {rec['chosen']} {rec['rows'][rec['chosen']]['sampler']}")
+    def choose(rec):  # (again on every run: the rule is applied to whatever rows are there once all are)
+        rec.update(RULES, setting={"run": "B", "n_init": args.val_n_init, "members": args.members, "leads": args.val_leads})
+        if len(rec.get("rows", {})) == len(candidates()):
+            rec["chosen"] = choose_sampler(rec["rows"])
+
+    rec = merge(path, choose)
+    if "chosen" in rec:
+        log(f"chosen: {rec['chosen']} {rec['rows'][rec['chosen']]['sampler']}")
 
 
 def students(args, teacher: Rollout, traj, log) -> dict:
