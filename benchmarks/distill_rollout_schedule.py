@@ -138,7 +138,8 @@ def students(args, teacher: Rollout, traj, log) -> dict:
         st = distill(teacher.denoiser, pairs, calls=calls, method="schedule", teacher_method=s["method"],
                      teacher_steps=int(s["steps"]), sigma_min=s.get("sigma_min", 0.002), sigma_max=s["sigma_max"],
                      rho=s.get("rho", 7.0), n_trajectories=args.n_trajectories, steps=args.distill_steps,
-                     out_dir=Path(args.work) / f"schedule_{calls}", progress=False, threads=1)
+                     out_dir=Path(args.work) / f"schedule_{calls}_{s['method']}_{s['steps']}_{s.get('start', 'noise')}",
+                     progress=False, threads=1)
         log(f"student {calls}: levels {[round(v, 4) for v in st.sigmas.tolist()]} ({time.time() - t:.0f} s)")
         out[calls] = st
     return out
