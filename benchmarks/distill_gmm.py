@@ -85,7 +85,7 @@ def main() -> None:
                 counted = CountingDenoiser(st)
                 with torch.no_grad():
                     x = sample(counted, (args.samples, d), generator=torch.Generator().manual_seed(5), **st.sampler)
-                rows.append(dict(d=d, method=method, calls=counted.nfe, steps=steps * (1 if method == "trajectory" else rounds),
+                rows.append(dict(d=d, method=method, calls=counted.nfe, steps=steps * (1 if method != "progressive" else rounds),
                                  sw=sw(x), floor=floor, ratio=sw(x) / floor, train_s=train_s))
                 print(f"  {method:12s} {calls} call(s): SW/floor {rows[-1]['ratio']:.2f}  (train {train_s:.0f} s)", flush=True)
     out = Path(__file__).parent / "results" / (f"{args.name}_quick.json" if args.quick else f"{args.name}.json")
