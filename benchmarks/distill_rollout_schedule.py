@@ -137,6 +137,7 @@ def students(args, teacher: Rollout, traj, log) -> dict:
         t = time.time()
         st = distill(teacher.denoiser, pairs, calls=calls, method="schedule", teacher_method=s["method"],
                      teacher_steps=int(s["steps"]), sigma_min=s.get("sigma_min", 0.002), sigma_max=s["sigma_max"],
+                     teacher_start=s.get("start", "noise"),
                      rho=s.get("rho", 7.0), n_trajectories=args.n_trajectories, steps=args.distill_steps,
                      out_dir=Path(args.work) / f"schedule_{calls}_{s['method']}_{s['steps']}_{s.get('start', 'noise')}",
                      progress=False, threads=1)
@@ -176,7 +177,7 @@ def stage_validate(args, traj, teacher, meta, t0, log) -> None:
             "meta": {**meta, "wall_s": time.time() - t0}, "teacher_sampler": teacher.sampler, "teacher_skill_B": t_val,
             "setting": {"run": "B", "n_init": args.val_n_init, "members": args.members, "leads": args.val_leads},
             "rule": "per student, the temperature with the least mean |spread-skill - the teacher's| over the leads",
-            "students": rows}
+            "students": {**rec.get(validation_key(args, teacher), {}).get("students", {}), **rows}}
 
     merge(VALIDATION, update)
 

@@ -58,16 +58,23 @@ class Student(nn.Module):
     Call it like a denoiser; pass ``**student.sampler`` to :func:`sciffusion.diffusion.sample`.
     """
 
-    def __init__(self, denoiser: Denoiser, sigmas: torch.Tensor, method: str = "ddim"):
+    def __init__(self, denoiser: Denoiser, sigmas: torch.Tensor, method: str = "ddim", start: str = "noise"):
         super().__init__()
         if method not in SOLVERS:
             raise ValueError(f"a student's method must be one of {SOLVERS}, got {method!r}")
-        self.denoiser, self.method = denoiser, method
+        if start not in ("noise", "centred"):
+            raise ValueError(f"a student's start must be 'noise' or 'centred', got {start!r}")
+        self.denoiser, self.method, self.start = denoiser, method, start
         self.register_buffer("sigmas", torch.as_tensor(sigmas, dtype=torch.float64))
 
     @property
-    def calls(self) -> int:
+    def steps(self) -> int:
         return len(self.sigmas) - 1
+
+    @property
+    def calls(self) -> int:
+        """Network calls per sample: one per step, and one more for a centred start."""
+        return self.steps + (self.start == "centred")
 
     @property
     def sigma_data(self) -> float:
@@ -75,9 +82,8 @@ class Student(nn.Module):
 
     @property
     def sampler(self) -> dict:
-        if self.method == "ddim":
-            return {"method": "ddim", "eta": 0.0, "sigmas": self.sigmas.tolist()}
-        return {"method": self.method, "sigmas": self.sigmas.tolist()}
+        out = {"method": "ddim", "eta": 0.0} if self.method == "ddim" else {"method": self.method}
+        return {**out, "sigmas": self.sigmas.tolist(), "start": self.start}
 
     def forward(self, x, sigma, cond=None, **kwargs):
         return self.denoiser(x, sigma, cond=cond, **kwargs)
@@ -89,7 +95,7 @@ class Student(nn.Module):
         from sciffusion.nets import net_spec
 
         config = {**(config or {}), "model": {"net": net_spec(self.denoiser.net), "sigma_data": self.sigma_data},
-                  "student": {"sigmas": self.sigmas.tolist(), "method": self.method}}
+                  "student": {"sigmas": self.sigmas.tolist(), "method": self.method, "start": self.start}}
         return save_checkpoint(path, weights=self.denoiser.state_dict(), config=config)
 
     @classmethod
@@ -100,7 +106,8 @@ class Student(nn.Module):
         if "student" not in config:
             raise ValueError(f"{os.fspath(path)!r} holds no distilled student (its config has no 'student' entry)")
         spec = config["student"]
-        return cls(denoiser, torch.tensor(spec["sigmas"], dtype=torch.float64), spec.get("method", "ddim"))
+        return cls(denoiser, torch.tensor(spec["sigmas"], dtype=torch.float64), spec.get("method", "ddim"),
+                   spec.get("start", "noise"))
 
 
 def _view(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -123,11 +130,12 @@ def _step_loss(model, x0, x1, s0, s1, cond):
 @torch.no_grad()
 def teacher_trajectories(teacher, sigmas: torch.Tensor, every: int, n: int, event_shape, cond=None, *, seed: int = 0,
                          batch_size: int = 512, dtype=torch.float32, device=None, progress: bool = False,
-                         method: str = "heun") -> torch.Tensor:
+                         method: str = "heun", start: str = "noise") -> torch.Tensor:
     """The teacher's ODE on ``sigmas`` (decreasing, ending in 0), integrated by ``method`` (Heun, or
     ``"dpmpp2m"``, ``"euler"``, ``"ddim"`` with eta = 0: a model's own deterministic sampler) from ``n``
     noise draws (seeded by ``seed``), kept every ``every`` levels: ``(n, (len(sigmas) - 1) // every + 1,
-    *event_shape)``. Row ``j`` is conditioned on ``cond[j % len(cond)]``."""
+    *event_shape)``. Row ``j`` is conditioned on ``cond[j % len(cond)]``. ``start="centred"`` starts each
+    trajectory (and its kept first state) at ``s z + D(s z, s)``, ``sample``'s centred start."""
     from sciffusion.diffusion.sample import step_function
 
     if method not in TEACHER_METHODS:
@@ -140,6 +148,8 @@ def teacher_trajectories(teacher, sigmas: torch.Tensor, every: int, n: int, even
         b = min(n, a + batch_size) - a
         c = None if cond is None else cond[torch.arange(a, a + b) % len(cond)].to(device=device, dtype=dtype)
         x = (float(sigmas[0]) * torch.randn((b, *event_shape), generator=g, dtype=torch.float64)).to(device, dtype)
+        if start == "centred":
+            x = x + teacher(x, sig[0].expand(b), **({} if c is None else {"cond": c}))
         out[a : a + b, 0] = x.cpu()
         step, kw = step_function(method), ({"eta": 0.0} if method == "ddim" else {})  # (a fresh multistep state per batch)
         for i in range(len(sigmas) - 1):
@@ -239,7 +249,7 @@ def _schedule_loss(teacher):
 def distill(teacher, train_data, *, calls: int = 2, method: str = "trajectory", teacher_steps: int = 64,
             n_trajectories: int | None = None, student: Denoiser | None = None, steps: int | None = None,
             batch_size: int | None = None, lr: float | None = None, warmup_steps: int | None = None,
-            ema_decay: float = 0.99, sigma_min: float = 0.002, teacher_method: str = "heun",
+            ema_decay: float = 0.99, sigma_min: float = 0.002, teacher_method: str = "heun", teacher_start: str = "noise",
             sigma_max: float = SIGMA_MAX, rho: float = 7.0, seed: int = 0, out_dir: str | os.PathLike | None = None,
             device=None, progress: bool = True, threads: int | None = None, config: dict | None = None) -> Student:
     """Distil ``teacher`` into a ``calls``-call :class:`Student` (see the module docstring).
@@ -258,6 +268,8 @@ def distill(teacher, train_data, *, calls: int = 2, method: str = "trajectory", 
             exactly the map from noise to sample that the model's default sampler computes.
         teacher_method: the deterministic sampler that integrates the teacher's ODE ("heun" by default;
             "dpmpp2m", "euler" or "ddim" to learn a model whose default sampler is one of those).
+        teacher_start: ``"centred"`` ("schedule" only): the teacher's ODE starts at ``sample``'s centred
+            start, and so does the student, whose first call is that start (``calls - 1`` steps follow).
         n_trajectories: teacher trajectories to learn from ("trajectory", "schedule").
         student: the network to train (default: a copy of ``teacher``, which must then be a Denoiser;
             "schedule" trains no network and refuses it).
@@ -287,6 +299,9 @@ def distill(teacher, train_data, *, calls: int = 2, method: str = "trajectory", 
                          f"levels are every (teacher_steps / calls)-th of the teacher's), got teacher_steps={teacher_steps}, calls={calls}")
     if teacher_method not in TEACHER_METHODS:
         raise ValueError(f"teacher_method must be a deterministic sampler, one of {TEACHER_METHODS}, got {teacher_method!r}")
+    if teacher_start not in ("noise", "centred") or (teacher_start == "centred" and method != "schedule"):
+        raise ValueError(f"teacher_start must be 'noise', or 'centred' with method='schedule' (the student then "
+                         f"shares the teacher's centred start), got {teacher_start!r} with method={method!r}")
     if method == "progressive" and teacher_method != "heun":
         raise ValueError(f"progressive: the teacher takes DDIM steps by construction; teacher_method={teacher_method!r} does not apply")
     if method == "schedule" and (calls < 2 or teacher_steps < 1 or student is not None):
@@ -296,7 +311,7 @@ def distill(teacher, train_data, *, calls: int = 2, method: str = "trajectory", 
     if method == "schedule":
         return _distill_schedule(teacher, train_data, calls, teacher_steps, n_trajectories, steps, batch_size, lr,
                                  warmup_steps, ema_decay, sigma_min, sigma_max, rho, seed, out_dir, device, progress,
-                                 threads, config, teacher_method)
+                                 threads, config, teacher_method, teacher_start)
     if student is None and not isinstance(teacher, Denoiser):
         raise ValueError("pass student= (a Denoiser to train) when the teacher is not a Denoiser to copy")
     with seeded(seed):
@@ -333,7 +348,7 @@ def distill(teacher, train_data, *, calls: int = 2, method: str = "trajectory", 
 
 def _distill_schedule(teacher, train_data, calls, teacher_steps, n_trajectories, steps, batch_size, lr, warmup_steps,
                       ema_decay, sigma_min, sigma_max, rho, seed, out_dir, device, progress, threads, config,
-                      teacher_method) -> Student:
+                      teacher_method, teacher_start) -> Student:
     """``method="schedule"``: the teacher's start and end states, then the levels fitted through a Trainer."""
     from sciffusion.data.batches import collate
     from sciffusion.training import Trainer
@@ -349,15 +364,16 @@ def _distill_schedule(teacher, train_data, calls, teacher_steps, n_trajectories,
     states = _cached(out, lambda: teacher_trajectories(
         frozen, karras_sigmas(teacher_steps, sigma_min, sigma_max, rho), teacher_steps, n_trajectories,
         tuple(first["x"].shape[1:]), cond, seed=seed, dtype=first["x"].dtype, device=device, progress=progress,
-        method=teacher_method), levels=2)
-    trainer = Trainer(_Schedule(calls, sigma_min, sigma_max, rho), _Rows(states, cond),
+        method=teacher_method, start=teacher_start), levels=2)
+    steps_ = calls - (teacher_start == "centred")  # a centred start is the first of the calls
+    trainer = Trainer(_Schedule(steps_, sigma_min, sigma_max, rho), _Rows(states, cond),
                       out_dir=None if out is None else out / "schedule", seed=seed, loss_fn=_schedule_loss(frozen),
                       batch_size=min(batch_size, len(states)), lr=lr, warmup_steps=warmup_steps, ema_decay=ema_decay,
                       device=device, progress=progress, mixed_precision=None)
     trainer.fit(steps, threads=threads, desc=f"learn {calls} noise levels")
     with torch.no_grad():
         levels = trainer.ema.sigmas().cpu()
-    result = Student(frozen, levels, method="dpmpp2m")
+    result = Student(frozen, levels, method="dpmpp2m", start=teacher_start)
     if out is not None:
         result.save(out / "student", config)
     return result

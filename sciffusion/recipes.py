@@ -204,6 +204,8 @@ def sample_from_checkpoint(
                              "give no steps, method or sampler options")
         method = student.get("method", "ddim")
         steps, sampler_options = len(student["sigmas"]) - 1, {"sigmas": student["sigmas"], **streams}
+        if student.get("start", "noise") != "noise":
+            sampler_options["start"] = student["start"]
         if method == "ddim":
             sampler_options["eta"] = 0.0
     steps = DEFAULT_SAMPLER["steps"] if steps is None else steps

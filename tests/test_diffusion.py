@@ -251,3 +251,21 @@ def test_edm_loss_crps_term_equals_the_fair_crps_of_the_denoised_members():
     torch.testing.assert_close(got, base + 0.5 * (crps * cw).mean(1), rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match="crps_members must be an integer >= 2"):
         edm_loss(den, x0, crps_weight=0.5, crps_members=1)
+
+
+def test_a_temperature_scales_the_draw_before_a_centred_start_so_the_mean_stays():
+    """sample(temperature=2, start="centred") on a narrow law far from 0: the samples' spread doubles and
+    their mean stays (scaling the centred state instead, as a step wrapper would, moves the mean to ~2 mu);
+    temperature 1 is the plain sampler bit for bit, and a non-positive one is refused."""
+    from sciffusion.testing import GaussianMixture
+
+    gm = GaussianMixture(torch.tensor([1.0]), torch.tensor([[6.0, -3.0]]), 0.5)
+    kw = dict(steps=32, method="dpmpp2m", sigma_max=10.0, start="centred", dtype=torch.float64)
+    plain = sample(gm, (4000, 2), generator=torch.Generator().manual_seed(0), **kw)
+    hot = sample(gm, (4000, 2), generator=torch.Generator().manual_seed(0), temperature=2.0, **kw)
+    assert abs(float(hot.std(0).mean() / plain.std(0).mean()) - 2) < 0.05
+    assert float((hot.mean(0) - torch.tensor([6.0, -3.0], dtype=torch.float64)).abs().max()) < 0.1  # noise start: 0.4 off
+    one = sample(gm, (8, 2), generator=torch.Generator().manual_seed(0), temperature=1.0, **kw)
+    torch.testing.assert_close(one, plain[:8], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="temperature"):
+        sample(gm, (8, 2), temperature=0.0, **kw)

@@ -112,7 +112,8 @@ def test_a_trajectory_student_takes_levels_that_are_not_a_power_of_two_apart():
                                            ({"method": "schedule", "calls": 1}, "calls >= 2"),
                                            ({"method": "schedule", "calls": 2}, "no student="),
                                            ({"teacher_method": "stochastic"}, "teacher_method"),
-                                           ({"method": "progressive", "teacher_method": "dpmpp2m"}, "DDIM steps")])
+                                           ({"method": "progressive", "teacher_method": "dpmpp2m"}, "DDIM steps"),
+                                           ({"teacher_start": "centred"}, "teacher_start")])
 def test_bad_settings_are_refused_naming_them(kwargs, needle):
     gm = two_modes()
     data = TensorPairs(gm.sample(64, torch.Generator().manual_seed(0)).float())
@@ -145,6 +146,31 @@ def test_a_schedule_student_keeps_the_network_and_learns_levels_closer_to_the_te
     assert float((got - end).pow(2).mean()) < 0.5 * float((karras - end).pow(2).mean())
 
 
+def test_a_centred_schedule_student_shares_its_teachers_centred_start_and_counts_it_as_a_call():
+    """teacher_start="centred": the kept start state is s z + D(s z, s) (sample's centred start, by hand),
+    and a 3-call student is that start plus 2 learned steps; sampled through its own sampler dict it
+    makes 3 calls and lands exactly where the fitted solver does from that start."""
+    from sciffusion.diffusion import karras_sigmas
+    from sciffusion.distill import solve
+
+    gm = GaussianMixture(torch.tensor([1.0]), torch.tensor([[6.0, -3.0]]), 0.5)  # a narrow law far from 0
+    sig = karras_sigmas(8, 0.002, 10.0)
+    states = teacher_trajectories(gm, sig, 8, 16, (2,), seed=3, dtype=torch.float64, method="dpmpp2m", start="centred")
+    z = 10.0 * torch.randn((16, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    torch.testing.assert_close(states[:, 0], z + gm(z, torch.full((16,), 10.0, dtype=torch.float64)), rtol=0, atol=1e-12)
+    data = TensorPairs(gm.sample(64, torch.Generator().manual_seed(0)).float())
+    st = distill(gm, data, calls=3, method="schedule", teacher_method="dpmpp2m", teacher_steps=8, sigma_max=10.0,
+                 teacher_start="centred", n_trajectories=64, steps=20, progress=False)
+    assert (st.start, st.steps, st.calls) == ("centred", 2, 3) and st.sampler["start"] == "centred"
+    counted = CountingDenoiser(st)
+    g = torch.Generator().manual_seed(4)
+    got = sample(counted, (32, 2), generator=g, **st.sampler)
+    assert counted.nfe == 3
+    z = float(st.sigmas[0]) * torch.randn((32, 2), generator=torch.Generator().manual_seed(4))
+    x0 = z + gm(z, torch.full((32,), float(st.sigmas[0])))
+    torch.testing.assert_close(got, solve(gm, x0, st.sigmas, "dpmpp2m"), rtol=0, atol=1e-6)
+
+
 def test_a_schedule_run_resumes_exactly_and_keeps_its_solver_through_a_checkpoint(tmp_path):
     """A schedule run stopped at 20 steps and resumed to 40 learns the same levels, bit for bit, as one
     run of 40; the student checkpoint keeps its solver and levels (an old DDIM checkpoint without a
@@ -159,7 +185,7 @@ def test_a_schedule_run_resumes_exactly_and_keeps_its_solver_through_a_checkpoin
     straight = distill(net, data, steps=40, out_dir=tmp_path / "b", **kw)
     torch.testing.assert_close(resumed.sigmas, straight.sigmas, rtol=0, atol=0)
     loaded = Student.load(tmp_path / "a" / "student")
-    assert loaded.sampler == {"method": "dpmpp2m", "sigmas": resumed.sigmas.tolist()}
+    assert loaded.sampler == {"method": "dpmpp2m", "sigmas": resumed.sigmas.tolist(), "start": "noise"}
     torch.testing.assert_close(loaded.denoiser.state_dict(), net.state_dict(), rtol=0, atol=0)  # the teacher's network
     config = tmp_path / "a" / "student" / "config.json"
     spec = json.loads(config.read_text())

@@ -309,3 +309,10 @@ def test_an_emulator_given_the_control_centres_its_members_on_it_where_random_se
     assert spec["seed_members"] == [0]
     del spec["seed_members"]  # as written before the key existed
     assert EnsembleEmulator.from_spec(control.denoiser, spec).seed_members is None
+
+
+def test_a_temperature_with_a_centred_start_is_refused_not_applied_to_the_centred_mean():
+    """TemperedStep scales the first state, which a centred start has shifted to the mean: refused, naming both."""
+    emu = gaussian_emulator()
+    with pytest.raises(ValueError, match="start='centred'"):
+        emu.generate(seeds_dataset(n_init=1), 2, temperature=1.5, start="centred", progress=False)

@@ -262,6 +262,7 @@ def sample(
     s_noise: float | None = None,
     eta: float | None = None,
     start: str = "noise",
+    temperature: float = 1.0,
     **cond,
 ) -> torch.Tensor:
     """Draw samples ``(B, *event_shape)`` from the distribution the denoiser was trained on.
@@ -282,6 +283,8 @@ def sample(
             mean, not 0; starting from zero-mean noise shifts every sample by about
             ``-mean * tau / sigma_max`` for a conditional law of width ``tau`` (8% of the mean for
             ``tau = 0.7`` from ``sigma_max = 10``); the centred start removes that.
+        temperature: scales the starting draw ``z`` (before the centred start, so the centring is
+            not scaled); above 1 widens the samples, e.g. a distilled student's.
         callback: called after each step with ``{"i", "x", "sigma", "sigma_next"}``.
         progress: show a tqdm bar (default off, unlike the long-running entry points - ``fit``,
             ``generate``, ``rollout``, ``downscale``, ``simulate``: this is their inner loop).
@@ -300,6 +303,8 @@ def sample(
     check_sample_options(step_fn, {**options, **cond})
     if start not in ("noise", "centred"):
         raise ValueError(f"start must be 'noise' or 'centred'; got {start!r}")
+    if not float(temperature) > 0:
+        raise ValueError(f"temperature must be > 0 (it scales the starting draw), got {temperature!r}")
     if sigmas is None:
         sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho)
     sigmas = torch.as_tensor(sigmas, dtype=dtype, device=device)
@@ -311,7 +316,7 @@ def sample(
         return randn(shape, generator, dtype=dtype, device=device)
 
     if x is None:
-        x = sigmas[0] * noise()
+        x = sigmas[0] * noise() if temperature == 1 else float(temperature) * sigmas[0] * noise()
         if start == "centred":
             x = x + denoiser(x, sigmas[0].expand(shape[0]), **cond)
     elif tuple(x.shape) != shape:

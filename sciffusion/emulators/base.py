@@ -129,7 +129,7 @@ class Emulator:
                              f"{self.denoiser.sigma_data}: it was distilled from another model")
         out = copy.copy(self)
         out.denoiser = student.denoiser
-        out.sampler = {**self.sampler, **student.sampler, "steps": student.calls}
+        out.sampler = {**self.sampler, **student.sampler, "steps": student.steps}  # (its start too: the map it learned)
         out.checkpoint = out.checkpoint_sha256 = None
         return out
 

@@ -43,7 +43,7 @@ from sciffusion.emulators.base import Emulator
 from sciffusion.emulators.calibrate import STOCHASTIC_CHURN, SamplerCalibration, check_temperature
 from sciffusion.emulators.coarsen import coarsen, grid_dims_of, periodic_dims
 from sciffusion.emulators.downscale_data import DownscaleCoder, _names, stack
-from sciffusion.emulators.ensemble import TemperedStep
+from sciffusion.emulators.ensemble import TemperedStep, check_centred_temperature
 from sciffusion.emulators.members import generate as generate_members
 from sciffusion.emulators.store import ensemble_output
 
@@ -164,6 +164,7 @@ class Downscaler(SamplerCalibration, Emulator):
     def _draw(self, cond, up, block, settings, options, seed, batch_size, progress, device) -> np.ndarray:
         """Members ``block`` for every condition: fine fields ``(N, len(block), C, H, W)`` (NaN where missing)."""
         c = self.coder
+        check_centred_temperature(options, settings.get("temperature", 1.0))
         step = TemperedStep(settings["method"], settings.get("temperature", 1.0))  # a fresh step per block
         z = generate_members(self.denoiser, cond, block, event_shape=(c.channels, *c.grid_shape), seed=seed,
                              batch_size=batch_size, steps=int(settings["steps"]), method=step,

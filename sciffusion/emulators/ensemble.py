@@ -69,6 +69,15 @@ class TemperedStep:
         return forward_step(self.step, denoiser, x, sigma, sigma_next, sigmas=sigmas, **kwargs)
 
 
+def check_centred_temperature(options: dict, temperature: float) -> None:
+    """TemperedStep scales the state at the first level, which a centred start has already shifted to
+    the data's mean: the mean would be scaled too. Refuse the pair (``sample(temperature=)`` scales the
+    draw before the centring; a Rollout uses that)."""
+    if options.get("start", "noise") == "centred" and float(temperature) != 1.0:
+        raise ValueError(f"temperature {temperature} with start='centred' would scale the centred mean too; "
+                         "use start='noise' with a temperature, or temperature 1 with the centred start")
+
+
 def _default_net(coder: SeedsCoder, net: dict | None) -> dict:
     from sciffusion.nets import task_spec
 
@@ -346,6 +355,7 @@ class EnsembleEmulator(Emulator):
             valid = step_options(step_function(method))
             stored = {k: v for k, v in stored.items() if valid is None or k in valid}
         options = {**stored, **sampler_options}
+        check_centred_temperature(options, settings["temperature"])
         check_sample_options(step_fn, options)  # before the store is allocated
         return {"ds": ds, "sample_dims": sample_dims, "sample_shape": [ds.sizes[d] for d in sample_dims],
                 "event": (c.channels, *c.grid_shape), "seeds": seeds_t, "lead": lead, "cond": cond, "latent": latent,

@@ -146,11 +146,6 @@ class Rollout(RolloutModel):
         """One autoregressive step: ``x(t+dt) = x(t) + decode(z)``, ``z ~ p(z | cond)``."""
         cond = self.coder.condition(hist, forcing)
         opts = dict(settings)
-        method, temperature = opts.pop("method"), opts.pop("temperature", 1.0)
-        if temperature != 1.0:  # the starting draw scaled by the noise temperature (EnsembleEmulator's knob)
-            from sciffusion.emulators.ensemble import TemperedStep
-
-            method = TemperedStep(method, check_temperature(temperature, "sampler['temperature']"))
-        z = sample(self.denoiser, (hist.shape[0], *hist.shape[2:]), steps=int(opts.pop("steps")), method=method,
+        z = sample(self.denoiser, (hist.shape[0], *hist.shape[2:]), steps=int(opts.pop("steps")), method=opts.pop("method"),
                    generator=gens, dtype=hist.dtype, device=hist.device, cond=cond, **opts)
         return [hist[:, -1] + self.coder.decode_increment(z)]
