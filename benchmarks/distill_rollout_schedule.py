@@ -188,10 +188,12 @@ def validation_key(args, teacher: Rollout) -> str:
     return f"teacher {s['method']} {s['steps']} {s.get('start', 'noise')}, n_trajectories={args.n_trajectories}, steps={args.distill_steps}"
 
 
-def models(args, teacher: Rollout, traj, log) -> dict:
+def models(args, teacher: Rollout, traj, log, teachers_only: bool = False) -> dict:
     """The teacher, its former default, and each student at the temperature chosen on validation."""
-    chosen = json.loads(VALIDATION.read_text())[validation_key(args, teacher)]["students"]
     out = {"teacher": teacher, "teacher, former default (heun 6)": with_sampler(teacher, FORMER_DEFAULT)}
+    if teachers_only:
+        return out
+    chosen = json.loads(VALIDATION.read_text())[validation_key(args, teacher)]["students"]
     for c, st in students(args, teacher, traj, log).items():
         fast = teacher.with_student(st)
         out[f"student, {c} calls"] = with_sampler(fast, {**fast.sampler, "temperature": chosen[f"{c} calls"]["chosen_temperature"]})
@@ -281,7 +283,7 @@ def main() -> None:
     traj = np.concatenate([fresh_run(1000, args.test_seed), traj], 0)[[0, 2, 3, 4, 1]]  # the fresh run is run 0
     if args.summarise:
         return summarise(args, traj, teacher, meta, t0, log)
-    ms = models(args, teacher, traj, log)
+    ms = models(args, teacher, traj, log, teachers_only=args.model in ("teacher", "former"))
     pick = {"teacher": "teacher", "former": "teacher, former default (heun 6)"}.get(args.model, f"student, {args.model} calls")
     for label, m in ms.items():
         if args.model is not None and label != pick:
