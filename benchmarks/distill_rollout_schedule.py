@@ -140,7 +140,8 @@ def students(args, teacher: Rollout, traj, log) -> dict:
                      teacher_steps=int(s["steps"]), sigma_min=s.get("sigma_min", 0.002), sigma_max=s["sigma_max"],
                      teacher_start=s.get("start", "noise"),
                      rho=s.get("rho", 7.0), n_trajectories=args.n_trajectories, steps=args.distill_steps,
-                     out_dir=Path(args.work) / f"schedule_{calls}_{s['method']}_{s['steps']}_{s.get('start', 'noise')}",
+                     out_dir=Path(args.work) / f"schedule_{calls}_{s['method']}_{s['steps']}_{s.get('start', 'noise')}"
+                                                f"{'_top' if s.get('start') == 'centred' else ''}",
                      progress=False, threads=1)
         log(f"student {calls}: levels {[round(v, 4) for v in st.sigmas.tolist()]} ({time.time() - t:.0f} s)")
         out[calls] = st
@@ -185,7 +186,8 @@ def stage_validate(args, traj, teacher, meta, t0, log) -> None:
 
 def validation_key(args, teacher: Rollout) -> str:
     s = teacher.sampler
-    return f"teacher {s['method']} {s['steps']} {s.get('start', 'noise')}, n_trajectories={args.n_trajectories}, steps={args.distill_steps}"
+    top = ", learned top level" if s.get("start") == "centred" else ""  # (a centred student learns its start level)
+    return f"teacher {s['method']} {s['steps']} {s.get('start', 'noise')}, n_trajectories={args.n_trajectories}, steps={args.distill_steps}{top}"
 
 
 def models(args, teacher: Rollout, traj, log, teachers_only: bool = False) -> dict:

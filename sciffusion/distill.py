@@ -135,7 +135,7 @@ def teacher_trajectories(teacher, sigmas: torch.Tensor, every: int, n: int, even
     ``"dpmpp2m"``, ``"euler"``, ``"ddim"`` with eta = 0: a model's own deterministic sampler) from ``n``
     noise draws (seeded by ``seed``), kept every ``every`` levels: ``(n, (len(sigmas) - 1) // every + 1,
     *event_shape)``. Row ``j`` is conditioned on ``cond[j % len(cond)]``. ``start="centred"`` starts each
-    trajectory (and its kept first state) at ``s z + D(s z, s)``, ``sample``'s centred start."""
+    trajectory at ``s z + D(s z, s)``, ``sample``'s centred start; the kept first state is the draw ``s z``."""
     from sciffusion.diffusion.sample import step_function
 
     if method not in TEACHER_METHODS:
@@ -148,9 +148,9 @@ def teacher_trajectories(teacher, sigmas: torch.Tensor, every: int, n: int, even
         b = min(n, a + batch_size) - a
         c = None if cond is None else cond[torch.arange(a, a + b) % len(cond)].to(device=device, dtype=dtype)
         x = (float(sigmas[0]) * torch.randn((b, *event_shape), generator=g, dtype=torch.float64)).to(device, dtype)
+        out[a : a + b, 0] = x.cpu()  # the draw sigma_max z (a centred start is a function of it)
         if start == "centred":
             x = x + teacher(x, sig[0].expand(b), **({} if c is None else {"cond": c}))
-        out[a : a + b, 0] = x.cpu()
         step, kw = step_function(method), ({"eta": 0.0} if method == "ddim" else {})  # (a fresh multistep state per batch)
         for i in range(len(sigmas) - 1):
             x = step(teacher, x, sig[i], sig[i + 1], noise=None, cond={} if c is None else {"cond": c}, **kw)
@@ -199,25 +199,33 @@ def _progressive_loss(teacher, levels: torch.Tensor):
 
 
 class _Schedule(nn.Module):
-    """The ``calls + 1`` noise levels of a learned schedule: ``sigma_max`` (fixed, where the teacher's
-    trajectories start), ``calls - 1`` interior levels, and 0. With ``w = softmax(u)`` (``calls`` shares),
-    ``log sigma_i = log sigma_max - (log sigma_max - log sigma_min) * (w_1 + ... + w_i)``: decreasing,
-    and above ``sigma_min`` (``w_calls`` is the share left below the last interior level). It starts at
-    the first ``calls`` of ``calls + 1`` Karras levels, so no call is spent at ``sigma_min``."""
+    """The ``calls + 1`` noise levels of a learned schedule: a top level, ``calls - 1`` interior levels,
+    and 0. With ``w = softmax(u)``, ``log sigma_i = log sigma_max - (log sigma_max - log sigma_min) *
+    (w_1 + ... + w_i)``: decreasing, and above ``sigma_min`` (the last share is what is left below the
+    last interior level). The top is ``sigma_max`` itself (where the teacher's trajectories start), or,
+    with ``learn_top`` (a centred start), learned as well: ``u`` has one share more, the first one the
+    gap below ``sigma_max``. A narrow conditional law is nearly exact at a centred start far below
+    ``sigma_max`` (``s z + D(s z, s)``), so calls spent above it are wasted. It starts at the first
+    ``calls`` of ``calls + 1`` Karras levels, so no call is spent at ``sigma_min``."""
 
-    def __init__(self, calls: int, sigma_min: float, sigma_max: float, rho: float):
+    def __init__(self, calls: int, sigma_min: float, sigma_max: float, rho: float, learn_top: bool = False):
         super().__init__()
         logs = torch.log(karras_sigmas(calls + 1, sigma_min, sigma_max, rho)[:calls])
         gaps = -torch.diff(torch.cat([logs, torch.tensor([math.log(sigma_min)], dtype=logs.dtype)]))
+        if learn_top:  # a first share of 0.1% of the range: the top starts just below sigma_max
+            gaps = torch.cat([gaps.sum()[None] * 1e-3, gaps])
         self.u = nn.Parameter(torch.log(gaps / gaps.sum()))
         self.register_buffer("bounds", torch.tensor([math.log(sigma_max), math.log(sigma_min)], dtype=torch.float64))
         self.register_buffer("top", torch.tensor([sigma_max], dtype=torch.float64))  # exactly, not exp(log(.))
         self.config = {"calls": calls, "sigma_min": sigma_min, "sigma_max": sigma_max, "rho": rho}
+        if learn_top:
+            self.config["learn_top"] = True
 
     def sigmas(self) -> torch.Tensor:
         hi, lo = self.bounds
-        inner = torch.exp(hi - (hi - lo) * torch.cumsum(torch.softmax(self.u, 0), 0)[:-1])
-        return torch.cat([self.top.to(inner.dtype), inner, torch.zeros(1, dtype=inner.dtype, device=inner.device)])
+        levels = torch.exp(hi - (hi - lo) * torch.cumsum(torch.softmax(self.u, 0), 0)[:-1])
+        zero = torch.zeros(1, dtype=levels.dtype, device=levels.device)
+        return torch.cat([levels, zero] if self.config.get("learn_top") else [self.top.to(levels.dtype), levels, zero])
 
     def trainer_spec(self) -> dict:
         return {"schedule": dict(self.config)}
@@ -236,12 +244,19 @@ def solve(denoiser, x: torch.Tensor, sigmas: torch.Tensor, method: str = "dpmpp2
     return x
 
 
-def _schedule_loss(teacher):
-    """Mean squared distance of the learned schedule's DPM-Solver++(2M) end state to the teacher's."""
+def _schedule_loss(teacher, sigma_max: float, centred: bool):
+    """Mean squared distance of the learned schedule's DPM-Solver++(2M) end state to the teacher's, from
+    the same draw ``z`` (the kept first state is ``sigma_max z``); with ``centred`` the student starts at
+    ``s z + D(s z, s)``, ``s`` its own (learned) top level, as ``sample(start="centred")`` does."""
 
     def loss_fn(model, batch, generator):
-        states = batch["x"]
-        return (solve(teacher, states[:, 0], model.sigmas(), "dpmpp2m", batch.get("cond")) - states[:, -1]).pow(2).mean()
+        states, cond = batch["x"], batch.get("cond")
+        sig = model.sigmas().to(states.dtype)
+        x = states[:, 0]
+        if centred:
+            x = sig[0] * (x / sigma_max)
+            x = x + teacher(x, sig[0].expand(len(x)), **({} if cond is None else {"cond": cond}))
+        return (solve(teacher, x, sig, "dpmpp2m", cond) - states[:, -1]).pow(2).mean()
 
     return loss_fn
 
@@ -269,7 +284,8 @@ def distill(teacher, train_data, *, calls: int = 2, method: str = "trajectory", 
         teacher_method: the deterministic sampler that integrates the teacher's ODE ("heun" by default;
             "dpmpp2m", "euler" or "ddim" to learn a model whose default sampler is one of those).
         teacher_start: ``"centred"`` ("schedule" only): the teacher's ODE starts at ``sample``'s centred
-            start, and so does the student, whose first call is that start (``calls - 1`` steps follow).
+            start, and so does the student, whose first call is that start (``calls - 1`` steps follow)
+            at a top level it learns too, from the same draw ``z``.
         n_trajectories: teacher trajectories to learn from ("trajectory", "schedule").
         student: the network to train (default: a copy of ``teacher``, which must then be a Denoiser;
             "schedule" trains no network and refuses it).
@@ -366,8 +382,9 @@ def _distill_schedule(teacher, train_data, calls, teacher_steps, n_trajectories,
         tuple(first["x"].shape[1:]), cond, seed=seed, dtype=first["x"].dtype, device=device, progress=progress,
         method=teacher_method, start=teacher_start), levels=2)
     steps_ = calls - (teacher_start == "centred")  # a centred start is the first of the calls
-    trainer = Trainer(_Schedule(steps_, sigma_min, sigma_max, rho), _Rows(states, cond),
-                      out_dir=None if out is None else out / "schedule", seed=seed, loss_fn=_schedule_loss(frozen),
+    trainer = Trainer(_Schedule(steps_, sigma_min, sigma_max, rho, learn_top=teacher_start == "centred"),
+                      _Rows(states, cond), out_dir=None if out is None else out / "schedule", seed=seed,
+                      loss_fn=_schedule_loss(frozen, sigma_max, teacher_start == "centred"),
                       batch_size=min(batch_size, len(states)), lr=lr, warmup_steps=warmup_steps, ema_decay=ema_decay,
                       device=device, progress=progress, mixed_precision=None)
     trainer.fit(steps, threads=threads, desc=f"learn {calls} noise levels")

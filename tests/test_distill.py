@@ -147,9 +147,10 @@ def test_a_schedule_student_keeps_the_network_and_learns_levels_closer_to_the_te
 
 
 def test_a_centred_schedule_student_shares_its_teachers_centred_start_and_counts_it_as_a_call():
-    """teacher_start="centred": the kept start state is s z + D(s z, s) (sample's centred start, by hand),
-    and a 3-call student is that start plus 2 learned steps; sampled through its own sampler dict it
-    makes 3 calls and lands exactly where the fitted solver does from that start."""
+    """teacher_start="centred": the teacher's trajectories end where sample(start="centred") ends from the
+    kept draw s z, and a 3-call student is a centred start at its own learned top level plus 2 learned
+    steps; sampled through its own sampler dict it makes 3 calls and lands exactly where the fitted
+    solver does from that start (s z + D(s z, s), by hand)."""
     from sciffusion.diffusion import karras_sigmas
     from sciffusion.distill import solve
 
@@ -157,11 +158,15 @@ def test_a_centred_schedule_student_shares_its_teachers_centred_start_and_counts
     sig = karras_sigmas(8, 0.002, 10.0)
     states = teacher_trajectories(gm, sig, 8, 16, (2,), seed=3, dtype=torch.float64, method="dpmpp2m", start="centred")
     z = 10.0 * torch.randn((16, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    torch.testing.assert_close(states[:, 0], z + gm(z, torch.full((16,), 10.0, dtype=torch.float64)), rtol=0, atol=1e-12)
+    torch.testing.assert_close(states[:, 0], z, rtol=1e-12, atol=1e-12)  # (karras_sigmas(...)[0] is 10 to rounding)
+    direct = sample(gm, (16, 2), method="dpmpp2m", steps=8, sigma_max=10.0, start="centred", dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(states[:, -1], direct, rtol=1e-12, atol=1e-12)
     data = TensorPairs(gm.sample(64, torch.Generator().manual_seed(0)).float())
     st = distill(gm, data, calls=3, method="schedule", teacher_method="dpmpp2m", teacher_steps=8, sigma_max=10.0,
                  teacher_start="centred", n_trajectories=64, steps=20, progress=False)
     assert (st.start, st.steps, st.calls) == ("centred", 2, 3) and st.sampler["start"] == "centred"
+    assert 10.0 > float(st.sigmas[0]) > float(st.sigmas[1]) > 0 == float(st.sigmas[2])  # the top is learned too
     counted = CountingDenoiser(st)
     g = torch.Generator().manual_seed(4)
     got = sample(counted, (32, 2), generator=g, **st.sampler)
