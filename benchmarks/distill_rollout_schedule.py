@@ -219,7 +219,7 @@ def score_test(model: Rollout, traj, args) -> dict:
 
 def summarise(args, traj, teacher, meta, t0, log) -> None:
     work = Path(args.work)
-    ms = models(args, teacher, traj, log)
+    ms = models(args, teacher, traj, log, teachers_only=args.teachers_only)
     rows = {label: json.loads((work / f"test_{label.replace(' ', '_').replace(',', '')}.json").read_text()) for label in ms}
     costs = cost(ms, traj, args.repeats)
     t = rows["teacher"]
@@ -269,6 +269,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--model", default=None, help="test stage: score this model only ('teacher', 'former', or CALLS)")
     p.add_argument("--summarise", action="store_true", help="test stage: merge the scores, time the models, write JSON")
+    p.add_argument("--teachers-only", action="store_true",
+                   help="summarise the teacher and its former default alone (no student passed validation)")
     p.add_argument("--cache", default=str(HERE.parent / "runs" / "rollout_kolmogorov_physics.npy"))
     p.add_argument("--work", default=str(HERE.parent / "runs" / "distill_rollout_schedule"))
     args = p.parse_args()
