@@ -1,8 +1,9 @@
 """Few-call students of the shipped Kolmogorov rollout emulator against their teacher (issue 21).
 
 Teacher: the autoregressive emulator with the forcing pattern trained on an H100
-(``benchmarks/models/rollout_kolmogorov_ar_pattern_gpu``, U-Net [32, 64, 128]) at its saved default
-sampler (Heun, 6 steps from ``sigma_max = 10``: 11 network calls per rollout step). Students:
+(``benchmarks/models/rollout_kolmogorov_ar_pattern_gpu``, U-Net [32, 64, 128]) at the sampler it was
+saved with when these runs were made (Heun, 6 steps from ``sigma_max = 10``: 11 network calls per
+rollout step; ``FORMER_SAMPLER``: the model's default is now another, see distill_rollout_schedule.py). Students:
 ``sciffusion.distill.distill`` of its denoiser (trajectory method, the student starts from the
 teacher's weights), sampling through ``Rollout.with_student``. ``--teacher-ode default`` (default)
 distils the teacher's own sampler (its 6 levels: 1, 2 or 3 calls, e.g. ``--calls 3 2``);
@@ -75,6 +76,17 @@ from sciffusion.systems import KolmogorovFlow
 
 HERE = Path(__file__).parent
 TEACHER = HERE / "models" / "rollout_kolmogorov_ar_pattern_gpu"
+# The sampler the model was saved with when this script's runs were made (its records and the prepared
+# lease, gpu_issue21_device_rows.sh, are about that map); the model's default is now DPM-Solver++(2M) 8
+# steps with the centred start, whose students are distill_rollout_schedule.py's.
+FORMER_SAMPLER = {"method": "heun", "steps": 6, "sigma_min": 0.002, "sigma_max": 10.0, "start": "noise"}
+
+
+def load_teacher() -> Rollout:
+    """The shipped rollout model at FORMER_SAMPLER, the teacher of this script's students."""
+    teacher = Rollout.load(TEACHER)
+    teacher.sampler = dict(FORMER_SAMPLER)
+    return teacher
 RESULTS = HERE / "results" / "distill_rollout_kolmogorov.json"
 DISTILL_DEFAULTS = {"method": "trajectory", "teacher_steps": 64, "n_trajectories": 20000, "steps": 4000,
                     "batch_size": 256, "lr": 3e-4, "ema_decay": 0.99, "sigma_max": 80.0}
@@ -393,7 +405,7 @@ def main() -> None:
     t_start, work, meta = time.time(), Path(args.work), run_meta()  # the load at the start of the run
     work.mkdir(parents=True, exist_ok=True)
     if args.teacher_ode == "default":
-        args.teacher_steps = int(Rollout.load(TEACHER).sampler["steps"])
+        args.teacher_steps = int(FORMER_SAMPLER["steps"])
     if args.calls is None:
         args.calls = [3, 2] if args.teacher_ode == "default" else [4, 2]
     settings = {k: getattr(args, k) for k in ("steps", "n_trajectories", "distill_steps", "batch_size", "teacher_steps",
@@ -407,7 +419,7 @@ def main() -> None:
     prev.write_text(json.dumps(settings))
 
     if args.stage == "distill" and args.condition_runs:  # the distillation alone needs no scoring runs
-        teacher = Rollout.load(TEACHER)
+        teacher = load_teacher()
         pairs = condition_pairs(teacher, args.n_trajectories, args.condition_runs, args.condition_seed, args.device)
         log(f"conditions: {len(pairs)} from {args.condition_runs} fresh runs in {time.time() - t_start:.0f} s")
         distill_students(teacher, pairs, args, work, log)
@@ -417,7 +429,7 @@ def main() -> None:
         traj = np.concatenate([fresh_run(args.steps, args.test_seed), traj], 0)[[0, 2, 3, 4, 1]]
     log(f"physics: {len(traj)} runs x {traj.shape[1]} times ready in {time.time() - t_start:.0f} s")
     if args.fine_teacher:
-        diag = {"meta": {**meta, "wall_s": None}, **fine_teacher(Rollout.load(TEACHER), traj, args)}
+        diag = {"meta": {**meta, "wall_s": None}, **fine_teacher(load_teacher(), traj, args)}
         diag["meta"]["wall_s"] = time.time() - t_start
         for label in ("default", "distillation ODE"):
             sk = diag[label]["validation_skill_run_B"]
@@ -434,7 +446,7 @@ def main() -> None:
     others = ((1, "B"), (2, "C"), (3, "D")) + (((4, "A"),) if args.test_seed is not None else ())
     floors = {f"physics floor ({r} vs {test_name})": bias(climate(traj[i], kf), ref) for i, r in others}
 
-    teacher = Rollout.load(TEACHER)
+    teacher = load_teacher()
     models, rows = {"teacher": teacher}, {}
     if args.condition_runs:
         pairs = condition_pairs(teacher, args.n_trajectories, args.condition_runs, args.condition_seed, "cpu")
