@@ -43,16 +43,16 @@ import numpy as np
 import torch
 
 from _run_meta import run_meta
-from distill_rollout_kolmogorov import TEACHER, calls_per_step, cost, fresh_run, member_ratio, teacher_pairs
+from distill_rollout_kolmogorov import FORMER_SAMPLER, TEACHER, calls_per_step, cost, fresh_run, member_ratio, teacher_pairs
 from rollout_kolmogorov import bias, climate, ensemble_skill, init_state, pattern, physics
-from sciffusion.distill import Student, distill
+from sciffusion.distill import distill
 from sciffusion.emulators import Rollout
 from sciffusion.systems import KolmogorovFlow
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 VALIDATION = RESULTS / "distill_rollout_schedule_validation.json"
-FORMER_DEFAULT = {"method": "heun", "steps": 6, "sigma_min": 0.002, "sigma_max": 10.0, "start": "noise"}
+FORMER_DEFAULT = FORMER_SAMPLER  # Heun 6 steps from sigma_max 10, the model's sampler until b710c9a
 
 
 def candidates() -> dict:

@@ -43,8 +43,8 @@ from sciffusion.diffusion import Denoiser, karras_sigmas
 from sciffusion.diffusion.schedules import SIGMA_MAX
 
 METHODS = ("trajectory", "progressive", "schedule")
-SOLVERS = ("ddim", "dpmpp2m")
-TEACHER_METHODS = ("heun", "euler", "ddim", "dpmpp2m")  # deterministic samplers that can integrate a teacher's ODE  # a student's sampler: DDIM (trajectory, progressive) or DPM-Solver++(2M) (schedule)
+SOLVERS = ("ddim", "dpmpp2m")  # a student's sampler: DDIM (trajectory, progressive) or DPM-Solver++(2M) (schedule)
+TEACHER_METHODS = ("heun", "euler", "ddim", "dpmpp2m")  # deterministic samplers that can integrate a teacher's ODE
 # the method-dependent defaults of distill's n_trajectories, steps, batch_size, lr and warmup_steps
 DEFAULTS = {"trajectory": {"n_trajectories": 20000, "steps": 4000, "batch_size": 256, "lr": 3e-4, "warmup_steps": 100},
             "progressive": {"n_trajectories": 20000, "steps": 4000, "batch_size": 256, "lr": 3e-4, "warmup_steps": 100},
@@ -110,6 +110,23 @@ class Student(nn.Module):
                    spec.get("start", "noise"))
 
 
+def _deterministic(method: str):
+    """``method``'s step function (a fresh one: DPM-Solver++(2M) keeps per-trajectory state) and the
+    options that make it deterministic (DDIM's ``eta = 0``)."""
+    from sciffusion.diffusion.sample import step_function
+
+    return step_function(method), ({"eta": 0.0} if method == "ddim" else {})
+
+
+def _conditions(train_data):
+    """The event shape, dtype and conditions (None without) of a distillation's training rows."""
+    from sciffusion.data.batches import collate
+
+    first = collate(train_data, torch.arange(min(len(train_data), 1)))
+    cond = collate(train_data, torch.arange(len(train_data))).get("cond") if "cond" in first else None
+    return tuple(first["x"].shape[1:]), first["x"].dtype, cond
+
+
 def _view(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v.to(x.dtype).reshape(-1, *[1] * (x.ndim - 1))
 
@@ -136,7 +153,7 @@ def teacher_trajectories(teacher, sigmas: torch.Tensor, every: int, n: int, even
     noise draws (seeded by ``seed``), kept every ``every`` levels: ``(n, (len(sigmas) - 1) // every + 1,
     *event_shape)``. Row ``j`` is conditioned on ``cond[j % len(cond)]``. ``start="centred"`` starts each
     trajectory at ``s z + D(s z, s)``, ``sample``'s centred start; the kept first state is the draw ``s z``."""
-    from sciffusion.diffusion.sample import step_function
+    from sciffusion.diffusion.sample import centred_start
 
     if method not in TEACHER_METHODS:
         raise ValueError(f"the teacher's method must be a deterministic sampler, one of {TEACHER_METHODS}, got {method!r}")
@@ -150,8 +167,8 @@ def teacher_trajectories(teacher, sigmas: torch.Tensor, every: int, n: int, even
         x = (float(sigmas[0]) * torch.randn((b, *event_shape), generator=g, dtype=torch.float64)).to(device, dtype)
         out[a : a + b, 0] = x.cpu()  # the draw sigma_max z (a centred start is a function of it)
         if start == "centred":
-            x = x + teacher(x, sig[0].expand(b), **({} if c is None else {"cond": c}))
-        step, kw = step_function(method), ({"eta": 0.0} if method == "ddim" else {})  # (a fresh multistep state per batch)
+            x = centred_start(teacher, x, sig[0], **({} if c is None else {"cond": c}))
+        step, kw = _deterministic(method)  # (a fresh multistep state per batch)
         for i in range(len(sigmas) - 1):
             x = step(teacher, x, sig[i], sig[i + 1], noise=None, cond={} if c is None else {"cond": c}, **kw)
             if (i + 1) % every == 0:
@@ -234,9 +251,7 @@ class _Schedule(nn.Module):
 def solve(denoiser, x: torch.Tensor, sigmas: torch.Tensor, method: str = "dpmpp2m", cond=None) -> torch.Tensor:
     """``method``'s deterministic steps on ``sigmas`` (ending in 0) from ``x``, differentiable in ``x`` and
     ``sigmas``: what ``sample(denoiser, x=x, sigmas=sigmas, method=method)`` computes (``eta = 0`` for DDIM)."""
-    from sciffusion.diffusion.sample import step_function
-
-    step, kw = step_function(method), ({"eta": 0.0} if method == "ddim" else {})
+    step, kw = _deterministic(method)
     c = {} if cond is None else {"cond": cond}
     sig = sigmas.to(x.dtype)
     for i in range(len(sig) - 1):
@@ -248,14 +263,14 @@ def _schedule_loss(teacher, sigma_max: float, centred: bool):
     """Mean squared distance of the learned schedule's DPM-Solver++(2M) end state to the teacher's, from
     the same draw ``z`` (the kept first state is ``sigma_max z``); with ``centred`` the student starts at
     ``s z + D(s z, s)``, ``s`` its own (learned) top level, as ``sample(start="centred")`` does."""
+    from sciffusion.diffusion.sample import centred_start
 
     def loss_fn(model, batch, generator):
         states, cond = batch["x"], batch.get("cond")
         sig = model.sigmas().to(states.dtype)
         x = states[:, 0]
         if centred:
-            x = sig[0] * (x / sigma_max)
-            x = x + teacher(x, sig[0].expand(len(x)), **({} if cond is None else {"cond": cond}))
+            x = centred_start(teacher, sig[0] * (x / sigma_max), sig[0], **({} if cond is None else {"cond": cond}))
         return (solve(teacher, x, sig, "dpmpp2m", cond) - states[:, -1]).pow(2).mean()
 
     return loss_fn
@@ -299,7 +314,6 @@ def distill(teacher, train_data, *, calls: int = 2, method: str = "trajectory", 
             (``trajectories.safetensors``) and the student (``out_dir/student``, :meth:`Student.load`),
             whose checkpoint also holds ``config``.
     """
-    from sciffusion.data.batches import collate
     from sciffusion.training import Trainer, seeded
 
     if method not in METHODS:
@@ -338,11 +352,10 @@ def distill(teacher, train_data, *, calls: int = 2, method: str = "trajectory", 
     kw = dict(batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, ema_decay=ema_decay, device=device,
               progress=progress, mixed_precision=None)
     if method == "trajectory":
-        first = collate(train_data, torch.arange(min(len(train_data), 1)))
-        cond = collate(train_data, torch.arange(len(train_data))).get("cond") if "cond" in first else None
+        shape, dtype, cond = _conditions(train_data)
         states = _cached(out, lambda: teacher_trajectories(
-            teacher, sigmas, every, n_trajectories, tuple(first["x"].shape[1:]), cond, seed=seed,
-            dtype=first["x"].dtype, device=device, progress=progress, method=teacher_method), levels=calls + 1)
+            teacher, sigmas, every, n_trajectories, shape, cond, seed=seed, dtype=dtype, device=device,
+            progress=progress, method=teacher_method), levels=calls + 1)
         trainer = Trainer(current, _Rows(states, cond), out_dir=None if out is None else out / "trajectory", seed=seed,
                           loss_fn=_trajectory_loss(sigmas[::every]), **{**kw, "batch_size": min(batch_size, len(states))})
         trainer.fit(steps, threads=threads, desc=f"distill {calls} call(s)")
@@ -366,7 +379,6 @@ def _distill_schedule(teacher, train_data, calls, teacher_steps, n_trajectories,
                       ema_decay, sigma_min, sigma_max, rho, seed, out_dir, device, progress, threads, config,
                       teacher_method, teacher_start) -> Student:
     """``method="schedule"``: the teacher's start and end states, then the levels fitted through a Trainer."""
-    from sciffusion.data.batches import collate
     from sciffusion.training import Trainer
 
     frozen = teacher
@@ -374,13 +386,11 @@ def _distill_schedule(teacher, train_data, calls, teacher_steps, n_trajectories,
         frozen = copy.deepcopy(teacher).requires_grad_(False).eval()
         if device is not None:
             frozen = frozen.to(device)
-    first = collate(train_data, torch.arange(min(len(train_data), 1)))
-    cond = collate(train_data, torch.arange(len(train_data))).get("cond") if "cond" in first else None
+    shape, dtype, cond = _conditions(train_data)
     out = None if out_dir is None else Path(out_dir)
     states = _cached(out, lambda: teacher_trajectories(
-        frozen, karras_sigmas(teacher_steps, sigma_min, sigma_max, rho), teacher_steps, n_trajectories,
-        tuple(first["x"].shape[1:]), cond, seed=seed, dtype=first["x"].dtype, device=device, progress=progress,
-        method=teacher_method, start=teacher_start), levels=2)
+        frozen, karras_sigmas(teacher_steps, sigma_min, sigma_max, rho), teacher_steps, n_trajectories, shape, cond,
+        seed=seed, dtype=dtype, device=device, progress=progress, method=teacher_method, start=teacher_start), levels=2)
     steps_ = calls - (teacher_start == "centred")  # a centred start is the first of the calls
     trainer = Trainer(_Schedule(steps_, sigma_min, sigma_max, rho, learn_top=teacher_start == "centred"),
                       _Rows(states, cond), out_dir=None if out is None else out / "schedule", seed=seed,

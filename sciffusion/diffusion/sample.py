@@ -318,7 +318,7 @@ def sample(
     if x is None:
         x = sigmas[0] * noise() if temperature == 1 else float(temperature) * sigmas[0] * noise()
         if start == "centred":
-            x = x + denoiser(x, sigmas[0].expand(shape[0]), **cond)
+            x = centred_start(denoiser, x, sigmas[0], **cond)
     elif tuple(x.shape) != shape:
         raise ValueError(f"x has shape {tuple(x.shape)} but shape={shape}")
     n = len(sigmas) - 1
@@ -329,6 +329,12 @@ def sample(
         if callback is not None:
             callback({"i": i, "x": x, "sigma": sigmas[i], "sigma_next": sigmas[i + 1]})
     return x
+
+
+def centred_start(denoiser, x: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
+    """``sample``'s centred start from a draw ``x = sigma z``: ``x + D(x, sigma)``, whose law at ``sigma``
+    has the data's mean (one network call)."""
+    return x + denoiser(x, sigma.expand(x.shape[0]), **cond)
 
 
 KEYWORDS = tuple(p.name for p in inspect.signature(sample).parameters.values() if p.kind is p.KEYWORD_ONLY)
